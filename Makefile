@@ -1,0 +1,40 @@
+# cartlytics: `make run` starts everything on this machine, `make test` runs every check.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck unit gen check-gen venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+## run: start all services, the REST gateway (:8080) and gRPC (:50051) with embedded ClickHouse and Redis
+run: $(STAMP)
+	$(BIN)/cartlytics run --target all
+
+## test: lint, type-check and the whole pytest suite
+test: lint typecheck unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check src services gateway tests tools
+	$(BIN)/ruff format --check src services gateway tests tools
+	$(BIN)/buf lint
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+## gen: regenerate Python code, type stubs and the descriptor set from proto/
+gen: $(STAMP)
+	$(BIN)/python tools/gen_protos.py
+
+clean:
+	rm -rf $(VENV) data

@@ -1,0 +1,1 @@
+"""The export service: stored data streamed out as CSV, JSON or XLSX."""

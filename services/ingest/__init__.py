@@ -1,0 +1,1 @@
+"""The ingest service: validates shoppers' events and stores them."""

@@ -1,0 +1,311 @@
+"""Validation of incoming events: the standard events of the API and custom ones.
+
+Plain Python over plain data, so the rules are testable without gRPC. Every refusal names the field
+(its path inside the event, e.g. ``properties.total``) and the rule it broke.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cartlytics.common.errors import FieldViolation
+from cartlytics.common.money import is_currency
+
+CUSTOM_EVENT = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+CLIENT_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+MAX_AMOUNT = 10**15  # minor units; well inside a double's exact integers
+MAX_ID_LENGTH = 256
+MAX_EVENT_BYTES = 32 * 1024
+MAX_FUTURE = timedelta(hours=1)
+MAX_AGE = timedelta(days=366)
+
+
+@dataclass
+class IncomingEvent:
+    """An event as the client sent it (wire types already decoded)."""
+
+    event: str
+    id: str = ""
+    user_id: str = ""
+    anonymous_id: str = ""
+    session_id: str = ""
+    timestamp: datetime | None = None
+    sent_at: datetime | None = None
+    properties: dict[str, Any] = field(default_factory=dict)
+    context: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LineItem:
+    product_id: str
+    name: str
+    category: str
+    price: int
+    quantity: int
+
+
+@dataclass(frozen=True)
+class ValidEvent:
+    """An event that passed every rule, with its typed commerce fields extracted."""
+
+    id: str
+    event: str
+    timestamp: datetime
+    received_at: datetime
+    user_id: str
+    anonymous_id: str
+    session_id: str
+    visitor_id: str
+    order_id: str
+    total: int
+    currency: str
+    product_id: str
+    page: str
+    properties: dict[str, Any]
+    context: dict[str, Any]
+    line_items: tuple[LineItem, ...]
+
+
+class _Checker:
+    """Collects violations for one event's properties."""
+
+    def __init__(self, props: dict[str, Any]) -> None:
+        self.props = props
+        self.violations: list[FieldViolation] = []
+
+    def fail(self, name: str, rule: str) -> None:
+        self.violations.append(FieldViolation(name, rule))
+
+    def string(self, key: str, required: bool = False, base: str = "properties") -> str:
+        value = self.props.get(key)
+        name = f"{base}.{key}"
+        if value is None:
+            if required:
+                self.fail(name, "is required")
+            return ""
+        if not isinstance(value, str):
+            self.fail(name, "must be a string")
+            return ""
+        if required and not value.strip():
+            self.fail(name, "must not be empty")
+        if len(value) > MAX_ID_LENGTH * 8:
+            self.fail(name, f"must be at most {MAX_ID_LENGTH * 8} characters")
+        return value
+
+    def integer(
+        self, key: str, *, minimum: int, required: bool = False, base: str = "properties"
+    ) -> int | None:
+        value = self.props.get(key)
+        name = f"{base}.{key}"
+        if value is None:
+            if required:
+                self.fail(name, "is required")
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.fail(name, "must be a number")
+            return None
+        if isinstance(value, float) and not value.is_integer():
+            self.fail(name, "must be a whole number")
+            return None
+        number = int(value)
+        if number < minimum:
+            self.fail(name, f"must be at least {minimum}")
+            return None
+        if number > MAX_AMOUNT:
+            self.fail(name, f"must be at most {MAX_AMOUNT}")
+            return None
+        return number
+
+    def amount(self, key: str, required: bool = False) -> int | None:
+        """Money: a non-negative whole number of minor units (cents)."""
+        before = len(self.violations)
+        value = self.integer(key, minimum=0, required=required)
+        if len(self.violations) > before and self.violations[-1].description.startswith("must be"):
+            last = self.violations.pop()
+            self.fail(last.field, f"{last.description} (an amount in minor units, e.g. 2999)")
+        return value
+
+    def currency(self, key: str, required: bool = False) -> str:
+        value = self.string(key, required=required)
+        if value and not is_currency(value):
+            self.fail(f"properties.{key}", "must be an ISO 4217 currency code such as USD")
+            return ""
+        return value
+
+
+def _line_items(checker: _Checker) -> tuple[LineItem, ...]:
+    raw = checker.props.get("products")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        checker.fail("properties.products", "must be a list of line items")
+        return ()
+    if len(raw) > 1000:
+        checker.fail("properties.products", "must have at most 1000 line items")
+        return ()
+    items = []
+    for index, item in enumerate(raw):
+        base = f"properties.products[{index}]"
+        if not isinstance(item, dict):
+            checker.fail(base, "must be an object")
+            continue
+        sub = _Checker(item)
+        product_id = sub.string("productId", required=True, base=base)
+        name = sub.string("name", base=base)
+        category = sub.string("category", base=base)
+        price = sub.integer("price", minimum=0, required=True, base=base)
+        quantity = sub.integer("quantity", minimum=1, required=True, base=base)
+        checker.violations.extend(sub.violations)
+        if not sub.violations and price is not None and quantity is not None:
+            items.append(LineItem(product_id, name, category, price, quantity))
+    return tuple(items)
+
+
+def _page_view(c: _Checker, ctx: dict[str, Any]) -> None:
+    page = c.string("page")
+    c.string("referrer")
+    if not page and not isinstance(ctx.get("page"), str):
+        c.fail("properties.page", "is required (or context.page)")
+
+
+def _product_view(c: _Checker, ctx: dict[str, Any]) -> None:
+    c.string("productId", required=True)
+    c.string("name")
+    c.amount("price")
+    c.currency("currency")
+
+
+def _add_to_cart(c: _Checker, ctx: dict[str, Any]) -> None:
+    c.string("productId", required=True)
+    c.string("variantId")
+    c.integer("quantity", minimum=1)
+    c.amount("price")
+    c.currency("currency")
+
+
+def _remove_from_cart(c: _Checker, ctx: dict[str, Any]) -> None:
+    c.string("productId", required=True)
+    c.integer("quantity", minimum=1)
+
+
+def _checkout_started(c: _Checker, ctx: dict[str, Any]) -> None:
+    c.string("cartId")
+    c.amount("total")
+    c.integer("itemCount", minimum=0)
+    c.currency("currency")
+
+
+def _order_completed(c: _Checker, ctx: dict[str, Any]) -> None:
+    c.string("orderId", required=True)
+    c.amount("total", required=True)
+    c.currency("currency", required=True)
+    c.integer("items", minimum=0)
+
+
+def _search(c: _Checker, ctx: dict[str, Any]) -> None:
+    c.string("query", required=True)
+    c.integer("resultCount", minimum=0)
+
+
+STANDARD_EVENTS: dict[str, Callable[[_Checker, dict[str, Any]], None]] = {
+    "page_view": _page_view,
+    "product_view": _product_view,
+    "add_to_cart": _add_to_cart,
+    "remove_from_cart": _remove_from_cart,
+    "checkout_started": _checkout_started,
+    "order_completed": _order_completed,
+    "search": _search,
+}
+
+
+def _check_identity(incoming: IncomingEvent, violations: list[FieldViolation]) -> None:
+    for name, value in (
+        ("userId", incoming.user_id),
+        ("anonymousId", incoming.anonymous_id),
+        ("sessionId", incoming.session_id),
+    ):
+        if len(value) > MAX_ID_LENGTH:
+            violations.append(FieldViolation(name, f"must be at most {MAX_ID_LENGTH} characters"))
+    if not incoming.user_id and not incoming.anonymous_id:
+        violations.append(FieldViolation("userId", "userId or anonymousId is required"))
+    if incoming.id and not CLIENT_ID.match(incoming.id):
+        violations.append(
+            FieldViolation("id", "must be 1-64 characters of letters, digits, '_', '.', ':', '-'")
+        )
+
+
+def _event_time(
+    incoming: IncomingEvent, received_at: datetime, violations: list[FieldViolation]
+) -> datetime:
+    """Event time, corrected for client clock skew when ``sentAt`` is given."""
+    if incoming.timestamp is None:
+        return received_at
+    timestamp = incoming.timestamp
+    if incoming.sent_at is not None:
+        timestamp = received_at - (incoming.sent_at - incoming.timestamp)
+    if timestamp > received_at + MAX_FUTURE:
+        violations.append(FieldViolation("timestamp", "must not be more than 1 hour in the future"))
+    elif timestamp < received_at - MAX_AGE:
+        violations.append(FieldViolation("timestamp", "must not be more than 366 days old"))
+    return timestamp
+
+
+def validate(
+    incoming: IncomingEvent, received_at: datetime, new_id: Callable[[], str]
+) -> ValidEvent | list[FieldViolation]:
+    """Return the valid event, or every rule it broke."""
+    violations: list[FieldViolation] = []
+    name = incoming.event
+    if not name:
+        violations.append(FieldViolation("event", "is required"))
+    elif name not in STANDARD_EVENTS and not CUSTOM_EVENT.match(name):
+        violations.append(
+            FieldViolation(
+                "event", "must be a standard event or match ^[a-z][a-z0-9_]{0,63}$"
+            )
+        )
+    _check_identity(incoming, violations)
+    timestamp = _event_time(incoming, received_at, violations)
+    size = len(json.dumps(incoming.properties)) + len(json.dumps(incoming.context))
+    if size > MAX_EVENT_BYTES:
+        violations.append(
+            FieldViolation("properties", f"event must be at most {MAX_EVENT_BYTES} bytes")
+        )
+    checker = _Checker(incoming.properties)
+    rules = STANDARD_EVENTS.get(name)
+    if rules is not None:
+        rules(checker, incoming.context)
+    line_items = _line_items(checker) if name == "order_completed" else ()
+    violations.extend(checker.violations)
+    if violations:
+        return violations
+    props = incoming.properties
+    page = props.get("page") if name == "page_view" else None
+    if not isinstance(page, str) or not page:
+        context_page = incoming.context.get("page")
+        page = context_page if isinstance(context_page, str) else ""
+    total = props.get("total")
+    product_id = props.get("productId")
+    return ValidEvent(
+        id=incoming.id or new_id(),
+        event=name,
+        timestamp=timestamp.astimezone(UTC),
+        received_at=received_at,
+        user_id=incoming.user_id,
+        anonymous_id=incoming.anonymous_id,
+        session_id=incoming.session_id,
+        visitor_id=incoming.user_id or incoming.anonymous_id or incoming.session_id,
+        order_id=str(props.get("orderId") or "") if name == "order_completed" else "",
+        total=int(total) if isinstance(total, int | float) and not isinstance(total, bool) else 0,
+        currency=str(props.get("currency") or ""),
+        product_id=product_id if isinstance(product_id, str) else "",
+        page=page,
+        properties=props,
+        context=incoming.context,
+        line_items=line_items,
+    )

@@ -1,0 +1,1 @@
+"""The metrics service: dashboards' figures computed from stored events."""

@@ -1,0 +1,5 @@
+import sys
+
+from cartlytics.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The library every service shares: config, storage, auth, errors, logging and servers."""

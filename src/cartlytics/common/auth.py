@@ -1,0 +1,90 @@
+"""API keys: who is calling, for which project, allowed to do what.
+
+Keys are compared by SHA-256 hash only, so a key's text is never kept in memory tables or logs.
+Until key management lands (issue 6) the only key is the bootstrap key: ``ANALYTICS_BOOTSTRAP_KEY``,
+or one generated on first start and kept in ``<data dir>/bootstrap_key`` (mode 0600).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import hmac
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from cartlytics.gen.analytics.options.v1 import options_pb2
+
+from .errors import permission_denied, unauthenticated
+
+Scope = int  # an options_pb2.Scope value
+ALL_SCOPES: frozenset[Scope] = frozenset(
+    {options_pb2.SCOPE_INGEST, options_pb2.SCOPE_READ, options_pb2.SCOPE_ADMIN}
+)
+KEY_PREFIX = "cak_"
+
+
+@dataclass(frozen=True)
+class Principal:
+    project_id: str
+    scopes: frozenset[Scope]
+    key_id: str
+
+
+current_principal: contextvars.ContextVar[Principal] = contextvars.ContextVar("current_principal")
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(24)
+
+
+class KeyRing:
+    """Resolves a bearer token to a Principal, or raises UNAUTHENTICATED / PERMISSION_DENIED."""
+
+    def __init__(self) -> None:
+        self._by_hash: dict[str, Principal] = {}
+
+    def add(self, key: str, project_id: str, scopes: frozenset[Scope]) -> Principal:
+        digest = hash_key(key)
+        principal = Principal(project_id=project_id, scopes=scopes, key_id=digest[:12])
+        self._by_hash[digest] = principal
+        return principal
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        if not authorization:
+            raise unauthenticated("missing API key: send 'Authorization: Bearer <key>'")
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise unauthenticated("malformed Authorization header: expected 'Bearer <key>'")
+        digest = hash_key(token.strip())
+        for known, principal in self._by_hash.items():
+            if hmac.compare_digest(known, digest):
+                return principal
+        raise unauthenticated("invalid API key")
+
+    @staticmethod
+    def authorize(principal: Principal, scope: Scope) -> None:
+        if scope not in principal.scopes:
+            name = options_pb2.Scope.Name(scope).removeprefix("SCOPE_").lower()
+            raise permission_denied(f"this API key lacks the '{name}' scope")
+
+
+def load_bootstrap_key(configured: str, data_dir: Path) -> tuple[str, bool]:
+    """Return the bootstrap key and whether it was generated now."""
+    if configured:
+        return configured, False
+    path = data_dir / "bootstrap_key"
+    if path.exists():
+        return path.read_text().strip(), False
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = new_key()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key + "\n")
+    return key, True

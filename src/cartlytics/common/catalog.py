@@ -1,0 +1,47 @@
+"""What the contracts declare about each RPC: its scope and its HTTP success code.
+
+Read from the generated descriptors (the proto options in ``analytics/options/v1``), so adding an
+RPC needs no table edited by hand; a test fails on an RPC that declares no scope.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from google.protobuf.descriptor import FileDescriptor, ServiceDescriptor
+
+from cartlytics.gen.analytics.export.v1 import export_pb2
+from cartlytics.gen.analytics.ingest.v1 import ingest_pb2
+from cartlytics.gen.analytics.metrics.v1 import metrics_pb2
+from cartlytics.gen.analytics.options.v1 import options_pb2
+
+FILES: tuple[FileDescriptor, ...] = (
+    ingest_pb2.DESCRIPTOR,
+    metrics_pb2.DESCRIPTOR,
+    export_pb2.DESCRIPTOR,
+)
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    path: str  # "/analytics.ingest.v1.IngestService/TrackEvent"
+    scope: int  # options_pb2.Scope; SCOPE_UNSPECIFIED when the proto declares none
+    http_success_code: int  # 0 when the default (200)
+
+
+def services() -> list[ServiceDescriptor]:
+    return [svc for f in FILES for svc in f.services_by_name.values()]
+
+
+def methods() -> dict[str, MethodInfo]:
+    found: dict[str, MethodInfo] = {}
+    for service in services():
+        for method in service.methods:
+            options = method.GetOptions()
+            path = f"/{service.full_name}/{method.name}"
+            found[path] = MethodInfo(
+                path=path,
+                scope=options.Extensions[options_pb2.required_scope],
+                http_success_code=options.Extensions[options_pb2.http_success_code],
+            )
+    return found

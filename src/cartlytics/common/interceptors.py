@@ -1,0 +1,134 @@
+"""Cross-cutting work for every RPC, written once: auth, error mapping, logs and metrics.
+
+Order inside one call: time it -> authenticate and authorize (from the proto's declared scope) ->
+run the handler with the caller's Principal in a contextvar -> map ``ApiError`` to a rich status,
+anything else to a bare INTERNAL -> log one line and count it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import structlog
+from grpc import aio
+from prometheus_client import Counter, Histogram
+
+from .auth import KeyRing, current_principal
+from .catalog import MethodInfo, methods
+from .errors import INTERNAL_STATUS, ApiError
+
+log = structlog.get_logger("cartlytics.rpc")
+
+RPC_TOTAL = Counter("cartlytics_rpc_total", "RPCs handled", ["method", "code"])
+RPC_SECONDS = Histogram(
+    "cartlytics_rpc_seconds",
+    "RPC handling time",
+    ["method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+
+def _metadata(context: aio.ServicerContext[Any, Any], key: str) -> str | None:
+    for item in context.invocation_metadata() or ():
+        if item.key == key:
+            value = item.value
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return None
+
+
+async def _abort(context: aio.ServicerContext[Any, Any], error: ApiError | None) -> None:
+    status = error.to_status() if error else INTERNAL_STATUS
+    code = error.code if error else grpc.StatusCode.INTERNAL
+    await context.abort(
+        code, status.message, trailing_metadata=((STATUS_DETAILS_KEY, status.SerializeToString()),)
+    )
+
+
+class ServiceInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self, keyring: KeyRing) -> None:
+        self._keyring = keyring
+        self._methods = methods()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        info = self._methods.get(details.method)
+        if handler is None or info is None:
+            return handler  # health, reflection: open, no project data
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(info, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(info, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    async def _enter(self, info: MethodInfo, context: aio.ServicerContext[Any, Any]) -> None:
+        principal = self._keyring.authenticate(_metadata(context, "authorization"))
+        self._keyring.authorize(principal, info.scope)
+        current_principal.set(principal)
+        if info.http_success_code:
+            await context.send_initial_metadata((("x-http-code", str(info.http_success_code)),))
+
+    def _finish(self, info: MethodInfo, started: float, code: str, error: BaseException | None) -> None:
+        elapsed = time.perf_counter() - started
+        RPC_TOTAL.labels(info.path, code).inc()
+        RPC_SECONDS.labels(info.path).observe(elapsed)
+        if error is not None and not isinstance(error, ApiError):
+            log.error("rpc failed", method=info.path, exc_info=error)
+        else:
+            log.debug("rpc", method=info.path, code=code, ms=round(elapsed * 1000, 2))
+
+    def _wrap_unary(self, info: MethodInfo, behavior: Any) -> Any:
+        async def handle(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+            started = time.perf_counter()
+            try:
+                await self._enter(info, context)
+                response = await behavior(request, context)
+            except aio.AbortError:
+                self._finish(info, started, "ABORTED_BY_HANDLER", None)
+                raise
+            except ApiError as exc:
+                self._finish(info, started, exc.code.name, exc)
+                await _abort(context, exc)
+            except Exception as exc:
+                self._finish(info, started, "INTERNAL", exc)
+                await _abort(context, None)
+            self._finish(info, started, "OK", None)
+            return response
+
+        return handle
+
+    def _wrap_stream(self, info: MethodInfo, behavior: Any) -> Any:
+        async def handle(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            started = time.perf_counter()
+            try:
+                await self._enter(info, context)
+                async for item in behavior(request, context):
+                    yield item
+            except aio.AbortError:
+                self._finish(info, started, "ABORTED_BY_HANDLER", None)
+                raise
+            except ApiError as exc:
+                self._finish(info, started, exc.code.name, exc)
+                await _abort(context, exc)
+            except Exception as exc:
+                self._finish(info, started, "INTERNAL", exc)
+                await _abort(context, None)
+            else:
+                self._finish(info, started, "OK", None)
+
+        return handle

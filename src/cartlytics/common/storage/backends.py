@@ -1,0 +1,189 @@
+"""The two ClickHouse backends behind one small interface.
+
+- ``ChdbBackend``: ClickHouse in-process (chdb), data in a local folder. One session per process,
+  so calls are serialised by a lock.
+- ``ServerBackend``: a ClickHouse server over the native protocol (clickhouse-driver), one client
+  per thread.
+
+Both take rendered SQL and return rows of numbers and strings only (dates as ``YYYY-MM-DD``,
+datetimes as ``YYYY-MM-DD HH:MM:SS[.fff]``), so domain code sees the same values on either.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import unquote, urlparse
+
+from .migrations import CLASSIC_TYPES, MODERN_TYPES
+from .sql import Row
+
+
+class StorageError(Exception):
+    """ClickHouse refused or failed a statement (its text stays in logs, never in responses)."""
+
+
+class StorageUnavailable(StorageError):
+    """ClickHouse cannot be reached."""
+
+
+class Backend(Protocol):
+    name: str
+    types: dict[str, str]
+
+    def execute(self, sql: str) -> list[Row]: ...
+
+    def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        utc = value.astimezone(UTC)
+        return f"{utc:%Y-%m-%d %H:%M:%S}.{utc.microsecond // 1000:03d}"
+    if isinstance(value, date):
+        return f"{value:%Y-%m-%d}"
+    return value
+
+
+class ChdbBackend:
+    name = "chdb"
+    types = MODERN_TYPES
+
+    def __init__(self, path: Path, database: str = "analytics") -> None:
+        from chdb import session  # imported here: the server backend must not need it
+
+        path.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._session = session.Session(str(path))
+        self._session.query(f"CREATE DATABASE IF NOT EXISTS {database}")
+        self._session.query(f"USE {database}")
+        self._session.query("SET output_format_json_quote_64bit_integers = 0")
+
+    def execute(self, sql: str) -> list[Row]:
+        with self._lock:
+            try:
+                result = self._session.query(sql, "JSONCompact")
+            except Exception as exc:
+                raise StorageError(str(exc)) from exc
+        raw = result.bytes()
+        if not raw:
+            return []
+        return [tuple(row) for row in json.loads(raw)["data"]]
+
+    def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        if not rows:
+            return
+        lines = "\n".join(
+            json.dumps(
+                {c: _json_value(v) for c, v in zip(columns, row, strict=True)},
+                ensure_ascii=False,
+                separators=(",", ":"),
+            )
+            for row in rows
+        )
+        sql = f"INSERT INTO {table} ({', '.join(columns)}) FORMAT JSONEachRow\n{lines}"
+        with self._lock:
+            try:
+                self._session.query(sql)
+            except Exception as exc:
+                raise StorageError(str(exc)) from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._session.close()
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        text = f"{value:%Y-%m-%d %H:%M:%S}"
+        return text + (f".{value.microsecond // 1000:03d}" if value.microsecond else "")
+    if isinstance(value, date):
+        return f"{value:%Y-%m-%d}"
+    return value
+
+
+class ServerBackend:
+    name = "clickhouse"
+
+    def __init__(self, url: str) -> None:
+        parsed = urlparse(url)
+        if parsed.scheme not in ("clickhouse", "tcp"):
+            raise ValueError("CLICKHOUSE_URL must look like clickhouse://user:pass@host:9000/db")
+        self._database = parsed.path.lstrip("/") or "analytics"
+        self._params: dict[str, Any] = {
+            "host": parsed.hostname or "127.0.0.1",
+            "port": parsed.port or 9000,
+            "user": unquote(parsed.username or "default"),
+            "password": unquote(parsed.password or ""),
+            "connect_timeout": 3,
+            "send_receive_timeout": 60,
+            "settings": {"strings_encoding": "utf-8"},
+        }
+        self._local = threading.local()
+        self._clients: list[Any] = []
+        self._clients_lock = threading.Lock()
+        admin = self._new_client(database="default")
+        self._run(admin, f"CREATE DATABASE IF NOT EXISTS {self._database}")
+        self.types = CLASSIC_TYPES if self._server_major() < 20 else MODERN_TYPES
+
+    def _new_client(self, database: str) -> Any:
+        from clickhouse_driver import Client
+
+        client = Client(database=database, **self._params)
+        with self._clients_lock:
+            self._clients.append(client)
+        return client
+
+    def _client(self) -> Any:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._new_client(self._database)
+            self._local.client = client
+        return client
+
+    @staticmethod
+    def _run(client: Any, sql: str, rows: Any = None) -> Any:
+        from clickhouse_driver import errors
+
+        try:
+            if rows is None:
+                return client.execute(sql)
+            return client.execute(sql, rows)
+        except (errors.NetworkError, errors.SocketTimeoutError, OSError, EOFError) as exc:
+            client.disconnect()
+            raise StorageUnavailable(str(exc)) from exc
+        except errors.Error as exc:
+            raise StorageError(str(exc)) from exc
+
+    def _server_major(self) -> int:
+        version = str(self.execute("SELECT version()")[0][0])
+        return int(version.split(".")[0])
+
+    def execute(self, sql: str) -> list[Row]:
+        rows = self._run(self._client(), sql)
+        return [tuple(_plain(v) for v in row) for row in rows]
+
+    def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        if not rows:
+            return
+        sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES"
+        self._run(self._client(), sql, [tuple(r) for r in rows])
+
+    def close(self) -> None:
+        with self._clients_lock:
+            for client in self._clients:
+                client.disconnect()
+            self._clients.clear()
+
+
+def open_backend(clickhouse_url: str, data_dir: Path) -> Backend:
+    """The server backend when a URL is configured, else chdb under ``data_dir/clickhouse``."""
+    if clickhouse_url:
+        return ServerBackend(clickhouse_url)
+    return ChdbBackend(data_dir / "clickhouse")

@@ -1,0 +1,84 @@
+"""Versioned schema migrations, applied in order at start and recorded in ``schema_migrations``.
+
+DDL may pick types per backend (``$DateTime``: DateTime64(3) where the server has it, DateTime on
+ClickHouse 18.16; ``$Dict``: LowCardinality(String) or String). Queries must not depend on which.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from string import Template
+
+# Backend capabilities that DDL may use.
+MODERN_TYPES = {"DateTime": "DateTime64(3, 'UTC')", "Dict": "LowCardinality(String)"}
+CLASSIC_TYPES = {"DateTime": "DateTime('UTC')", "Dict": "String"}
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+    def render(self, types: dict[str, str]) -> list[str]:
+        return [Template(sql).substitute(types) for sql in self.statements]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "create_events_and_order_items",
+        (
+            # One row per accepted event. Hot commerce properties are typed columns; the full
+            # properties and context stay as JSON strings. ReplacingMergeTree on the event id makes
+            # a retried event collapse on merge; queries that count orders also dedupe by orderId.
+            """
+            CREATE TABLE IF NOT EXISTS events (
+                project_id String,
+                event_id String,
+                event $Dict,
+                ts $DateTime,
+                received_at $DateTime,
+                user_id String,
+                anonymous_id String,
+                session_id String,
+                visitor_id String,
+                order_id String,
+                total Int64,
+                currency $Dict,
+                product_id String,
+                page String,
+                properties String,
+                context String
+            ) ENGINE = ReplacingMergeTree
+            PARTITION BY toYYYYMM(ts)
+            ORDER BY (project_id, toDate(ts), event, event_id)
+            """,
+            # One row per product line of an order_completed event, for product figures.
+            """
+            CREATE TABLE IF NOT EXISTS order_items (
+                project_id String,
+                order_id String,
+                event_id String,
+                line UInt16,
+                ts $DateTime,
+                visitor_id String,
+                currency $Dict,
+                product_id String,
+                name String,
+                category String,
+                price Int64,
+                quantity UInt32
+            ) ENGINE = ReplacingMergeTree
+            PARTITION BY toYYYYMM(ts)
+            ORDER BY (project_id, toDate(ts), order_id, event_id, line)
+            """,
+        ),
+    ),
+)
+
+
+def check_unique(migrations: tuple[Migration, ...] = MIGRATIONS) -> None:
+    versions = [m.version for m in migrations]
+    if len(set(versions)) != len(versions) or versions != sorted(versions):
+        raise RuntimeError(f"migration versions must be unique and ascending: {versions}")

@@ -1,0 +1,69 @@
+"""SQL text with named values: the only place where values are escaped into SQL.
+
+Queries are fixed strings written in this codebase with ``{name}`` placeholders; values are
+rendered as ClickHouse literals here, so no string from a request ever becomes SQL text. The same
+rendering serves both backends (the 18.16 server has no server-side query parameters).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from datetime import UTC, date, datetime
+from typing import Any
+
+_PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
+_ESCAPES = {
+    "\\": "\\\\",
+    "'": "\\'",
+    "\b": "\\b",
+    "\f": "\\f",
+    "\r": "\\r",
+    "\n": "\\n",
+    "\t": "\\t",
+    "\0": "\\0",
+    "\a": "\\a",
+    "\v": "\\v",
+}
+
+
+def literal(value: Any) -> str:
+    """Render one Python value as a ClickHouse literal."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("only finite floats can be rendered")
+        return repr(value)
+    if isinstance(value, str):
+        return "'" + "".join(_ESCAPES.get(c, c) for c in value) + "'"
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError("datetimes must be timezone-aware")
+        utc = value.astimezone(UTC)
+        return f"toDateTime('{utc:%Y-%m-%d %H:%M:%S}', 'UTC')"
+    if isinstance(value, date):
+        return f"toDate('{value:%Y-%m-%d}')"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(literal(item) for item in value) + "]"
+    raise TypeError(f"cannot render {type(value).__name__} as SQL")
+
+
+def render(sql: str, params: Mapping[str, Any] | None = None) -> str:
+    """Substitute every ``{name}`` in ``sql`` with the literal of ``params[name]``."""
+    values = params or {}
+
+    def substitute(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in values:
+            raise KeyError(f"no value for SQL parameter {name!r}")
+        return literal(values[name])
+
+    return _PLACEHOLDER.sub(substitute, sql)
+
+
+Row = tuple[Any, ...]
+Rows = Sequence[Row]

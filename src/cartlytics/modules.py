@@ -1,0 +1,253 @@
+"""Run targets, in the manner of Grafana Loki's ``-target``: one process or many, same code.
+
+Each module has an init step and a stop step; ``DEPENDENCIES`` says what each needs. A target
+(``all``, ``ingest``, ``metrics,gateway``, ...) starts the modules it needs, dependencies first,
+and stops them in reverse. Adding a component is one init method and one line in the map.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from aiohttp import web
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+from redis.asyncio import Redis
+
+from cartlytics.common import catalog
+from cartlytics.common.auth import ALL_SCOPES, KeyRing, load_bootstrap_key
+from cartlytics.common.config import Config
+from cartlytics.common.interceptors import ServiceInterceptor
+from cartlytics.common.redis_server import EmbeddedRedis, connect
+from cartlytics.common.storage import Storage, open_storage
+
+log = structlog.get_logger("cartlytics")
+
+DEPENDENCIES: dict[str, list[str]] = {
+    "storage": [],
+    "redis": [],
+    "auth": [],
+    "grpc-server": ["auth"],
+    "ingest": ["storage", "redis", "grpc-server"],
+    "metrics": ["storage", "redis", "grpc-server"],
+    "export": ["storage", "grpc-server"],
+    "serve-grpc": [],  # filled in by resolve(): after every service module
+    "gateway": [],
+    "all": ["ingest", "metrics", "export", "gateway"],
+}
+SERVICES = ("ingest", "metrics", "export")
+TARGETS = ("all", *SERVICES, "gateway")
+
+
+def resolve(targets: list[str]) -> list[str]:
+    """The modules to start for ``targets``, dependencies first."""
+    unknown = [t for t in targets if t not in TARGETS]
+    if unknown:
+        raise ValueError(f"unknown target {unknown[0]!r}; choose from {', '.join(TARGETS)}")
+    order: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in order:
+            return
+        for dep in DEPENDENCIES[name]:
+            visit(dep)
+        order.append(name)
+
+    for target in targets:
+        visit(target)
+    if "grpc-server" in order:
+        # Serve only once every service is registered, and before the gateway calls it.
+        order.insert(max(order.index(s) for s in SERVICES if s in order) + 1, "serve-grpc")
+    if "gateway" in order:
+        order.remove("gateway")
+        order.append("gateway")
+    return [m for m in order if m != "all"]
+
+
+@dataclass
+class Runtime:
+    """What the running modules share. Built once per process."""
+
+    config: Config
+    storage: Storage | None = None
+    redis: Redis | None = None
+    embedded_redis: EmbeddedRedis | None = None
+    keyring: KeyRing = field(default_factory=KeyRing)
+    bootstrap_key: str = ""
+    grpc_server: aio.Server | None = None
+    grpc_port: int = 0
+    health: health.aio.HealthServicer | None = None
+    gateway_runner: web.AppRunner | None = None
+    gateway_port: int = 0
+    gateway_channels: list[aio.Channel] = field(default_factory=list)
+    started_services: set[str] = field(default_factory=set)
+    stoppers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    # Module init steps -------------------------------------------------------------------------
+    async def init_storage(self) -> None:
+        storage = await asyncio.to_thread(
+            open_storage, self.config.clickhouse_url, self.config.data_dir
+        )
+        applied = await asyncio.to_thread(storage.migrate)
+        log.info("storage ready", backend=storage.backend_name, migrations_applied=applied)
+        self.storage = storage
+
+        async def stop() -> None:
+            await asyncio.to_thread(storage.close)
+
+        self.stoppers.append(stop)
+
+    async def init_redis(self) -> None:
+        url = self.config.redis_url
+        if not url:
+            embedded = EmbeddedRedis(self.config.data_dir / "redis")
+            await asyncio.to_thread(embedded.start)
+            self.embedded_redis = embedded
+            url = embedded.url
+        self.redis = connect(url)
+        client, embedded_server = self.redis, self.embedded_redis
+
+        async def stop() -> None:
+            await client.aclose()
+            if embedded_server:
+                await asyncio.to_thread(embedded_server.stop)
+
+        self.stoppers.append(stop)
+
+    async def init_auth(self) -> None:
+        key, generated = load_bootstrap_key(self.config.bootstrap_key, self.config.data_dir)
+        self.keyring.add(key, self.config.default_project, ALL_SCOPES)
+        self.bootstrap_key = key
+        if generated:
+            log.warning("generated a bootstrap API key", path=str(self.config.data_dir))
+
+    async def init_grpc_server(self) -> None:
+        server = aio.server(interceptors=[ServiceInterceptor(self.keyring)])
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        self.grpc_server = server
+
+    def _require(self) -> tuple[aio.Server, Storage]:
+        assert self.grpc_server is not None and self.storage is not None
+        return self.grpc_server, self.storage
+
+    async def init_ingest(self) -> None:
+        from cartlytics.gen.analytics.ingest.v1 import ingest_pb2_grpc
+        from cartlytics.ingest.ingestor import Ingestor
+        from cartlytics.ingest.servicer import IngestServicer
+
+        server, storage = self._require()
+        ingest_pb2_grpc.add_IngestServiceServicer_to_server(IngestServicer(Ingestor(storage)), server)
+
+    async def init_metrics(self) -> None:
+        from cartlytics.gen.analytics.metrics.v1 import metrics_pb2_grpc
+        from cartlytics.metrics.sales import SalesReader
+        from cartlytics.metrics.servicer import MetricsServicer
+
+        server, storage = self._require()
+        reader = SalesReader(storage, self.config.default_currency)
+        metrics_pb2_grpc.add_MetricsServiceServicer_to_server(MetricsServicer(reader), server)
+
+    async def init_export(self) -> None:
+        from cartlytics.export.servicer import ExportServicer
+        from cartlytics.gen.analytics.export.v1 import export_pb2_grpc
+
+        server, _ = self._require()
+        export_pb2_grpc.add_ExportServiceServicer_to_server(ExportServicer(), server)
+
+    async def init_serve_grpc(self) -> None:
+        server, health_servicer = self.grpc_server, self.health
+        assert server is not None and health_servicer is not None
+        served = [
+            svc.full_name
+            for svc in catalog.services()
+            if svc.full_name.split(".")[1] in self.started_services
+        ]
+        reflection.enable_server_reflection(
+            [*served, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME],
+            server,
+        )  # fmt: skip
+        address = f"{self.config.grpc_host}:{self.config.grpc_port}"
+        self.grpc_port = server.add_insecure_port(address)
+        await server.start()
+        for name in served:
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        log.info("grpc serving", address=f"{self.config.grpc_host}:{self.grpc_port}", services=served)
+        grace = self.config.shutdown_grace
+
+        async def stop() -> None:
+            # Report NOT_SERVING first so balancers stop sending, then drain in-flight calls.
+            await health_servicer.enter_graceful_shutdown()
+            await server.stop(grace)
+
+        self.stoppers.append(stop)
+
+    async def init_gateway(self) -> None:
+        from cartlytics.gateway import create_app
+
+        upstream = self.config.gateway_upstream
+        if not upstream:
+            if not self.grpc_port:
+                raise ValueError("the gateway target alone needs ANALYTICS_GATEWAY_UPSTREAM")
+            upstream = f"127.0.0.1:{self.grpc_port}"
+        channel = aio.insecure_channel(upstream)
+        self.gateway_channels.append(channel)
+        app = create_app(channel, max_body_bytes=self.config.max_body_bytes)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.config.http_host, self.config.http_port)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.gateway_port = sockets[0].getsockname()[1] if sockets else self.config.http_port
+        self.gateway_runner = runner
+        log.info("rest gateway serving", address=f"{self.config.http_host}:{self.gateway_port}")
+
+        async def stop() -> None:
+            await runner.cleanup()
+            await channel.close()
+
+        self.stoppers.append(stop)
+
+    # Lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self, targets: list[str]) -> None:
+        if self.config.prometheus_port:
+            start_http_server(self.config.prometheus_port)
+        for module in resolve(targets):
+            log.debug("starting module", module=module)
+            await getattr(self, "init_" + module.replace("-", "_"))()
+            if module in SERVICES:
+                self.started_services.add(module)
+
+    async def stop(self) -> None:
+        while self.stoppers:
+            stopper = self.stoppers.pop()
+            try:
+                await stopper()
+            except Exception:
+                log.exception("error while stopping")
+
+
+async def run_until_signalled(config: Config, targets: list[str], on_ready: Callable[[Runtime], Any]) -> None:
+    runtime = Runtime(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await runtime.start(targets)
+        on_ready(runtime)
+        await stop.wait()
+        log.info("shutting down", grace_seconds=config.shutdown_grace)
+    finally:
+        await runtime.stop()

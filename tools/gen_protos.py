@@ -1,0 +1,59 @@
+"""Generate Python code, type stubs and the descriptor set from proto/.
+
+Usage: python tools/gen_protos.py [OUT_DIR]   (default: src/cartlytics/gen)
+
+protoc writes `from analytics.ingest.v1 import ...`; `analytics` is an unrelated PyPI package, so
+the imports are rewritten to live under `cartlytics.gen`, the one place generated code lives.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import grpc_tools
+from grpc_tools import protoc
+
+ROOT = Path(__file__).resolve().parent.parent
+PROTO_DIR = ROOT / "proto"
+GOOGLEAPIS_DIR = ROOT / "third_party" / "googleapis"
+WELL_KNOWN_DIR = Path(grpc_tools.__file__).parent / "_proto"
+DEFAULT_OUT = ROOT / "src" / "cartlytics" / "gen"
+DESCRIPTOR_SET = "analytics.pb"
+_IMPORT = re.compile(r"^(from|import) analytics(\.| )", re.MULTILINE)
+
+
+def generate(out_dir: Path) -> None:
+    protos = sorted(str(p.relative_to(PROTO_DIR)) for p in PROTO_DIR.rglob("*.proto"))
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    args = [
+        "protoc",
+        f"-I{PROTO_DIR}",
+        f"-I{GOOGLEAPIS_DIR}",
+        f"-I{WELL_KNOWN_DIR}",
+        f"--python_out={out_dir}",
+        f"--pyi_out={out_dir}",
+        f"--grpc_python_out={out_dir}",
+        f"--descriptor_set_out={out_dir / DESCRIPTOR_SET}",
+        "--include_imports",
+        "--include_source_info",
+        *protos,
+    ]
+    if protoc.main(args) != 0:
+        raise SystemExit("protoc failed")
+    for path in sorted(out_dir.rglob("*.py*")):
+        text = _IMPORT.sub(lambda m: f"{m.group(1)} cartlytics.gen.analytics{m.group(2)}", path.read_text())
+        path.write_text(text)
+    for package in [out_dir, *(p for p in out_dir.rglob("*") if p.is_dir())]:
+        (package / "__init__.py").touch()
+    (out_dir / "__init__.py").write_text(
+        '"""Generated from proto/ by tools/gen_protos.py (make gen). Do not edit."""\n'
+    )
+
+
+if __name__ == "__main__":
+    generate(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_OUT)
