@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 import structlog
 from google.protobuf import any_pb2, descriptor_pool, json_format, message_factory
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import error_details_pb2, status_pb2  # noqa: F401 - see below
 
 __all__ = [
     "GatewayError",
@@ -26,9 +26,9 @@ __all__ = [
 
 _log = structlog.get_logger(__name__)
 
-# Imported for its side effect: the google.rpc.* detail messages must be in the default pool so
-# that the Any values of a Status can be unpacked to JSON.
-_ERROR_DETAILS = error_details_pb2.DESCRIPTOR
+
+# error_details_pb2 is imported for its side effect: the google.rpc.* detail messages must be in
+# the default pool so that the Any values of a Status can be unpacked to JSON.
 
 _HTTP_BY_GRPC: Mapping[grpc.StatusCode, int] = {
     grpc.StatusCode.OK: 200,

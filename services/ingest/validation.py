@@ -169,7 +169,7 @@ def _line_items(checker: _Checker) -> tuple[LineItem, ...]:
 def _page_view(c: _Checker, ctx: dict[str, Any]) -> None:
     page = c.string("page")
     c.string("referrer")
-    if not page and not isinstance(ctx.get("page"), str):
+    if "page" not in c.props and not isinstance(ctx.get("page"), str):
         c.fail("properties.page", "is required (or context.page)")
 
 

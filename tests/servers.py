@@ -1,0 +1,177 @@
+"""Real servers for the tests: a clickhouse-server and the cartlytics system itself.
+
+Nothing here is a stand-in: the ClickHouse server is the ``clickhouse-server`` binary (Debian's
+18.16 in CI), the system is ``cartlytics run`` in a subprocess, exactly as a user starts it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+CLICKHOUSE_CONFIG = """<?xml version="1.0"?>
+<yandex>
+  <logger><level>warning</level><log>{dir}/server.log</log><errorlog>{dir}/error.log</errorlog></logger>
+  <tcp_port>{port}</tcp_port>
+  <listen_host>127.0.0.1</listen_host>
+  <path>{dir}/data/</path>
+  <tmp_path>{dir}/tmp/</tmp_path>
+  <user_files_path>{dir}/user_files/</user_files_path>
+  <format_schema_path>{dir}/format_schemas/</format_schema_path>
+  <mark_cache_size>268435456</mark_cache_size>
+  <max_concurrent_queries>100</max_concurrent_queries>
+  <timezone>UTC</timezone>
+  <users>
+    <default>
+      <password></password>
+      <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
+      <profile>default</profile>
+      <quota>default</quota>
+    </default>
+  </users>
+  <profiles><default></default></profiles>
+  <quotas><default></default></quotas>
+</yandex>
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listened on port {port} within {timeout}s")
+
+
+class ClickHouseServer:
+    """A clickhouse-server process with its own config, data folder and port."""
+
+    def __init__(self, directory: Path) -> None:
+        self.binary = shutil.which("clickhouse-server")
+        self.directory = directory
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"clickhouse://default@127.0.0.1:{self.port}/analytics"
+
+    def start(self) -> None:
+        assert self.binary, "clickhouse-server is not on PATH"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        config = self.directory / "config.xml"
+        config.write_text(CLICKHOUSE_CONFIG.format(dir=self.directory, port=self.port))
+        self.process = subprocess.Popen(
+            [self.binary, f"--config-file={config}"],
+            cwd=self.directory,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port, 60, self.process)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@dataclass
+class System:
+    """A running ``cartlytics run`` process."""
+
+    process: subprocess.Popen[str]
+    http_url: str
+    grpc_target: str
+    key: str
+    data_dir: Path
+    log_path: Path
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+_BANNER_HTTP = re.compile(r"REST gateway: (http://\S+)")
+_BANNER_GRPC = re.compile(r"gRPC:\s+(\S+)")
+
+
+def start_system(
+    data_dir: Path,
+    key: str,
+    clickhouse_url: str = "",
+    target: str = "all",
+    extra_env: dict[str, str] | None = None,
+    timeout: float = 90,
+) -> System:
+    """Start ``cartlytics run`` on free ports and wait for its ready banner."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir / "system.log"
+    env = {
+        **os.environ,
+        "ANALYTICS_DATA_DIR": str(data_dir),
+        "ANALYTICS_BOOTSTRAP_KEY": key,
+        "ANALYTICS_HTTP_PORT": "0",
+        "ANALYTICS_GRPC_PORT": "0",
+        "CLICKHOUSE_URL": clickhouse_url,
+        "REDIS_URL": "",
+        **(extra_env or {}),
+    }
+    log_file = log_path.open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cartlytics", "run", "--target", target],
+        env=env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = log_path.read_text(errors="replace")
+        if "cartlytics is running." in text:
+            http = _BANNER_HTTP.search(text)
+            grpc_target = _BANNER_GRPC.search(text)
+            return System(
+                process=process,
+                http_url=http.group(1) if http else "",
+                grpc_target=grpc_target.group(1) if grpc_target else "",
+                key=key,
+                data_dir=data_dir,
+                log_path=log_path,
+            )
+        if process.poll() is not None:
+            raise RuntimeError(f"cartlytics exited with {process.returncode}:\n{text}")
+        time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"cartlytics did not start within {timeout}s:\n{log_path.read_text()}")

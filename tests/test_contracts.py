@@ -1,0 +1,86 @@
+"""The contracts: lint, generated code in step with proto/, and every RPC declaring its scope."""
+
+from __future__ import annotations
+
+import filecmp
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from google.api import annotations_pb2
+from google.protobuf import descriptor_pb2
+
+from cartlytics.common import catalog
+from cartlytics.gen.analytics.options.v1 import options_pb2
+
+ROOT = Path(__file__).resolve().parent.parent
+GEN = ROOT / "src" / "cartlytics" / "gen"
+
+
+def _tree(directory: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(directory)): p.read_bytes()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and "__pycache__" not in p.parts
+    }
+
+
+def test_generated_code_is_up_to_date(tmp_path: Path) -> None:
+    fresh = tmp_path / "gen"
+    subprocess.run([sys.executable, str(ROOT / "tools" / "gen_protos.py"), str(fresh)], check=True)
+    committed, regenerated = _tree(GEN), _tree(fresh)
+    assert sorted(committed) == sorted(regenerated), "run `make gen` and commit the result"
+    stale = [name for name in committed if committed[name] != regenerated[name]]
+    assert not stale, f"stale generated files (run `make gen`): {stale}"
+    assert filecmp.cmp(GEN / "analytics.pb", fresh / "analytics.pb", shallow=False)
+
+
+def test_buf_lint_passes() -> None:
+    buf = shutil.which("buf", path=str(Path(sys.executable).parent)) or shutil.which("buf")
+    assert buf, "buf is installed with the dev dependencies (buf-bin)"
+    result = subprocess.run([buf, "lint"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_rpc_declares_a_scope() -> None:
+    methods = catalog.methods()
+    assert len(methods) == 9
+    missing = [path for path, info in methods.items() if info.scope == options_pb2.SCOPE_UNSPECIFIED]
+    assert not missing, f"RPCs without (analytics.options.v1.required_scope): {missing}"
+
+
+SPEC_PATHS = {
+    ("post", "/analytics/event"),
+    ("post", "/analytics/event/batch"),
+    ("get", "/analytics/sales"),
+    ("get", "/analytics/products"),
+    ("get", "/analytics/customers"),
+    ("get", "/analytics/funnel"),
+    ("get", "/analytics/realtime"),
+    ("post", "/analytics/query"),
+    ("get", "/analytics/export"),
+}
+
+
+def test_every_documented_rest_path_is_bound_in_the_descriptor_set() -> None:
+    descriptor_set = descriptor_pb2.FileDescriptorSet.FromString((GEN / "analytics.pb").read_bytes())
+    bound: dict[str, tuple[str, str]] = {}
+    for file in descriptor_set.file:
+        if not file.package.startswith("analytics."):
+            continue
+        for service in file.service:
+            for method in service.method:
+                options = descriptor_pb2.MethodOptions.FromString(method.options.SerializeToString())
+                rule = options.Extensions[annotations_pb2.http]
+                verb = rule.WhichOneof("pattern")
+                if verb:
+                    path = f"/{file.package}.{service.name}/{method.name}"
+                    bound[path] = (verb, getattr(rule, verb))
+    assert set(bound) == set(catalog.methods()), "every RPC has a google.api.http binding"
+    assert set(bound.values()) == SPEC_PATHS
+
+
+def test_track_event_declares_201() -> None:
+    info = catalog.methods()["/analytics.ingest.v1.IngestService/TrackEvent"]
+    assert info.http_success_code == 201

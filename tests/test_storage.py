@@ -1,0 +1,62 @@
+"""The storage layer on both backends: migrations, literal rendering, round trips."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from cartlytics.common.storage import Storage, literal, render
+from cartlytics.common.storage.migrations import MIGRATIONS
+
+
+def test_migrations_are_recorded_and_idempotent(storage: Storage) -> None:
+    assert storage.migrate() == []  # the fixture applied them already
+    versions = [row[0] for row in storage.query_sync("SELECT version FROM schema_migrations")]
+    assert sorted(versions) == [m.version for m in MIGRATIONS]
+
+
+HOSTILE = [
+    "plain",
+    "it's",
+    "back\\slash",
+    "'; DROP TABLE events; --",
+    "\\'; SELECT 1; --",
+    "new\nline\ttab\0nul",
+    "unicode ☃ ü 漢字",
+    "{project}",
+]
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_hostile_strings_round_trip_as_values(storage: Storage, value: str) -> None:
+    rows = storage.query_sync("SELECT {v} AS v, length({v})", {"v": value})
+    assert rows == [(value, len(value.encode()))]
+
+
+def test_events_round_trip(storage: Storage, project_id: str) -> None:
+    ts = datetime(2024, 1, 15, 10, 35, 0, tzinfo=UTC)
+    columns = ["project_id", "event_id", "event", "ts", "received_at", "total", "currency", "page"]
+    storage.insert_sync(
+        "events", columns, [(project_id, "evt_1", "order_completed", ts, ts, 6578, "USD", "/x'y")]
+    )
+    rows = storage.query_sync(
+        "SELECT event_id, toString(toDate(ts)), total, currency, page, toUnixTimestamp(ts) "
+        "FROM events WHERE project_id = {p}",
+        {"p": project_id},
+    )
+    assert rows == [("evt_1", "2024-01-15", 6578, "USD", "/x'y", int(ts.timestamp()))]
+
+
+def test_literals() -> None:
+    assert literal(True) == "1"
+    assert literal(-3) == "-3"
+    assert literal("a'b") == "'a\\'b'"
+    assert literal(["a", 1]) == "['a', 1]"
+    assert literal(datetime(2024, 1, 1, tzinfo=UTC)) == "toDateTime('2024-01-01 00:00:00', 'UTC')"
+    with pytest.raises(ValueError):
+        literal(datetime(2024, 1, 1))
+    with pytest.raises(ValueError):
+        literal(float("nan"))
+    with pytest.raises(KeyError):
+        render("SELECT {missing}", {})

@@ -1,0 +1,139 @@
+"""Event validation rules, on plain data (no gRPC, no storage)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from cartlytics.common.errors import FieldViolation
+from cartlytics.ingest.validation import IncomingEvent, ValidEvent, validate
+
+NOW = datetime(2024, 1, 15, 10, 36, tzinfo=UTC)
+
+
+def _check(event: str, props: dict[str, Any], **fields: Any) -> ValidEvent | list[FieldViolation]:
+    fields.setdefault("user_id", "user_xyz789")
+    return validate(IncomingEvent(event=event, properties=props, **fields), NOW, lambda: "evt_new")
+
+
+def _fields(outcome: ValidEvent | list[FieldViolation]) -> list[str]:
+    assert isinstance(outcome, list), "expected a refusal"
+    return [v.field for v in outcome]
+
+
+VALID = [
+    ("page_view", {"page": "/products/shirts", "referrer": "https://google.com"}),
+    ("product_view", {"productId": "prod_abc123", "name": "Premium T-Shirt", "price": 2999, "currency": "USD"}),
+    ("product_view", {"productId": "prod_abc123"}),
+    ("add_to_cart", {"productId": "p", "variantId": "v", "quantity": 2}),
+    ("remove_from_cart", {"productId": "p", "quantity": 1}),
+    ("checkout_started", {"cartId": "c", "total": 6578, "itemCount": 3}),
+    ("order_completed", {"orderId": "o", "total": 6578, "currency": "USD", "items": 3}),
+    ("search", {"query": "shirt", "resultCount": 0}),
+    ("wishlist_added", {"anything": {"goes": [1, 2]}}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("event", "props"), VALID)
+def test_valid_events_pass(event: str, props: dict[str, Any]) -> None:
+    outcome = _check(event, props)
+    assert isinstance(outcome, ValidEvent), outcome
+    assert outcome.id == "evt_new"
+    assert outcome.timestamp == NOW
+
+
+INVALID = [
+    ("page_view", {}, "properties.page"),
+    ("page_view", {"page": 3}, "properties.page"),
+    ("product_view", {}, "properties.productId"),
+    ("product_view", {"productId": "p", "price": 29.99}, "properties.price"),
+    ("product_view", {"productId": "p", "price": -1}, "properties.price"),
+    ("product_view", {"productId": "p", "price": "2999"}, "properties.price"),
+    ("product_view", {"productId": "p", "currency": "usd"}, "properties.currency"),
+    ("add_to_cart", {"productId": "p", "quantity": 0}, "properties.quantity"),
+    ("add_to_cart", {"productId": "p", "quantity": 1.5}, "properties.quantity"),
+    ("remove_from_cart", {"quantity": 1}, "properties.productId"),
+    ("checkout_started", {"total": True}, "properties.total"),
+    ("checkout_started", {"itemCount": -2}, "properties.itemCount"),
+    ("order_completed", {"total": 1, "currency": "USD"}, "properties.orderId"),
+    ("order_completed", {"orderId": "o", "currency": "USD"}, "properties.total"),
+    ("order_completed", {"orderId": "o", "total": 1}, "properties.currency"),
+    ("order_completed", {"orderId": "o", "total": 1, "currency": "ABC"}, "properties.currency"),
+    ("order_completed", {"orderId": "", "total": 1, "currency": "USD"}, "properties.orderId"),
+    ("search", {}, "properties.query"),
+    ("search", {"query": "q", "resultCount": -1}, "properties.resultCount"),
+    ("Bad-Name", {}, "event"),
+    ("", {}, "event"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("event", "props", "field"), INVALID)
+def test_each_rule_names_its_field(event: str, props: dict[str, Any], field: str) -> None:
+    assert _fields(_check(event, props)) == [field]
+
+
+def test_page_may_come_from_context() -> None:
+    outcome = _check("page_view", {}, context={"page": "/checkout"})
+    assert isinstance(outcome, ValidEvent)
+    assert outcome.page == "/checkout"
+
+
+def test_line_items_are_checked_one_by_one() -> None:
+    props = {
+        "orderId": "o",
+        "total": 100,
+        "currency": "EUR",
+        "products": [
+            {"productId": "a", "price": 50, "quantity": 2, "name": "A", "category": "c"},
+            {"productId": "b", "price": -5, "quantity": 0},
+        ],
+    }
+    assert _fields(_check("order_completed", props)) == [
+        "properties.products[1].price",
+        "properties.products[1].quantity",
+    ]
+    props["products"] = props["products"][:1]
+    outcome = _check("order_completed", props)
+    assert isinstance(outcome, ValidEvent)
+    assert [(i.product_id, i.price, i.quantity) for i in outcome.line_items] == [("a", 50, 2)]
+
+
+def test_a_visitor_is_required() -> None:
+    assert _fields(_check("search", {"query": "q"}, user_id="")) == ["userId"]
+    outcome = _check("search", {"query": "q"}, user_id="", anonymous_id="anon")
+    assert isinstance(outcome, ValidEvent)
+    assert outcome.visitor_id == "anon"
+
+
+def test_clock_skew_is_corrected_with_sent_at() -> None:
+    # The client's clock is 2 hours fast: it says the event happened at 12:30, sent at 12:35.
+    outcome = _check(
+        "search",
+        {"query": "q"},
+        timestamp=NOW + timedelta(hours=2) - timedelta(minutes=5),
+        sent_at=NOW + timedelta(hours=2),
+    )
+    assert isinstance(outcome, ValidEvent)
+    assert outcome.timestamp == NOW - timedelta(minutes=5)
+
+
+def test_time_limits() -> None:
+    future = _check("search", {"query": "q"}, timestamp=NOW + timedelta(hours=1, seconds=1))
+    assert _fields(future) == ["timestamp"]
+    old = _check("search", {"query": "q"}, timestamp=NOW - timedelta(days=367))
+    assert _fields(old) == ["timestamp"]
+    edge = _check("search", {"query": "q"}, timestamp=NOW - timedelta(days=365))
+    assert isinstance(edge, ValidEvent)
+
+
+def test_client_ids_are_kept_and_checked() -> None:
+    outcome = _check("search", {"query": "q"}, id="evt_client-1")
+    assert isinstance(outcome, ValidEvent)
+    assert outcome.id == "evt_client-1"
+    assert _fields(_check("search", {"query": "q"}, id="bad id")) == ["id"]
+
+
+def test_oversized_event_is_refused() -> None:
+    assert _fields(_check("wishlist_added", {"blob": "x" * 40_000})) == ["properties"]
