@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
 
-__all__ = ["REQUEST_LATENCY", "REQUESTS", "UNMATCHED", "observe"]
+__all__ = ["REQUESTS", "REQUEST_LATENCY", "UNMATCHED", "observe"]
 
 UNMATCHED = "unmatched"
 

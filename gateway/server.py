@@ -187,18 +187,22 @@ class _Gateway:
             except grpc.aio.AioRpcError as err:
                 return self._rpc_error(err, outcome, request_id)
             initial = await call.initial_metadata()
+            status = _success_status(initial)
             headers = _response_headers(request_id, initial, ())
             if first is grpc.aio.EOF:
                 headers["Content-Type"] = "application/octet-stream" if raw else JSON_CONTENT_TYPE
-                return web.Response(
-                    status=_success_status(initial), body=b"" if raw else b"[]", headers=headers
-                )
-            first_rendered = render_response(route, first)
-            headers["Content-Type"] = first_rendered.content_type if raw else JSON_CONTENT_TYPE
-            response = web.StreamResponse(status=_success_status(initial), headers=headers)
+                return web.Response(status=status, body=b"" if raw else b"[]", headers=headers)
+            if raw:
+                rendered = render_response(route, first)
+                headers["Content-Type"] = rendered.content_type
+                opening = rendered.body
+            else:
+                headers["Content-Type"] = JSON_CONTENT_TYPE
+                opening = b"[" + render_json(route, first)
+            response = web.StreamResponse(status=status, headers=headers)
             await response.prepare(request)
             outcome.stream = response
-            await response.write(first_rendered.body if raw else b"[" + render_json(route, first))
+            await response.write(opening)
             while True:
                 try:
                     more = await call.read()
@@ -214,8 +218,10 @@ class _Gateway:
                     return response
                 if more is grpc.aio.EOF:
                     break
-                chunk = render_response(route, more).body if raw else b"," + render_json(route, more)
-                await response.write(chunk)
+                if raw:
+                    await response.write(render_response(route, more).body)
+                else:
+                    await response.write(b"," + render_json(route, more))
             if not raw:
                 await response.write(b"]")
             await response.write_eof()
@@ -346,9 +352,7 @@ def _valid_metadata_value(value: str) -> bool:
     return value.isascii() and value.isprintable()
 
 
-def _response_headers(
-    request_id: str, *metadata: _Metadata | None
-) -> dict[str, str]:
+def _response_headers(request_id: str, *metadata: _Metadata | None) -> dict[str, str]:
     headers = {"x-request-id": request_id}
     for entries in metadata:
         for key, value in entries or ():

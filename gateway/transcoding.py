@@ -48,9 +48,9 @@ __all__ = [
     "build_request",
     "default_descriptor_set_path",
     "load_routes",
-    "routes_from_descriptor_set",
     "render_json",
     "render_response",
+    "routes_from_descriptor_set",
 ]
 
 HTTP_BODY = "google.api.HttpBody"
@@ -215,8 +215,10 @@ def routes_from_descriptor_set(fds: descriptor_pb2.FileDescriptorSet) -> RouteTa
                 )
                 if not options.HasExtension(annotations_pb2.http):
                     continue
-                rule: http_pb2.HttpRule = options.Extensions[annotations_pb2.http]
-                success_code = int(options.Extensions[options_pb2.http_success_code])
+                # Any: the generated stubs type extensions as plain FieldDescriptors.
+                extensions: Any = options.Extensions
+                rule: http_pb2.HttpRule = extensions[annotations_pb2.http]
+                success_code = int(extensions[options_pb2.http_success_code])
                 method = pool.FindMethodByName(f"{prefix}{service.name}.{method_proto.name}")
                 for binding in (rule, *rule.additional_bindings):
                     route = _route(method, binding, success_code)
@@ -240,7 +242,8 @@ def _route(method: MethodDescriptor, rule: Any, success_code: int) -> Route | No
     for variable in template.variables:
         fields = _resolve(request_type, variable.field_path)
         if fields is None or fields[-1].is_repeated or _is_plain_message(fields[-1]):
-            raise ValueError(f"{where}: path variable {'.'.join(variable.field_path)} is not a field")
+            name = ".".join(variable.field_path)
+            raise ValueError(f"{where}: path variable {name} is not a scalar field")
     body_fields: tuple[FieldDescriptor, ...] = ()
     if rule.body and rule.body != "*":
         body_fields = _resolve_or_raise(request_type, rule.body, where)
@@ -320,16 +323,16 @@ def build_request(
     message = route.request_class()
     if route.body:
         _bind_body(message, route, body, content_type)
-    _bind_query(message, raw_query)
+    _bind_query(message, route.method.input_type, raw_query)
     for names, value in match.path_bindings.items():
-        fields = _resolve(message.DESCRIPTOR, names)
+        fields = _resolve(route.method.input_type, names)
         if fields is None:  # validated when the route was built
             raise GatewayError(grpc.StatusCode.INTERNAL, "unresolvable path variable")
         _assign(message, fields, [value], f'path variable "{".".join(names)}"')
     return message
 
 
-def _bind_query(message: Message, raw_query: str) -> None:
+def _bind_query(message: Message, descriptor: Descriptor, raw_query: str) -> None:
     """Bind `name=value` pairs; like Envoy, pairs without `=` or without a name are ignored."""
     grouped: dict[str, list[str]] = {}
     for pair in raw_query.split("&") if raw_query else ():
@@ -343,7 +346,7 @@ def _bind_query(message: Message, raw_query: str) -> None:
             raise GatewayError(_INVALID, "query string is not valid UTF-8 once decoded") from None
         grouped.setdefault(name, []).append(value)
     for name, values in grouped.items():
-        fields = _resolve(message.DESCRIPTOR, tuple(name.split(".")))
+        fields = _resolve(descriptor, tuple(name.split(".")))
         if fields is None:
             raise GatewayError(_INVALID, f'unknown query parameter "{name}"')
         _assign(message, fields, values, f'query parameter "{name}"')
@@ -362,25 +365,25 @@ def _assign(
         container = getattr(target, leaf.name)
         for text in values:
             if leaf.message_type is not None:
-                container.add().CopyFrom(_message_from_text(leaf, text, what))
+                container.add().CopyFrom(_message_from_text(leaf.message_type, text, what))
             else:
                 container.append(_scalar(leaf, text, what))
     elif leaf.message_type is not None:
-        getattr(target, leaf.name).CopyFrom(_message_from_text(leaf, values[-1], what))
+        getattr(target, leaf.name).CopyFrom(_message_from_text(leaf.message_type, values[-1], what))
     else:
         # Several values for a singular field: the last wins, as when Envoy weaves them in.
         setattr(target, leaf.name, _scalar(leaf, values[-1], what))
 
 
-def _message_from_text(fd: FieldDescriptor, text: str, what: str) -> Message:
+def _message_from_text(message_type: Descriptor, text: str, what: str) -> Message:
     """A wrapper, Timestamp, Duration or FieldMask from its JSON string form."""
-    message_type = fd.message_type
-    message: Any = message_factory.GetMessageClass(message_type)()
+    message = message_factory.GetMessageClass(message_type)()
     if message_type.full_name in _WRAPPER_TYPES:
-        message.value = _scalar(message_type.fields_by_name["value"], text, what)
-        return message  # type: ignore[no-any-return]
+        wrapper: Any = message
+        wrapper.value = _scalar(message_type.fields_by_name["value"], text, what)
+        return message
     try:
-        json_format.ParseDict(text, message)
+        json_format.Parse(json.dumps(text), message)
     except json_format.ParseError as exc:
         raise GatewayError(_INVALID, f"invalid value for {what}: {_first_line(exc)}") from None
     return message
@@ -422,6 +425,8 @@ def _scalar(fd: FieldDescriptor, text: str, what: str) -> object:
 
 def _enum_number(fd: FieldDescriptor, text: str, what: str) -> int:
     enum = fd.enum_type
+    if enum is None:
+        raise _bad_value(text, what, "an enum value")
     by_name = enum.values_by_name.get(text)
     if by_name is not None:
         return int(by_name.number)
@@ -441,7 +446,7 @@ def _bad_value(text: str, what: str, expected: str) -> GatewayError:
 
 def _bind_body(message: Message, route: Route, body: bytes, content_type: str | None) -> None:
     target_type: Descriptor | None = (
-        route.body_fields[-1].message_type if route.body_fields else message.DESCRIPTOR
+        route.body_fields[-1].message_type if route.body_fields else route.method.input_type
     )
     singular = not (route.body_fields and route.body_fields[-1].is_repeated)
     if target_type is not None and target_type.full_name == HTTP_BODY and singular:
@@ -455,9 +460,9 @@ def _bind_body(message: Message, route: Route, body: bytes, content_type: str | 
     if not body.strip():
         return  # an empty body is an empty message, as with Envoy
     value = _parse_json(body)
-    if singular and target_type is not None and _is_plain_message_type(target_type):
-        if not isinstance(value, dict):
-            raise GatewayError(_INVALID, "request body must be a JSON object")
+    plain = singular and target_type is not None and _is_plain_message_type(target_type)
+    if plain and not isinstance(value, dict):
+        raise GatewayError(_INVALID, "request body must be a JSON object")
     for fd in reversed(route.body_fields):
         value = {fd.json_name: value}
     try:

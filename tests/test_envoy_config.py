@@ -502,14 +502,6 @@ def test_declared_success_codes_are_ones_the_lua_filter_applies() -> None:
         assert grpc_path in API.http_methods, f"{grpc_path}: a success code without a REST path"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "tools/gen_protos.py does not put google/rpc/error_details.proto in analytics.pb: with "
-        "convert_grpc_status Envoy then cannot render the ErrorInfo/BadRequest/RetryInfo details "
-        "that src/cartlytics/common/errors.py sends, and REST errors get an empty body"
-    ),
-)
 def test_error_detail_types_are_in_the_descriptor_set() -> None:
     # Envoy adds google.rpc.Status and google.protobuf.Any itself; any type packed in
     # Status.details must be in the descriptor set, or the JSON conversion fails as a whole.

@@ -22,6 +22,8 @@ GOOGLEAPIS_DIR = ROOT / "third_party" / "googleapis"
 WELL_KNOWN_DIR = Path(grpc_tools.__file__).parent / "_proto"
 DEFAULT_OUT = ROOT / "src" / "cartlytics" / "gen"
 DESCRIPTOR_SET = "analytics.pb"
+# Error detail types our services attach; Envoy's transcoder needs them to print errors as JSON.
+EXTRA_DESCRIPTORS = ("google/rpc/error_details.proto", "google/rpc/status.proto")
 _IMPORT = re.compile(r"^(from|import) analytics(\.| )", re.MULTILINE)
 
 
@@ -30,20 +32,25 @@ def generate(out_dir: Path) -> None:
     if out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
-    args = [
+    includes = [f"-I{PROTO_DIR}", f"-I{GOOGLEAPIS_DIR}", f"-I{WELL_KNOWN_DIR}"]
+    code = [
         "protoc",
-        f"-I{PROTO_DIR}",
-        f"-I{GOOGLEAPIS_DIR}",
-        f"-I{WELL_KNOWN_DIR}",
+        *includes,
         f"--python_out={out_dir}",
         f"--pyi_out={out_dir}",
         f"--grpc_python_out={out_dir}",
+        *protos,
+    ]
+    descriptors = [
+        "protoc",
+        *includes,
         f"--descriptor_set_out={out_dir / DESCRIPTOR_SET}",
         "--include_imports",
         "--include_source_info",
         *protos,
+        *EXTRA_DESCRIPTORS,
     ]
-    if protoc.main(args) != 0:
+    if protoc.main(code) != 0 or protoc.main(descriptors) != 0:
         raise SystemExit("protoc failed")
     for path in sorted(out_dir.rglob("*.py*")):
         text = _IMPORT.sub(lambda m: f"{m.group(1)} cartlytics.gen.analytics{m.group(2)}", path.read_text())
