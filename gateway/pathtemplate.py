@@ -26,7 +26,15 @@ import re
 from dataclasses import dataclass
 from enum import IntEnum
 
-__all__ = ["PathTemplate", "PathTemplateError", "SegmentKind", "Variable", "split_path"]
+__all__ = [
+    "PathTemplate",
+    "PathTemplateError",
+    "Segment",
+    "SegmentKind",
+    "Variable",
+    "percent_decode",
+    "split_path",
+]
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # RFC 6570 reserved characters: kept percent-encoded in multi-segment variables (as Envoy does).

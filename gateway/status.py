@@ -135,9 +135,7 @@ def _detail_json(
         message = message_factory.GetMessageClass(descriptor)()
         if not detail.Unpack(message):
             break
-        value: dict[str, Any] | Any = json_format.MessageToDict(
-            message, always_print_fields_with_no_presence=True
-        )
+        value: Any = json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
         if not isinstance(value, dict):  # a well-known type printed as a JSON scalar/array
             value = {"value": value}
         return {"@type": detail.type_url, **value}

@@ -97,7 +97,7 @@ class Route:
     request_class: type[Message]
     response_class: type[Message]
     body: str
-    """"" (no body), "*" (the whole request) or the field path the body fills."""
+    """Empty (no body), "*" (the whole request) or the path of the field the body fills."""
     body_fields: tuple[FieldDescriptor, ...]
     response_body: str
     response_fields: tuple[FieldDescriptor, ...]

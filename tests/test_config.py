@@ -1,0 +1,36 @@
+"""Configuration: defaults that run with no environment, refusals at start, docs in step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cartlytics.common.config import Config, ConfigError, settings_table
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_defaults_need_no_environment() -> None:
+    config = Config.from_env({})
+    assert (config.http_host, config.http_port, config.grpc_port) == ("127.0.0.1", 8080, 50051)
+    assert config.data_dir == Path("data")
+    assert config.clickhouse_url == "" and config.redis_url == ""
+    assert config.default_currency == "USD"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("ANALYTICS_HTTP_PORT", "eighty"), ("ANALYTICS_DEFAULT_CURRENCY", "dollars"),
+     ("ANALYTICS_LOG_FORMAT", "xml"), ("ANALYTICS_SHUTDOWN_GRACE", "-1")],
+)  # fmt: skip
+def test_bad_values_fail_at_start_naming_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        Config.from_env({name: value})
+
+
+def test_readme_configuration_table_is_current() -> None:
+    text = README.read_text()
+    start = text.index("<!-- config-table:start -->") + len("<!-- config-table:start -->")
+    end = text.index("<!-- config-table:end -->")
+    assert text[start:end].strip() == settings_table()
