@@ -77,7 +77,9 @@ def _system(
     tmp_path_factory: pytest.TempPathFactory, clickhouse_url: str, name: str
 ) -> Iterator[System]:
     system = start_system(
-        tmp_path_factory.mktemp(name), key="cak_test_" + uuid.uuid4().hex, clickhouse_url=clickhouse_url
+        tmp_path_factory.mktemp(name),
+        key="cak_test_" + uuid.uuid4().hex,
+        clickhouse_url=clickhouse_url,
     )
     yield system
     system.stop()

@@ -28,7 +28,9 @@ def months_back(day: date, months: int) -> date:
     return date(y, m + 1, min(day.day, last))
 
 
-def window(period: str, zone: ZoneInfo, now: datetime) -> tuple[datetime, datetime, datetime, datetime]:
+def window(
+    period: str, zone: ZoneInfo, now: datetime
+) -> tuple[datetime, datetime, datetime, datetime]:
     n, unit = int(period[:-1]), period[-1]
     local_now = now.astimezone(zone)
     today = local_now.date()
@@ -93,7 +95,9 @@ def all_buckets(start: datetime, end: datetime, zone: ZoneInfo, granularity: str
     last = end.astimezone(zone).date()
     day = start.astimezone(zone).date()
     while day <= last:
-        label = bucket_label(datetime(day.year, day.month, day.day, 12, tzinfo=zone), zone, granularity)
+        label = bucket_label(
+            datetime(day.year, day.month, day.day, 12, tzinfo=zone), zone, granularity
+        )
         if label not in labels:
             labels.append(label)
         day += timedelta(days=1)

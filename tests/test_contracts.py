@@ -46,7 +46,9 @@ def test_buf_lint_passes() -> None:
 def test_every_rpc_declares_a_scope() -> None:
     methods = catalog.methods()
     assert len(methods) == 9
-    missing = [path for path, info in methods.items() if info.scope == options_pb2.SCOPE_UNSPECIFIED]
+    missing = [
+        path for path, info in methods.items() if info.scope == options_pb2.SCOPE_UNSPECIFIED
+    ]
     assert not missing, f"RPCs without (analytics.options.v1.required_scope): {missing}"
 
 
@@ -64,14 +66,18 @@ SPEC_PATHS = {
 
 
 def test_every_documented_rest_path_is_bound_in_the_descriptor_set() -> None:
-    descriptor_set = descriptor_pb2.FileDescriptorSet.FromString((GEN / "analytics.pb").read_bytes())
+    descriptor_set = descriptor_pb2.FileDescriptorSet.FromString(
+        (GEN / "analytics.pb").read_bytes()
+    )
     bound: dict[str, tuple[str, str]] = {}
     for file in descriptor_set.file:
         if not file.package.startswith("analytics."):
             continue
         for service in file.service:
             for method in service.method:
-                options = descriptor_pb2.MethodOptions.FromString(method.options.SerializeToString())
+                options = descriptor_pb2.MethodOptions.FromString(
+                    method.options.SerializeToString()
+                )
                 rule = options.Extensions[annotations_pb2.http]
                 verb = rule.WhichOneof("pattern")
                 if verb:

@@ -94,10 +94,9 @@ def load_api(path: Path = DESCRIPTOR_SET) -> Api:
                 grpc_path = f"/{full_name}/{method.name}"
                 if method.options.HasExtension(annotations_pb2.http):
                     http_methods.append(grpc_path)
-                if method.options.HasExtension(options_pb2.http_success_code):
-                    success_codes[grpc_path] = method.options.Extensions[
-                        options_pb2.http_success_code
-                    ]
+                code_option = options_pb2.http_success_code
+                if method.options.HasExtension(code_option):  # type: ignore[arg-type]
+                    success_codes[grpc_path] = method.options.Extensions[code_option]  # type: ignore[index]
     return Api(tuple(fds.file), frozenset(services), tuple(http_methods), success_codes)
 
 
@@ -256,8 +255,8 @@ def validation_errors(msg: Message, where: str = "") -> Iterator[str]:
             yield f"{where}: one of {oneof.name} is required"
     for field in msg.DESCRIPTOR.fields:
         here = f"{where}.{field.name}"
-        yield from _field_rule_errors(msg, field, here)
-        if not _is_set(msg, field):
+        yield from _field_rule_errors(msg, field, here)  # type: ignore[arg-type]
+        if not _is_set(msg, field):  # type: ignore[arg-type]
             continue
         if field.GetOptions().deprecated:
             yield f"{here}: deprecated"

@@ -64,7 +64,7 @@ def test_grpc_calls_need_a_key_and_get_rich_errors(system: System) -> None:
         with pytest.raises(grpc.RpcError) as refused:
             stub.TrackEvent(bad, metadata=metadata, timeout=5)
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        status = rpc_status.from_call(refused.value)  # type: ignore[arg-type]
+        status = rpc_status.from_call(refused.value)
         assert status is not None
         violations = []
         for detail in status.details:
@@ -96,7 +96,9 @@ def test_sigterm_drains_in_flight_calls(tmp_path: Path) -> None:
                 events = [_order(f"o_{worker}_{batch}_{i}", 100, currency) for i in range(50)]
                 try:
                     reply = stub.BatchTrackEvents(
-                        ingest_pb2.BatchTrackEventsRequest(events=events), metadata=metadata, timeout=30
+                        ingest_pb2.BatchTrackEventsRequest(events=events),
+                        metadata=metadata,
+                        timeout=30,
                     )
                 except grpc.RpcError as error:
                     failed.append(error.code())
@@ -118,7 +120,9 @@ def test_sigterm_drains_in_flight_calls(tmp_path: Path) -> None:
 
     restarted = start_system(tmp_path / "data", key)
     try:
-        reply = call("GET", f"{restarted.http_url}/analytics/sales?period=1d&currency={currency}", key)
+        reply = call(
+            "GET", f"{restarted.http_url}/analytics/sales?period=1d&currency={currency}", key
+        )
         assert reply.status == 200, reply.body
         assert reply.json()["orders"] == sum(acked)
     finally:

@@ -49,7 +49,11 @@ TRACK_EXAMPLE = {
 BATCH_EXAMPLE = {
     "events": [
         {"event": "page_view", "userId": "user_xyz789", "properties": {"page": "/products/shirts"}},
-        {"event": "product_view", "userId": "user_xyz789", "properties": {"productId": "prod_abc123"}},
+        {
+            "event": "product_view",
+            "userId": "user_xyz789",
+            "properties": {"productId": "prod_abc123"},
+        },
     ]
 }
 
@@ -74,7 +78,11 @@ def test_track_event_keeps_client_timestamp_and_id(system: System) -> None:
         event["timestamp"] = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     reply = call("POST", f"{system.http_url}/analytics/event", system.key, event)
     assert reply.status == 201, reply.body
-    assert reply.json() == {"id": "evt_client_42", "event": "product_view", "timestamp": event["timestamp"]}
+    assert reply.json() == {
+        "id": "evt_client_42",
+        "event": "product_view",
+        "timestamp": event["timestamp"],
+    }
 
 
 def test_batch_example(system: System) -> None:
@@ -86,13 +94,19 @@ def test_batch_example(system: System) -> None:
     assert body["rejected"] == []
     assert [a["index"] for a in body["accepted"]] == [0, 1]
     assert [a["event"] for a in body["accepted"]] == ["page_view", "product_view"]
-    assert all(a["id"].startswith("evt_") and RFC3339_UTC.match(a["timestamp"]) for a in body["accepted"])
+    assert all(
+        a["id"].startswith("evt_") and RFC3339_UTC.match(a["timestamp"]) for a in body["accepted"]
+    )
 
 
 def test_mixed_batch_lists_refusals_by_index(system: System) -> None:
     events: list[dict[str, Any]] = [
         BATCH_EXAMPLE["events"][0],
-        {"event": "order_completed", "userId": "u", "properties": {"orderId": "o", "total": -5, "currency": "USD"}},
+        {
+            "event": "order_completed",
+            "userId": "u",
+            "properties": {"orderId": "o", "total": -5, "currency": "USD"},
+        },
         {"event": "search", "anonymousId": "anon_1", "properties": {"query": "socks"}},
         {"event": "add_to_cart", "properties": {"productId": "p"}},
     ]  # fmt: skip
@@ -111,7 +125,15 @@ def test_sales_example(system: System) -> None:
     reply = call("GET", f"{system.http_url}/analytics/sales?period=30d&granularity=day", system.key)
     assert reply.status == 200, reply.body
     body = reply.json()
-    assert set(body) == {"period", "revenue", "orders", "averageOrderValue", "currency", "growth", "series"}
+    assert set(body) == {
+        "period",
+        "revenue",
+        "orders",
+        "averageOrderValue",
+        "currency",
+        "growth",
+        "series",
+    }
     assert body["period"] == "30d"
     assert body["currency"] == "USD"
     for name in ("revenue", "orders", "averageOrderValue"):
@@ -124,7 +146,11 @@ def test_sales_example(system: System) -> None:
 
 
 def test_invalid_event_is_400_naming_the_field(system: System) -> None:
-    event = {"event": "order_completed", "userId": "u", "properties": {"orderId": "o", "total": 12.5, "currency": "USD"}}  # fmt: skip
+    event = {
+        "event": "order_completed",
+        "userId": "u",
+        "properties": {"orderId": "o", "total": 12.5, "currency": "USD"},
+    }
     reply = call("POST", f"{system.http_url}/analytics/event", system.key, event)
     assert reply.status == 400
     body = reply.json()
@@ -172,7 +198,12 @@ def test_endpoints_of_later_issues_answer_501(system: System, method: str, path:
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("GET", "/analytics/nope"), ("GET", "/analytics/event"), ("DELETE", "/analytics/sales"), ("GET", "/")],
+    [
+        ("GET", "/analytics/nope"),
+        ("GET", "/analytics/event"),
+        ("DELETE", "/analytics/sales"),
+        ("GET", "/"),
+    ],
 )
 def test_unknown_paths_and_methods_are_404(system: System, method: str, path: str) -> None:
     reply = call(method, f"{system.http_url}{path}", system.key)

@@ -64,14 +64,20 @@ def _dataset(system: System) -> list[oracle.Order]:
         later = original.ts + timedelta(days=rng.randint(0, 20), seconds=rng.randint(1, 3000))
         if later >= now - timedelta(minutes=2) or not _avoid_boundaries(later, now):
             continue
-        dup = oracle.Order(f"evt_sales_{n:05d}", original.order_id, later, 999_999, original.currency)
+        dup = oracle.Order(
+            f"evt_sales_{n:05d}", original.order_id, later, 999_999, original.currency
+        )
         orders.append(dup)
         events.append(_order_event(dup, "user_dup"))
     # Retries: the same event (same id) sent again.
     retries = [events[i] for i in rng.sample(range(len(events)), 25)]
     # Events that are not orders must not count.
     noise = [
-        {"event": "product_view", "userId": "user_1", "properties": {"productId": "p1", "price": 500}},
+        {
+            "event": "product_view",
+            "userId": "user_1",
+            "properties": {"productId": "p1", "price": 500},
+        },
         {"event": "checkout_started", "userId": "user_2", "properties": {"total": 12_345}},
     ]
     everything = events + retries + noise
@@ -127,7 +133,9 @@ def test_sales_counts_a_retried_order_once(system: System) -> None:
     now = datetime.now(UTC)
     order = oracle.Order("evt_chf_once", "ord_chf_once", now - timedelta(hours=3), 4_200, "CHF")
     for _ in range(3):
-        reply = call("POST", f"{system.http_url}/analytics/event", system.key, _order_event(order, "u"))
+        reply = call(
+            "POST", f"{system.http_url}/analytics/event", system.key, _order_event(order, "u")
+        )
         assert reply.status == 201, reply.body
     # Same orderId, another event id: still one order.
     again = _order_event(order, "u", send_id=False)
@@ -160,6 +168,9 @@ def test_sales_refuses_bad_parameters(system: System, query: str, field: str) ->
     body = reply.json()
     assert body["code"] == 3
     violations = [
-        v for d in body["details"] if d["@type"].endswith("BadRequest") for v in d["fieldViolations"]
+        v
+        for d in body["details"]
+        if d["@type"].endswith("BadRequest")
+        for v in d["fieldViolations"]
     ]
     assert [v["field"] for v in violations] == [field]

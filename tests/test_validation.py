@@ -25,7 +25,7 @@ def _fields(outcome: ValidEvent | list[FieldViolation]) -> list[str]:
 
 VALID = [
     ("page_view", {"page": "/products/shirts", "referrer": "https://google.com"}),
-    ("product_view", {"productId": "prod_abc123", "name": "Premium T-Shirt", "price": 2999, "currency": "USD"}),
+    ("product_view", {"productId": "p1", "name": "T-Shirt", "price": 2999, "currency": "USD"}),
     ("product_view", {"productId": "prod_abc123"}),
     ("add_to_cart", {"productId": "p", "variantId": "v", "quantity": 2}),
     ("remove_from_cart", {"productId": "p", "quantity": 1}),
@@ -81,7 +81,7 @@ def test_page_may_come_from_context() -> None:
 
 
 def test_line_items_are_checked_one_by_one() -> None:
-    props = {
+    props: dict[str, Any] = {
         "orderId": "o",
         "total": 100,
         "currency": "EUR",

@@ -53,7 +53,9 @@ def generate(out_dir: Path) -> None:
     if protoc.main(code) != 0 or protoc.main(descriptors) != 0:
         raise SystemExit("protoc failed")
     for path in sorted(out_dir.rglob("*.py*")):
-        text = _IMPORT.sub(lambda m: f"{m.group(1)} cartlytics.gen.analytics{m.group(2)}", path.read_text())
+        text = _IMPORT.sub(
+            lambda m: f"{m.group(1)} cartlytics.gen.analytics{m.group(2)}", path.read_text()
+        )
         path.write_text(text)
     for package in [out_dir, *(p for p in out_dir.rglob("*") if p.is_dir())]:
         (package / "__init__.py").touch()

@@ -53,9 +53,19 @@ def _event_row(project_id: str, e: ValidEvent) -> tuple[Any, ...]:
 def _item_rows(project_id: str, e: ValidEvent) -> list[tuple[Any, ...]]:
     return [
         (
-            project_id, e.order_id, e.id, line, e.timestamp, e.visitor_id, e.currency,
-            item.product_id, item.name, item.category, item.price, item.quantity,
-        )  # fmt: skip
+            project_id,
+            e.order_id,
+            e.id,
+            line,
+            e.timestamp,
+            e.visitor_id,
+            e.currency,
+            item.product_id,
+            item.name,
+            item.category,
+            item.price,
+            item.quantity,
+        )
         for line, item in enumerate(e.line_items)
     ]
 

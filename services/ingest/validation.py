@@ -167,7 +167,7 @@ def _line_items(checker: _Checker) -> tuple[LineItem, ...]:
 
 
 def _page_view(c: _Checker, ctx: dict[str, Any]) -> None:
-    page = c.string("page")
+    c.string("page")
     c.string("referrer")
     if "page" not in c.props and not isinstance(ctx.get("page"), str):
         c.fail("properties.page", "is required (or context.page)")
@@ -265,9 +265,7 @@ def validate(
         violations.append(FieldViolation("event", "is required"))
     elif name not in STANDARD_EVENTS and not CUSTOM_EVENT.match(name):
         violations.append(
-            FieldViolation(
-                "event", "must be a standard event or match ^[a-z][a-z0-9_]{0,63}$"
-            )
+            FieldViolation("event", "must be a standard event or match ^[a-z][a-z0-9_]{0,63}$")
         )
     _check_identity(incoming, violations)
     timestamp = _event_time(incoming, received_at, violations)

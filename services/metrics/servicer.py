@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeAlias
 
 from grpc import aio
 
@@ -12,7 +12,7 @@ from cartlytics.gen.analytics.metrics.v1 import metrics_pb2, metrics_pb2_grpc
 
 from .sales import SalesQuery, SalesReader
 
-Context = aio.ServicerContext[Any, Any]
+Context: TypeAlias = aio.ServicerContext[Any, Any]
 
 
 class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):

@@ -144,7 +144,9 @@ class Runtime:
         from cartlytics.ingest.servicer import IngestServicer
 
         server, storage = self._require()
-        ingest_pb2_grpc.add_IngestServiceServicer_to_server(IngestServicer(Ingestor(storage)), server)
+        ingest_pb2_grpc.add_IngestServiceServicer_to_server(
+            IngestServicer(Ingestor(storage)), server
+        )
 
     async def init_metrics(self) -> None:
         from cartlytics.gen.analytics.metrics.v1 import metrics_pb2_grpc
@@ -181,7 +183,9 @@ class Runtime:
         for name in served:
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-        log.info("grpc serving", address=f"{self.config.grpc_host}:{self.grpc_port}", services=served)
+        log.info(
+            "grpc serving", address=f"{self.config.grpc_host}:{self.grpc_port}", services=served
+        )
         grace = self.config.shutdown_grace
 
         async def stop() -> None:
@@ -238,7 +242,9 @@ class Runtime:
                 log.exception("error while stopping")
 
 
-async def run_until_signalled(config: Config, targets: list[str], on_ready: Callable[[Runtime], Any]) -> None:
+async def run_until_signalled(
+    config: Config, targets: list[str], on_ready: Callable[[Runtime], Any]
+) -> None:
     runtime = Runtime(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -41,7 +41,8 @@ def methods() -> dict[str, MethodInfo]:
             path = f"/{service.full_name}/{method.name}"
             found[path] = MethodInfo(
                 path=path,
-                scope=options.Extensions[options_pb2.required_scope],
-                http_success_code=options.Extensions[options_pb2.http_success_code],
+                # The generated stubs type extensions loosely; the values are plain ints.
+                scope=options.Extensions[options_pb2.required_scope],  # type: ignore[index]
+                http_success_code=options.Extensions[options_pb2.http_success_code],  # type: ignore[index]
             )
     return found

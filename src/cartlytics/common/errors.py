@@ -62,9 +62,7 @@ class ApiError(Exception):
             delay = duration_pb2.Duration()
             delay.FromNanoseconds(int(self.retry_after_seconds * 1e9))
             details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
-        return status_pb2.Status(
-            code=self.code.value[0], message=self.message, details=details
-        )
+        return status_pb2.Status(code=self.code.value[0], message=self.message, details=details)
 
 
 def _pack(message: object) -> any_pb2.Any:
@@ -73,7 +71,9 @@ def _pack(message: object) -> any_pb2.Any:
     return packed
 
 
-def invalid_argument(violations: list[FieldViolation], reason: str = "INVALID_ARGUMENT") -> ApiError:
+def invalid_argument(
+    violations: list[FieldViolation], reason: str = "INVALID_ARGUMENT"
+) -> ApiError:
     """A 400 whose message names every offending field and rule."""
     summary = "; ".join(f"{v.field}: {v.description}" for v in violations)
     return ApiError(
@@ -98,7 +98,9 @@ def permission_denied(message: str) -> ApiError:
 
 def unimplemented(method: str, issue: str) -> ApiError:
     return ApiError(
-        f"{method} is not implemented yet ({issue})", "NOT_IMPLEMENTED", grpc.StatusCode.UNIMPLEMENTED
+        f"{method} is not implemented yet ({issue})",
+        "NOT_IMPLEMENTED",
+        grpc.StatusCode.UNIMPLEMENTED,
     )
 
 

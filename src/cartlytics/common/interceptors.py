@@ -83,7 +83,9 @@ class ServiceInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         if info.http_success_code:
             await context.send_initial_metadata((("x-http-code", str(info.http_success_code)),))
 
-    def _finish(self, info: MethodInfo, started: float, code: str, error: BaseException | None) -> None:
+    def _finish(
+        self, info: MethodInfo, started: float, code: str, error: BaseException | None
+    ) -> None:
         elapsed = time.perf_counter() - started
         RPC_TOTAL.labels(info.path, code).inc()
         RPC_SECONDS.labels(info.path).observe(elapsed)
@@ -113,7 +115,9 @@ class ServiceInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         return handle
 
     def _wrap_stream(self, info: MethodInfo, behavior: Any) -> Any:
-        async def handle(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        async def handle(
+            request: Any, context: aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
             started = time.perf_counter()
             try:
                 await self._enter(info, context)

@@ -19,7 +19,7 @@ ISO_4217 = frozenset(
     RWF SAR SBD SCR SDG SEK SGD SHP SLE SLL SOS SRD SSP STN SVC SYP SZL THB TJS TMT TND TOP TRY TTD
     TWD TZS UAH UGX USD USN UYI UYU UYW UZS VED VES VND VUV WST XAF XAG XAU XCD XCG XDR XOF XPD XPF
     XPT XSU XUA YER ZAR ZMW ZWG ZWL
-    """.split()
+    """.split()  # noqa: SIM905
 )
 _CODE = re.compile(r"^[A-Z]{3}$")
 
@@ -53,7 +53,7 @@ def percent(part: int, whole: int) -> float:
 
 
 def growth(current: int, previous: int) -> float | None:
-    """(current - previous) / previous * 100, one decimal; 0 when both are 0; None when undefined."""
+    """(current - previous) / previous * 100, one decimal; 0 when both are 0; None if undefined."""
     if previous == 0:
         return 0.0 if current == 0 else None
     return float(round_half_up(Fraction((current - previous) * 100, previous), 1))

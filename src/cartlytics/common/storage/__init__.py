@@ -70,7 +70,9 @@ class Storage:
             "(version UInt32, name String, applied_at DateTime('UTC')) "
             "ENGINE = MergeTree ORDER BY version"
         )
-        done = {int(row[0]) for row in self.backend.execute("SELECT version FROM schema_migrations")}
+        done = {
+            int(row[0]) for row in self.backend.execute("SELECT version FROM schema_migrations")
+        }
         applied = []
         for migration in migrations:
             if migration.version in done:
