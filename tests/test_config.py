@@ -14,7 +14,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 def test_defaults_need_no_environment() -> None:
     config = Config.from_env({})
     assert (config.http_host, config.http_port, config.grpc_port) == ("127.0.0.1", 8080, 50051)
-    assert config.data_dir == Path("data")
+    assert config.data_dir == Path("data").resolve()
     assert config.clickhouse_url == "" and config.redis_url == ""
     assert config.default_currency == "USD"
 

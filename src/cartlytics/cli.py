@@ -8,6 +8,7 @@ import sys
 
 from cartlytics.common.config import Config, ConfigError, settings_table
 from cartlytics.common.logging import configure_logging
+from cartlytics.common.storage import StorageError
 from cartlytics.modules import TARGETS, Runtime, run_until_signalled
 
 
@@ -80,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"cartlytics: {exc}", file=sys.stderr)
         return 2
+    except (RuntimeError, OSError, StorageError) as exc:
+        print(f"cartlytics: could not start: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -132,7 +132,8 @@ class Config:
                 values[name] = setting.parse(raw)
             except ValueError as exc:
                 raise ConfigError(f"{setting.env}={raw!r}: {exc}") from exc
-        values["data_dir"] = Path(values["data_dir"])
+        # Absolute, so child processes (valkey-server chdirs into its folder) agree on paths.
+        values["data_dir"] = Path(values["data_dir"]).expanduser().resolve()
         if values["log_format"] not in ("console", "json"):
             raise ConfigError("ANALYTICS_LOG_FORMAT must be console or json")
         if len(values["default_currency"]) != 3 or not values["default_currency"].isupper():

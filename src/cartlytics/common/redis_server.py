@@ -27,7 +27,7 @@ def _die_with_parent() -> None:
 
 class EmbeddedRedis:
     def __init__(self, directory: Path) -> None:
-        self.directory = directory
+        self.directory = directory.resolve()
         self.socket = directory / "valkey.sock"
         self._process: subprocess.Popen[bytes] | None = None
 
