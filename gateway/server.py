@@ -15,7 +15,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,8 +66,16 @@ class _Outcome:
 class _Gateway:
     """The request handlers, bound to one channel and one route table."""
 
-    def __init__(self, channel: grpc.aio.Channel, routes: RouteTable, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        routes: RouteTable,
+        max_body_bytes: int,
+        upstreams: Mapping[str, grpc.aio.Channel] | None = None,
+    ) -> None:
         self._channel = channel
+        # Per-service channels (microservices mode); services not listed use `channel`.
+        self._upstreams = dict(upstreams or {})
         self._routes = routes
         self._max_body_bytes = max_body_bytes
         self._callables: dict[str, Any] = {}
@@ -247,9 +255,9 @@ class _Gateway:
         """The (cached) multi-callable of a route's RPC; bytes in, response message out."""
         found = self._callables.get(route.grpc_path)
         if found is None:
-            factory = (
-                self._channel.unary_stream if route.server_streaming else self._channel.unary_unary
-            )
+            service = route.grpc_path.split("/")[1]
+            channel = self._upstreams.get(service, self._channel)
+            factory = channel.unary_stream if route.server_streaming else channel.unary_unary
             found = factory(
                 route.grpc_path,
                 request_serializer=_serialize,
@@ -287,9 +295,15 @@ def create_app(
     *,
     routes: RouteTable | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    upstreams: Mapping[str, grpc.aio.Channel] | None = None,
 ) -> web.Application:
-    """The gateway application over `channel` (routes default to the generated descriptor set)."""
-    gateway = _Gateway(channel, routes if routes is not None else load_routes(), max_body_bytes)
+    """The gateway application over `channel` (routes default to the generated descriptor set).
+
+    ``upstreams`` maps a full service name to its own channel, for services run apart.
+    """
+    gateway = _Gateway(
+        channel, routes if routes is not None else load_routes(), max_body_bytes, upstreams
+    )
     app = web.Application()
     app.router.add_get("/healthz", gateway.healthz, allow_head=False)
     app.router.add_get("/metrics", gateway.metrics, allow_head=False)

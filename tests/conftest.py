@@ -8,6 +8,7 @@ is a failure.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import uuid
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from cartlytics.common.storage import Storage, open_storage
-from tests.servers import ClickHouseServer, System, start_system
+from tests.servers import ClickHouseServer, EnvoyGateway, System, start_system
 
 BACKENDS = ("chdb", "clickhouse")
 REQUIRE_SERVER = os.environ.get("CARTLYTICS_REQUIRE_CLICKHOUSE_SERVER") == "1"
@@ -104,3 +105,30 @@ def system(backend: str, request: pytest.FixtureRequest) -> System:
     """The whole system (``cartlytics run``) on the given backend, one per test module."""
     name = "_chdb_system" if backend == "chdb" else "_server_system"
     return request.getfixturevalue(name)  # type: ignore[no-any-return]
+
+
+_ENVOYS: dict[str, EnvoyGateway] = {}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_envoys() -> Iterator[None]:
+    yield
+    for envoy in _ENVOYS.values():
+        envoy.stop()
+
+
+@pytest.fixture(params=["in-process", "envoy"])
+def api(
+    system: System, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> System:
+    """The system seen through a REST gateway: the in-process one, or Envoy when installed."""
+    if request.param == "in-process":
+        return system
+    if shutil.which("envoy") is None:
+        pytest.skip("no envoy binary on PATH (none installs on these machines)")
+    envoy = _ENVOYS.get(system.grpc_target)
+    if envoy is None:
+        envoy = EnvoyGateway(tmp_path_factory.mktemp("envoy"), system.grpc_target)
+        envoy.start()
+        _ENVOYS[system.grpc_target] = envoy
+    return dataclasses.replace(system, http_url=envoy.url)

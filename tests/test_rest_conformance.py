@@ -58,9 +58,9 @@ BATCH_EXAMPLE = {
 }
 
 
-def test_track_event_example(system: System) -> None:
+def test_track_event_example(api: System) -> None:
     before = datetime.now(UTC) - timedelta(seconds=1)
-    reply = call("POST", f"{system.http_url}/analytics/event", system.key, TRACK_EXAMPLE)
+    reply = call("POST", f"{api.http_url}/analytics/event", api.key, TRACK_EXAMPLE)
     assert reply.status == 201, reply.body
     assert reply.headers["Content-Type"].startswith("application/json")
     body = reply.json()
@@ -72,11 +72,11 @@ def test_track_event_example(system: System) -> None:
     assert before <= stamped <= datetime.now(UTC) + timedelta(seconds=1)
 
 
-def test_track_event_keeps_client_timestamp_and_id(system: System) -> None:
+def test_track_event_keeps_client_timestamp_and_id(api: System) -> None:
     event = {**TRACK_EXAMPLE, "id": "evt_client_42", "timestamp": "2026-01-15T10:35:00Z"}
     if datetime(2026, 1, 15, tzinfo=UTC) < datetime.now(UTC) - timedelta(days=360):
         event["timestamp"] = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    reply = call("POST", f"{system.http_url}/analytics/event", system.key, event)
+    reply = call("POST", f"{api.http_url}/analytics/event", api.key, event)
     assert reply.status == 201, reply.body
     assert reply.json() == {
         "id": "evt_client_42",
@@ -85,8 +85,8 @@ def test_track_event_keeps_client_timestamp_and_id(system: System) -> None:
     }
 
 
-def test_batch_example(system: System) -> None:
-    reply = call("POST", f"{system.http_url}/analytics/event/batch", system.key, BATCH_EXAMPLE)
+def test_batch_example(api: System) -> None:
+    reply = call("POST", f"{api.http_url}/analytics/event/batch", api.key, BATCH_EXAMPLE)
     assert reply.status == 200, reply.body
     body = reply.json()
     assert body["acceptedCount"] == 2
@@ -99,7 +99,7 @@ def test_batch_example(system: System) -> None:
     )
 
 
-def test_mixed_batch_lists_refusals_by_index(system: System) -> None:
+def test_mixed_batch_lists_refusals_by_index(api: System) -> None:
     events: list[dict[str, Any]] = [
         BATCH_EXAMPLE["events"][0],
         {
@@ -110,7 +110,7 @@ def test_mixed_batch_lists_refusals_by_index(system: System) -> None:
         {"event": "search", "anonymousId": "anon_1", "properties": {"query": "socks"}},
         {"event": "add_to_cart", "properties": {"productId": "p"}},
     ]  # fmt: skip
-    reply = call("POST", f"{system.http_url}/analytics/event/batch", system.key, {"events": events})
+    reply = call("POST", f"{api.http_url}/analytics/event/batch", api.key, {"events": events})
     assert reply.status == 200, reply.body
     body = reply.json()
     assert (body["acceptedCount"], body["rejectedCount"]) == (2, 2)
@@ -121,8 +121,8 @@ def test_mixed_batch_lists_refusals_by_index(system: System) -> None:
     ]
 
 
-def test_sales_example(system: System) -> None:
-    reply = call("GET", f"{system.http_url}/analytics/sales?period=30d&granularity=day", system.key)
+def test_sales_example(api: System) -> None:
+    reply = call("GET", f"{api.http_url}/analytics/sales?period=30d&granularity=day", api.key)
     assert reply.status == 200, reply.body
     body = reply.json()
     assert set(body) == {
@@ -145,13 +145,13 @@ def test_sales_example(system: System) -> None:
     assert dates == sorted(dates, reverse=True)
 
 
-def test_invalid_event_is_400_naming_the_field(system: System) -> None:
+def test_invalid_event_is_400_naming_the_field(api: System) -> None:
     event = {
         "event": "order_completed",
         "userId": "u",
         "properties": {"orderId": "o", "total": 12.5, "currency": "USD"},
     }
-    reply = call("POST", f"{system.http_url}/analytics/event", system.key, event)
+    reply = call("POST", f"{api.http_url}/analytics/event", api.key, event)
     assert reply.status == 400
     body = reply.json()
     assert body["code"] == 3
@@ -166,14 +166,14 @@ def test_invalid_event_is_400_naming_the_field(system: System) -> None:
     ids=["missing", "unknown", "not-bearer"],
 )
 def test_requests_without_a_valid_key_are_401(
-    system: System, headers: dict[str, str], key: str | None
+    api: System, headers: dict[str, str], key: str | None
 ) -> None:
     for method, path, body in [
         ("POST", "/analytics/event", TRACK_EXAMPLE),
         ("GET", "/analytics/sales", None),
         ("GET", "/analytics/products", None),
     ]:
-        reply = call(method, f"{system.http_url}{path}", key, body, headers=headers)
+        reply = call(method, f"{api.http_url}{path}", key, body, headers=headers)
         assert reply.status == 401, (path, reply.body)
         assert reply.json()["code"] == 16
 
@@ -189,9 +189,9 @@ def test_requests_without_a_valid_key_are_401(
         ("GET", "/analytics/export?type=orders&period=30d&format=csv"),
     ],
 )
-def test_endpoints_of_later_issues_answer_501(system: System, method: str, path: str) -> None:
+def test_endpoints_of_later_issues_answer_501(api: System, method: str, path: str) -> None:
     body = {"metrics": ["revenue"]} if method == "POST" else None
-    reply = call(method, f"{system.http_url}{path}", system.key, body)
+    reply = call(method, f"{api.http_url}{path}", api.key, body)
     assert reply.status == 501, reply.body
     assert reply.json()["code"] == 12
 
@@ -205,20 +205,20 @@ def test_endpoints_of_later_issues_answer_501(system: System, method: str, path:
         ("GET", "/"),
     ],
 )
-def test_unknown_paths_and_methods_are_404(system: System, method: str, path: str) -> None:
-    reply = call(method, f"{system.http_url}{path}", system.key)
+def test_unknown_paths_and_methods_are_404(api: System, method: str, path: str) -> None:
+    reply = call(method, f"{api.http_url}{path}", api.key)
     assert reply.status == 404
     assert reply.json()["code"] == 5
 
 
-def test_unknown_query_parameter_is_400(system: System) -> None:
-    reply = call("GET", f"{system.http_url}/analytics/sales?period=7d&colour=red", system.key)
+def test_unknown_query_parameter_is_400(api: System) -> None:
+    reply = call("GET", f"{api.http_url}/analytics/sales?period=7d&colour=red", api.key)
     assert reply.status == 400
     assert "colour" in reply.json()["message"]
 
 
-def test_badly_typed_query_parameter_is_400(system: System) -> None:
-    reply = call("GET", f"{system.http_url}/analytics/products?limit=ten", system.key)
+def test_badly_typed_query_parameter_is_400(api: System) -> None:
+    reply = call("GET", f"{api.http_url}/analytics/products?limit=ten", api.key)
     assert reply.status == 400
     assert "limit" in reply.json()["message"]
 
@@ -228,26 +228,26 @@ def test_badly_typed_query_parameter_is_400(system: System) -> None:
     [b"{not json", b"[]", b'{"event": 5}', b'{"event": "search", "colour": "red"}', b"\xff\xfe"],
     ids=["broken", "array", "wrong-type", "unknown-field", "not-utf8"],
 )
-def test_malformed_bodies_are_400(system: System, raw: bytes) -> None:
-    reply = call("POST", f"{system.http_url}/analytics/event", system.key, raw=raw)
+def test_malformed_bodies_are_400(api: System, raw: bytes) -> None:
+    reply = call("POST", f"{api.http_url}/analytics/event", api.key, raw=raw)
     assert reply.status == 400, reply.body
     assert reply.json()["code"] == 3
 
 
-def test_oversized_body_is_413(system: System) -> None:
+def test_oversized_body_is_413(api: System) -> None:
     raw = b'{"events": [' + b",".join([b'{"event": "search"}'] * 80_000) + b"]}"
     assert len(raw) > 1 << 20
-    reply = call("POST", f"{system.http_url}/analytics/event/batch", system.key, raw=raw)
+    reply = call("POST", f"{api.http_url}/analytics/event/batch", api.key, raw=raw)
     assert reply.status == 413
 
 
-def test_batch_over_the_event_limit_is_refused_whole(system: System) -> None:
+def test_batch_over_the_event_limit_is_refused_whole(api: System) -> None:
     events = [{"event": "search", "userId": "u", "properties": {"query": "q"}}] * 1001
-    reply = call("POST", f"{system.http_url}/analytics/event/batch", system.key, {"events": events})
+    reply = call("POST", f"{api.http_url}/analytics/event/batch", api.key, {"events": events})
     assert reply.status == 400
     assert [v["field"] for v in _violations(reply)] == ["events"]
 
 
-def test_healthz(system: System) -> None:
-    reply = call("GET", f"{system.http_url}/healthz")
+def test_healthz(api: System) -> None:
+    reply = call("GET", f"{api.http_url}/healthz")
     assert reply.status == 200

@@ -71,6 +71,20 @@ def resolve(targets: list[str]) -> list[str]:
     return [m for m in order if m != "all"]
 
 
+def parse_upstreams(value: str) -> tuple[str, dict[str, str]]:
+    """``host:port`` or ``ingest=host:port,metrics=...`` -> (default address, per service)."""
+    default, per_service = "", {}
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        name, sep, address = part.partition("=")
+        if not sep:
+            default = part
+        elif name in SERVICES and address:
+            per_service[name] = address
+        else:
+            raise ValueError(f"ANALYTICS_GATEWAY_UPSTREAM: cannot read {part!r}")
+    return default, per_service
+
+
 @dataclass
 class Runtime:
     """What the running modules share. Built once per process."""
@@ -86,7 +100,6 @@ class Runtime:
     health: health.aio.HealthServicer | None = None
     gateway_runner: web.AppRunner | None = None
     gateway_port: int = 0
-    gateway_channels: list[aio.Channel] = field(default_factory=list)
     started_services: set[str] = field(default_factory=set)
     stoppers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
@@ -198,14 +211,19 @@ class Runtime:
     async def init_gateway(self) -> None:
         from cartlytics.gateway import create_app
 
-        upstream = self.config.gateway_upstream
-        if not upstream:
-            if not self.grpc_port:
+        default, per_service = parse_upstreams(self.config.gateway_upstream)
+        if not default:
+            if not self.grpc_port and len(per_service) < len(SERVICES):
                 raise ValueError("the gateway target alone needs ANALYTICS_GATEWAY_UPSTREAM")
-            upstream = f"127.0.0.1:{self.grpc_port}"
-        channel = aio.insecure_channel(upstream)
-        self.gateway_channels.append(channel)
-        app = create_app(channel, max_body_bytes=self.config.max_body_bytes)
+            default = f"127.0.0.1:{self.grpc_port}" if self.grpc_port else per_service["ingest"]
+        channel = aio.insecure_channel(default)
+        upstreams = {
+            svc.full_name: aio.insecure_channel(per_service[svc.full_name.split(".")[1]])
+            for svc in catalog.services()
+            if svc.full_name.split(".")[1] in per_service
+        }
+        app = create_app(channel, max_body_bytes=self.config.max_body_bytes, upstreams=upstreams)
+        channels = [channel, *upstreams.values()]
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, self.config.http_host, self.config.http_port)
@@ -218,7 +236,8 @@ class Runtime:
 
         async def stop() -> None:
             await runner.cleanup()
-            await channel.close()
+            for open_channel in channels:
+                await open_channel.close()
 
         self.stoppers.append(stop)
 

@@ -78,7 +78,8 @@ SETTINGS: dict[str, Setting] = {
         "ANALYTICS_GATEWAY_UPSTREAM",
         str,
         "",
-        "gateway target only: host:port of the gRPC services (empty: this process's gRPC port).",
+        "Where the gateway sends gRPC: host:port, or per service "
+        "ingest=host:port,metrics=host:port,export=host:port (empty: this process's gRPC port).",
     ),
     "max_body_bytes": Setting(
         "ANALYTICS_MAX_BODY_BYTES", _positive_int, "1048576", "Largest REST request body."
