@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit gen check-gen venv clean
+.PHONY: run test lint typecheck unit gen docs venv clean
 
 venv: $(STAMP)
 
@@ -31,6 +31,10 @@ typecheck: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+## docs: refresh the README configuration table
+docs: $(STAMP)
+	$(BIN)/python tools/update_readme_config.py
 
 ## gen: regenerate Python code, type stubs and the descriptor set from proto/
 gen: $(STAMP)

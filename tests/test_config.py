@@ -33,4 +33,4 @@ def test_readme_configuration_table_is_current() -> None:
     text = README.read_text()
     start = text.index("<!-- config-table:start -->") + len("<!-- config-table:start -->")
     end = text.index("<!-- config-table:end -->")
-    assert text[start:end].strip() == settings_table()
+    assert text[start:end].strip() == settings_table(), "run `make docs`"

@@ -1,28 +1,48 @@
-"""Ingest domain logic: validate a request's events and store the valid ones in one write."""
+"""Ingest domain logic: validate, dedupe retries, store durably in shared INSERTs, then count.
+
+An event is acknowledged only after the INSERT carrying it has returned (group commit). A client
+id seen inside the dedup window gets its first acknowledgement again and is not stored twice.
+Redis (dedup window, realtime counters) is optional: without it ingestion carries on.
+"""
 
 from __future__ import annotations
 
 import json
 import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from cartlytics.common.errors import FieldViolation
-from cartlytics.common.storage import Storage
+from cartlytics.common.realtime import RealtimeCounters, RealtimeEvent
+from cartlytics.common.redis_guard import RedisGuard
+from cartlytics.common.storage.group_commit import GroupCommitter, TableSpec
 
-from .validation import IncomingEvent, ValidEvent, validate
+from .enrichment import Enrichment, enrich
+from .idempotency import Ack, IdempotencyWindow
+from .validation import MAX_EVENT_BYTES, IncomingEvent, ValidEvent, validate
 
-EVENT_COLUMNS = (
-    "project_id", "event_id", "event", "ts", "received_at", "user_id", "anonymous_id",
-    "session_id", "visitor_id", "order_id", "total", "currency", "product_id", "page",
-    "properties", "context",
+EVENTS = TableSpec(
+    "events",
+    (
+        "project_id", "event_id", "event", "ts", "received_at", "user_id", "anonymous_id",
+        "session_id", "visitor_id", "order_id", "total", "currency", "product_id", "page",
+        "properties", "context", "device", "browser", "os", "ip_hash", "country", "region",
+        "utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content", "referrer_host",
+    ),
 )  # fmt: skip
-ITEM_COLUMNS = (
-    "project_id", "order_id", "event_id", "line", "ts", "visitor_id", "currency", "product_id",
-    "name", "category", "price", "quantity",
+ORDER_ITEMS = TableSpec(
+    "order_items",
+    (
+        "project_id", "order_id", "event_id", "line", "ts", "visitor_id", "currency",
+        "product_id", "name", "category", "price", "quantity",
+    ),
 )  # fmt: skip
+# Line items first: a line without its order event is never counted (product figures join on the
+# order), while an order event without its lines would undercount products.
+TABLES = (ORDER_ITEMS, EVENTS)
+IN_FLIGHT = "an event with this id is being stored by another request; retry"
 
 
 def new_event_id() -> str:
@@ -35,18 +55,29 @@ class Rejected:
     violations: list[FieldViolation]
 
 
-@dataclass(frozen=True)
+@dataclass
 class IngestResult:
-    accepted: list[tuple[int, ValidEvent]]
-    rejected: list[Rejected]
+    accepted: list[tuple[int, Ack]] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
 
 
-def _event_row(project_id: str, e: ValidEvent) -> tuple[Any, ...]:
+@dataclass(frozen=True)
+class IngestLimits:
+    max_event_bytes: int = MAX_EVENT_BYTES
+    ip_mode: str = "hash"
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _event_row(project_id: str, e: ValidEvent, extra: Enrichment) -> tuple[Any, ...]:
     return (
         project_id, e.id, e.event, e.timestamp, e.received_at, e.user_id, e.anonymous_id,
         e.session_id, e.visitor_id, e.order_id, e.total, e.currency, e.product_id, e.page,
-        json.dumps(e.properties, ensure_ascii=False, separators=(",", ":")),
-        json.dumps(e.context, ensure_ascii=False, separators=(",", ":")),
+        _compact(e.properties), _compact(extra.context), extra.device, extra.browser, extra.os,
+        extra.ip_hash, extra.country, extra.region, extra.utm_source, extra.utm_medium,
+        extra.utm_campaign, extra.utm_term, extra.utm_content, extra.referrer_host,
     )  # fmt: skip
 
 
@@ -70,38 +101,108 @@ def _item_rows(project_id: str, e: ValidEvent) -> list[tuple[Any, ...]]:
     ]
 
 
+def _realtime(e: ValidEvent) -> RealtimeEvent:
+    return RealtimeEvent(
+        event_id=e.id,
+        event=e.event,
+        ts=e.timestamp,
+        visitor_id=e.visitor_id,
+        page=e.page if e.event == "page_view" else "",
+        order_id=e.order_id,
+        total=e.total,
+        currency=e.currency,
+    )
+
+
 class Ingestor:
     def __init__(
         self,
-        storage: Storage,
+        committer: GroupCommitter,
+        window: IdempotencyWindow,
+        realtime: RealtimeCounters | None,
+        redis_guard: RedisGuard,
+        ip_salt: bytes,
+        limits: IngestLimits | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         new_id: Callable[[], str] = new_event_id,
     ) -> None:
-        self._storage = storage
+        self._committer = committer
+        self._window = window
+        self._realtime = realtime
+        self._guard = redis_guard
+        self._ip_salt = ip_salt
+        self._limits = limits or IngestLimits()
         self._clock = clock
         self._new_id = new_id
 
-    def check(self, events: Sequence[IncomingEvent]) -> IngestResult:
+    async def ingest(
+        self, project_id: str, events: Sequence[IncomingEvent], client_ip: str = ""
+    ) -> IngestResult:
+        result = IngestResult()
         received_at = self._clock()
-        accepted: list[tuple[int, ValidEvent]] = []
-        rejected: list[Rejected] = []
+        valid: list[tuple[int, ValidEvent]] = []
         for index, incoming in enumerate(events):
-            outcome = validate(incoming, received_at, self._new_id)
+            outcome = validate(incoming, received_at, self._new_id, self._limits.max_event_bytes)
             if isinstance(outcome, ValidEvent):
-                accepted.append((index, outcome))
+                valid.append((index, outcome))
             else:
-                rejected.append(Rejected(index, outcome))
-        return IngestResult(accepted, rejected)
+                result.rejected.append(Rejected(index, outcome))
 
-    async def store(self, project_id: str, events: Sequence[ValidEvent]) -> None:
-        """Write the events (and their order lines) before anything is acknowledged."""
+        # Within one request the first occurrence of an id is the one stored.
+        first_of: dict[str, int] = {}
+        for index, event in valid:
+            first_of.setdefault(event.id, index)
+        client_ids = [e.id for i, e in valid if e.client_id and first_of[e.id] == i]
+        claims = await self._window.claim(project_id, client_ids)
+
+        to_store: list[ValidEvent] = []
+        acks: dict[str, Ack] = {}
+        for index, event in valid:
+            claim = claims.get(event.id)
+            if first_of[event.id] != index:
+                continue
+            if claim is not None and claim.ack is not None:
+                acks[event.id] = claim.ack
+            elif claim is not None and claim.in_flight:
+                result.rejected.append(Rejected(index, [FieldViolation("id", IN_FLIGHT)]))
+            else:
+                to_store.append(event)
+        claimed = [e.id for e in to_store if e.client_id]
+        try:
+            await self._store(project_id, to_store, client_ip)
+        except BaseException:
+            await self._window.release(project_id, claimed)
+            raise
+        stored = [Ack(e.id, e.event, e.timestamp) for e in to_store]
+        acks.update((a.id, a) for a in stored)
+        await self._window.confirm(project_id, [acks[i] for i in claimed])
+        if self._realtime is not None and to_store:
+            counters, batch = self._realtime, [_realtime(e) for e in to_store]
+            await self._guard.run(lambda _: counters.record(project_id, batch), None)
+
+        refused = {r.index for r in result.rejected}
+        for index, event in valid:
+            if index in refused:
+                continue
+            if event.id in acks:
+                result.accepted.append((index, acks[event.id]))
+            else:  # a repeat, in this request, of an id another request is storing
+                result.rejected.append(Rejected(index, [FieldViolation("id", IN_FLIGHT)]))
+        result.rejected.sort(key=lambda r: r.index)
+        return result
+
+    async def _store(self, project_id: str, events: Sequence[ValidEvent], client_ip: str) -> None:
         if not events:
             return
-        # Line items first: an order line without its event is never counted (queries join on
-        # the order's event), while an event without its lines would undercount products.
-        items = [row for e in events for row in _item_rows(project_id, e)]
-        if items:
-            await self._storage.insert("order_items", ITEM_COLUMNS, items)
-        await self._storage.insert(
-            "events", EVENT_COLUMNS, [_event_row(project_id, e) for e in events]
-        )
+        rows: dict[str, list[Any]] = {EVENTS.name: [], ORDER_ITEMS.name: []}
+        for event in events:
+            extra = enrich(
+                event.properties,
+                event.context,
+                ip_salt=self._ip_salt,
+                ip_mode=self._limits.ip_mode,
+                client_ip=client_ip,
+            )
+            rows[EVENTS.name].append(_event_row(project_id, event, extra))
+            rows[ORDER_ITEMS.name].extend(_item_rows(project_id, event))
+        await self._committer.write(rows)

@@ -5,17 +5,17 @@ from __future__ import annotations
 from datetime import UTC
 from typing import Any
 
+import grpc
 from google.protobuf import json_format
 from grpc import aio
 
 from cartlytics.common.auth import current_principal
-from cartlytics.common.errors import FieldViolation, invalid_argument
+from cartlytics.common.errors import ApiError, FieldViolation, invalid_argument
 from cartlytics.gen.analytics.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 
-from .ingestor import Ingestor
-from .validation import IncomingEvent, ValidEvent
-
-MAX_BATCH_EVENTS = 1000
+from .idempotency import Ack
+from .ingestor import IN_FLIGHT, Ingestor
+from .validation import IncomingEvent
 
 
 def _incoming(message: ingest_pb2.Event) -> IncomingEvent:
@@ -43,44 +43,70 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _ack(event: ValidEvent) -> ingest_pb2.TrackEventResponse:
-    response = ingest_pb2.TrackEventResponse(id=event.id, event=event.event)
-    response.timestamp.FromDatetime(event.timestamp)
-    return response
+def _client_ip(context: aio.ServicerContext[Any, Any]) -> str:
+    """The shopper's address: the gateway's X-Forwarded-For, else the gRPC peer."""
+    for item in context.invocation_metadata() or ():
+        if item.key == "x-forwarded-for":
+            return str(item.value).split(",")[0].strip()
+    peer = context.peer() or ""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv4":
+        return rest.rsplit(":", 1)[0]
+    if kind == "ipv6":
+        return rest.rsplit(":", 1)[0].strip("[]").replace("%5B", "").replace("%5D", "")
+    return ""
+
+
+def _fill(target: Any, ack: Ack) -> None:
+    target.id = ack.id
+    target.event = ack.event
+    target.timestamp.FromDatetime(ack.timestamp)
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
-    def __init__(self, ingestor: Ingestor) -> None:
+    def __init__(self, ingestor: Ingestor, max_batch_events: int, max_batch_bytes: int) -> None:
         self._ingestor = ingestor
+        self._max_events = max_batch_events
+        self._max_bytes = max_batch_bytes
 
     async def TrackEvent(
         self, request: ingest_pb2.TrackEventRequest, context: aio.ServicerContext[Any, Any]
     ) -> ingest_pb2.TrackEventResponse:
-        result = self._ingestor.check([_incoming(request.event)])
+        result = await self._ingestor.ingest(
+            current_principal.get().project_id, [_incoming(request.event)], _client_ip(context)
+        )
         if result.rejected:
-            raise invalid_argument(result.rejected[0].violations)
-        event = result.accepted[0][1]
-        await self._ingestor.store(current_principal.get().project_id, [event])
-        return _ack(event)
+            violations = result.rejected[0].violations
+            if violations[0].description == IN_FLIGHT:
+                raise ApiError(IN_FLIGHT, "EVENT_IN_FLIGHT", grpc.StatusCode.ABORTED)
+            raise invalid_argument(violations)
+        response = ingest_pb2.TrackEventResponse()
+        _fill(response, result.accepted[0][1])
+        return response
 
     async def BatchTrackEvents(
         self, request: ingest_pb2.BatchTrackEventsRequest, context: aio.ServicerContext[Any, Any]
     ) -> ingest_pb2.BatchTrackEventsResponse:
         if not request.events:
             raise invalid_argument([FieldViolation("events", "must hold at least one event")])
-        if len(request.events) > MAX_BATCH_EVENTS:
+        if len(request.events) > self._max_events:
             raise invalid_argument(
-                [FieldViolation("events", f"must hold at most {MAX_BATCH_EVENTS} events")]
+                [FieldViolation("events", f"must hold at most {self._max_events} events")]
             )
-        result = self._ingestor.check([_incoming(e) for e in request.events])
-        valid = [event for _, event in result.accepted]
-        await self._ingestor.store(current_principal.get().project_id, valid)
+        if request.ByteSize() > self._max_bytes:
+            raise invalid_argument(
+                [FieldViolation("events", f"must be at most {self._max_bytes} bytes in all")]
+            )
+        result = await self._ingestor.ingest(
+            current_principal.get().project_id,
+            [_incoming(e) for e in request.events],
+            _client_ip(context),
+        )
         response = ingest_pb2.BatchTrackEventsResponse(
             accepted_count=len(result.accepted), rejected_count=len(result.rejected)
         )
-        for index, event in result.accepted:
-            item = response.accepted.add(index=index, id=event.id, event=event.event)
-            item.timestamp.FromDatetime(event.timestamp)
+        for index, ack in result.accepted:
+            _fill(response.accepted.add(index=index), ack)
         for rejected in result.rejected:
             for violation in rejected.violations:
                 response.rejected.add(

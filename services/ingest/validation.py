@@ -69,6 +69,7 @@ class ValidEvent:
     properties: dict[str, Any]
     context: dict[str, Any]
     line_items: tuple[LineItem, ...]
+    client_id: bool  # the id came from the client (so a retry may repeat it)
 
 
 class _Checker:
@@ -256,7 +257,10 @@ def _event_time(
 
 
 def validate(
-    incoming: IncomingEvent, received_at: datetime, new_id: Callable[[], str]
+    incoming: IncomingEvent,
+    received_at: datetime,
+    new_id: Callable[[], str],
+    max_event_bytes: int = MAX_EVENT_BYTES,
 ) -> ValidEvent | list[FieldViolation]:
     """Return the valid event, or every rule it broke."""
     violations: list[FieldViolation] = []
@@ -270,9 +274,9 @@ def validate(
     _check_identity(incoming, violations)
     timestamp = _event_time(incoming, received_at, violations)
     size = len(json.dumps(incoming.properties)) + len(json.dumps(incoming.context))
-    if size > MAX_EVENT_BYTES:
+    if size > max_event_bytes:
         violations.append(
-            FieldViolation("properties", f"event must be at most {MAX_EVENT_BYTES} bytes")
+            FieldViolation("properties", f"event must be at most {max_event_bytes} bytes")
         )
     checker = _Checker(incoming.properties)
     rules = STANDARD_EVENTS.get(name)
@@ -306,4 +310,5 @@ def validate(
         properties=props,
         context=incoming.context,
         line_items=line_items,
+        client_id=bool(incoming.id),
     )

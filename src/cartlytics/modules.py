@@ -8,6 +8,7 @@ and stops them in reverse. Adding a component is one init method and one line in
 from __future__ import annotations
 
 import asyncio
+import secrets
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from prometheus_client import start_http_server
 from redis.asyncio import Redis
 
 from cartlytics.common import catalog
-from cartlytics.common.auth import ALL_SCOPES, KeyRing, load_bootstrap_key
+from cartlytics.common.auth import ALL_SCOPES, KeyRing, load_bootstrap_key, load_secret
 from cartlytics.common.config import Config
 from cartlytics.common.interceptors import ServiceInterceptor
 from cartlytics.common.redis_server import EmbeddedRedis, connect
@@ -152,14 +153,32 @@ class Runtime:
         return self.grpc_server, self.storage
 
     async def init_ingest(self) -> None:
+        from cartlytics.common.realtime import RealtimeCounters
+        from cartlytics.common.redis_guard import RedisGuard
+        from cartlytics.common.storage.group_commit import GroupCommitter
         from cartlytics.gen.analytics.ingest.v1 import ingest_pb2_grpc
-        from cartlytics.ingest.ingestor import Ingestor
+        from cartlytics.ingest.idempotency import IdempotencyWindow
+        from cartlytics.ingest.ingestor import TABLES, IngestLimits, Ingestor
         from cartlytics.ingest.servicer import IngestServicer
 
         server, storage = self._require()
-        ingest_pb2_grpc.add_IngestServiceServicer_to_server(
-            IngestServicer(Ingestor(storage)), server
+        config = self.config
+        guard = RedisGuard(self.redis)
+        salt, _ = load_secret(
+            config.ip_salt, config.data_dir, "ip_salt", lambda: secrets.token_hex(32)
         )
+        committer = GroupCommitter(storage, TABLES)
+        ingestor = Ingestor(
+            committer,
+            IdempotencyWindow(guard, config.dedup_window_seconds),
+            RealtimeCounters(self.redis) if self.redis is not None else None,
+            guard,
+            ip_salt=salt.encode(),
+            limits=IngestLimits(max_event_bytes=config.max_event_bytes, ip_mode=config.ip_mode),
+        )
+        servicer = IngestServicer(ingestor, config.max_batch_events, config.max_body_bytes)
+        ingest_pb2_grpc.add_IngestServiceServicer_to_server(servicer, server)
+        self.stoppers.append(committer.close)
 
     async def init_metrics(self) -> None:
         from cartlytics.gen.analytics.metrics.v1 import metrics_pb2_grpc

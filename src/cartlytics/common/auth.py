@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,16 +76,25 @@ class KeyRing:
             raise permission_denied(f"this API key lacks the '{name}' scope")
 
 
-def load_bootstrap_key(configured: str, data_dir: Path) -> tuple[str, bool]:
-    """Return the bootstrap key and whether it was generated now."""
+def load_secret(
+    configured: str, data_dir: Path, name: str, make: Callable[[], str]
+) -> tuple[str, bool]:
+    """The configured secret, else the one kept in ``data_dir/name`` (made once, mode 0600).
+
+    Returns the secret and whether it was generated now.
+    """
     if configured:
         return configured, False
-    path = data_dir / "bootstrap_key"
+    path = data_dir / name
     if path.exists():
         return path.read_text().strip(), False
     data_dir.mkdir(parents=True, exist_ok=True)
-    key = new_key()
+    secret = make()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
-        handle.write(key + "\n")
-    return key, True
+        handle.write(secret + "\n")
+    return secret, True
+
+
+def load_bootstrap_key(configured: str, data_dir: Path) -> tuple[str, bool]:
+    return load_secret(configured, data_dir, "bootstrap_key", new_key)

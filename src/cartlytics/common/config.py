@@ -82,7 +82,37 @@ SETTINGS: dict[str, Setting] = {
         "ingest=host:port,metrics=host:port,export=host:port (empty: this process's gRPC port).",
     ),
     "max_body_bytes": Setting(
-        "ANALYTICS_MAX_BODY_BYTES", _positive_int, "1048576", "Largest REST request body."
+        "ANALYTICS_MAX_BODY_BYTES",
+        _positive_int,
+        "524288",
+        "Largest REST request body (a batch of events is at most 500 KB of JSON).",
+    ),
+    "max_batch_events": Setting(
+        "ANALYTICS_MAX_BATCH_EVENTS", _positive_int, "1000", "Most events in one batch request."
+    ),
+    "max_event_bytes": Setting(
+        "ANALYTICS_MAX_EVENT_BYTES",
+        _positive_int,
+        "32768",
+        "Largest event (its properties and context as JSON).",
+    ),
+    "dedup_window_seconds": Setting(
+        "ANALYTICS_DEDUP_WINDOW_SECONDS",
+        _positive_int,
+        "86400",
+        "How long Redis remembers a client event id to acknowledge its retries.",
+    ),
+    "ip_mode": Setting(
+        "ANALYTICS_IP_MODE",
+        str,
+        "hash",
+        "hash: store a salted hash of the client IP; drop: store nothing of it.",
+    ),
+    "ip_salt": Setting(
+        "ANALYTICS_IP_SALT",
+        str,
+        "",
+        "Salt of the IP hash. Empty: generated once, kept in the data dir.",
     ),
     "shutdown_grace": Setting(
         "ANALYTICS_SHUTDOWN_GRACE",
@@ -117,6 +147,11 @@ class Config:
     default_currency: str
     gateway_upstream: str
     max_body_bytes: int
+    max_batch_events: int
+    max_event_bytes: int
+    dedup_window_seconds: int
+    ip_mode: str
+    ip_salt: str
     shutdown_grace: float
     prometheus_port: int
     log_level: str
@@ -135,6 +170,8 @@ class Config:
                 raise ConfigError(f"{setting.env}={raw!r}: {exc}") from exc
         # Absolute, so child processes (valkey-server chdirs into its folder) agree on paths.
         values["data_dir"] = Path(values["data_dir"]).expanduser().resolve()
+        if values["ip_mode"] not in ("hash", "drop"):
+            raise ConfigError("ANALYTICS_IP_MODE must be hash or drop")
         if values["log_format"] not in ("console", "json"):
             raise ConfigError("ANALYTICS_LOG_FORMAT must be console or json")
         if len(values["default_currency"]) != 3 or not values["default_currency"].isupper():

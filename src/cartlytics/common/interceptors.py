@@ -18,7 +18,8 @@ from prometheus_client import Counter, Histogram
 
 from .auth import KeyRing, current_principal
 from .catalog import MethodInfo, methods
-from .errors import INTERNAL_STATUS, ApiError
+from .errors import INTERNAL_STATUS, ApiError, unavailable
+from .storage import StorageUnavailable
 
 log = structlog.get_logger("cartlytics.rpc")
 
@@ -46,6 +47,11 @@ async def _abort(context: aio.ServicerContext[Any, Any], error: ApiError | None)
     await context.abort(
         code, status.message, trailing_metadata=((STATUS_DETAILS_KEY, status.SerializeToString()),)
     )
+
+
+def _storage_down() -> ApiError:
+    # Nothing was acknowledged: the client retries (ids make the retry safe).
+    return unavailable("storage is unavailable; retry shortly", "STORAGE_UNAVAILABLE")
 
 
 class ServiceInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
@@ -89,7 +95,9 @@ class ServiceInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         elapsed = time.perf_counter() - started
         RPC_TOTAL.labels(info.path, code).inc()
         RPC_SECONDS.labels(info.path).observe(elapsed)
-        if error is not None and not isinstance(error, ApiError):
+        if isinstance(error, StorageUnavailable):
+            log.warning("rpc failed: storage unavailable", method=info.path, error=str(error))
+        elif error is not None and not isinstance(error, ApiError):
             log.error("rpc failed", method=info.path, exc_info=error)
         else:
             log.debug("rpc", method=info.path, code=code, ms=round(elapsed * 1000, 2))
@@ -106,6 +114,9 @@ class ServiceInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
             except ApiError as exc:
                 self._finish(info, started, exc.code.name, exc)
                 await _abort(context, exc)
+            except StorageUnavailable as exc:
+                self._finish(info, started, "UNAVAILABLE", exc)
+                await _abort(context, _storage_down())
             except Exception as exc:
                 self._finish(info, started, "INTERNAL", exc)
                 await _abort(context, None)
@@ -129,6 +140,9 @@ class ServiceInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
             except ApiError as exc:
                 self._finish(info, started, exc.code.name, exc)
                 await _abort(context, exc)
+            except StorageUnavailable as exc:
+                self._finish(info, started, "UNAVAILABLE", exc)
+                await _abort(context, _storage_down())
             except Exception as exc:
                 self._finish(info, started, "INTERNAL", exc)
                 await _abort(context, None)

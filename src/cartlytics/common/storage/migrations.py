@@ -75,6 +75,29 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        2,
+        "add_enrichment_columns",
+        (
+            # What ingest derives from context (services/ingest/enrichment.py). One statement, so a
+            # failure cannot leave half the columns (18.16 has no ADD COLUMN IF NOT EXISTS).
+            """
+            ALTER TABLE events
+                ADD COLUMN device $Dict,
+                ADD COLUMN browser $Dict,
+                ADD COLUMN os $Dict,
+                ADD COLUMN ip_hash String,
+                ADD COLUMN country $Dict,
+                ADD COLUMN region String,
+                ADD COLUMN utm_source String,
+                ADD COLUMN utm_medium String,
+                ADD COLUMN utm_campaign String,
+                ADD COLUMN utm_term String,
+                ADD COLUMN utm_content String,
+                ADD COLUMN referrer_host String
+            """,
+        ),
+    ),
 )
 
 

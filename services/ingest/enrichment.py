@@ -1,0 +1,287 @@
+"""What commerce analysts expect next to an event, derived from its ``context`` and ``properties``.
+
+Device, browser and OS come from the user agent; country and region from ``context.location``;
+UTM fields from ``context.campaign`` or the page URL's query; the referrer's host from the first
+referrer URL given. The client IP is never stored: at most a salted hash of it (``ip_mode``
+"hash"), or nothing ("drop"), and the context to store is a copy without any ``ip`` key.
+
+Plain Python over plain data, like validation: no gRPC, no storage. Events come from clients we do
+not control, so every function here is total: a value of the wrong type, or an unparseable one,
+yields an empty field, never an exception.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import ua_parser
+
+MAX_UA_LENGTH = 1024
+MAX_UTM_LENGTH = 200
+MAX_REGION_LENGTH = 64
+# Longer URLs are not parsed: no real page or referrer URL needs more, and parsing is linear.
+MAX_URL_LENGTH = 8192
+MAX_QUERY_FIELDS = 256
+IP_HASH_HEX_CHARS = 32
+# context.campaign names the campaign "name"; the URL parameter is utm_campaign.
+CAMPAIGN_KEYS = {
+    "source": "source",
+    "medium": "medium",
+    "campaign": "name",
+    "term": "term",
+    "content": "content",
+}
+
+# Automated clients that ua-parser does not classify as "Spider" (it does catch Googlebot, bingbot,
+# GPTBot, ...). Whole words only, so that phone makers such as Cubot are not taken for bots.
+BOT_MARKERS = re.compile(
+    r"\b(?:bot|crawler|spider|slurp)\b"
+    r"|^(?:curl|wget|python-requests|python-urllib|libwww-perl|go-http-client|scrapy)/"
+    r"|headlesschrome|phantomjs",
+    re.IGNORECASE,
+)
+HOST_LABELS = re.compile(r"[^\W_](?:[\w-]*[^\W_])?(?:\.[^\W_](?:[\w-]*[^\W_])?)*")
+
+# ISO 3166-1 alpha-2, officially assigned (249), plus XK (Kosovo), which GeoIP databases use.
+_COUNTRY_CODES = """
+    AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ BR
+    BS BT BV BW BY BZ CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ DE DJ DK DM DO DZ
+    EC EE EG EH ER ES ET FI FJ FK FM FO FR GA GB GD GE GF GG GH GI GL GM GN GP GQ GR GS GT GU GW
+    GY HK HM HN HR HT HU ID IE IL IM IN IO IQ IR IS IT JE JM JO JP KE KG KH KI KM KN KP KR KW KY
+    KZ LA LB LC LI LK LR LS LT LU LV LY MA MC MD ME MF MG MH MK ML MM MN MO MP MQ MR MS MT MU MV
+    MW MX MY MZ NA NC NE NF NG NI NL NO NP NR NU NZ OM PA PE PF PG PH PK PL PM PN PR PS PT PW PY
+    QA RE RO RS RU RW SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ TC TD TF TG
+    TH TJ TK TL TM TN TO TR TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI VN VU WF WS YE YT ZA ZM
+    ZW XK
+"""
+COUNTRIES = frozenset(_COUNTRY_CODES.split())
+
+
+@dataclass(frozen=True)
+class Enrichment:
+    """The derived columns of one event, every one a string ("" when unknown)."""
+
+    device: str  # "desktop" | "mobile" | "tablet" | "bot" | "" (no user agent)
+    browser: str  # ua-parser's family: "Chrome", "Chrome Mobile", "Mobile Safari", "Edge", ...
+    os: str  # ua-parser's family: "Windows", "Mac OS X", "iOS", "Android", "Linux", ...
+    ip_hash: str  # first 32 hex chars of HMAC-SHA256(ip_salt, ip) in ip_mode "hash"
+    country: str  # ISO 3166-1 alpha-2, upper-case
+    region: str
+    utm_source: str
+    utm_medium: str
+    utm_campaign: str
+    utm_term: str
+    utm_content: str
+    referrer_host: str  # lower-case, without "www."
+    context: dict[str, Any]  # the context to store: a copy without any "ip" key, at any depth
+
+
+def enrich(
+    properties: Mapping[str, Any],
+    context: Mapping[str, Any],
+    *,
+    ip_salt: bytes,
+    ip_mode: str = "hash",
+    client_ip: str = "",
+) -> Enrichment:
+    """Derive an event's analytics columns; never raises and never mutates its inputs.
+
+    ``client_ip`` (the peer or X-Forwarded-For address) is used when ``context.ip`` is absent or
+    invalid. Any ``ip_mode`` but "hash", and an empty salt, keep nothing of the IP: an unsalted hash
+    of an IPv4 address is reversed by trying all 2**32 of them.
+    """
+    props = properties if isinstance(properties, Mapping) else {}
+    ctx = context if isinstance(context, Mapping) else {}
+    device, browser, os = describe_user_agent(ctx.get("userAgent"))
+    location = _mapping(ctx.get("location"))
+    utm = _utm(props, ctx)
+    return Enrichment(
+        device=device,
+        browser=browser,
+        os=os,
+        ip_hash=_ip_hash(ctx.get("ip"), client_ip, ip_salt, ip_mode),
+        country=_country(location.get("country")),
+        region=_text(location.get("region"), MAX_REGION_LENGTH),
+        utm_source=utm["source"],
+        utm_medium=utm["medium"],
+        utm_campaign=utm["campaign"],
+        utm_term=utm["term"],
+        utm_content=utm["content"],
+        referrer_host=_referrer_host(props, ctx),
+        context=_without_ip(ctx),
+    )
+
+
+def describe_user_agent(user_agent: object) -> tuple[str, str, str]:
+    """(device, browser, os) of a user agent; ("", "", "") without one."""
+    if not isinstance(user_agent, str):
+        return "", "", ""
+    return _describe(user_agent[:MAX_UA_LENGTH])
+
+
+@lru_cache(maxsize=4096)
+def _describe(user_agent: str) -> tuple[str, str, str]:
+    """Cached per UA string: a few browser builds make most of the traffic, and parsing is slow."""
+    if not user_agent.strip():
+        return "", "", ""
+    try:
+        result = ua_parser.parse(user_agent)
+    except Exception:  # a library bug must not lose the event
+        return _device(user_agent, spider=False), "", ""
+    browser = result.user_agent.family if result.user_agent is not None else ""
+    os = result.os.family if result.os is not None else ""
+    spider = result.device is not None and result.device.family == "Spider"
+    return _device(user_agent, spider), _known(browser), _known(os)
+
+
+def _known(family: str) -> str:
+    return "" if family == "Other" else family
+
+
+def _device(user_agent: str, spider: bool) -> str:
+    """Bots first (Googlebot's smartphone UA says Android Mobile), then tablets before phones
+    (an iPad's says "Mobile/15E148")."""
+    if spider or BOT_MARKERS.search(user_agent):
+        return "bot"
+    android = "Android" in user_agent
+    if "iPad" in user_agent or "Tablet" in user_agent or (android and "Mobile" not in user_agent):
+        return "tablet"
+    if "iPhone" in user_agent or "iPod" in user_agent or "Mobi" in user_agent:
+        return "mobile"
+    return "desktop"
+
+
+def _ip_hash(context_ip: object, client_ip: object, salt: object, mode: object) -> str:
+    if mode != "hash" or not isinstance(salt, bytes | bytearray) or not salt:
+        return ""
+    address = _ip(context_ip) or _ip(client_ip)
+    if not address:
+        return ""
+    digest = hmac.new(bytes(salt), address.encode(), hashlib.sha256).hexdigest()
+    return digest[:IP_HASH_HEX_CHARS]
+
+
+def _ip(value: object) -> str:
+    """The canonical text of an IP address, so that one address has one hash ("" if invalid)."""
+    if not isinstance(value, str) or len(value) > 64:
+        return ""
+    try:
+        address = ipaddress.ip_address(value.strip())
+    except ValueError:
+        return ""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
+def _country(value: object) -> str:
+    if not isinstance(value, str):
+        return ""
+    code = value.strip().upper()
+    return code if code in COUNTRIES else ""
+
+
+def _utm(props: Mapping[str, Any], ctx: Mapping[str, Any]) -> dict[str, str]:
+    """From context.campaign when it has any field (the SDK read it off the landing URL), else
+    from the page URL's utm_* parameters; never a mix of both."""
+    campaign = _mapping(ctx.get("campaign"))
+    utm = {name: _text(campaign.get(key), MAX_UTM_LENGTH) for name, key in CAMPAIGN_KEYS.items()}
+    if any(utm.values()):
+        return utm
+    page = ctx.get("page")
+    candidates = (
+        _mapping(page).get("url"),
+        _mapping(page).get("search"),
+        props.get("url"),
+        page if isinstance(page, str) else None,
+        props.get("page"),
+    )
+    for url in candidates:
+        found = _utm_from_url(url)
+        if any(found.values()):
+            return found
+    return utm
+
+
+def _utm_from_url(url: object) -> dict[str, str]:
+    utm = dict.fromkeys(CAMPAIGN_KEYS, "")
+    if not isinstance(url, str) or "?" not in url or len(url) > MAX_URL_LENGTH:
+        return utm
+    try:
+        query = urlsplit(url).query
+        pairs = parse_qsl(query, max_num_fields=MAX_QUERY_FIELDS)
+    except ValueError:
+        return utm
+    for key, value in pairs:
+        prefix, _, name = key.lower().partition("_")
+        if prefix == "utm" and name in utm and not utm[name]:  # the first occurrence wins
+            utm[name] = _text(value, MAX_UTM_LENGTH)
+    return utm
+
+
+def _referrer_host(props: Mapping[str, Any], ctx: Mapping[str, Any]) -> str:
+    """Host of the first referrer given; a bad one does not fall through to the next."""
+    candidates = (
+        props.get("referrer"),
+        ctx.get("referrer"),
+        _mapping(ctx.get("page")).get("referrer"),
+    )
+    for value in candidates:
+        if isinstance(value, str) and value.strip():
+            return _host(value.strip())
+    return ""
+
+
+def _host(url: str) -> str:
+    if len(url) > MAX_URL_LENGTH:
+        return ""
+    try:
+        host = urlsplit(url).hostname or ""
+    except ValueError:
+        return ""
+    host = host.rstrip(".")
+    if ":" in host:  # an IPv6 literal
+        return _ip(host)
+    if len(host) > 253 or not HOST_LABELS.fullmatch(host):
+        return ""
+    return host.removeprefix("www.")
+
+
+def _without_ip(ctx: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy to store with every "ip" key removed at any depth; iterative, so no nesting depth
+    can exhaust the stack, and a container reached twice (or cyclically) is copied once."""
+    root: dict[str, Any] = {}
+    copies: dict[int, Any] = {id(ctx): root}
+    pending: list[tuple[Mapping[Any, Any] | list[Any] | tuple[Any, ...], Any]] = [(ctx, root)]
+    while pending:
+        source, target = pending.pop()
+        items = source.items() if isinstance(source, Mapping) else enumerate(source)
+        for key, value in items:
+            if isinstance(key, str) and key.lower() == "ip" and isinstance(source, Mapping):
+                continue
+            if isinstance(value, Mapping | list | tuple):
+                if id(value) not in copies:
+                    copies[id(value)] = {} if isinstance(value, Mapping) else []
+                    pending.append((value, copies[id(value)]))
+                value = copies[id(value)]
+            if isinstance(target, dict):
+                target[key] = value
+            else:
+                target.append(value)
+    return root
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _text(value: object, limit: int) -> str:
+    return value.strip()[:limit].strip() if isinstance(value, str) else ""

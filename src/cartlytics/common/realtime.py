@@ -1,0 +1,370 @@
+"""Realtime counters in Redis: written at ingest, read by ``GET /analytics/realtime``.
+
+The figures (../shared/spec/semantics.md, "realtime"; the rules below are the choices made):
+
+- ``active_visitors``: distinct visitors with any event in the last 5 minutes, i.e. event time in
+  ``(now - 300 s, now]``; an event time-stamped in the future counts as "now" (see below).
+- ``orders_today`` / ``revenue_today``: distinct orders (by orderId, the first recorded one wins)
+  whose event time is since local midnight today in the requested zone, in the requested currency.
+- ``top_pages``: the 10 pages with the most distinct visitors (``page_view`` events) in the last 5
+  minutes, most first, then by page.
+
+ClickHouse remains the source of truth; these counters exist so a dashboard can poll every few
+seconds without a scan. Everything lives under ``rt:{<project>}:``; the braces are a Redis Cluster
+hash tag, so all of a project's keys share one slot and one Lua script may touch them all:
+
+- ``rt:{p}:visitors`` sorted set: visitor id -> latest event time (epoch seconds). TTL 15 min.
+- ``rt:{p}:pages`` sorted set: page text -> latest page_view time. TTL 15 min.
+- ``rt:{p}:page:<blake2b(page)>`` sorted set: visitor id -> latest view of that page. 15 min.
+  (The page is hashed for the key, as it may hold any character; its text is the index member.)
+- ``rt:{p}:order:<blake2b(orderId)>`` string: id of the event that claimed the order. 3 days.
+- ``rt:{p}:orders:<YYYYMMDD>:<CUR>`` hash: ``c<q>`` orders and ``r<q>`` revenue (minor units) of
+  quarter hour ``q`` (0..95) of that UTC day, in that currency. 4 days.
+
+Writes are one server-side Lua script per batch: one round trip, atomic (the order claim and its
+increments cannot be separated by a crash or a concurrent retry), and idempotent (``ZADD GT``
+never lowers a time, ``SET NX`` claims an order once), so recording a retried batch changes
+nothing. Times come from the application's clock, never from Redis ``TIME``, so "now" is the
+same for writers and readers and tests can control it; TTLs are durations, not instants, for the
+same reason (Redis expires keys by its own clock).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+import redis.asyncio as aioredis
+
+ACTIVE_WINDOW = timedelta(minutes=5)
+# Visitor and page sets keep entries twice as long as the window, so a reader whose clock lags a
+# writer's by up to 5 minutes still sees everything; older entries are trimmed on every write.
+RETENTION = timedelta(minutes=10)
+# A window key lives 15 minutes after its last write: by then every entry in it (scores are never
+# later than the write time, see ``clamp`` in ``record``) is older than RETENTION, so an idle
+# project's sets vanish.
+WINDOW_TTL_SECONDS = 15 * 60
+# Orders: the elapsed time since local midnight is at most 25 hours in any zone (a day with a
+# one-hour DST fall-back), whatever the zone's UTC offset: +14:00 or -12:00 only changes *which*
+# UTC instant midnight is, not how long ago it was. So an order more than 25 h old can never be
+# "today" again. ORDER_MAX_AGE doubles that: margin for writer/reader clock skew and for a zone
+# whose government moves it back by more than an hour; still bounded. Ingestion refuses events
+# more than an hour ahead, so anything later is not a real order time.
+ORDER_MAX_AGE = timedelta(hours=48)
+ORDER_MAX_AHEAD = timedelta(hours=1)
+# An order claim must outlive every bucket its duplicates could be counted next to: a recorded
+# event is at most ORDER_MAX_AHEAD ahead and is read at most ORDER_MAX_AGE after its time, so a
+# claim of ORDER_MAX_AGE + ORDER_MAX_AHEAD suffices; three days is that plus a day of margin.
+ORDER_CLAIM_TTL_SECONDS = 3 * 24 * 3600
+# A day hash holds orders of UTC day D (times in [D, D+24h)) and is read until D + 24h + 48h; it
+# is refreshed on every write, and its first write is at most an hour before D, so four days
+# after the last write always covers it.
+ORDER_BUCKETS_TTL_SECONDS = 4 * 24 * 3600
+BUCKET = timedelta(minutes=15)  # a quarter hour: every zone's midnight falls on one (:30, :45)
+TOP_PAGES = 10
+# The snapshot counts visitors of at most this many candidate pages (those viewed most recently
+# within the window). With more distinct pages active in 5 minutes, top pages are the top among
+# these 1000, an approximation bounded in cost: one ZCOUNT each, pipelined.
+MAX_CANDIDATE_PAGES = 1000
+MAX_PAGE_CHARS = 512
+
+
+@dataclass(frozen=True)
+class RealtimeEvent:
+    """The part of an accepted event the realtime counters need."""
+
+    event_id: str
+    event: str  # e.g. "page_view", "order_completed"
+    ts: datetime  # tz-aware event time
+    visitor_id: str
+    page: str  # page of a page_view ("" otherwise; ignored on other events)
+    order_id: str  # for order_completed
+    total: int  # minor units, for order_completed
+    currency: str  # for order_completed
+
+
+@dataclass(frozen=True)
+class RealtimeSnapshot:
+    active_visitors: int
+    orders_today: int
+    revenue_today: int
+    top_pages: list[tuple[str, int]]  # (page, distinct visitors), most first then by page
+
+
+# KEYS: visitors, pages index, then one set per page, one claim per order, one hash per day.
+# ARGV: horizon, window TTL, claim TTL, buckets TTL, #pages, #orders, then
+#   visitors:  n, then n pairs (score, visitor)
+#   index:     n, then n pairs (score, page)           (n = #pages)
+#   per page:  n, then n pairs (score, visitor)
+#   per order: day-hash index (1-based among the hash keys), claim value, count field,
+#              revenue field, total
+# Returns the number of orders newly counted.
+_RECORD_LUA = """
+local horizon = ARGV[1]
+local window_ttl = tonumber(ARGV[2])
+local claim_ttl = tonumber(ARGV[3])
+local buckets_ttl = tonumber(ARGV[4])
+local n_pages = tonumber(ARGV[5])
+local n_orders = tonumber(ARGV[6])
+local at = 7
+
+local function pairs_arg()
+  local n = tonumber(ARGV[at])
+  local first = at + 1
+  at = first + 2 * n
+  return first, first + 2 * n - 1
+end
+
+-- GT: a retried or late event never moves a time back. Chunked to stay far below Lua's stack
+-- limit on unpack.
+local function window_write(key, first, last)
+  for s = first, last, 400 do
+    redis.call('ZADD', key, 'GT', unpack(ARGV, s, math.min(s + 399, last)))
+  end
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', horizon)
+  redis.call('EXPIRE', key, window_ttl)
+end
+
+local first, last = pairs_arg()
+if last >= first then window_write(KEYS[1], first, last) end
+first, last = pairs_arg()
+if last >= first then window_write(KEYS[2], first, last) end
+for p = 1, n_pages do
+  first, last = pairs_arg()
+  window_write(KEYS[2 + p], first, last)
+end
+
+local hashes = 2 + n_pages + n_orders
+local counted = 0
+for o = 1, n_orders do
+  local day_key = KEYS[hashes + tonumber(ARGV[at])]
+  if redis.call('SET', KEYS[2 + n_pages + o], ARGV[at + 1], 'NX', 'EX', claim_ttl) then
+    redis.call('HINCRBY', day_key, ARGV[at + 2], 1)
+    redis.call('HINCRBY', day_key, ARGV[at + 3], ARGV[at + 4])
+    redis.call('EXPIRE', day_key, buckets_ttl)
+    counted = counted + 1
+  end
+  at = at + 5
+end
+return counted
+"""
+
+
+def _member(text: str) -> bytes:
+    """Bytes for an id only ever compared, never shown: keeps every distinct string distinct.
+
+    ``surrogatepass`` because a JSON body may carry a lone surrogate (``"\\ud800"``), which plain
+    UTF-8 encoding (what redis-py does with ``str``) refuses.
+    """
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _page_text(page: str) -> str:
+    """The page as stored and shown: at most 512 characters, always valid UTF-8."""
+    return page[:MAX_PAGE_CHARS].encode("utf-8", "replace").decode("utf-8")
+
+
+def _digest(text: str | bytes) -> str:
+    """A fixed-length, separator-free key part for arbitrary user strings (pages, order ids)."""
+    data = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _text(value: str | bytes) -> str:
+    """Works whether or not the client was created with ``decode_responses``."""
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def _epoch(moment: datetime) -> float:
+    if moment.tzinfo is None:
+        raise ValueError("realtime times must be timezone-aware")
+    return moment.timestamp()
+
+
+def _quarter(moment: datetime) -> tuple[date, int]:
+    """The UTC day and quarter-hour index (0..95) a moment falls in."""
+    utc = moment.astimezone(UTC)
+    return utc.date(), (utc.hour * 60 + utc.minute) // 15
+
+
+class _Keys:
+    """Key names for one project; the hash tag keeps them on one cluster slot."""
+
+    def __init__(self, project_id: str) -> None:
+        # A brace inside the id would end (or start) the hash tag early, splitting the project
+        # across slots and making key names ambiguous between projects.
+        if not project_id or "{" in project_id or "}" in project_id:
+            raise ValueError(f"project id unusable in a Redis key: {project_id!r}")
+        self.prefix = f"rt:{{{project_id}}}:"
+        self.visitors = self.prefix + "visitors"
+        self.pages = self.prefix + "pages"
+
+    def page(self, page: str) -> str:
+        return f"{self.prefix}page:{_digest(page)}"
+
+    def order(self, order_id: str) -> str:
+        return f"{self.prefix}order:{_digest(order_id)}"
+
+    def orders(self, day: date, currency: str) -> str:
+        # The day has a fixed width and comes first, so any currency string stays unambiguous.
+        return f"{self.prefix}orders:{day:%Y%m%d}:{currency}"
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class RealtimeCounters:
+    """Records accepted events into Redis and reads the realtime figures back.
+
+    Redis errors propagate: the caller decides whether a failed counter update fails the request
+    (it should not: ClickHouse has the event) and what to answer when Redis is down.
+    """
+
+    def __init__(self, redis: aioredis.Redis, clock: Callable[[], datetime] = _utc_now) -> None:
+        self._redis = redis
+        self._clock = clock
+        self._record_script = redis.register_script(_RECORD_LUA)
+
+    async def record(self, project_id: str, events: Sequence[RealtimeEvent]) -> None:
+        """Add a batch of accepted events, in one round trip; safe to repeat."""
+        keys = _Keys(project_id)
+        now = self._clock()
+        now_s = _epoch(now)
+        horizon = now_s - RETENTION.total_seconds()
+
+        def clamp(ts: float) -> float:
+            # An event time-stamped ahead of the clock (skew; ingestion allows an hour) counts as
+            # happening now: kept in the future it would either pin the visitor "active" for up
+            # to an hour or, as the latest time under ZADD GT, hide their real current activity.
+            return min(ts, now_s)
+
+        visitors: dict[bytes, float] = {}
+        pages: dict[str, dict[bytes, float]] = {}
+        first_orders: dict[str, RealtimeEvent] = {}
+        for event in events:
+            ts = _epoch(event.ts)
+            if event.event == "order_completed" and event.order_id and event.currency:
+                # Within a batch the first order event by time (then event id) wins, as in
+                # ClickHouse; across batches the first recorded wins (the claim below).
+                seen = first_orders.get(event.order_id)
+                if seen is None or (event.ts, event.event_id) < (seen.ts, seen.event_id):
+                    first_orders[event.order_id] = event
+            score = clamp(ts)
+            if score <= horizon or not event.visitor_id:
+                continue  # too old to ever be in the window again
+            visitor = _member(event.visitor_id)
+            visitors[visitor] = max(score, visitors.get(visitor, score))
+            if event.event == "page_view" and event.page:
+                viewers = pages.setdefault(_page_text(event.page), {})
+                viewers[visitor] = max(score, viewers.get(visitor, score))
+
+        # Outside these bounds an order can never be "today" (see ORDER_MAX_AGE): not recorded.
+        earliest, latest = now - ORDER_MAX_AGE, now + ORDER_MAX_AHEAD
+        orders = [e for e in first_orders.values() if earliest <= e.ts <= latest]
+        if not visitors and not orders:
+            return
+
+        page_list = sorted(pages)
+        day_keys: dict[str, int] = {}
+        order_args: list[str | bytes | int] = []
+        for order in orders:
+            day, quarter = _quarter(order.ts)
+            day_key = keys.orders(day, order.currency)
+            index = day_keys.setdefault(day_key, len(day_keys) + 1)
+            order_args += [index, _member(order.event_id), f"c{quarter}", f"r{quarter}"]
+            order_args.append(order.total)
+
+        args: list[str | bytes | int | float] = [
+            horizon,
+            WINDOW_TTL_SECONDS,
+            ORDER_CLAIM_TTL_SECONDS,
+            ORDER_BUCKETS_TTL_SECONDS,
+            len(page_list),
+            len(orders),
+        ]
+        args += _pairs(visitors)
+        args += _pairs({page: max(pages[page].values()) for page in page_list})
+        for page in page_list:
+            args += _pairs(pages[page])
+        args += order_args
+        script_keys = [keys.visitors, keys.pages]
+        script_keys += [keys.page(page) for page in page_list]
+        script_keys += [keys.order(order.order_id) for order in orders]
+        script_keys += list(day_keys)
+        await self._record_script(keys=script_keys, args=args)
+
+    async def snapshot(self, project_id: str, zone: ZoneInfo, currency: str) -> RealtimeSnapshot:
+        """The realtime figures now, "today" being the local day in ``zone``.
+
+        Two pipelined round trips: the visitor count, the order buckets and the candidate pages;
+        then the visitor count of each candidate page.
+        """
+        keys = _Keys(project_id)
+        now = self._clock()
+        since = f"({_epoch(now) - ACTIVE_WINDOW.total_seconds()!r}"
+        local_day = now.astimezone(zone).date()
+        # fold=0: if midnight is repeated, the first one; if it is skipped (DST at 00:00), the
+        # pre-transition offset, which gives the instant the day actually began.
+        midnight = datetime.combine(local_day, time(0), tzinfo=zone).astimezone(UTC)
+        fields = _bucket_fields(midnight, now)
+
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zcount(keys.visitors, since, "+inf")
+        pipe.zrange(
+            keys.pages, "+inf", since, desc=True, byscore=True, offset=0, num=MAX_CANDIDATE_PAGES
+        )
+        for day, names in fields.items():
+            pipe.hmget(keys.orders(day, currency), names)
+        active, candidates, *buckets = await pipe.execute()
+
+        orders = revenue = 0
+        for values in buckets:  # HMGET answers in request order: c<q>, r<q>, c<q+1>, ...
+            orders += sum(int(value) for value in values[0::2] if value is not None)
+            revenue += sum(int(value) for value in values[1::2] if value is not None)
+
+        pages = [_text(page) for page in candidates]
+        counts: list[int] = []
+        if pages:
+            pipe = self._redis.pipeline(transaction=False)
+            for page in pages:
+                pipe.zcount(keys.page(page), since, "+inf")
+            counts = [int(count) for count in await pipe.execute()]
+        ranked = sorted(
+            ((page, count) for page, count in zip(pages, counts, strict=True) if count > 0),
+            key=lambda item: (-item[1], item[0]),
+        )
+        return RealtimeSnapshot(
+            active_visitors=int(active),
+            orders_today=orders,
+            revenue_today=revenue,
+            top_pages=ranked[:TOP_PAGES],
+        )
+
+
+def _bucket_fields(start: datetime, now: datetime) -> dict[date, list[str]]:
+    """Hash fields per UTC day for every quarter hour from ``start`` through the one with ``now``.
+
+    Local midnight is on a quarter hour in every zone in use today; were it not, flooring would
+    include that one partial quarter. The quarter holding ``now`` counts whole, so an order
+    time-stamped a few minutes ahead (within the same quarter) already shows.
+    """
+    moment = start.astimezone(UTC).replace(second=0, microsecond=0)
+    moment -= timedelta(minutes=moment.minute % 15)
+    fields: dict[date, list[str]] = {}
+    while moment <= now:
+        day, quarter = _quarter(moment)
+        fields.setdefault(day, []).extend((f"c{quarter}", f"r{quarter}"))
+        moment += BUCKET
+    return fields
+
+
+def _pairs(members: dict[bytes, float] | dict[str, float]) -> list[str | bytes | int | float]:
+    """Flatten ``{member: score}`` to a count then ``score, member`` pairs, as ZADD wants them."""
+    flat: list[str | bytes | int | float] = [len(members)]
+    for member, score in members.items():
+        flat += [score, member]
+    return flat

