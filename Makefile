@@ -22,8 +22,8 @@ run: $(STAMP)
 test: lint typecheck unit
 
 lint: $(STAMP)
-	$(BIN)/ruff check src services gateway tests tools
-	$(BIN)/ruff format --check src services gateway tests tools
+	$(BIN)/ruff check src services gateway tests tools bench
+	$(BIN)/ruff format --check src services gateway tests tools bench
 	$(BIN)/buf lint
 
 typecheck: $(STAMP)

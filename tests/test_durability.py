@@ -93,6 +93,27 @@ class Stream:
             thread.join(timeout=60)
 
 
+def _clickhouse_url(backend: str, request: pytest.FixtureRequest) -> str:
+    """Empty for the embedded backend; a fresh database on the session's server otherwise."""
+    if backend == "chdb":
+        return ""
+    server: ClickHouseServer = request.getfixturevalue("clickhouse_server")
+    return server.url.replace("/analytics", "/durability_" + uuid.uuid4().hex[:8])
+
+
+def _stored_ids(clickhouse_url: str, data_dir: Path) -> dict[str, int]:
+    if not clickhouse_url:
+        return _stored_chdb_ids(data_dir)
+    from clickhouse_driver import Client
+
+    host_port, _, database = clickhouse_url.split("@")[1].partition("/")
+    host, _, port = host_port.partition(":")
+    client = Client(host=host, port=int(port), database=database)
+    rows = client.execute("SELECT event_id, count() FROM events GROUP BY event_id")
+    client.disconnect()
+    return {str(k).removeprefix("evt_"): int(v) for k, v in rows}
+
+
 def _stored_chdb_ids(data_dir: Path) -> dict[str, int]:
     """Event ids in an embedded store, read by a separate process (one chdb per process)."""
     script = (
@@ -116,9 +137,12 @@ def _sales(system: System, currency: str) -> dict[str, int]:
     return {"orders": body["orders"], "revenue": body["revenue"]}
 
 
-def test_acknowledged_events_survive_sigkill(tmp_path: Path) -> None:
+def test_acknowledged_events_survive_sigkill(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
     key = "cak_" + uuid.uuid4().hex
-    system = start_system(tmp_path / "data", key)
+    url = _clickhouse_url(backend, request)
+    system = start_system(tmp_path / "data", key, clickhouse_url=url)
     stream = Stream(system.grpc_target, key, "DKK")
     stream.start()
     try:
@@ -128,10 +152,10 @@ def test_acknowledged_events_survive_sigkill(tmp_path: Path) -> None:
     finally:
         stream.finish()
     acked = set(stream.acked)
-    stored = _stored_chdb_ids(tmp_path / "data")
+    stored = _stored_ids(url, tmp_path / "data")
     lost = acked - set(stored)
     assert not lost, f"{len(lost)} acknowledged events lost, e.g. {sorted(lost)[:5]}"
-    restarted = start_system(tmp_path / "data", key)
+    restarted = start_system(tmp_path / "data", key, clickhouse_url=url)
     try:
         # Every order stored counts once, acknowledged or not (the client would retry those).
         assert _sales(restarted, "DKK")["orders"] == len(stored) >= len(acked)
@@ -182,11 +206,16 @@ def test_clickhouse_restart_under_load_loses_nothing(
         system.stop()
 
 
-def test_redis_stopped_leaves_ingestion_and_queries_working(tmp_path: Path) -> None:
+def test_redis_stopped_leaves_ingestion_and_queries_working(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
     redis_server = RedisServer(tmp_path / "redis")
     redis_server.start()
     key = "cak_" + uuid.uuid4().hex
-    system = start_system(tmp_path / "data", key, extra_env={"REDIS_URL": redis_server.url})
+    system = start_system(
+        tmp_path / "data", key, clickhouse_url=_clickhouse_url(backend, request),
+        extra_env={"REDIS_URL": redis_server.url},
+    )  # fmt: skip
     try:
         order = {
             "event": "order_completed",
@@ -208,11 +237,16 @@ def test_redis_stopped_leaves_ingestion_and_queries_working(tmp_path: Path) -> N
         redis_server.stop()
 
 
-def test_retry_after_the_dedup_window_changes_no_figure(tmp_path: Path) -> None:
+def test_retry_after_the_dedup_window_changes_no_figure(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
     redis_server = RedisServer(tmp_path / "redis")
     redis_server.start()
     key = "cak_" + uuid.uuid4().hex
-    system = start_system(tmp_path / "data", key, extra_env={"REDIS_URL": redis_server.url})
+    system = start_system(
+        tmp_path / "data", key, clickhouse_url=_clickhouse_url(backend, request),
+        extra_env={"REDIS_URL": redis_server.url},
+    )  # fmt: skip
     try:
         order = {
             "id": "evt_retry_me",

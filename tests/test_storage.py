@@ -60,3 +60,26 @@ def test_literals() -> None:
         literal(float("nan"))
     with pytest.raises(KeyError):
         render("SELECT {missing}", {})
+
+
+@pytest.mark.parametrize("count", [1, 199, 200, 1500])
+def test_inserts_of_every_size_round_trip(storage: Storage, project_id: str, count: int) -> None:
+    """Small inserts go as JSON, large ones as Arrow on chdb: both must store the same values."""
+    base = datetime(2024, 3, 1, 12, 0, 0, 123000, tzinfo=UTC)
+    columns = ["project_id", "order_id", "event_id", "line", "ts", "visitor_id", "currency",
+               "product_id", "name", "category", "price", "quantity"]  # fmt: skip
+    rows = [
+        (project_id, f"o{n}", f"e{n}", n % 7, base, "v", "EUR", f"p{n}", "Näme, \"x\"", "c\n2",
+         n * 1000, n + 1)
+        for n in range(count)
+    ]  # fmt: skip
+    storage.insert_sync("order_items", columns, rows)
+    got = storage.query_sync(
+        "SELECT count(), sum(price), sum(quantity), sum(line), any(name), any(category), "
+        "toUnixTimestamp(min(ts)) FROM order_items WHERE project_id = {p}",
+        {"p": project_id},
+    )
+    assert got == [(
+        count, sum(n * 1000 for n in range(count)), sum(n + 1 for n in range(count)),
+        sum(n % 7 for n in range(count)), 'Näme, "x"', "c\n2", int(base.timestamp()),
+    )]  # fmt: skip
