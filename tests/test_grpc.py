@@ -116,7 +116,10 @@ def test_sigterm_drains_in_flight_calls(tmp_path: Path) -> None:
     for thread in threads:
         thread.join(timeout=60)
     assert sum(acked) > 0
-    assert set(failed) <= {grpc.StatusCode.UNAVAILABLE}, failed
+    # Calls that reached the server after shutdown began are refused (UNAVAILABLE) or, when
+    # their handler had not started yet, cancelled; neither was acknowledged. The count below
+    # shows none of them was stored either: in-flight work finished, new work never started.
+    assert set(failed) <= {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}, failed
 
     restarted = start_system(tmp_path / "data", key)
     try:

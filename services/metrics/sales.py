@@ -20,16 +20,7 @@ from cartlytics.common.periods import (
 )
 from cartlytics.common.storage import Storage
 
-# One row per distinct order of the project: its first event's time, total and currency.
-FIRST_ORDERS = """
-    SELECT order_id,
-           min(ts) AS first_ts,
-           argMin(total, tuple(ts, event_id)) AS order_total,
-           argMin(currency, tuple(ts, event_id)) AS order_currency
-    FROM events
-    WHERE project_id = {project} AND event = 'order_completed' AND order_id != ''
-    GROUP BY order_id
-"""
+from .orders import FIRST_ORDERS
 
 PREVIOUS = "previous"
 

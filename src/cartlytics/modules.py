@@ -181,13 +181,29 @@ class Runtime:
         self.stoppers.append(committer.close)
 
     async def init_metrics(self) -> None:
+        from cartlytics.common.realtime import RealtimeCounters
+        from cartlytics.common.redis_guard import RedisGuard
         from cartlytics.gen.analytics.metrics.v1 import metrics_pb2_grpc
+        from cartlytics.metrics.customers import CustomersReader
+        from cartlytics.metrics.funnel import FunnelReader
+        from cartlytics.metrics.products import ProductsReader
+        from cartlytics.metrics.query import QueryRunner
+        from cartlytics.metrics.realtime import RealtimeReader
         from cartlytics.metrics.sales import SalesReader
-        from cartlytics.metrics.servicer import MetricsServicer
+        from cartlytics.metrics.servicer import MetricsServicer, Readers
 
         server, storage = self._require()
-        reader = SalesReader(storage, self.config.default_currency)
-        metrics_pb2_grpc.add_MetricsServiceServicer_to_server(MetricsServicer(reader), server)
+        currency = self.config.default_currency
+        counters = RealtimeCounters(self.redis) if self.redis is not None else None
+        readers = Readers(
+            sales=SalesReader(storage, currency),
+            products=ProductsReader(storage, currency),
+            customers=CustomersReader(storage, currency),
+            funnel=FunnelReader(storage, currency),
+            realtime=RealtimeReader(storage, counters, RedisGuard(self.redis), currency),
+            query=QueryRunner(storage, currency),
+        )
+        metrics_pb2_grpc.add_MetricsServiceServicer_to_server(MetricsServicer(readers), server)
 
     async def init_export(self) -> None:
         from cartlytics.export.servicer import ExportServicer

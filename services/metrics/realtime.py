@@ -1,0 +1,83 @@
+"""GET /analytics/realtime: from the Redis counters kept at ingest, or from ClickHouse when Redis
+is unavailable (slower, same definitions)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from cartlytics.common.money import parse_currency
+from cartlytics.common.periods import parse_timezone
+from cartlytics.common.realtime import RealtimeCounters
+from cartlytics.common.redis_guard import RedisGuard
+from cartlytics.common.storage import Storage
+
+from .orders import FIRST_ORDERS
+from .reports import RealtimeReport
+
+ACTIVE_WINDOW = timedelta(minutes=5)
+
+ACTIVE_VISITORS = """
+    SELECT uniqExact(visitor_id) FROM events
+    WHERE project_id = {project} AND ts >= {since} AND toDate(ts) >= toDate({since})
+"""
+TOP_PAGES = """
+    SELECT page, uniqExact(visitor_id) AS visitors FROM events
+    WHERE project_id = {project} AND event = 'page_view' AND page != ''
+      AND ts >= {since} AND toDate(ts) >= toDate({since})
+    GROUP BY page ORDER BY visitors DESC, page ASC LIMIT 10
+"""
+ORDERS_TODAY = """
+    SELECT count(), sum(order_total) FROM ({first_orders})
+    WHERE order_currency = {currency} AND first_ts >= {midnight}
+"""
+
+
+class RealtimeReader:
+    def __init__(
+        self,
+        storage: Storage,
+        counters: RealtimeCounters | None,
+        guard: RedisGuard,
+        default_currency: str,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._storage = storage
+        self._counters = counters
+        self._guard = guard
+        self._default_currency = default_currency
+        self._clock = clock
+
+    async def realtime(self, project_id: str, timezone: str, currency: str) -> RealtimeReport:
+        zone = parse_timezone(timezone)
+        code = parse_currency(currency, self._default_currency)
+        if self._counters is not None:
+            counters = self._counters
+            snapshot = await self._guard.run(
+                lambda _: counters.snapshot(project_id, zone, code), None
+            )
+            if snapshot is not None:
+                return RealtimeReport(
+                    snapshot.active_visitors,
+                    snapshot.orders_today,
+                    snapshot.revenue_today,
+                    list(snapshot.top_pages),
+                )
+        return await self._from_storage(project_id, zone.key, code)
+
+    async def _from_storage(self, project_id: str, zone: str, currency: str) -> RealtimeReport:
+        now = self._clock()
+        local = now.astimezone(parse_timezone(zone))
+        midnight = local.replace(hour=0, minute=0, second=0, microsecond=0).astimezone(UTC)
+        since = now - ACTIVE_WINDOW
+        params = {"project": project_id, "since": since, "currency": currency, "midnight": midnight}
+        (active,) = (await self._storage.query(ACTIVE_VISITORS, params))[0]
+        pages = await self._storage.query(TOP_PAGES, params)
+        orders_sql = ORDERS_TODAY.replace("{first_orders}", FIRST_ORDERS)
+        orders, revenue = (await self._storage.query(orders_sql, params))[0]
+        return RealtimeReport(
+            active_visitors=int(active),
+            orders_today=int(orders),
+            revenue_today=int(revenue or 0),
+            top_pages=[(str(page), int(visitors)) for page, visitors in pages],
+        )
