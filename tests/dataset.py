@@ -65,7 +65,9 @@ def _safe(ts: datetime, now: datetime) -> bool:
     return all(abs(seconds - shift) > 600 for shift in (0, 3600, 82800, 86400))
 
 
-def build(seed: int = 7, sessions: int = 700, days: int = 100, now: datetime | None = None) -> Dataset:
+def build(
+    seed: int = 7, sessions: int = 700, days: int = 100, now: datetime | None = None
+) -> Dataset:
     rng = random.Random(seed)
     now = (now or datetime.now(UTC)).replace(microsecond=0)
     data = Dataset(now=now)

@@ -19,6 +19,10 @@ from cartlytics.common.redis_guard import RedisGuard
 
 PENDING = "pending"
 
+# A claim that is never confirmed (the process died mid-request) must not block the client's
+# retries for long: "pending" lives this many seconds, the acknowledgement the full window.
+PENDING_TTL_SECONDS = 10
+
 # For each key: SET NX "pending"; return the previous value (nil when newly claimed).
 _CLAIM = """
 local out = {}
@@ -74,7 +78,7 @@ class IdempotencyWindow:
 
         async def call(client: Redis) -> list[str | None]:
             script = client.register_script(_CLAIM)
-            result = await script(keys=keys, args=[self._ttl])
+            result = await script(keys=keys, args=[min(self._ttl, PENDING_TTL_SECONDS)])
             return [None if r is None or r is False else str(r) for r in result]
 
         nothing_known: list[str | None] = [None] * len(keys)

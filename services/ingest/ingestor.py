@@ -43,6 +43,11 @@ ORDER_ITEMS = TableSpec(
 # order), while an order event without its lines would undercount products.
 TABLES = (ORDER_ITEMS, EVENTS)
 IN_FLIGHT = "an event with this id is being stored by another request; retry"
+DUPLICATE_ORDERS = """
+    SELECT order_id FROM order_index
+    WHERE project_id = {project} AND order_id IN {ids}
+    GROUP BY order_id HAVING count() > 1
+"""
 
 
 def new_event_id() -> str:
@@ -127,6 +132,7 @@ class Ingestor:
         new_id: Callable[[], str] = new_event_id,
     ) -> None:
         self._committer = committer
+        self._storage = committer.storage
         self._window = window
         self._realtime = realtime
         self._guard = redis_guard
@@ -206,3 +212,21 @@ class Ingestor:
             rows[EVENTS.name].append(_event_row(project_id, event, extra))
             rows[ORDER_ITEMS.name].extend(_item_rows(project_id, event))
         await self._committer.write(rows)
+        orders = tuple(sorted({e.order_id for e in events if e.order_id}))
+        if orders:
+            await self._mark_duplicate_orders(project_id, orders)
+
+    async def _mark_duplicate_orders(self, project_id: str, order_ids: tuple[str, ...]) -> None:
+        """List orderIds that now have more than one stored event row in ``order_dups``.
+
+        Runs after the rows are committed, so of two processes storing events of one orderId at
+        once, the later check sees both: no duplicate goes unlisted. Sales corrects their rollup
+        rows at query time.
+        """
+        rows = await self._storage.query(
+            DUPLICATE_ORDERS, {"project": project_id, "ids": order_ids}
+        )
+        if rows:
+            await self._storage.insert(
+                "order_dups", ("project_id", "order_id"), [(project_id, r[0]) for r in rows]
+            )

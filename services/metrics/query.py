@@ -1,14 +1,623 @@
-"""Lands with issue 4; until then it answers UNIMPLEMENTED (501), never placeholder data."""
+"""POST /analytics/query: custom metrics split by dimensions, from a fixed catalogue.
+
+Every metric and dimension a request may name is defined here once (docs/query.md restates the
+catalogue) as SQL fragments written in this file; a request only *selects* entries by name. One
+builder (``_select``) composes the selected fragments into a query per source; every value that
+comes from a request (filter values, period bounds, time zone, currency, row cap) is passed as a
+``{name}`` parameter and rendered by ``cartlytics.common.storage.sql.render``. No string from a
+request ever becomes SQL text: an unknown name is a 400 that lists the valid ones.
+
+Three sources, each a fixed relation of the schema:
+
+- ``events``: the period's stored events. Event counts are distinct event ids (a retry stored
+  twice until a merge counts once), visitors and sessions distinct ids.
+- ``orders``: one row per distinct order whose first ``order_completed`` (orders.FIRST_ORDERS,
+  by (timestamp, event id), over all time) is in the period; revenue = its total.
+- ``lines``: the line items of those first events, once per (event id, line); revenue =
+  price * quantity. Used for ``units_sold`` and, when a product dimension or filter is in play,
+  for every order metric (the spec: revenue by product uses line-item revenue).
+
+Order-level rows take their attributes (device, country, utm_*, page, ...) from the order's first
+event, through a join on its event id. Each source is one GROUP BY; rows are merged in Python on
+the dimension values, then derived metrics (aov, conversion_rate), ordering and the limit apply.
+Queries use only functions both ClickHouse 26 (chdb) and ClickHouse 18.16 have.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import UTC, datetime
+import asyncio
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from enum import Enum
+from typing import Any
+from zoneinfo import ZoneInfo
 
-from cartlytics.common.errors import unimplemented
+from cartlytics.common.errors import ApiError, FieldViolation, invalid_argument
+from cartlytics.common.money import average, parse_currency, percent
+from cartlytics.common.periods import parse_timezone, resolve_period
 from cartlytics.common.storage import Storage
 
+from .orders import FIRST_ORDERS
 from .reports import CustomQuery, QueryReport
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 10_000
+# Groups one source may return before the request is refused as too broad (the rows are merged
+# and ordered in memory, so an unbounded GROUP BY must not reach Python).
+MAX_GROUPS = 100_000
+MAX_FILTER_VALUE = 1000
+RESERVED_FILTERS = ("period", "currency", "timezone")
+_ORDER_BY = re.compile(r"^([a-z_]+)(?::(asc|desc))?$")
+_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+class Source(Enum):
+    EVENTS = "events"
+    ORDERS = "orders"
+    LINES = "lines"
+
+
+ALL_SOURCES = (Source.EVENTS, Source.ORDERS, Source.LINES)
+
+# ---------------------------------------------------------------------------------------------
+# Relations. Fragments only: {placeholders} are values rendered by sql.render, except the
+# {first_orders}, {columns} and {orders_currency} slots, which the builder fills with other
+# fragments of this file (never with request text).
+
+EVENTS_RELATION = "events"
+EVENTS_WHERE = ("project_id = {project}", "ts >= {start}", "ts < {end}")
+
+# Winning event ids of the period's orders (the currency condition is a fragment or nothing).
+ORDER_IDS_IN_PERIOD = """
+    SELECT first_event_id FROM ({first_orders})
+    WHERE first_ts >= {start} AND first_ts < {end}{orders_currency}"""
+
+ORDERS_RELATION = """(
+        SELECT first_event_id AS event_id, order_id, first_ts, order_total, order_currency
+        FROM ({first_orders})
+        WHERE first_ts >= {start} AND first_ts < {end}{orders_currency}
+    ) AS o"""
+
+# An item's ts and currency are its event's, so (for a first event) the order's first_ts and
+# currency. any(): a retried event stored twice has identical copies of its lines.
+LINES_RELATION = (
+    """(
+        SELECT event_id, line,
+               any(ts) AS item_ts,
+               any(currency) AS item_currency,
+               any(order_id) AS item_order,
+               any(product_id) AS item_product,
+               any(category) AS item_category,
+               any(price) AS item_price,
+               any(quantity) AS item_quantity
+        FROM order_items
+        WHERE project_id = {project} AND ts >= {start} AND ts < {end}
+          AND event_id IN ("""
+    + ORDER_IDS_IN_PERIOD
+    + """)
+        GROUP BY event_id, line
+    ) AS o"""
+)
+
+# The attributes of order events in the period, one row per event id; joined (ANY LEFT JOIN, the
+# right side has unique keys, so both server versions agree) on the order's first event id.
+ATTRIBUTES_JOIN = """
+    ANY LEFT JOIN (
+        SELECT event_id, {columns}
+        FROM events
+        WHERE project_id = {project} AND event = 'order_completed'
+          AND ts >= {start} AND ts < {end}
+        GROUP BY event_id
+    ) AS a USING event_id"""
+
+CURRENCY_CONDITION = " AND order_currency = {currency}"
+
+# ---------------------------------------------------------------------------------------------
+# Dimensions
+
+
+@dataclass(frozen=True)
+class Dimension:
+    name: str
+    definition: str
+    # The expression per source it exists in. "{time}" stands for the source's timestamp column.
+    sql: Mapping[Source, str]
+    kind: str = "text"  # "text" | "day" (YYYY-MM-DD) | "hour" (unix seconds -> RFC 3339)
+    # On the order sources, read from the order's first event (the attributes join).
+    attribute: str = ""
+
+
+TIME_COLUMN = {Source.EVENTS: "ts", Source.ORDERS: "first_ts", Source.LINES: "item_ts"}
+
+
+def _timed(expression: str) -> dict[Source, str]:
+    return {source: expression.replace("{time}", column) for source, column in TIME_COLUMN.items()}
+
+
+def _attribute(name: str, definition: str) -> Dimension:
+    """A typed column of events; on orders, the same column of the order's first event."""
+    alias = f"attr_{name}"
+    return Dimension(
+        name,
+        definition,
+        {Source.EVENTS: name, Source.ORDERS: alias, Source.LINES: alias},
+        attribute=name,
+    )
+
+
+DIMENSIONS: tuple[Dimension, ...] = (
+    Dimension(
+        "date", "day YYYY-MM-DD in the timezone", _timed("toString(toDate({time}, {tz}))"), "day"
+    ),
+    Dimension(
+        "week",
+        "Monday YYYY-MM-DD of the ISO week in the timezone",
+        _timed("toString(toMonday({time}, {tz}))"),
+        "day",
+    ),
+    Dimension(
+        "month",
+        "first day YYYY-MM-DD of the month in the timezone",
+        _timed("toString(toStartOfMonth({time}, {tz}))"),
+        "day",
+    ),
+    Dimension(
+        "hour",
+        "start of the hour in the timezone, RFC 3339 with offset",
+        _timed("toUnixTimestamp(toStartOfHour({time}, {tz}))"),
+        "hour",
+    ),
+    # On orders, the first event's own column (always order_completed): a constant GROUP BY key
+    # would make ClickHouse 18.16 answer one row of zeros for an empty selection.
+    _attribute("event", "event name"),
+    Dimension(
+        "currency",
+        "order currency",
+        {Source.ORDERS: "order_currency", Source.LINES: "item_currency"},
+    ),
+    Dimension(
+        "product_id",
+        "properties.productId; the line item's for order metrics",
+        {Source.EVENTS: "product_id", Source.LINES: "item_product"},
+    ),
+    Dimension("product_category", "line item category", {Source.LINES: "item_category"}),
+    _attribute("page", "page path"),
+    _attribute("referrer_host", "referrer host"),
+    _attribute("utm_source", "campaign source"),
+    _attribute("utm_medium", "campaign medium"),
+    _attribute("utm_campaign", "campaign name"),
+    _attribute("country", "ISO 3166-1 country code"),
+    _attribute("region", "region"),
+    _attribute("device", "desktop, mobile, tablet or bot"),
+    _attribute("browser", "browser family"),
+)
+DIMENSION_BY_NAME = {d.name: d for d in DIMENSIONS}
+PRODUCT_DIMENSIONS = frozenset({"product_id", "product_category"})
+
+# ---------------------------------------------------------------------------------------------
+# Measures: the aggregate columns metrics are computed from.
+
+
+@dataclass(frozen=True)
+class Measure:
+    name: str
+    sql: Mapping[Source, str]  # one source, or ORDERS and LINES for money (chosen per request)
+    events: tuple[str, ...] = ()  # the only event names it counts (empty: any)
+
+
+def _count_of(event: str) -> Measure:
+    return Measure(event, {Source.EVENTS: f"uniqExactIf(event_id, event = '{event}')"}, (event,))
+
+
+REVENUE = Measure(
+    "revenue", {Source.ORDERS: "sum(order_total)", Source.LINES: "sum(item_price * item_quantity)"}
+)
+ORDERS = Measure("orders", {Source.ORDERS: "count()", Source.LINES: "uniqExact(item_order)"})
+UNITS = Measure("units", {Source.LINES: "sum(item_quantity)"})
+EVENTS = Measure("events", {Source.EVENTS: "uniqExact(event_id)"})
+VISITORS = Measure("visitors", {Source.EVENTS: "uniqExactIf(visitor_id, visitor_id != '')"})
+SESSIONS = Measure("sessions", {Source.EVENTS: "uniqExactIf(session_id, session_id != '')"})
+# Visitors of the group whose event is the first event of an order of the period (any currency).
+BUYERS = Measure(
+    "buyers",
+    {
+        Source.EVENTS: "uniqExactIf(visitor_id, event = 'order_completed'"
+        " AND event_id IN (" + ORDER_IDS_IN_PERIOD.replace("{orders_currency}", "") + "))"
+    },
+)
+PAGE_VIEWS = _count_of("page_view")
+PRODUCT_VIEWS = _count_of("product_view")
+ADD_TO_CARTS = _count_of("add_to_cart")
+CHECKOUTS = _count_of("checkout_started")
+
+# ---------------------------------------------------------------------------------------------
+# Metrics
+
+Value = int | float
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    definition: str
+    measures: tuple[Measure, ...]
+    value: Callable[[Mapping[str, int]], Value]
+    refused: Mapping[str, str] = field(default_factory=dict)  # dimension -> why not
+
+
+NOT_MONEY = "only order metrics have a currency"
+NO_CATEGORY = "events carry no product category (only order line items do)"
+NO_PRODUCT = "these events carry no product"
+
+
+def _counted(measure: Measure) -> Callable[[Mapping[str, int]], Value]:
+    return lambda m: m[measure.name]
+
+
+def _event_metric(name: str, definition: str, measure: Measure, **refused: str) -> Metric:
+    reasons = {"currency": NOT_MONEY, "product_category": NO_CATEGORY, **refused}
+    return Metric(name, definition, (measure,), _counted(measure), reasons)
+
+
+METRICS: tuple[Metric, ...] = (
+    Metric(
+        "revenue",
+        "order totals in the currency, line items by product",
+        (REVENUE,),
+        _counted(REVENUE),
+    ),
+    Metric("orders", "distinct orders in the currency", (ORDERS,), _counted(ORDERS)),
+    Metric(
+        "aov",
+        "revenue / orders",
+        (REVENUE, ORDERS),
+        lambda m: average(m["revenue"], m["orders"]),
+    ),
+    Metric("units_sold", "line-item quantities", (UNITS,), _counted(UNITS)),
+    _event_metric("visitors", "distinct visitors", VISITORS),
+    _event_metric("sessions", "distinct sessions", SESSIONS),
+    _event_metric("page_views", "page_view events", PAGE_VIEWS, product_id=NO_PRODUCT),
+    _event_metric("product_views", "product_view events", PRODUCT_VIEWS),
+    _event_metric("add_to_carts", "add_to_cart events", ADD_TO_CARTS),
+    _event_metric("checkouts", "checkout_started events", CHECKOUTS, product_id=NO_PRODUCT),
+    _event_metric("events", "events of any name", EVENTS),
+    Metric(
+        "conversion_rate",
+        "% of visitors with an order",
+        (BUYERS, VISITORS),
+        lambda m: percent(m["buyers"], m["visitors"]),
+        {
+            "currency": NOT_MONEY,
+            "product_category": NO_CATEGORY,
+            "product_id": "an order carries its products in line items, not in productId",
+            "event": "an order event is not a page view, a product view, ...",
+            "page": "an order event is not on the page that converted",
+        },
+    ),
+)
+METRIC_BY_NAME = {m.name: m for m in METRICS}
+
+# ---------------------------------------------------------------------------------------------
+# The request, checked
+
+
+@dataclass(frozen=True)
+class Plan:
+    metrics: list[Metric]
+    dimensions: list[Dimension]
+    filters: list[tuple[Dimension, Any]]  # dimension equality filters, values as compared in SQL
+    currency: str | None  # the order metrics' currency; None: every currency (a dimension)
+    zone: ZoneInfo
+    start: datetime
+    end: datetime
+    order_by: str
+    descending: bool
+    limit: int
+
+
+SEE_DOCS = "; definitions: docs/query.md"
+
+
+def _names(items: Iterable[str]) -> str:
+    return ", ".join(items)
+
+
+VALID_METRICS = "valid metrics: " + _names(f"{m.name} ({m.definition})" for m in METRICS) + SEE_DOCS
+VALID_DIMENSIONS = (
+    "valid dimensions: " + _names(f"{d.name} ({d.definition})" for d in DIMENSIONS) + SEE_DOCS
+)
+VALID_FILTERS = "valid filters: " + _names(
+    dict.fromkeys([*RESERVED_FILTERS, *(d.name for d in DIMENSIONS)])
+)
+
+
+def _listed(
+    names: Sequence[str], catalogue: Mapping[str, Any], field_name: str, kind: str, valid: str
+) -> tuple[list[Any], list[FieldViolation]]:
+    found: list[Any] = []
+    violations: list[FieldViolation] = []
+    seen: set[str] = set()
+    for index, name in enumerate(names):
+        where = f"{field_name}[{index}]"
+        if name not in catalogue:
+            shown = name if len(name) <= 64 else name[:64] + "..."
+            violations.append(FieldViolation(where, f"unknown {kind} {shown!r}; {valid}"))
+        elif name in seen:
+            violations.append(FieldViolation(where, f"{kind} {name!r} is listed twice"))
+        else:
+            seen.add(name)
+            found.append(catalogue[name])
+    return found, violations
+
+
+def _filter_value(dimension: Dimension, value: str, zone: ZoneInfo) -> Any:
+    """The value a dimension filter is compared with; ValueError says what is wrong."""
+    if dimension.kind == "day":
+        try:
+            if _DAY.match(value):
+                return date.fromisoformat(value).isoformat()
+        except ValueError:
+            pass
+        raise ValueError("must be a date YYYY-MM-DD, as the dimension prints it")
+    if dimension.kind == "hour":
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            moment = None
+        if moment is None or moment.tzinfo is None:
+            raise ValueError("must be an RFC 3339 time with offset, as the dimension prints it")
+        return int(moment.timestamp())
+    return value
+
+
+def plan(query: CustomQuery, default_currency: str, now: datetime) -> Plan:
+    """Check the whole request against the catalogue; every problem found is one violation."""
+    violations: list[FieldViolation] = []
+    limit = query.limit or DEFAULT_LIMIT
+    if not 1 <= limit <= MAX_LIMIT:
+        violations.append(
+            FieldViolation("limit", f"must be from 1 to {MAX_LIMIT} (default {DEFAULT_LIMIT})")
+        )
+    metrics, problems = _listed(query.metrics, METRIC_BY_NAME, "metrics", "metric", VALID_METRICS)
+    violations += problems
+    if not query.metrics:
+        violations.append(FieldViolation("metrics", f"at least one is required; {VALID_METRICS}"))
+    dimensions, problems = _listed(
+        query.dimensions, DIMENSION_BY_NAME, "dimensions", "dimension", VALID_DIMENSIONS
+    )
+    violations += problems
+
+    filters = query.filters
+    zone = ZoneInfo("UTC")
+    start = end = now
+    try:
+        zone = parse_timezone(filters.get("timezone", ""), "filters.timezone")
+    except ApiError as exc:  # naming the filter
+        violations += exc.violations
+    try:
+        window = resolve_period(filters.get("period", ""), zone, now, "filters.period")
+        start, end = window.start, window.end
+    except ApiError as exc:
+        violations += exc.violations
+    currency: str | None = None
+    try:
+        explicit = filters.get("currency", "")
+        currency = parse_currency(explicit, default_currency, "filters.currency")
+        if not explicit and "currency" in query.dimensions:
+            currency = None  # every currency, one row each
+    except ApiError as exc:
+        violations += exc.violations
+
+    dimension_filters: list[tuple[Dimension, Any]] = []
+    for key in sorted(filters):
+        value = filters[key]
+        where = f"filters.{key}"
+        if key in RESERVED_FILTERS:
+            continue
+        dimension = DIMENSION_BY_NAME.get(key)
+        if dimension is None:
+            shown = key if len(key) <= 64 else key[:64] + "..."
+            violations.append(FieldViolation(where, f"unknown filter {shown!r}; {VALID_FILTERS}"))
+            continue
+        if len(value) > MAX_FILTER_VALUE:
+            violations.append(FieldViolation(where, f"must be at most {MAX_FILTER_VALUE} chars"))
+            continue
+        try:
+            dimension_filters.append((dimension, _filter_value(dimension, value, zone)))
+        except ValueError as exc:
+            violations.append(FieldViolation(where, str(exc)))
+
+    # Combinations that would print misleading numbers are refused, naming what asked for them.
+    used = [(f"dimensions[{i}]", d.name) for i, d in enumerate(dimensions)]
+    used += [(f"filters.{d.name}", d.name) for d, _ in dimension_filters]
+    for metric in metrics:
+        for where, name in used:
+            reason = metric.refused.get(name)
+            if reason is not None:
+                violations.append(
+                    FieldViolation(
+                        where,
+                        f"metric {metric.name!r} cannot be split by {name!r}: "
+                        f"{reason} (docs/query.md)",
+                    )
+                )
+
+    order_by, descending = "", False
+    if query.order_by:
+        match = _ORDER_BY.match(query.order_by)
+        requested = [*query.metrics, *query.dimensions]
+        if match is None or match.group(1) not in requested:
+            violations.append(
+                FieldViolation(
+                    "orderBy",
+                    "must be NAME, NAME:asc or NAME:desc, NAME a requested metric or dimension"
+                    f" (one of: {_names(requested)})",
+                )
+            )
+        else:
+            order_by, descending = match.group(1), match.group(2) == "desc"
+    if violations:
+        raise invalid_argument(violations)
+    return Plan(
+        metrics=metrics,
+        dimensions=dimensions,
+        filters=dimension_filters,
+        currency=currency,
+        zone=zone,
+        start=start,
+        end=end,
+        order_by=order_by,
+        descending=descending,
+        limit=limit,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The builder: the one place where catalogue fragments become a query.
+
+
+@dataclass(frozen=True)
+class Select:
+    source: Source
+    sql: str
+    measures: tuple[Measure, ...]
+
+
+def _money_source(plan_: Plan) -> Source:
+    used = {d.name for d in plan_.dimensions} | {d.name for d, _ in plan_.filters}
+    return Source.LINES if used & PRODUCT_DIMENSIONS else Source.ORDERS
+
+
+def _source_of(measure: Measure, money: Source) -> Source:
+    if len(measure.sql) == 1:
+        return next(iter(measure.sql))
+    return money
+
+
+def _select(source: Source, plan_: Plan, measures: Sequence[Measure]) -> Select:
+    """SELECT <dimensions>, <measures> FROM <source> WHERE <filters> GROUP BY <dimensions>."""
+    keys = [d.sql[source] for d in plan_.dimensions]
+    columns = [f"{expression} AS d{i}" for i, expression in enumerate(keys)]
+    columns += [f"{m.sql[source]} AS m{i}" for i, m in enumerate(measures)]
+    conditions = [f"{d.sql[source]} = {{f{i}}}" for i, (d, _) in enumerate(plan_.filters)]
+    if source is Source.EVENTS:
+        relation = EVENTS_RELATION
+        conditions = [*EVENTS_WHERE, *conditions]
+        counted = {name for m in measures for name in m.events}
+        if all(m.events for m in measures):  # rows only where something counted happened
+            names = ", ".join(f"'{name}'" for name in sorted(counted))  # catalogue constants
+            conditions.append(f"event IN ({names})")
+    else:
+        relation = ORDERS_RELATION if source is Source.ORDERS else LINES_RELATION
+        used = [*plan_.dimensions, *(d for d, _ in plan_.filters)]
+        attributes = sorted({d.attribute for d in used if d.attribute})
+        if attributes:
+            relation += ATTRIBUTES_JOIN.replace(
+                "{columns}", ", ".join(f"any({a}) AS attr_{a}" for a in attributes)
+            )
+        relation = relation.replace(
+            "{orders_currency}", CURRENCY_CONDITION if plan_.currency is not None else ""
+        )
+    sql = f"SELECT {', '.join(columns)}\nFROM {relation}"
+    if conditions:
+        sql += "\nWHERE " + "\n  AND ".join(conditions)
+    if keys:
+        sql += "\nGROUP BY " + ", ".join(f"d{i}" for i in range(len(keys)))
+    sql += "\nLIMIT {max_groups}"
+    return Select(source, sql.replace("{first_orders}", FIRST_ORDERS), tuple(measures))
+
+
+def build(plan_: Plan) -> list[Select]:
+    """One query per source the requested metrics read."""
+    money = _money_source(plan_)
+    by_source: dict[Source, list[Measure]] = {}
+    for metric in plan_.metrics:
+        for measure in metric.measures:
+            source = _source_of(measure, money)
+            chosen = by_source.setdefault(source, [])
+            if measure not in chosen:
+                chosen.append(measure)
+    return [
+        _select(source, plan_, by_source[source]) for source in ALL_SOURCES if source in by_source
+    ]
+
+
+def parameters(project_id: str, plan_: Plan) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "project": project_id,
+        "start": plan_.start,
+        "end": plan_.end,
+        "since": plan_.start,
+        "until": plan_.end,
+        "tz": plan_.zone.key,
+        "currency": plan_.currency or "",
+        "max_groups": MAX_GROUPS + 1,
+    }
+    for i, (_, value) in enumerate(plan_.filters):
+        params[f"f{i}"] = value
+    return params
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+
+
+Key = tuple[str | int, ...]
+
+
+def _key(plan_: Plan, row: Sequence[Any]) -> Key:
+    width = len(plan_.dimensions)
+    return tuple(
+        int(value) if dimension.kind == "hour" else str(value)
+        for dimension, value in zip(plan_.dimensions, row[:width], strict=True)
+    )
+
+
+def _label(dimension: Dimension, value: str | int, zone: ZoneInfo) -> str:
+    if dimension.kind == "hour":
+        return datetime.fromtimestamp(int(value), UTC).astimezone(zone).isoformat()
+    return str(value)
+
+
+def assemble(
+    plan_: Plan, results: Sequence[tuple[Select, Sequence[Sequence[Any]]]]
+) -> list[dict[str, str | int | float]]:
+    """Merge the sources' rows on the dimension values; compute, order and cut the rows."""
+    width = len(plan_.dimensions)
+    measured: dict[Key, dict[str, int]] = {}
+    for select, found in results:
+        for row in found:
+            values = measured.setdefault(_key(plan_, row), {})
+            for measure, value in zip(select.measures, row[width:], strict=True):
+                values[measure.name] = int(value)
+    if not plan_.dimensions:
+        measured.setdefault((), {})
+    needed = {m.name for metric in plan_.metrics for m in metric.measures}
+    table: list[tuple[Key, dict[str, Value]]] = []
+    for key in sorted(measured):  # ties: dimension values ascending (hours by time)
+        values = {name: measured[key].get(name, 0) for name in needed}
+        table.append((key, {metric.name: metric.value(values) for metric in plan_.metrics}))
+    if plan_.order_by:
+        position = (
+            [d.name for d in plan_.dimensions].index(plan_.order_by)
+            if (plan_.order_by in DIMENSION_BY_NAME)
+            else None
+        )
+        if position is not None:
+            table.sort(key=lambda entry: entry[0][position], reverse=plan_.descending)
+        else:
+            table.sort(key=lambda entry: entry[1][plan_.order_by], reverse=plan_.descending)
+    out: list[dict[str, str | int | float]] = []
+    for key, metrics in table[: plan_.limit]:
+        line: dict[str, str | int | float] = {
+            d.name: _label(d, value, plan_.zone)
+            for d, value in zip(plan_.dimensions, key, strict=True)
+        }
+        line.update(metrics)
+        out.append(line)
+    return out
 
 
 class QueryRunner:
@@ -23,4 +632,21 @@ class QueryRunner:
         self._clock = clock
 
     async def run(self, project_id: str, query: CustomQuery) -> QueryReport:
-        raise unimplemented("RunQuery", "issue 4")
+        checked = plan(query, self._default_currency, self._clock())
+        params = parameters(project_id, checked)
+        selects = build(checked)
+        answers = await asyncio.gather(*(self._storage.query(s.sql, params) for s in selects))
+        results = []
+        for select, rows in zip(selects, answers, strict=True):
+            if len(rows) > MAX_GROUPS:
+                raise invalid_argument(
+                    [
+                        FieldViolation(
+                            "dimensions",
+                            f"more than {MAX_GROUPS} rows to combine; narrow the period, add "
+                            "filters or use fewer dimensions",
+                        )
+                    ]
+                )
+            results.append((select, rows))
+        return QueryReport(rows=assemble(checked, results))

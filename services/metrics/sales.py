@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from cartlytics.common.money import average, growth, parse_currency
 from cartlytics.common.periods import (
@@ -18,21 +18,45 @@ from cartlytics.common.periods import (
     parse_timezone,
     resolve_period,
 )
-from cartlytics.common.storage import Storage
-
-from .orders import FIRST_ORDERS
+from cartlytics.common.storage import Row, Storage
 
 PREVIOUS = "previous"
+QUARTER = timedelta(minutes=15)
 
-SALES_BY_BUCKET = """
-    SELECT if(first_ts >= {start}, {bucket}, 'previous') AS bucket,
-           count() AS orders,
-           sum(order_total) AS revenue
-    FROM ({first_orders})
-    WHERE order_currency = {currency}
-      AND ((first_ts >= {start} AND first_ts < {end})
-           OR (first_ts >= {prev_start} AND first_ts < {prev_end}))
-    GROUP BY bucket
+# Whole 15-minute buckets of the window, from the rollup (every order event row counted).
+ROLLUP = """
+    SELECT if(bucket >= {start}, {bucket_key}, 'previous') AS key,
+           sum(orders) AS orders,
+           sum(revenue) AS revenue
+    FROM sales_15m
+    WHERE project_id = {project} AND currency = {currency}
+      AND ((bucket >= {start} AND bucket < {end_q})
+           OR (bucket >= {prev_start} AND bucket < {prev_end_q}))
+    GROUP BY key
+"""
+
+# The partial buckets at "now" and at "now" a period ago, from the order rows themselves;
+# orders with duplicates are left to the correction below.
+EDGES = """
+    SELECT if(ts >= {start}, {ts_key}, 'previous') AS key, count() AS orders, sum(total) AS revenue
+    FROM orders
+    WHERE project_id = {project} AND currency = {currency}
+      AND ((ts >= {end_q} AND ts < {end}) OR (ts >= {prev_end_q} AND ts < {prev_end}))
+      AND order_id NOT IN (SELECT order_id FROM order_dups WHERE project_id = {project})
+    GROUP BY key
+"""
+
+# Every row of the orderIds known to have more than one: the rollup counted each row, but only
+# each order's first event (by timestamp, then event id) may count.
+DUPLICATED = """
+    SELECT order_id, event_id, toString(ts) AS stamp, total, toString(currency),
+           toUnixTimestamp(toStartOfFifteenMinutes(ts)) AS quarter,
+           {ts_key} AS key,
+           ts >= {start} AND ts < {end} AS in_current,
+           ts >= {prev_start} AND ts < {prev_end} AS in_previous
+    FROM order_index
+    WHERE project_id = {project}
+      AND order_id IN (SELECT order_id FROM order_dups WHERE project_id = {project})
 """
 
 
@@ -79,22 +103,33 @@ class SalesReader:
         window = resolve_period(query.period, zone, self._clock())
         granularity = parse_granularity(query.granularity)
         currency = parse_currency(query.currency, self._default_currency)
-        sql = SALES_BY_BUCKET.replace("{first_orders}", FIRST_ORDERS).replace(
-            "{bucket}", bucket_sql(granularity, "first_ts")
-        )
-        rows = await self._storage.query(
-            sql,
-            {
-                "project": project_id,
-                "currency": currency,
-                "tz": window.zone_name,
-                "start": window.start,
-                "end": window.end,
-                "prev_start": window.prev_start,
-                "prev_end": window.prev_end,
-            },
-        )
-        by_bucket = {str(key): (int(orders), int(revenue)) for key, orders, revenue in rows}
+        params = {
+            "project": project_id,
+            "currency": currency,
+            "tz": window.zone_name,
+            "start": window.start,
+            "end": window.end,
+            "prev_start": window.prev_start,
+            "prev_end": window.prev_end,
+            "end_q": _quarter(window.end),
+            "prev_end_q": _quarter(window.prev_end),
+        }
+        rollup_sql = ROLLUP.replace("{bucket_key}", bucket_sql(granularity, "bucket"))
+        ts_key = bucket_sql(granularity, "ts")
+        totals: dict[str, list[int]] = {}
+        for rows in (
+            await self._storage.query(rollup_sql, params),
+            await self._storage.query(EDGES.replace("{ts_key}", ts_key), params),
+        ):
+            for key, orders, revenue in rows:
+                _add(totals, str(key), int(orders), int(revenue))
+        duplicated = await self._storage.query(DUPLICATED.replace("{ts_key}", ts_key), params)
+        covered = [
+            (window.start, _quarter(window.end)),
+            (window.prev_start, _quarter(window.prev_end)),
+        ]
+        _correct(totals, duplicated, currency, window.start, covered)
+        by_bucket = {key: (value[0], value[1]) for key, value in totals.items()}
         prev_orders, prev_revenue = by_bucket.pop(PREVIOUS, (0, 0))
         series = [
             Bucket(label, by_bucket.get(key, (0, 0))[1], by_bucket.get(key, (0, 0))[0])
@@ -112,3 +147,46 @@ class SalesReader:
             orders_growth=growth(orders, prev_orders),
             series=series,
         )
+
+
+def _quarter(moment: datetime) -> datetime:
+    """The start of the 15-minute UTC bucket holding ``moment``."""
+    utc = moment.astimezone(UTC)
+    return utc.replace(minute=utc.minute - utc.minute % 15, second=0, microsecond=0)
+
+
+def _add(totals: dict[str, list[int]], key: str, orders: int, revenue: int) -> None:
+    entry = totals.setdefault(key, [0, 0])
+    entry[0] += orders
+    entry[1] += revenue
+
+
+def _correct(
+    totals: dict[str, list[int]],
+    rows: list[Row],
+    currency: str,
+    start: datetime,
+    covered: list[tuple[datetime, datetime]],
+) -> None:
+    """Take out every rollup row of duplicated orders, then put back each order's first event.
+
+    ``covered`` are the ranges of whole quarters the rollup answered for; rows in the partial
+    edge quarters were never added (EDGES leaves duplicated orders out).
+    """
+    first: dict[str, Row] = {}
+    for row in rows:
+        order_id, event_id, stamp, total, row_currency, quarter, key, _, _ = row
+        bucket = datetime.fromtimestamp(int(quarter), UTC)
+        if row_currency == currency and any(lo <= bucket < hi for lo, hi in covered):
+            _add(totals, str(key) if bucket >= start else PREVIOUS, -1, -int(total))
+        kept = first.get(order_id)
+        if kept is None or (stamp, event_id) < (kept[2], kept[1]):
+            first[order_id] = row
+    for row in first.values():
+        _, _, _, total, row_currency, _, key, current, previous = row
+        if row_currency != currency:
+            continue
+        if current:
+            _add(totals, str(key), 1, int(total))
+        elif previous:
+            _add(totals, PREVIOUS, 1, int(total))

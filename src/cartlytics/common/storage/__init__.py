@@ -42,17 +42,29 @@ class Storage:
         return self.backend.name
 
     # Synchronous API (migrations, CLI, tests).
+    @property
+    def datetime64(self) -> bool:
+        """Whether time columns are DateTime64 here (so constants must be too)."""
+        return self.backend.types["DateTime"].startswith("DateTime64")
+
+    def render(self, sql: str, params: Mapping[str, Any] | None = None) -> str:
+        return render(sql, params, self.datetime64)
+
     def query_sync(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Row]:
-        return self.backend.execute(render(sql, params))
+        return self.backend.execute(self.render(sql, params))
 
     def insert_sync(
         self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
     ) -> None:
         self.backend.insert(table, columns, rows)
 
+    def insert_arrow(self, table: str, columns: Sequence[str], data: Any) -> None:
+        """Bulk load a pyarrow Table (demo data, benchmarks)."""
+        self.backend.insert_arrow(table, columns, data)
+
     # Asynchronous API (servicers).
     async def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Row]:
-        rendered = render(sql, params)
+        rendered = self.render(sql, params)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self.backend.execute, rendered)
 

@@ -1,0 +1,131 @@
+"""Synthetic shop data at scale, written straight into storage (columnar, through Arrow).
+
+For benchmarks and demos: N events over the last year for one project, with visitors browsing,
+viewing products, adding to carts, checking out and ordering (with line items), in a few
+currencies. Generated in blocks with numpy, so 10 million events take about a minute or two.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from cartlytics.common.storage import Storage
+from cartlytics.ingest.ingestor import EVENTS, ORDER_ITEMS
+
+EVENT_TYPES = np.array(
+    ["page_view", "product_view", "add_to_cart", "remove_from_cart", "checkout_started",
+     "order_completed", "search"]
+)  # fmt: skip
+EVENT_WEIGHTS = np.array([0.42, 0.30, 0.10, 0.02, 0.05, 0.03, 0.08])
+CURRENCIES = np.array(["USD", "USD", "USD", "EUR", "GBP"])
+PAGES = np.array([f"/products/{n}" for n in range(200)] + ["/", "/cart", "/collections/sale"])
+CATEGORIES = np.array(["apparel", "home", "accessories", "stationery"])
+DEVICES = np.array(["desktop", "mobile", "tablet"])
+BROWSERS = np.array(["Chrome", "Safari", "Firefox", "Mobile Safari", "Chrome Mobile"])
+
+
+def blocks(
+    project_id: str, total: int, now: datetime, block: int = 500_000, seed: int = 1
+) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """Yield (events columns, order_items columns) blocks of up to ``block`` events."""
+    rng = np.random.default_rng(seed)
+    end = now.timestamp() - 60
+    start = end - 365 * 86400
+    visitors = max(1000, total // 50)
+    made = 0
+    while made < total:
+        n = min(block, total - made)
+        kinds = rng.choice(len(EVENT_TYPES), size=n, p=EVENT_WEIGHTS)
+        ts = np.sort(rng.uniform(start, end, size=n))
+        stamps = (ts * 1000).astype("datetime64[ms]")
+        visitor = rng.integers(0, visitors, size=n)
+        product = rng.integers(0, 500, size=n)
+        currency = CURRENCIES[rng.integers(0, len(CURRENCIES), size=n)]
+        is_order = kinds == 5
+        ids = np.char.add("evt_demo_", (np.arange(made, made + n)).astype(str))
+        order_ids = np.where(is_order, np.char.add("ord_", (np.arange(made, made + n)).astype(str)), "")
+        visitor_ids = np.char.add("v_", visitor.astype(str))
+        lines = np.where(is_order, rng.integers(1, 4, size=n), 0)
+        prices = rng.integers(5, 200, size=(n, 3)) * 100 - 1
+        quantities = rng.integers(1, 4, size=(n, 3))
+        totals = np.where(
+            is_order, (prices * quantities * (np.arange(3) < lines[:, None])).sum(axis=1), 0
+        )
+        events_cols = {
+            "project_id": np.full(n, project_id),
+            "event_id": ids,
+            "event": EVENT_TYPES[kinds],
+            "ts": stamps,
+            "received_at": stamps,
+            "user_id": visitor_ids,
+            "anonymous_id": np.full(n, ""),
+            "session_id": np.char.add("s_", (visitor * 7 + (ts // 1800).astype(int) % 7).astype(str)),
+            "visitor_id": visitor_ids,
+            "order_id": order_ids,
+            "total": totals,
+            "currency": np.where(is_order | (kinds == 4), currency, ""),
+            "product_id": np.where((kinds >= 1) & (kinds <= 3), np.char.add("prod_", product.astype(str)), ""),
+            "page": np.where(kinds == 0, PAGES[rng.integers(0, len(PAGES), size=n)], ""),
+            "properties": np.full(n, "{}"),
+            "context": np.full(n, "{}"),
+            "device": DEVICES[rng.integers(0, 3, size=n)],
+            "browser": BROWSERS[rng.integers(0, len(BROWSERS), size=n)],
+            "os": np.full(n, ""),
+            "ip_hash": np.full(n, ""),
+            "country": np.full(n, "US"),
+            "region": np.full(n, ""),
+            "utm_source": np.full(n, ""),
+            "utm_medium": np.full(n, ""),
+            "utm_campaign": np.full(n, ""),
+            "utm_term": np.full(n, ""),
+            "utm_content": np.full(n, ""),
+            "referrer_host": np.full(n, ""),
+        }
+        rows = np.nonzero(is_order)[0]
+        item_rows = [(r, line) for r in rows for line in range(lines[r])]
+        idx = np.array([r for r, _ in item_rows], dtype=int)
+        line_no = np.array([line for _, line in item_rows], dtype=int)
+        item_products = (product[idx] + line_no * 37) % 500
+        items_cols = {
+            "project_id": np.full(len(idx), project_id),
+            "order_id": order_ids[idx],
+            "event_id": ids[idx],
+            "line": line_no,
+            "ts": stamps[idx],
+            "visitor_id": visitor_ids[idx],
+            "currency": currency[idx],
+            "product_id": np.char.add("prod_", item_products.astype(str)),
+            "name": np.char.add("Product ", item_products.astype(str)),
+            "category": CATEGORIES[item_products % len(CATEGORIES)],
+            "price": prices[idx, line_no],
+            "quantity": quantities[idx, line_no],
+        }
+        made += n
+        yield events_cols, items_cols
+
+
+def load(storage: Storage, project_id: str, total: int, now: datetime | None = None) -> None:
+    """Write ``total`` synthetic events (and their order lines), printing progress."""
+    import pyarrow as pa
+
+    now = now or datetime.now(UTC)
+    started = time.perf_counter()
+    done = 0
+    for events_cols, items_cols in blocks(project_id, total, now):
+        for spec, cols in ((ORDER_ITEMS, items_cols), (EVENTS, events_cols)):
+            table = pa.table({c: cols[c] for c in spec.columns})
+            storage.insert_arrow(spec.name, spec.columns, table)
+        done += len(events_cols["event_id"])
+        rate = done / (time.perf_counter() - started)
+        print(f"  loaded {done:,}/{total:,} events ({rate:,.0f}/s)", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    print(json.dumps({"help": "use bench/metrics.py"}))
