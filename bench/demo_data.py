@@ -20,9 +20,16 @@ from cartlytics.common.storage import Storage
 from cartlytics.ingest.ingestor import EVENTS, ORDER_ITEMS
 
 EVENT_TYPES = np.array(
-    ["page_view", "product_view", "add_to_cart", "remove_from_cart", "checkout_started",
-     "order_completed", "search"]
-)  # fmt: skip
+    [
+        "page_view",
+        "product_view",
+        "add_to_cart",
+        "remove_from_cart",
+        "checkout_started",
+        "order_completed",
+        "search",
+    ]
+)
 EVENT_WEIGHTS = np.array([0.42, 0.30, 0.10, 0.02, 0.05, 0.03, 0.08])
 CURRENCIES = np.array(["USD", "USD", "USD", "EUR", "GBP"])
 PAGES = np.array([f"/products/{n}" for n in range(200)] + ["/", "/cart", "/collections/sale"])
@@ -50,7 +57,9 @@ def blocks(
         currency = CURRENCIES[rng.integers(0, len(CURRENCIES), size=n)]
         is_order = kinds == 5
         ids = np.char.add("evt_demo_", (np.arange(made, made + n)).astype(str))
-        order_ids = np.where(is_order, np.char.add("ord_", (np.arange(made, made + n)).astype(str)), "")
+        order_ids = np.where(
+            is_order, np.char.add("ord_", (np.arange(made, made + n)).astype(str)), ""
+        )
         visitor_ids = np.char.add("v_", visitor.astype(str))
         lines = np.where(is_order, rng.integers(1, 4, size=n), 0)
         prices = rng.integers(5, 200, size=(n, 3)) * 100 - 1
@@ -66,12 +75,16 @@ def blocks(
             "received_at": stamps,
             "user_id": visitor_ids,
             "anonymous_id": np.full(n, ""),
-            "session_id": np.char.add("s_", (visitor * 7 + (ts // 1800).astype(int) % 7).astype(str)),
+            "session_id": np.char.add(
+                "s_", (visitor * 7 + (ts // 1800).astype(int) % 7).astype(str)
+            ),
             "visitor_id": visitor_ids,
             "order_id": order_ids,
             "total": totals,
             "currency": np.where(is_order | (kinds == 4), currency, ""),
-            "product_id": np.where((kinds >= 1) & (kinds <= 3), np.char.add("prod_", product.astype(str)), ""),
+            "product_id": np.where(
+                (kinds >= 1) & (kinds <= 3), np.char.add("prod_", product.astype(str)), ""
+            ),
             "page": np.where(kinds == 0, PAGES[rng.integers(0, len(PAGES), size=n)], ""),
             "properties": np.full(n, "{}"),
             "context": np.full(n, "{}"),

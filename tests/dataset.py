@@ -79,8 +79,13 @@ def build(
     ) -> dict[str, Any]:
         nonlocal serial
         serial += 1
-        record: dict[str, Any] = {"id": f"evt_ds_{serial:06d}", "event": event,
-                                  "timestamp": _iso(ts), "properties": props, "context": ctx}  # fmt: skip
+        record: dict[str, Any] = {
+            "id": f"evt_ds_{serial:06d}",
+            "event": event,
+            "timestamp": _iso(ts),
+            "properties": props,
+            "context": ctx,
+        }
         if who[0]:
             record["userId"] = who[0]
         else:
@@ -99,8 +104,11 @@ def build(
         anonymous = rng.random() < 0.15
         user = "" if anonymous else rng.choice(visitors)
         who = (user, f"sess_{made:05d}")
-        ctx = {"userAgent": rng.choice(USER_AGENTS), "ip": f"198.51.100.{rng.randint(1, 254)}",
-               "campaign": {"source": rng.choice(["google", "newsletter", ""]), "medium": "cpc"}}  # fmt: skip
+        ctx = {
+            "userAgent": rng.choice(USER_AGENTS),
+            "ip": f"198.51.100.{rng.randint(1, 254)}",
+            "campaign": {"source": rng.choice(["google", "newsletter", ""]), "medium": "cpc"},
+        }
         ts = start
         currency = rng.choice(CURRENCIES)
 
@@ -111,40 +119,86 @@ def build(
 
         for _ in range(rng.randint(1, 4)):
             page = rng.choice(PAGES)
-            add("page_view", who, step(), {"page": page, "referrer": rng.choice(REFERRERS)},
-                {**ctx, "page": page})  # fmt: skip
+            add(
+                "page_view",
+                who,
+                step(),
+                {"page": page, "referrer": rng.choice(REFERRERS)},
+                {**ctx, "page": page},
+            )
         if rng.random() < 0.3:
-            add("search", who, step(), {"query": rng.choice(["shirt", "mug", "gift"]),
-                                        "resultCount": rng.randint(0, 40)}, ctx)  # fmt: skip
+            add(
+                "search",
+                who,
+                step(),
+                {"query": rng.choice(["shirt", "mug", "gift"]), "resultCount": rng.randint(0, 40)},
+                ctx,
+            )
         viewed = rng.sample(PRODUCTS, rng.randint(0, 4))
         for product_id, name, _category, price in viewed:
-            add("product_view", who, step(),
-                {"productId": product_id, "name": name, "price": price, "currency": currency}, ctx)  # fmt: skip
+            add(
+                "product_view",
+                who,
+                step(),
+                {"productId": product_id, "name": name, "price": price, "currency": currency},
+                ctx,
+            )
         cart = [p for p in viewed if rng.random() < 0.5]
         if rng.random() < 0.1:  # some add to cart without a product_view (deep links)
             cart.append(rng.choice(PRODUCTS))
         quantities: dict[str, int] = {}
         for product_id, _name, _category, price in cart:
             quantities[product_id] = rng.randint(1, 3)
-            add("add_to_cart", who, step(),
-                {"productId": product_id, "quantity": quantities[product_id], "price": price,
-                 "currency": currency}, ctx)  # fmt: skip
+            add(
+                "add_to_cart",
+                who,
+                step(),
+                {
+                    "productId": product_id,
+                    "quantity": quantities[product_id],
+                    "price": price,
+                    "currency": currency,
+                },
+                ctx,
+            )
         if cart and rng.random() < 0.15:
             removed = cart.pop()
             add("remove_from_cart", who, step(), {"productId": removed[0], "quantity": 1}, ctx)
         if not cart or rng.random() < 0.35:
             continue
         total = sum(p[3] * quantities[p[0]] for p in cart)
-        add("checkout_started", who, step(),
-            {"cartId": f"cart_{made}", "total": total, "itemCount": len(cart), "currency": currency},
-            ctx)  # fmt: skip
+        add(
+            "checkout_started",
+            who,
+            step(),
+            {
+                "cartId": f"cart_{made}",
+                "total": total,
+                "itemCount": len(cart),
+                "currency": currency,
+            },
+            ctx,
+        )
         if rng.random() < 0.3:
             continue  # abandoned at checkout
-        lines = [{"productId": p[0], "name": p[1], "category": p[2], "price": p[3],
-                  "quantity": quantities[p[0]]} for p in cart]  # fmt: skip
+        lines = [
+            {
+                "productId": p[0],
+                "name": p[1],
+                "category": p[2],
+                "price": p[3],
+                "quantity": quantities[p[0]],
+            }
+            for p in cart
+        ]
         order_id = f"order_{made:05d}"
-        props = {"orderId": order_id, "total": total, "currency": currency, "items": len(cart),
-                 "products": lines}  # fmt: skip
+        props = {
+            "orderId": order_id,
+            "total": total,
+            "currency": currency,
+            "items": len(cart),
+            "products": lines,
+        }
         order = add("order_completed", who, step(900), props, ctx)
         if rng.random() < 0.06:  # the store's backend reports the same order again, later
             later = datetime.fromisoformat(order["timestamp"].replace("Z", "+00:00"))
@@ -170,8 +224,13 @@ def load(http_url: str, key: str, seed: int = 7) -> Dataset:
         return cached
     data = build(seed)
     for start in range(0, len(data.sent), 400):
-        reply = call("POST", f"{http_url}/analytics/event/batch", key,
-                     {"events": data.sent[start : start + 400]}, timeout=120)  # fmt: skip
+        reply = call(
+            "POST",
+            f"{http_url}/analytics/event/batch",
+            key,
+            {"events": data.sent[start : start + 400]},
+            timeout=120,
+        )
         assert reply.status == 200, reply.body
         assert reply.json()["rejectedCount"] == 0, reply.body
     _LOADED[(http_url, seed)] = data

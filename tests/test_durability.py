@@ -172,8 +172,8 @@ def test_acknowledged_events_survive_sigkill(
                 # (seconds): the client retries those, as it would a 409.
                 assert time.monotonic() < deadline, f"{len(unacked)} never accepted"
                 batch = [_order(i, "DKK") for i in unacked[:100]]
-                request = ingest_pb2.BatchTrackEventsRequest(events=batch)
-                reply = stub.BatchTrackEvents(request, metadata=metadata, timeout=30)
+                retry = ingest_pb2.BatchTrackEventsRequest(events=batch)
+                reply = stub.BatchTrackEvents(retry, metadata=metadata, timeout=30)
                 done = {a.id.removeprefix("evt_") for a in reply.accepted}
                 unacked = [i for i in unacked if i not in done]
                 if reply.rejected_count:

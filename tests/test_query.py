@@ -4,6 +4,7 @@ oracle (tests/oracle_query.py) over the shared dataset plus a few events of this
 
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 from cartlytics.common.errors import ApiError
-from cartlytics.common.storage import render
+from cartlytics.common.storage import Storage, render
 from cartlytics.metrics import query as q
 from cartlytics.metrics.reports import CustomQuery
 from tests import oracle_query
@@ -175,6 +176,11 @@ CASES: list[dict[str, Any]] = [
      "filters": {"period": "90d"}, "orderBy": "conversion_rate:desc", "limit": 10},
     {"metrics": ["aov", "orders"], "dimensions": ["week"],
      "filters": {"period": "2m", "currency": "JPY"}, "orderBy": "aov:asc"},
+    # Only what the metrics count makes a row: no row for events without a product view.
+    {"metrics": ["product_views", "checkouts"], "dimensions": ["event", "date"],
+     "filters": {"period": "7d"}},
+    {"metrics": ["add_to_carts"], "dimensions": ["product_id"]},
+    {"metrics": ["units_sold"], "dimensions": ["country"], "filters": {"period": "7d"}},
     {"metrics": ["checkouts", "add_to_carts"], "dimensions": ["month", "device"],
      "filters": {"period": "12m"}, "orderBy": "checkouts:desc", "limit": 4},
 ]  # fmt: skip
@@ -384,6 +390,51 @@ def test_refused_combinations_are_400(system: System, metric: str) -> None:
         fields = _violations(_post(system, {"metrics": [metric], "dimensions": [dimension]}))
         assert list(fields) == ["dimensions[0]"]
         assert "docs/query.md" in fields["dimensions[0]"]
+
+
+# --- On storage directly: rows a retry stored twice (Redis down, before a merge). ----------------
+
+
+def test_a_retry_stored_twice_counts_once(storage: Storage, project_id: str) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    at = now - timedelta(hours=2)
+    columns = ["project_id", "event_id", "event", "ts", "received_at", "visitor_id",
+               "session_id", "order_id", "total", "currency", "device"]  # fmt: skip
+    events = [
+        (project_id, "e1", "page_view", at, at, "v1", "s1", "", 0, "", "mobile"),
+        (project_id, "e2", "order_completed", at, at, "v1", "s1", "o1", 1000, "USD", "mobile"),
+        (project_id, "e3", "page_view", at, at, "v2", "s2", "", 0, "", "desktop"),
+    ]
+    item_columns = ["project_id", "order_id", "event_id", "line", "ts", "visitor_id", "currency",
+                    "product_id", "name", "category", "price", "quantity"]  # fmt: skip
+    items = [
+        (project_id, "o1", "e2", 0, at, "v1", "USD", "a", "A", "c", 300, 2),
+        (project_id, "o1", "e2", 1, at, "v1", "USD", "b", "B", "c", 400, 1),
+    ]
+    for _ in range(2):  # two inserts: two parts, each with every row
+        storage.insert_sync("order_items", item_columns, items)
+        storage.insert_sync("events", columns, events)
+    runner = q.QueryRunner(storage, "USD", clock=lambda: now)
+
+    def run(metrics: list[str], dimensions: list[str]) -> list[dict[str, Any]]:
+        report = asyncio.run(runner.run(project_id, CustomQuery(metrics, dimensions, {})))
+        return [dict(row) for row in report.rows]
+
+    everything = ["events", "page_views", "visitors", "sessions", "orders", "revenue",
+                  "units_sold", "aov", "conversion_rate"]  # fmt: skip
+    assert run(everything, ["device"]) == [
+        {"device": "desktop", "events": 1, "page_views": 1, "visitors": 1, "sessions": 1,
+         "orders": 0, "revenue": 0, "units_sold": 0, "aov": 0, "conversion_rate": 0.0},
+        {"device": "mobile", "events": 2, "page_views": 1, "visitors": 1, "sessions": 1,
+         "orders": 1, "revenue": 1000, "units_sold": 3, "aov": 1000, "conversion_rate": 100.0},
+    ]  # fmt: skip
+    assert run(["revenue", "orders", "units_sold"], ["product_id"]) == [
+        {"product_id": "a", "revenue": 600, "orders": 1, "units_sold": 2},
+        {"product_id": "b", "revenue": 400, "orders": 1, "units_sold": 1},
+    ]
+    assert run(["revenue", "orders", "aov", "conversion_rate"], []) == [
+        {"revenue": 1000, "orders": 1, "aov": 1000, "conversion_rate": 50.0}
+    ]
 
 
 # --- Without a running system: the catalogue, its docs and the builder. -------------------------

@@ -25,17 +25,34 @@ def _events(now: datetime) -> list[dict[str, Any]]:
         for v in range(visitors):
             n += 1
             ts = now - timedelta(seconds=30 + n)
-            events.append({"event": "page_view", "userId": f"rt_v{v}", "timestamp": _iso(ts),
-                           "properties": {"page": page}})  # fmt: skip
+            events.append(
+                {
+                    "event": "page_view",
+                    "userId": f"rt_v{v}",
+                    "timestamp": _iso(ts),
+                    "properties": {"page": page},
+                }
+            )
     # An old visit (10 minutes ago) is not active and its page is not "top".
-    events.append({"event": "page_view", "userId": "rt_old", "timestamp": _iso(now - timedelta(minutes=10)),
-                   "properties": {"page": "/old"}})  # fmt: skip
+    events.append(
+        {
+            "event": "page_view",
+            "userId": "rt_old",
+            "timestamp": _iso(now - timedelta(minutes=10)),
+            "properties": {"page": "/old"},
+        }
+    )
     for k, (minutes, total, currency) in enumerate(
         [(2, 1000, "USD"), (3, 2500, "USD"), (4, 700, "EUR"), (60 * 30, 9999, "USD")]
     ):
-        events.append({"event": "order_completed", "userId": f"rt_buyer{k}",
-                       "timestamp": _iso(now - timedelta(minutes=minutes)),
-                       "properties": {"orderId": f"rt_order_{k}", "total": total, "currency": currency}})  # fmt: skip
+        events.append(
+            {
+                "event": "order_completed",
+                "userId": f"rt_buyer{k}",
+                "timestamp": _iso(now - timedelta(minutes=minutes)),
+                "properties": {"orderId": f"rt_order_{k}", "total": total, "currency": currency},
+            }
+        )
     # The same order again: counts once.
     events.append({**events[-2], "timestamp": _iso(now - timedelta(minutes=1))})
     return events
@@ -75,8 +92,11 @@ def _send(system: System, events: list[dict[str, Any]]) -> None:
 
 def _check(system: System, events: list[dict[str, Any]], now: datetime) -> None:
     for zone, currency in [("UTC", "USD"), ("UTC", "EUR"), ("Pacific/Kiritimati", "USD")]:
-        reply = call("GET", f"{system.http_url}/analytics/realtime?timezone={zone}&currency={currency}",
-                     system.key)  # fmt: skip
+        reply = call(
+            "GET",
+            f"{system.http_url}/analytics/realtime?timezone={zone}&currency={currency}",
+            system.key,
+        )
         assert reply.status == 200, reply.body
         assert reply.json() == _expected(events, now, zone, currency), (zone, currency)
 
