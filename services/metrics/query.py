@@ -214,7 +214,7 @@ def _count_of(event: str) -> Measure:
 REVENUE = Measure(
     "revenue", {Source.ORDERS: "sum(order_total)", Source.LINES: "sum(item_price * item_quantity)"}
 )
-ORDERS = Measure("orders", {Source.ORDERS: "uniqExact(event_id)", Source.LINES: "uniqExact(item_order)"})
+ORDERS = Measure("orders", {Source.ORDERS: "count()", Source.LINES: "uniqExact(item_order)"})
 UNITS = Measure("units", {Source.LINES: "sum(item_quantity)"})
 EVENTS = Measure("events", {Source.EVENTS: "uniqExact(event_id)"})
 VISITORS = Measure("visitors", {Source.EVENTS: "uniqExactIf(visitor_id, visitor_id != '')"})
