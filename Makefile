@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit gen docs venv clean
+.PHONY: run test lint typecheck unit gen docs venv clean bench-ingest bench-metrics
 
 venv: $(STAMP)
 
@@ -31,6 +31,14 @@ typecheck: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+## bench-ingest / bench-metrics: the benchmarks quoted in the README (minutes; not part of `make test`)
+bench-ingest: $(STAMP)
+	$(BIN)/python bench/ingest.py --seconds 10 --connections 8
+	$(BIN)/python bench/ingest.py --seconds 10 --connections 64
+
+bench-metrics: $(STAMP)
+	$(BIN)/python bench/metrics.py --events 10000000 --requests 30
 
 ## docs: refresh the README configuration table
 docs: $(STAMP)
