@@ -8,7 +8,10 @@ the code under test. The clock is a controllable object, so window edges are exa
 from __future__ import annotations
 
 import asyncio
+import calendar
+import hashlib
 import itertools
+import random
 import socket
 import subprocess
 import time as systime
@@ -160,28 +163,44 @@ def oracle_top_pages(events: list[RealtimeEvent], now: datetime) -> list[tuple[s
     return ranked[:10]
 
 
+def first_key(e: RealtimeEvent) -> tuple[datetime, bytes]:
+    """An order's first event: earliest time to the millisecond (as stored), then id bytes."""
+    return e.ts.replace(microsecond=e.ts.microsecond // 1000 * 1000), e.event_id.encode()
+
+
 @dataclass
 class OrderOracle:
-    """Orders as recorded batch by batch: first by (time, id) within a batch, first batch wins."""
+    """Orders as recorded batch by batch, by the documented rules.
 
-    claimed: dict[str, RealtimeEvent] = field(default_factory=dict)
+    Within a batch only each order's first event (``first_key``) is considered. It is ignored when
+    more than 1 h ahead of the recording clock. It becomes the order's winner when the order has
+    none and it is at most 48 h old, or when it is strictly earlier than the winner (then, if more
+    than 48 h old, the order is no longer counted anywhere).
+    """
+
+    winners: dict[str, tuple[RealtimeEvent, bool]] = field(default_factory=dict)  # (event, counted)
 
     def record(self, record_now: datetime, batch: list[RealtimeEvent]) -> None:
         first: dict[str, RealtimeEvent] = {}
         for e in batch:
             if e.event == "order_completed" and e.order_id and e.currency:
                 best = first.get(e.order_id)
-                if best is None or (e.ts, e.event_id) < (best.ts, best.event_id):
+                if best is None or first_key(e) < first_key(best):
                     first[e.order_id] = e
         for order_id, e in first.items():
-            recordable = record_now - timedelta(hours=48) <= e.ts <= record_now + timedelta(hours=1)
-            if recordable and order_id not in self.claimed:
-                self.claimed[order_id] = e
+            if e.ts > record_now + timedelta(hours=1):
+                continue
+            counted = e.ts >= record_now - timedelta(hours=48)
+            held = self.winners.get(order_id)
+            if (held is None and counted) or (held and first_key(e) < first_key(held[0])):
+                self.winners[order_id] = (e, counted)
 
     def today(self, now: datetime, zone: ZoneInfo, currency: str) -> tuple[int, int]:
         midnight = datetime.combine(now.astimezone(zone).date(), time(0), tzinfo=zone)
         chosen = [
-            e for e in self.claimed.values() if e.currency == currency and midnight <= e.ts <= now
+            e
+            for e, counted in self.winners.values()
+            if counted and e.currency == currency and midnight <= e.ts <= now
         ]
         return len(chosen), sum(e.total for e in chosen)
 
@@ -412,7 +431,7 @@ def test_duplicate_orders_and_retries_count_once(valkey_url: str) -> None:
         order(datetime(2024, 6, 9, 23, 0, tzinfo=UTC), "o2", 700),  # listed later, earlier: wins
     ]
     batch2 = [
-        order(datetime(2024, 6, 10, 9, 0, tzinfo=UTC), "o1", 5),  # already claimed
+        order(datetime(2024, 6, 10, 9, 0, tzinfo=UTC), "o1", 5),  # earlier: o1 moves to it
         order(datetime(2024, 6, 10, 11, 59, tzinfo=UTC), "o3", 50),
     ]
     concurrent = order(datetime(2024, 6, 10, 11, 0, tzinfo=UTC), "o4", 7)
@@ -443,8 +462,8 @@ def test_duplicate_orders_and_retries_count_once(valkey_url: str) -> None:
     assert seen == [
         (1, 1000), (2, 1700),  # UTC: o1; Tokyo (since 9 June 15:00 UTC): o1 + o2 at 700
         (1, 1000), (2, 1700),
-        (2, 1050), (3, 1750),
-        (3, 1057), (4, 1757),
+        (2, 5 + 50), (3, 5 + 700 + 50),  # o1 now counts its earlier event (total 5), and o3
+        (3, 62), (4, 762),  # and o4
     ]  # fmt: skip
     oracle = OrderOracle()
     oracle.record(now, batch1)
@@ -486,6 +505,281 @@ def test_order_time_bounds(valkey_url: str) -> None:
     # ahead shows once its quarter comes; 2 h ahead and 49 h old are never recorded (47 h old is
     # recorded -- 3 claims -- but is yesterday in UTC).
     assert run(valkey_url, body) == [(1, 4), (2, 12), (2, 12), (3, 0)]
+
+
+# --- an earlier duplicate recorded later: the order moves to it ---------------------------------
+
+
+def _claim_key(project_id: str, order_id: str) -> str:
+    """The documented claim key: rt:{p}:order:<blake2b-128 hex of the orderId>."""
+    digest = hashlib.blake2b(order_id.encode(), digest_size=16).hexdigest()
+    return f"rt:{{{project_id}}}:order:{digest}"
+
+
+def _ms(moment: datetime) -> str:
+    """Epoch milliseconds, by the calendar (whole seconds here), as the claim stores them."""
+    assert moment.microsecond == 0
+    return str(calendar.timegm(moment.utctimetuple()) * 1000)
+
+
+async def _ttls(client: aioredis.Redis, project_id: str) -> dict[str, int]:
+    return {
+        key: await client.ttl(key)
+        async for key in client.scan_iter(match=f"rt:{{{project_id}}}:*", count=1000)
+    }
+
+
+def test_earlier_duplicate_recorded_later_moves_count_and_revenue(valkey_url: str) -> None:
+    now = datetime(2024, 1, 16, 2, 0, tzinfo=UTC)
+    clock = Clock(now)
+    pid = project()
+    # Tokyo's day began at 15 Jan 15:00 UTC, UTC's at 16 Jan 00:00: the earlier event is before
+    # UTC midnight (yesterday there) and after Tokyo's (still today there).
+    original = order(datetime(2024, 1, 16, 0, 10, tzinfo=UTC), "o1", 1000, event_id="evt_orig")
+    other = order(datetime(2024, 1, 16, 0, 5, tzinfo=UTC), "o2", 40, event_id="evt_other")
+    later = order(datetime(2024, 1, 16, 1, 0, tzinfo=UTC), "o1", 5000, event_id="evt_later")
+    earlier = order(datetime(2024, 1, 15, 23, 50, tzinfo=UTC), "o1", 700, event_id="evt_early")
+    retries = [[earlier], [original], [later], [earlier, later, other, original], [original, other]]
+    zones = ("UTC", "Asia/Tokyo")
+
+    async def body(client: aioredis.Redis) -> dict[str, Any]:
+        counters = RealtimeCounters(client, clock)
+        seen: dict[str, Any] = {}
+
+        async def figures(label: str) -> None:
+            for zone in zones:
+                s = await snap(counters, pid, zone)
+                seen[f"{label} {zone}"] = (s.orders_today, s.revenue_today)
+
+        await counters.record(pid, [original, other])
+        await figures("first")
+        await counters.record(pid, [later])
+        await figures("later")
+        await counters.record(pid, [earlier])
+        await figures("moved")
+        seen["claim"] = await client.hgetall(_claim_key(pid, "o1"))
+        seen["16 Jan"] = await client.hgetall(f"rt:{{{pid}}}:orders:20240116:USD")
+        seen["15 Jan"] = await client.hgetall(f"rt:{{{pid}}}:orders:20240115:USD")
+        before = await dump(client, pid)
+        for batch in retries:
+            await counters.record(pid, batch)
+        seen["retries change nothing"] = before == await dump(client, pid)
+        await figures("retried")
+        seen["ttls"] = await _ttls(client, pid)
+        return seen
+
+    seen = run(valkey_url, body)
+    assert seen["first UTC"] == seen["first Asia/Tokyo"] == (2, 1000 + 40)
+    assert seen["later UTC"] == seen["later Asia/Tokyo"] == (2, 1000 + 40)
+    assert seen["moved UTC"] == (1, 40)  # o1 is yesterday in UTC now
+    assert seen["moved Asia/Tokyo"] == (2, 700 + 40)  # still today in Tokyo, at 700
+    assert seen["claim"] == {
+        "t": _ms(earlier.ts), "e": "evt_early", "v": "700", "c": "USD",
+        "h": f"rt:{{{pid}}}:orders:20240115:USD", "q": "95",  # 23:45-24:00 is quarter 95
+    }  # fmt: skip
+    assert seen["16 Jan"] == {"c0": "1", "r0": "40"}  # 00:00-00:15: o1 taken out, o2 stays
+    assert seen["15 Jan"] == {"c95": "1", "r95": "700"}
+    assert seen["retries change nothing"]
+    assert seen["retried UTC"] == (1, 40) and seen["retried Asia/Tokyo"] == (2, 740)
+    assert seen["ttls"] and all(ttl > 0 for ttl in seen["ttls"].values()), seen["ttls"]
+
+    oracle = OrderOracle()
+    for batch in [[original, other], [later], [earlier], *retries]:
+        oracle.record(now, batch)
+    assert oracle.today(now, UTC_ZONE, "USD") == (1, 40)
+    assert oracle.today(now, ZoneInfo("Asia/Tokyo"), "USD") == (2, 740)
+
+
+def test_earlier_duplicate_in_another_currency_moves_the_order(valkey_url: str) -> None:
+    now = datetime(2024, 6, 10, 12, 0, tzinfo=UTC)
+    clock = Clock(now)
+    pid = project()
+    usd = order(datetime(2024, 6, 10, 10, 0, tzinfo=UTC), "o9", 1000, "USD")
+    eur = order(datetime(2024, 6, 10, 9, 30, tzinfo=UTC), "o9", 900, "EUR")
+
+    async def body(client: aioredis.Redis) -> list[Any]:
+        counters = RealtimeCounters(client, clock)
+        seen: list[Any] = []
+
+        async def figures() -> None:
+            for currency in ("USD", "EUR"):
+                s = await snap(counters, pid, "UTC", currency)
+                seen.append((s.orders_today, s.revenue_today))
+
+        await counters.record(pid, [usd])
+        await figures()
+        await counters.record(pid, [eur])
+        await figures()
+        seen.append(await client.exists(f"rt:{{{pid}}}:orders:20240610:USD"))
+        seen.append(await client.hgetall(f"rt:{{{pid}}}:orders:20240610:EUR"))
+        before = await dump(client, pid)
+        for batch in ([usd], [eur], [eur, usd], [usd, eur]):
+            await counters.record(pid, batch)
+        seen.append(before == await dump(client, pid))
+        await figures()
+        return seen
+
+    assert run(valkey_url, body) == [
+        (1, 1000), (0, 0),  # USD, EUR
+        (0, 0), (1, 900),
+        0,  # its only order left the USD hash: both fields deleted, so the key is gone
+        {"c38": "1", "r38": "900"},  # 09:30-09:45 is quarter 38
+        True,
+        (0, 0), (1, 900),
+    ]  # fmt: skip
+    oracle = OrderOracle()
+    for batch in ([usd], [eur], [usd], [eur], [eur, usd], [usd, eur]):
+        oracle.record(now, batch)
+    assert oracle.today(now, UTC_ZONE, "USD") == (0, 0)
+    assert oracle.today(now, UTC_ZONE, "EUR") == (1, 900)
+
+
+def test_equal_times_are_decided_by_event_id_bytes(valkey_url: str) -> None:
+    clock = Clock(T0)
+    pid = project()
+    ts = T0 - timedelta(minutes=10)
+    us = timedelta(microseconds=1)
+    # (event, expected (orders, revenue) in UTC after recording it alone), in recording order.
+    steps = [
+        (order(ts, "t1", 100, event_id="evt_b"), (1, 100)),
+        (order(ts, "t1", 300, event_id="evt_c"), (1, 100)),  # "evt_c" > "evt_b"
+        (order(ts, "t1", 200, event_id="evt_a"), (1, 200)),  # "evt_a" < "evt_b"
+        (order(ts, "t1", 400, event_id="evt_B"), (1, 400)),  # "B" (0x42) < "a" (0x61): bytes
+        (order(ts, "t1", 500, event_id="evt_B0"), (1, 400)),  # a longer id after its prefix
+        # 900 us later but the same millisecond (storage keeps milliseconds): the id decides.
+        (order(ts + 900 * us, "t1", 600, event_id="evt_A"), (1, 600)),
+        (order(ts + 1000 * us, "t1", 650, event_id="evt_0"), (1, 600)),  # next millisecond
+        (order(ts - 1000 * us, "t1", 700, event_id="evt_z"), (1, 700)),  # time before id
+    ]
+    # Within one batch the same rule: same millisecond, "x_a" < "x_b".
+    batch = [order(ts, "t2", 10, event_id="x_b"), order(ts + 500 * us, "t2", 20, event_id="x_a")]
+
+    async def body(client: aioredis.Redis) -> list[Any]:
+        counters = RealtimeCounters(client, clock)
+        seen: list[Any] = []
+        for event, _ in steps:
+            await counters.record(pid, [event])
+            s = await snap(counters, pid)
+            seen.append((s.orders_today, s.revenue_today))
+        await counters.record(pid, batch)
+        s = await snap(counters, pid)
+        seen.append((s.orders_today, s.revenue_today))
+        before = await dump(client, pid)
+        for event, _ in steps:
+            await counters.record(pid, [event])
+        await counters.record(pid, [e for e, _ in steps][::-1])
+        await counters.record(pid, batch[:1])
+        await counters.record(pid, batch[1:])
+        seen.append(before == await dump(client, pid))
+        seen.append((await client.hgetall(_claim_key(pid, "t1")))["e"])
+        return seen
+
+    assert run(valkey_url, body) == [*(figures for _, figures in steps), (2, 720), True, "evt_z"]
+    oracle = OrderOracle()
+    for event, figures in steps:
+        oracle.record(T0, [event])
+        assert oracle.today(T0, UTC_ZONE, "USD") == figures, event.event_id
+    oracle.record(T0, batch)
+    assert oracle.today(T0, UTC_ZONE, "USD") == (2, 720)
+
+
+def test_earlier_duplicate_too_old_to_count(valkey_url: str) -> None:
+    clock = Clock(T0)
+    pid = project()
+    hour = timedelta(hours=1)
+    # Claimed then moved to a 49 h old event: its counts go, nothing replaces them.
+    recent = order(T0 - hour, "a", 100, event_id="a_recent")
+    ancient = order(T0 - 49 * hour, "a", 200, event_id="a_ancient")
+    # Not claimed when its 49 h old event comes: no trace, so a later duplicate still counts
+    # (until the old event is recorded again).
+    b_old = order(T0 - 49 * hour, "b", 300, event_id="b_old")
+    b_new = order(T0 - 2 * hour, "b", 400, event_id="b_new")
+
+    async def body(client: aioredis.Redis) -> list[Any]:
+        counters = RealtimeCounters(client, clock)
+        seen: list[Any] = []
+
+        async def figures() -> None:
+            s = await snap(counters, pid)
+            seen.append((s.orders_today, s.revenue_today))
+
+        await counters.record(pid, [recent])
+        await figures()
+        await counters.record(pid, [ancient])
+        await figures()
+        seen.append(await client.hgetall(_claim_key(pid, "a")))
+        seen.append(await client.exists(f"rt:{{{pid}}}:orders:20240501:USD"))
+        before = await dump(client, pid)
+        await counters.record(pid, [recent])
+        await counters.record(pid, [ancient, recent])
+        seen.append(before == await dump(client, pid))
+
+        await counters.record(pid, [b_old])
+        seen.append(before == await dump(client, pid))  # no claim, no bucket
+        await counters.record(pid, [b_new])
+        await figures()
+        await counters.record(pid, [b_old])
+        await figures()
+        seen.append(all(ttl > 0 for ttl in (await _ttls(client, pid)).values()))
+        return seen
+
+    assert run(valkey_url, body) == [
+        (1, 100),
+        (0, 0),
+        {"t": _ms(ancient.ts), "e": "a_ancient", "v": "200", "c": "USD", "h": "", "q": ""},
+        0,
+        True,
+        True,
+        (1, 400),
+        (0, 0),
+        True,
+    ]
+    oracle = OrderOracle()
+    for batch in ([recent], [ancient], [recent], [ancient, recent], [b_old], [b_new]):
+        oracle.record(T0, batch)
+    assert oracle.today(T0, UTC_ZONE, "USD") == (1, 400)
+    oracle.record(T0, [b_old])
+    assert oracle.today(T0, UTC_ZONE, "USD") == (0, 0)
+
+
+def test_concurrent_duplicates_settle_on_the_earliest(valkey_url: str) -> None:
+    clock = Clock(T0)
+    pid = project()
+    # 20 events of one order, minute by minute; the earliest (T0 - 30 min, total 1030) wins.
+    events = [
+        order(T0 - timedelta(minutes=30 - i), "race", 1030 + i, event_id=f"race_{i:02d}")
+        for i in range(20)
+    ]
+    shuffled = events * 2
+    random.Random(7).shuffle(shuffled)
+
+    async def body(client: aioredis.Redis) -> tuple[RealtimeSnapshot, dict[str, Any]]:
+        counters = RealtimeCounters(client, clock)
+        await asyncio.gather(*(counters.record(pid, [e]) for e in shuffled))
+        return await snap(counters, pid), await dump(client, pid)
+
+    snapshot, state = run(valkey_url, body)
+    assert (snapshot.orders_today, snapshot.revenue_today) == (1, 1030)
+    assert state[f"rt:{{{pid}}}:orders:20240501:USD"] == {"c46": "1", "r46": "1030"}  # 11:30
+
+
+def test_claim_from_before_claims_were_hashes_is_kept(valkey_url: str) -> None:
+    clock = Clock(T0)
+    pid = project()
+
+    async def body(client: aioredis.Redis) -> tuple[int, int, str]:
+        counters = RealtimeCounters(client, clock)
+        await client.set(_claim_key(pid, "legacy"), "evt_claimed_earlier", ex=3600)
+        await counters.record(
+            pid,
+            [order(T0 - timedelta(minutes=5), "legacy", 10), order(T0, "fresh", 20)],
+        )
+        s = await snap(counters, pid)
+        kind = await client.type(_claim_key(pid, "legacy"))
+        return s.orders_today, s.revenue_today, str(kind)
+
+    # The old claim wins as it did (no time to compare with); the rest of the batch is recorded.
+    assert run(valkey_url, body) == (1, 20, "string")
 
 
 # --- top pages ----------------------------------------------------------------------------------

@@ -4,8 +4,10 @@ The figures (../shared/spec/semantics.md, "realtime"; the rules below are the ch
 
 - ``active_visitors``: distinct visitors with any event in the last 5 minutes, i.e. event time in
   ``(now - 300 s, now]``; an event time-stamped in the future counts as "now" (see below).
-- ``orders_today`` / ``revenue_today``: distinct orders (by orderId, the first recorded one wins)
-  whose event time is since local midnight today in the requested zone, in the requested currency.
+- ``orders_today`` / ``revenue_today``: distinct orders (by orderId) whose first event -- the
+  earliest by (time to the millisecond, event id in byte order), as in ClickHouse -- is since local
+  midnight today in the requested zone and in the requested currency; its total is the revenue.
+  When a later-recorded event of an order is earlier than the one counted, the order moves to it.
 - ``top_pages``: the 10 pages with the most distinct visitors (``page_view`` events) in the last 5
   minutes, most first, then by page.
 
@@ -17,16 +19,21 @@ hash tag, so all of a project's keys share one slot and one Lua script may touch
 - ``rt:{p}:pages`` sorted set: page text -> latest page_view time. TTL 15 min.
 - ``rt:{p}:page:<blake2b(page)>`` sorted set: visitor id -> latest view of that page. 15 min.
   (The page is hashed for the key, as it may hold any character; its text is the index member.)
-- ``rt:{p}:order:<blake2b(orderId)>`` string: id of the event that claimed the order. 3 days.
+- ``rt:{p}:order:<blake2b(orderId)>`` hash, the order's claim: its current winner's time ``t``
+  (epoch ms), event id ``e``, total ``v`` and currency ``c``, and where it was counted: day hash key
+  ``h`` and quarter ``q`` (both empty when the winner is not counted, see ``record``). 3 days.
 - ``rt:{p}:orders:<YYYYMMDD>:<CUR>`` hash: ``c<q>`` orders and ``r<q>`` revenue (minor units) of
   quarter hour ``q`` (0..95) of that UTC day, in that currency. 4 days.
 
-Writes are one server-side Lua script per batch: one round trip, atomic (the order claim and its
-increments cannot be separated by a crash or a concurrent retry), and idempotent (``ZADD GT``
-never lowers a time, ``SET NX`` claims an order once), so recording a retried batch changes
-nothing. Times come from the application's clock, never from Redis ``TIME``, so "now" is the
-same for writers and readers and tests can control it; TTLs are durations, not instants, for the
-same reason (Redis expires keys by its own clock).
+Writes are one server-side Lua script per batch: one round trip, atomic (an order's claim and
+its increments, or the move of its counts to an earlier winner, cannot be separated by a crash or
+a concurrent retry), and idempotent (``ZADD GT`` never lowers a time; a claim only ever moves to a
+strictly earlier (time, id), so recording an event already recorded changes nothing). The script
+reads the old winner's day hash from the claim, so that key is not in ``KEYS``; it shares the
+project's hash tag, hence the slot, so this holds in a cluster too. Times come from the
+application's clock, never from Redis ``TIME``, so "now" is the same for writers and readers and
+tests can control it; TTLs are durations, not instants, for the same reason (Redis expires keys
+by its own clock).
 """
 
 from __future__ import annotations
@@ -57,11 +64,14 @@ ORDER_MAX_AGE = timedelta(hours=48)
 ORDER_MAX_AHEAD = timedelta(hours=1)
 # An order claim must outlive every bucket its duplicates could be counted next to: a recorded
 # event is at most ORDER_MAX_AHEAD ahead and is read at most ORDER_MAX_AGE after its time, so a
-# claim of ORDER_MAX_AGE + ORDER_MAX_AHEAD suffices; three days is that plus a day of margin.
+# claim of ORDER_MAX_AGE + ORDER_MAX_AHEAD suffices; three days is that plus a day of margin. The
+# TTL is set again whenever the winner changes. Once a claim has expired the order is forgotten: a
+# late duplicate still inside the bounds counts again (and a late earlier one cannot undo anything).
 ORDER_CLAIM_TTL_SECONDS = 3 * 24 * 3600
 # A day hash holds orders of UTC day D (times in [D, D+24h)) and is read until D + 24h + 48h; it
 # is refreshed on every write, and its first write is at most an hour before D, so four days
-# after the last write always covers it.
+# after the last write always covers it. It also outlives the claims written with it (3 days), so
+# the claim of a counted order always finds the bucket to take it out of when its winner moves.
 ORDER_BUCKETS_TTL_SECONDS = 4 * 24 * 3600
 BUCKET = timedelta(minutes=15)  # a quarter hour: every zone's midnight falls on one (:30, :45)
 TOP_PAGES = 10
@@ -99,9 +109,9 @@ class RealtimeSnapshot:
 #   visitors:  n, then n pairs (score, visitor)
 #   index:     n, then n pairs (score, page)           (n = #pages)
 #   per page:  n, then n pairs (score, visitor)
-#   per order: day-hash index (1-based among the hash keys), claim value, count field,
-#              revenue field, total
-# Returns the number of orders newly counted.
+#   per order: day-hash index (1-based among the hash keys; 0: too old to count), time (epoch ms),
+#              event id, total, currency, quarter
+# Returns the number of claims written: orders newly counted, or moved to an earlier event.
 _RECORD_LUA = """
 local horizon = ARGV[1]
 local window_ttl = tonumber(ARGV[2])
@@ -137,19 +147,68 @@ for p = 1, n_pages do
   window_write(KEYS[2 + p], first, last)
 end
 
-local hashes = 2 + n_pages + n_orders
-local counted = 0
-for o = 1, n_orders do
-  local day_key = KEYS[hashes + tonumber(ARGV[at])]
-  if redis.call('SET', KEYS[2 + n_pages + o], ARGV[at + 1], 'NX', 'EX', claim_ttl) then
-    redis.call('HINCRBY', day_key, ARGV[at + 2], 1)
-    redis.call('HINCRBY', day_key, ARGV[at + 3], ARGV[at + 4])
-    redis.call('EXPIRE', day_key, buckets_ttl)
-    counted = counted + 1
+-- (t1, e1) < (t2, e2): times as numbers (epoch ms, exact in a double), ids byte by byte. Not Lua's
+-- '<' on strings: that is strcoll, which follows the server's locale.
+local function earlier(t1, e1, t2, e2)
+  if t1 ~= t2 then return t1 < t2 end
+  for i = 1, math.min(#e1, #e2) do
+    local a, b = string.byte(e1, i), string.byte(e2, i)
+    if a ~= b then return a < b end
   end
-  at = at + 5
+  return #e1 < #e2
 end
-return counted
+
+-- Take a counted order out of its bucket. Guarded so that a bucket lost early (eviction, manual
+-- deletion) is neither recreated without a TTL nor driven negative.
+local function take_out(day_key, quarter, total)
+  local c, r = 'c' .. quarter, 'r' .. quarter
+  local count = tonumber(redis.call('HGET', day_key, c))
+  if not count or count < 1 then return end
+  if count == 1 then
+    redis.call('HDEL', day_key, c, r)
+  else
+    redis.call('HINCRBY', day_key, c, -1)
+    if total ~= '0' then
+      local minus = string.sub(total, 1, 1) == '-' and string.sub(total, 2) or '-' .. total
+      redis.call('HINCRBY', day_key, r, minus)
+    end
+  end
+end
+
+local hashes = 2 + n_pages + n_orders
+local written = 0
+for o = 1, n_orders do
+  local claim = KEYS[2 + n_pages + o]
+  local index, t, e, total = tonumber(ARGV[at]), ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
+  local currency, quarter = ARGV[at + 4], ARGV[at + 5]
+  at = at + 6
+  -- A string here is a claim written before claims were hashes: it holds no time to compare,
+  -- so it is left to win, as it did then, until it expires.
+  local old = redis.pcall('HMGET', claim, 't', 'e', 'h', 'q', 'v')
+  if not old.err then
+    local claimed = old[1] ~= false
+    -- Unclaimed and too old: nothing to count and nothing to undo; leave no claim (bounded memory
+    -- when old orders are backfilled).
+    if (claimed and earlier(tonumber(t), e, tonumber(old[1]), old[2]))
+        or (not claimed and index > 0) then
+      if claimed and old[3] and old[3] ~= '' then take_out(old[3], old[4], old[5]) end
+      local day_key = ''
+      if index > 0 then
+        day_key = KEYS[hashes + index]
+        redis.call('HINCRBY', day_key, 'c' .. quarter, 1)
+        redis.call('HINCRBY', day_key, 'r' .. quarter, total)
+        redis.call('EXPIRE', day_key, buckets_ttl)
+      else
+        quarter = ''
+      end
+      redis.call('HSET', claim, 't', t, 'e', e, 'v', total, 'c', currency, 'h', day_key,
+                 'q', quarter)
+      redis.call('EXPIRE', claim, claim_ttl)
+      written = written + 1
+    end
+  end
+end
+return written
 """
 
 
@@ -182,6 +241,21 @@ def _epoch(moment: datetime) -> float:
     if moment.tzinfo is None:
         raise ValueError("realtime times must be timezone-aware")
     return moment.timestamp()
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _millis(moment: datetime) -> int:
+    """Epoch milliseconds, truncated as storage keeps them (DateTime64(3)); exact, no float."""
+    if moment.tzinfo is None:
+        raise ValueError("realtime times must be timezone-aware")
+    return (moment - _EPOCH) // timedelta(milliseconds=1)
+
+
+def _order_key(event: RealtimeEvent) -> tuple[int, bytes]:
+    """What decides an order's first event: time to the millisecond, then event id bytes."""
+    return _millis(event.ts), _member(event.event_id)
 
 
 def _quarter(moment: datetime) -> tuple[date, int]:
@@ -248,10 +322,10 @@ class RealtimeCounters:
         for event in events:
             ts = _epoch(event.ts)
             if event.event == "order_completed" and event.order_id and event.currency:
-                # Within a batch the first order event by time (then event id) wins, as in
-                # ClickHouse; across batches the first recorded wins (the claim below).
+                # Within a batch only the first order event by (time, event id) can matter, as in
+                # ClickHouse; the script then compares it with the order's claim, if any.
                 seen = first_orders.get(event.order_id)
-                if seen is None or (event.ts, event.event_id) < (seen.ts, seen.event_id):
+                if seen is None or _order_key(event) < _order_key(seen):
                     first_orders[event.order_id] = event
             score = clamp(ts)
             if score <= horizon or not event.visitor_id:
@@ -262,9 +336,14 @@ class RealtimeCounters:
                 viewers = pages.setdefault(_page_text(event.page), {})
                 viewers[visitor] = max(score, viewers.get(visitor, score))
 
-        # Outside these bounds an order can never be "today" (see ORDER_MAX_AGE): not recorded.
+        # Outside these bounds an order can never be "today" (see ORDER_MAX_AGE), so it is never
+        # counted. An order more than ORDER_MAX_AHEAD ahead is not a real order time (ingestion
+        # refuses it): ignored. One more than ORDER_MAX_AGE old still goes to the script: if it is
+        # earlier than the order's claimed winner, the claim moves to it and the old winner's
+        # counts are taken out, with nothing counted in their place (the order is not today
+        # anywhere). Without a claim it leaves no trace.
         earliest, latest = now - ORDER_MAX_AGE, now + ORDER_MAX_AHEAD
-        orders = [e for e in first_orders.values() if earliest <= e.ts <= latest]
+        orders = [e for e in first_orders.values() if e.ts <= latest]
         if not visitors and not orders:
             return
 
@@ -273,10 +352,12 @@ class RealtimeCounters:
         order_args: list[str | bytes | int] = []
         for order in orders:
             day, quarter = _quarter(order.ts)
-            day_key = keys.orders(day, order.currency)
-            index = day_keys.setdefault(day_key, len(day_keys) + 1)
-            order_args += [index, _member(order.event_id), f"c{quarter}", f"r{quarter}"]
-            order_args.append(order.total)
+            index = 0
+            if order.ts >= earliest:
+                day_key = keys.orders(day, order.currency)
+                index = day_keys.setdefault(day_key, len(day_keys) + 1)
+            order_args += [index, _millis(order.ts), _member(order.event_id), order.total]
+            order_args += [order.currency, quarter]
 
         args: list[str | bytes | int | float] = [
             horizon,
