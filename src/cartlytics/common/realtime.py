@@ -322,7 +322,7 @@ class RealtimeCounters:
         for event in events:
             ts = _epoch(event.ts)
             if event.event == "order_completed" and event.order_id and event.currency:
-                # Within a batch only the first order event by (time, event id) can matter, as in
+                # Within a batch only the first order event (``_order_key``) can matter, as in
                 # ClickHouse; the script then compares it with the order's claim, if any.
                 seen = first_orders.get(event.order_id)
                 if seen is None or _order_key(event) < _order_key(seen):
