@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from cartlytics.common.storage import Storage
-from cartlytics.ingest.ingestor import EVENTS, ORDER_ITEMS
+from cartlytics.ingest.ingestor import EVENTS, ORDER_ITEMS, ORDER_LINES, PRODUCT_NAMES
 
 EVENT_TYPES = np.array(
     [
@@ -38,10 +38,14 @@ DEVICES = np.array(["desktop", "mobile", "tablet"])
 BROWSERS = np.array(["Chrome", "Safari", "Firefox", "Mobile Safari", "Chrome Mobile"])
 
 
+Columns = dict[str, Any]
+
+
 def blocks(
     project_id: str, total: int, now: datetime, block: int = 500_000, seed: int = 1
-) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
-    """Yield (events columns, order_items columns) blocks of up to ``block`` events."""
+) -> Iterator[tuple[Columns, Columns, Columns, Columns]]:
+    """Yield (events, order_items, order_lines, product_names) columns for blocks of up to
+    ``block`` events (the tables ingest writes, as it would write them)."""
     rng = np.random.default_rng(seed)
     end = now.timestamp() - 60
     start = end - 365 * 86400
@@ -120,8 +124,34 @@ def blocks(
             "price": prices[idx, line_no],
             "quantity": quantities[idx, line_no],
         }
+        # order_lines: each order event with its lines as arrays (items are grouped by order
+        # event, in line order, since idx is sorted).
+        starts = np.searchsorted(idx, rows)
+        ends = np.searchsorted(idx, rows, side="right")
+        item_products_str = items_cols["product_id"].tolist()
+        item_prices = items_cols["price"].tolist()
+        item_quantities = items_cols["quantity"].tolist()
+        lines_cols = {
+            "project_id": np.full(len(rows), project_id),
+            "order_id": order_ids[rows],
+            "event_id": ids[rows],
+            "ts": stamps[rows],
+            "currency": currency[rows],
+            "visitor_id": visitor_ids[rows],
+            "product_ids": [item_products_str[a:b] for a, b in zip(starts, ends, strict=True)],
+            "prices": [item_prices[a:b] for a, b in zip(starts, ends, strict=True)],
+            "quantities": [item_quantities[a:b] for a, b in zip(starts, ends, strict=True)],
+        }
+        names_cols = {  # every demo line item is named
+            "project_id": items_cols["project_id"],
+            "product_id": items_cols["product_id"],
+            "name": items_cols["name"],
+            "ts": items_cols["ts"],
+            "event_id": items_cols["event_id"],
+            "line": items_cols["line"],
+        }
         made += n
-        yield events_cols, items_cols
+        yield events_cols, items_cols, lines_cols, names_cols
 
 
 def load(storage: Storage, project_id: str, total: int, now: datetime | None = None) -> None:
@@ -131,8 +161,13 @@ def load(storage: Storage, project_id: str, total: int, now: datetime | None = N
     now = now or datetime.now(UTC)
     started = time.perf_counter()
     done = 0
-    for events_cols, items_cols in blocks(project_id, total, now):
-        for spec, cols in ((ORDER_ITEMS, items_cols), (EVENTS, events_cols)):
+    for events_cols, items_cols, lines_cols, names_cols in blocks(project_id, total, now):
+        for spec, cols in (
+            (ORDER_ITEMS, items_cols),
+            (EVENTS, events_cols),
+            (ORDER_LINES, lines_cols),
+            (PRODUCT_NAMES, names_cols),
+        ):
             table = pa.table({c: cols[c] for c in spec.columns})
             storage.insert_arrow(spec.name, spec.columns, table)
         done += len(events_cols["event_id"])

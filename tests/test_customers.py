@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 
+from cartlytics.common.storage import Storage
+from cartlytics.metrics.customers import CustomersReader
+from cartlytics.metrics.reports import CustomersQuery
 from tests import oracle_metrics as om
 from tests.servers import System
 
@@ -160,3 +165,54 @@ def test_customers_refuse_bad_parameters(
     system: System, params: list[tuple[str, str]], field: str
 ) -> None:
     om.assert_refused(system, PATH, params, field)
+
+
+# --- On storage directly: an orderId reused by another visitor before the period. --------------
+
+
+def test_new_customers_with_orders_reused_across_visitors(
+    storage: Storage, project_id: str
+) -> None:
+    """customer_first keeps each visitor's earliest order event row, which is not always a
+    winner: here the earliest rows of tc_x and tc_z are later duplicates of tc_y's order."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    day = timedelta(days=1)
+    columns = ["project_id", "event_id", "event", "ts", "received_at", "visitor_id", "order_id",
+               "total", "currency"]  # fmt: skip
+
+    def order(event_id: str, order_id: str, who: str, at: datetime, total: int) -> tuple[Any, ...]:
+        return (project_id, event_id, "order_completed", at, at, who, order_id, total, "CHF")
+
+    storage.insert_sync(
+        "events",
+        columns,
+        [
+            order("e1", "o_shared", "tc_y", now - 20 * day, 100),  # the winner: tc_y's order
+            order("e2", "o_shared", "tc_x", now - 15 * day, 100),  # later duplicates
+            order("e3", "o_shared", "tc_z", now - 14 * day, 100),
+            order("e4", "o_z_old", "tc_z", now - 12 * day, 300),  # tc_z did order before
+            order("e5", "o_x", "tc_x", now - 2 * day, 1000),  # the period's orders
+            order("e6", "o_y", "tc_y", now - 2 * day, 2000),
+            order("e7", "o_z", "tc_z", now - 2 * day, 500),
+            order("e8", "o_z2", "tc_z", now - day, 500),
+            order("e9", "o_w", "tc_w", now - day, 700),  # a plain new customer
+        ],
+    )
+    storage.insert_sync("order_dups", ["project_id", "order_id"], [(project_id, "o_shared")])
+    reader = CustomersReader(storage, "USD", clock=lambda: now)
+    report = asyncio.run(reader.customers(project_id, CustomersQuery("7d", 10, "CHF")))
+    assert dataclasses.asdict(report) == {
+        "period": "7d",
+        "currency": "CHF",
+        "total_customers": 4,
+        "new_customers": 2,  # tc_x (its only earlier row is not its order) and tc_w
+        "returning_customers": 2,  # tc_y (o_shared is its order) and tc_z (o_z_old)
+        "repeat_purchase_rate": 25.0,
+        "revenue_per_customer": 1175,  # 4700 / 4
+        "top_customers": [
+            {"customer_id": "tc_y", "orders": 1, "revenue": 2000},
+            {"customer_id": "tc_x", "orders": 1, "revenue": 1000},
+            {"customer_id": "tc_z", "orders": 2, "revenue": 1000},
+            {"customer_id": "tc_w", "orders": 1, "revenue": 700},
+        ],
+    }

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 
+from cartlytics.common.redis_guard import RedisGuard
+from cartlytics.common.storage import Storage
+from cartlytics.common.storage.group_commit import GroupCommitter
+from cartlytics.ingest.idempotency import IdempotencyWindow
+from cartlytics.ingest.ingestor import ORDER_LINES, PRODUCT_NAMES, TABLES, Ingestor
+from cartlytics.ingest.validation import IncomingEvent
+from cartlytics.metrics.products import ProductsReader
+from cartlytics.metrics.reports import ProductsQuery
 from tests import oracle_metrics as om
 from tests.servers import System
 
@@ -210,3 +220,193 @@ def test_products_refuse_bad_parameters(
     system: System, params: list[tuple[str, str]], field: str
 ) -> None:
     om.assert_refused(system, PATH, params, field)
+
+
+def test_product_names_tie_break_by_event_id_then_line(system: System) -> None:
+    """Names come from the product_names table ingest fills: latest by (time, event id, line),
+    here all in the same second."""
+    at = (datetime.now(UTC) - timedelta(days=3)).replace(microsecond=0)
+    events = [
+        _order(
+            "tn_e1", "tn_o1", "tn_v1", at, "DKK", [("tn_a", "A0", 100, 1), ("tn_a", "A1", 100, 1)]
+        ),
+        _view("tn_e0", "tn_v2", at, {"productId": "tn_a", "name": "A view, older id"}),
+        _order("tn_e2", "tn_o2", "tn_v1", at, "DKK", [("tn_b", "B line", 200, 1)]),
+        _view("tn_e3", "tn_v2", at, {"productId": "tn_b", "name": "B view, newer id"}),
+        # Later in time but an empty name: never the product's name.
+        _view("tn_e4", "tn_v3", at + timedelta(seconds=5), {"productId": "tn_b", "name": ""}),
+    ]
+    om.send(system, events)
+    got = om.check(
+        system,
+        PATH,
+        [("period", "7d"), ("currency", "DKK")],
+        _expected(system, {"period": "7d", "currency": "DKK"}),
+    )
+    assert {r["productId"]: r["name"] for r in got["topSellers"]} == {
+        "tn_a": "A1",  # tn_e1 > tn_e0; line 1 > line 0
+        "tn_b": "B view, newer id",
+    }
+
+
+# --- On storage directly: rows a failed or repeated write leaves, and duplicated orderIds. ------
+
+EVENT_COLUMNS = ["project_id", "event_id", "event", "ts", "received_at", "visitor_id", "order_id",
+                 "total", "currency", "product_id"]  # fmt: skip
+ITEM_COLUMNS = ["project_id", "order_id", "event_id", "line", "ts", "visitor_id", "currency",
+                "product_id", "name", "category", "price", "quantity"]  # fmt: skip
+
+
+def _store_order(
+    storage: Storage,
+    project_id: str,
+    event_id: str,
+    order_id: str,
+    who: str,
+    at: datetime,
+    lines: list[tuple[str, int, int]],
+    *,
+    items: int = 1,
+    event: bool = True,
+    order_lines: bool = True,
+    currency: str = "SEK",
+) -> None:
+    """Store an order event's rows as ingest does (order_items, events, order_lines), or only
+    some of them / some twice, as a write that failed half-way and its retry may leave."""
+    total = sum(price * quantity for _, price, quantity in lines)
+    item_rows = [
+        (project_id, order_id, event_id, n, at, who, currency, p, f"name {p}", "c", price, q)
+        for n, (p, price, q) in enumerate(lines)
+    ]
+    for _ in range(items):
+        storage.insert_sync("order_items", ITEM_COLUMNS, item_rows)
+    if event:
+        row = (project_id, event_id, "order_completed", at, at, who, order_id, total, currency, "")
+        storage.insert_sync("events", EVENT_COLUMNS, [row])
+    if order_lines:
+        storage.insert_sync(
+            ORDER_LINES.name,
+            ORDER_LINES.columns,
+            [
+                (project_id, order_id, event_id, at, currency, who, [p for p, _, _ in lines],
+                 [price for _, price, _ in lines], [q for _, _, q in lines]),
+            ],
+        )  # fmt: skip
+
+
+def _view_row(
+    project_id: str, event_id: str, who: str, at: datetime, product: str
+) -> tuple[Any, ...]:
+    return (project_id, event_id, "product_view", at, at, who, "", 0, "", product)
+
+
+def _top(storage: Storage, project_id: str, now: datetime) -> list[dict[str, Any]]:
+    reader = ProductsReader(storage, "USD", clock=lambda: now)
+    report = asyncio.run(reader.top_sellers(project_id, ProductsQuery("7d", 100, "SEK")))
+    return [dataclasses.asdict(row) for row in report.top_sellers]
+
+
+def test_products_without_order_lines_rows_read_order_items(
+    storage: Storage, project_id: str
+) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    at = now - timedelta(days=1)
+    _store_order(storage, project_id, "e1", "o1", "v1", at, [("a", 100, 2), ("b", 50, 1)])
+    # The write failed after the event: no order_lines row.
+    _store_order(storage, project_id, "e2", "o2", "v2", at, [("a", 100, 1)], order_lines=False)
+    # The write failed before the event: lines of an event never stored never count.
+    _store_order(storage, project_id, "e3", "o3", "v3", at, [("a", 999, 9)], event=False,
+                 order_lines=False)  # fmt: skip
+    # A retry stored the lines twice and the event once: once.
+    _store_order(storage, project_id, "e4", "o4", "v4", at, [("b", 50, 3)], items=2,
+                 order_lines=False)  # fmt: skip
+    storage.insert_sync("events", EVENT_COLUMNS, [_view_row(project_id, "e5", "v9", at, "a")])
+    expected = [
+        {"product_id": "a", "name": "name a", "revenue": 300, "units_sold": 3,
+         "conversion_rate": 200.0},  # bought by v1, v2; viewed by v9 only
+        {"product_id": "b", "name": "name b", "revenue": 200, "units_sold": 4,
+         "conversion_rate": 0.0},
+    ]  # fmt: skip
+    storage.insert_sync(
+        PRODUCT_NAMES.name,
+        PRODUCT_NAMES.columns,
+        [(project_id, "a", "name a", at, "e1", 0), (project_id, "b", "name b", at, "e1", 1)],
+    )
+    assert _top(storage, project_id, now) == expected
+    # Once every event row has its order_lines row the figures come from there: the same.
+    _store_order(storage, project_id, "e2", "o2", "v2", at, [("a", 100, 1)], items=0, event=False)
+    _store_order(storage, project_id, "e4", "o4", "v4", at, [("b", 50, 3)], items=0, event=False)
+    assert _top(storage, project_id, now) == expected
+
+
+def test_products_count_the_first_event_of_duplicated_orders(
+    storage: Storage, project_id: str
+) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    day = timedelta(days=1)
+    _store_order(storage, project_id, "e1", "o1", "v1", now - 2 * day, [("a", 100, 1)])
+    # A later duplicate with other lines, and the first event stored twice: o1 counts once, as e1.
+    _store_order(storage, project_id, "e2", "o1", "v1", now - day, [("b", 100, 5)])
+    _store_order(storage, project_id, "e1", "o1", "v1", now - 2 * day, [("a", 100, 1)])
+    # o2 was first seen before the period: its duplicate in the period never counts.
+    _store_order(storage, project_id, "e3", "o2", "v2", now - 30 * day, [("c", 100, 1)])
+    _store_order(storage, project_id, "e4", "o2", "v2", now - day, [("c", 100, 7)])
+    # o3's first event is in another currency: not a SEK order, whatever its duplicate says.
+    _store_order(storage, project_id, "e5", "o3", "v3", now - 3 * day, [("d", 100, 1)],
+                 currency="NOK")  # fmt: skip
+    _store_order(storage, project_id, "e6", "o3", "v3", now - day, [("d", 100, 1)])
+    _store_order(storage, project_id, "e7", "o4", "v4", now - day, [("a", 100, 2)])
+    storage.insert_sync(
+        "order_dups", ["project_id", "order_id"], [(project_id, o) for o in ("o1", "o2", "o3")]
+    )
+    assert _top(storage, project_id, now) == [
+        {"product_id": "a", "name": "", "revenue": 300, "units_sold": 3, "conversion_rate": 0.0}
+    ]
+
+
+def test_ingest_writes_order_lines_and_names(storage: Storage, project_id: str) -> None:
+    """What ingest adds for products: an order_lines row per order event (also without line
+    items, also in batches large enough for chdb's Arrow inserts) and the names of line items
+    and product_views; with every row there, the top sellers need no fallback."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    at = now - timedelta(hours=5)
+    guard = RedisGuard(None)
+    ingestor = Ingestor(
+        GroupCommitter(storage, TABLES), IdempotencyWindow(guard), None, guard, ip_salt=b"s"
+    )
+
+    def order(n: int, products: list[dict[str, Any]]) -> IncomingEvent:
+        total = sum(p["price"] * p["quantity"] for p in products)
+        props = {"orderId": f"o{n}", "total": total, "currency": "SEK", "products": products}
+        return IncomingEvent("order_completed", f"e{n}", user_id=f"v{n % 7}", timestamp=at,
+                             properties=props)  # fmt: skip
+
+    def view(n: int, props: dict[str, Any]) -> IncomingEvent:
+        return IncomingEvent("product_view", f"w{n}", user_id="v1", timestamp=at, properties=props)
+
+    async def ingest() -> None:
+        # 250 orders without line items in one write (every order_lines array empty).
+        await ingestor.ingest(project_id, [order(n, []) for n in range(250)])
+        line = {"productId": "a", "name": "A line", "category": "c", "price": 100, "quantity": 2}
+        await ingestor.ingest(
+            project_id,
+            [order(1000, [line, {**line, "productId": "b", "name": ""}])]
+            + [order(1001 + n, []) for n in range(220)]
+            + [
+                view(1, {"productId": "b", "name": "B view"}),
+                view(2, {"productId": "a", "variant": {"name": "nested"}}),
+            ],
+        )
+
+    asyncio.run(ingest())
+    # Equal: the check products make passes, so the figures come from order_lines.
+    counts = "SELECT sum(event_rows), sum(line_rows) FROM order_line_counts WHERE project_id = {p}"
+    assert storage.query_sync(counts, {"p": project_id}) == [(471, 471)]
+    lines = "SELECT count(), sum(length(product_ids)) FROM order_lines WHERE project_id = {p}"
+    assert storage.query_sync(lines, {"p": project_id}) == [(471, 2)]
+    assert _top(storage, project_id, now) == [
+        {"product_id": "a", "name": "A line", "revenue": 200, "units_sold": 2,
+         "conversion_rate": 100.0},
+        {"product_id": "b", "name": "B view", "revenue": 200, "units_sold": 2,
+         "conversion_rate": 100.0},
+    ]  # fmt: skip

@@ -178,11 +178,17 @@ def test_requests_without_a_valid_key_are_401(
         assert reply.json()["code"] == 16
 
 
-def test_export_answers_501_until_it_lands(api: System) -> None:
+def test_export_example_streams_a_csv_attachment(api: System) -> None:
+    # curl ".../analytics/export?type=orders&period=30d&format=csv" -o orders_report.csv
     path = "/analytics/export?type=orders&period=30d&format=csv"
     reply = call("GET", f"{api.http_url}{path}", api.key)
-    assert reply.status == 501, reply.body
-    assert reply.json()["code"] == 12
+    assert reply.status == 200, reply.body
+    headers = {name.lower(): value for name, value in reply.headers.items()}
+    assert headers["content-type"] == "text/csv; charset=utf-8"
+    assert headers["content-disposition"] == "attachment; filename=orders_30d.csv"
+    header, _, rest = reply.body.partition(b"\r\n")
+    assert header == b"orderId,timestamp,userId,total,currency,items,units,products,eventId"
+    assert rest == b"" or rest.endswith(b"\r\n")
 
 
 SHAPES: list[tuple[str, str, Any, set[str]]] = [

@@ -39,9 +39,23 @@ ORDER_ITEMS = TableSpec(
         "product_id", "name", "category", "price", "quantity",
     ),
 )  # fmt: skip
+# Each order event with its lines as arrays (products figures read these).
+ORDER_LINES = TableSpec(
+    "order_lines",
+    (
+        "project_id", "order_id", "event_id", "ts", "currency", "visitor_id", "product_ids",
+        "prices", "quantities",
+    ),
+)  # fmt: skip
+# Every non-empty product name an event carries (the latest one is the product's name).
+PRODUCT_NAMES = TableSpec(
+    "product_names", ("project_id", "product_id", "name", "ts", "event_id", "line")
+)
 # Line items first: a line without its order event is never counted (product figures join on the
-# order), while an order event without its lines would undercount products.
-TABLES = (ORDER_ITEMS, EVENTS)
+# order), while an order event without its lines would undercount products. order_lines and
+# product_names after the events: a row there always has its event stored (products read
+# order_lines without a join and check that no event row lacks its order_lines row).
+TABLES = (ORDER_ITEMS, EVENTS, ORDER_LINES, PRODUCT_NAMES)
 IN_FLIGHT = "an event with this id is being stored by another request; retry"
 DUPLICATE_ORDERS = """
     SELECT order_id FROM order_index
@@ -104,6 +118,37 @@ def _item_rows(project_id: str, e: ValidEvent) -> list[tuple[Any, ...]]:
         )
         for line, item in enumerate(e.line_items)
     ]
+
+
+def _order_lines_row(project_id: str, e: ValidEvent) -> tuple[Any, ...] | None:
+    """The order_lines row of an order event (the events that the ``orders`` table holds)."""
+    if e.event != "order_completed" or not e.order_id:
+        return None
+    items = e.line_items
+    return (
+        project_id,
+        e.order_id,
+        e.id,
+        e.timestamp,
+        e.currency,
+        e.visitor_id,
+        [item.product_id for item in items],
+        [item.price for item in items],
+        [item.quantity for item in items],
+    )
+
+
+def _name_rows(project_id: str, e: ValidEvent) -> list[tuple[Any, ...]]:
+    """A product_view's top-level ``properties.name`` and each named line item (non-empty)."""
+    rows = [
+        (project_id, item.product_id, item.name, e.timestamp, e.id, line)
+        for line, item in enumerate(e.line_items)
+        if item.name
+    ]
+    name = e.properties.get("name") if e.event == "product_view" else None
+    if isinstance(name, str) and name:
+        rows.append((project_id, e.product_id, name, e.timestamp, e.id, 0))
+    return rows
 
 
 def _realtime(e: ValidEvent) -> RealtimeEvent:
@@ -200,7 +245,7 @@ class Ingestor:
     async def _store(self, project_id: str, events: Sequence[ValidEvent], client_ip: str) -> None:
         if not events:
             return
-        rows: dict[str, list[Any]] = {EVENTS.name: [], ORDER_ITEMS.name: []}
+        rows: dict[str, list[Any]] = {spec.name: [] for spec in TABLES}
         for event in events:
             extra = enrich(
                 event.properties,
@@ -211,6 +256,10 @@ class Ingestor:
             )
             rows[EVENTS.name].append(_event_row(project_id, event, extra))
             rows[ORDER_ITEMS.name].extend(_item_rows(project_id, event))
+            lines = _order_lines_row(project_id, event)
+            if lines is not None:
+                rows[ORDER_LINES.name].append(lines)
+            rows[PRODUCT_NAMES.name].extend(_name_rows(project_id, event))
         await self._committer.write(rows)
         orders = tuple(sorted({e.order_id for e in events if e.order_id}))
         if orders:

@@ -11,6 +11,10 @@ defines each figure:
   one decimal (0 without customers);
 - revenuePerCustomer: the period's revenue / totalCustomers, rounded half up (0 without);
 - topCustomers: by revenue descending, then customer id, with their orders and revenue.
+
+One query reads the period's orders (``orders``, by time) and, for "returning", each visitor's
+earliest order event row (``customer_first``, kept by a materialized view) instead of every
+order ever stored.
 """
 
 from __future__ import annotations
@@ -20,40 +24,117 @@ from datetime import UTC, datetime
 
 from cartlytics.common.money import average, parse_currency, percent
 from cartlytics.common.periods import parse_timezone, resolve_period
-from cartlytics.common.storage import Storage
+from cartlytics.common.storage import Row, Storage
 
-from .orders import FIRST_ORDERS
+from .orders import (
+    DUPLICATE_COUNT,
+    DUPLICATE_IDS,
+    PERIOD_ORDERS,
+    DuplicatedProjects,
+)
 from .products import parse_limit
 from .reports import CustomerRow, CustomersQuery, CustomersReport
 
-# One row per visitor with an order in the period (in the currency): its orders and revenue
-# there, and the time of its first order ever (any currency).
-PER_CUSTOMER = """
-    SELECT order_visitor AS customer,
-           countIf(in_period) AS orders,
-           sumIf(order_total, in_period) AS revenue,
-           min(first_ts) AS first_ever
+# "Had an order before the period": a customer's first order ever is before {start} when one of
+# its orders' winning events is. customer_first keeps each visitor's earliest order event row of
+# any kind, which is a winner unless its orderId is listed in order_dups (it may be a later
+# duplicate, or another visitor's order). So a customer with no row of a duplicated orderId
+# before {start} is returning exactly when customer_first has a row of it before {start}.
+EARLIER_VISITORS = """
+    SELECT visitor_id FROM customer_first
+    WHERE project_id = {project} AND finalizeAggregation(first_ts) < {start}
+"""
+
+# Without duplicated orderIds: each order's single row is its winner.
+PLAIN_CUSTOMERS = """
+    SELECT visitor_id AS customer, count() AS orders, sum(total) AS revenue,
+           customer IN ({earlier}) AS returning, 0 AS unsure
+    FROM orders
+    WHERE project_id = {project} AND currency = {currency} AND ts >= {start} AND ts < {end}
+    GROUP BY visitor_id
+""".replace("{earlier}", EARLIER_VISITORS)
+
+# With duplicated orderIds (see orders.py for PERIOD_ORDERS): the earliest row customer_first
+# keeps may be a row that lost (a later duplicate). When the winner of that order is the same
+# visitor's, the winner is earlier still, so "customer_first before {start}" stays exact. Only
+# rows before {start} of a duplicated orderId whose winner is *another* visitor's break it.
+# DUPLICATE_VISITORS_BEFORE: per visitor with rows before {start} of duplicated orderIds, whether
+# one is a winner (returning, then) and whether one is another visitor's order. A customer with
+# the latter only is unsure: returning when it has a row before {start} of an orderId not listed
+# (UNSURE_RETURNING reads `orders` for those; rare, as it takes an orderId reused by another
+# visitor).
+DUPLICATE_VISITORS_BEFORE = (
+    """
+    SELECT visitor AS customer,
+           max(visitor = winner) AS dup_winner,
+           max(visitor != winner) AS dup_other
     FROM (
-        SELECT order_visitor, order_total, first_ts,
-               (order_currency = {currency} AND first_ts >= {start} AND first_ts < {end})
-                   AS in_period
-        FROM ({first_orders})
+        SELECT argMin(visitor_id, tuple(ts, event_id)) AS winner,
+               groupArrayIf(visitor_id, ts < {start}) AS visitors_before
+        FROM order_lookup
+        WHERE project_id = {project} AND order_id IN ("""
+    + DUPLICATE_IDS
+    + """)
+        GROUP BY order_id
     )
-    GROUP BY order_visitor
-    HAVING orders > 0
+    ARRAY JOIN visitors_before AS visitor
+    GROUP BY visitor
 """
+)
+CUSTOMERS_WITH_DUPLICATES = (
+    """
+    SELECT customer, orders, revenue,
+           dup_winner OR (NOT dup_other AND customer IN ("""
+    + EARLIER_VISITORS
+    + """)) AS returning,
+           dup_other AND NOT dup_winner AS unsure
+    FROM (
+        SELECT order_visitor AS customer, count() AS orders, sum(order_total) AS revenue
+        FROM ("""
+    + PERIOD_ORDERS
+    + """)
+        GROUP BY order_visitor
+    ) AS period_customers
+    ANY LEFT JOIN ("""
+    + DUPLICATE_VISITORS_BEFORE
+    + """) AS duplicates USING customer
+"""
+)
 
-SUMMARY = """
-    SELECT count(), countIf(orders >= 2), countIf(first_ever >= {start}), sum(revenue)
-    FROM ({per_customer})
+# Customers, repeat customers, returning and unsure ones, revenue, the first {limit} customers by
+# revenue descending then customer id, and whether the project has duplicated orderIds.
+SUMMARY = (
+    """
+    SELECT count(),
+           countIf(orders >= 2),
+           countIf(returning),
+           countIf(unsure),
+           sum(revenue),
+           arraySlice(
+               arraySort(x -> (-x.3, x.1), groupArray((customer, orders, revenue))), 1, {limit}),
+           """
+    + DUPLICATE_COUNT
+    + """
+    FROM ({customers})
 """
+)
 
-TOP_CUSTOMERS = """
-    SELECT customer, orders, revenue
-    FROM ({per_customer})
-    ORDER BY revenue DESC, customer ASC
-    LIMIT {limit}
+UNSURE_RETURNING = (
+    """
+    SELECT count() FROM ("""
+    + CUSTOMERS_WITH_DUPLICATES
+    + """)
+    WHERE unsure AND customer IN (
+        SELECT visitor_id FROM orders
+        WHERE project_id = {project} AND ts < {start}
+          AND order_id NOT IN ("""
+    + DUPLICATE_IDS
+    + """)
+          AND visitor_id IN (SELECT customer FROM ("""
+    + DUPLICATE_VISITORS_BEFORE
+    + """) WHERE dup_other))
 """
+)
 
 
 class CustomersReader:
@@ -66,6 +147,7 @@ class CustomersReader:
         self._storage = storage
         self._default_currency = default_currency
         self._clock = clock
+        self._duplicated = DuplicatedProjects()
 
     async def customers(self, project_id: str, query: CustomersQuery) -> CustomersReport:
         zone = parse_timezone(query.timezone)
@@ -79,22 +161,29 @@ class CustomersReader:
             "end": window.end,
             "limit": limit,
         }
-        per_customer = PER_CUSTOMER.replace("{first_orders}", FIRST_ORDERS)
-        summary = await self._storage.query(SUMMARY.replace("{per_customer}", per_customer), params)
-        total, repeaters, new, revenue = (int(value or 0) for value in summary[0])
-        top = await self._storage.query(
-            TOP_CUSTOMERS.replace("{per_customer}", per_customer), params
-        )
+        duplicated = self._duplicated.known(project_id)
+        summary = await self._summary(params, duplicated)
+        if int(summary[6]) and not duplicated:
+            self._duplicated.add(project_id)
+            summary = await self._summary(params, duplicated=True)
+        total, repeaters, returning, unsure, revenue = (int(v or 0) for v in summary[:5])
+        if unsure:
+            returning += int((await self._storage.query(UNSURE_RETURNING, params))[0][0])
         return CustomersReport(
             period=window.label,
             currency=currency,
             total_customers=total,
-            new_customers=new,
-            returning_customers=total - new,
+            new_customers=total - returning,
+            returning_customers=returning,
             repeat_purchase_rate=percent(repeaters, total),
             revenue_per_customer=average(revenue, total),
             top_customers=[
                 CustomerRow(customer_id=str(customer), orders=int(orders), revenue=int(revenue))
-                for customer, orders, revenue in top
+                for customer, orders, revenue in summary[5]
             ],
         )
+
+    async def _summary(self, params: dict[str, object], duplicated: bool) -> Row:
+        customers = CUSTOMERS_WITH_DUPLICATES if duplicated else PLAIN_CUSTOMERS
+        rows = await self._storage.query(SUMMARY.replace("{customers}", customers), params)
+        return rows[0]

@@ -4,31 +4,108 @@ Per productId, over the line items of the period's distinct orders in the curren
 first ``order_completed``, see orders.py): revenue = sum(price * quantity), unitsSold =
 sum(quantity). conversionRate = distinct visitors who bought it (the visitors of those orders) /
 distinct visitors with a ``product_view`` of it in the period * 100, one decimal, 0 when nobody
-viewed it. name = the latest name seen for the product (see ``_names``). docs/semantics.md
-defines each figure.
+viewed it. name = the latest name seen for the product. docs/semantics.md defines each figure.
+
+How, usually in two queries (each reads only the period, or a few products):
+
+1. Top sellers from ``order_lines`` (one row per stored order event row, its lines as arrays;
+   ingest writes it after the event, so every row there has its event). The same query returns a
+   check row: the order event rows and order_lines rows stored in the period's 15-minute buckets
+   (``order_line_counts``), and how many orderIds of the project are duplicated. Each event row
+   has at most one order_lines row, so equal counts mean none is missing; otherwise (a write that
+   failed between the two) the figures are read from ``order_items`` (``FROM_ORDER_ITEMS``).
+   Projects without duplicated orderIds take the single row of each order; others also pick the
+   winner of each duplicated orderId (orders.py).
+2. Viewers (``product_views``) and names (``product_names_latest``) of those products.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 from cartlytics.common.errors import invalid_field
 from cartlytics.common.money import parse_currency, percent
 from cartlytics.common.periods import parse_timezone, resolve_period
-from cartlytics.common.storage import Storage
+from cartlytics.common.storage import Row, Storage
 
-from .orders import FIRST_ORDERS
+from .orders import (
+    DUPLICATE_COUNT,
+    DUPLICATE_IDS,
+    PERIOD_DUPLICATED_ORDERS,
+    PERIOD_ORDERS,
+    DuplicatedProjects,
+    quarter_ceil,
+    quarter_floor,
+)
 from .reports import ProductRow, ProductsQuery, ProductsReport
 
 DEFAULT_LIMIT = 10
 MAX_LIMIT = 100
 
-# Line items of the period's orders: the rows of each order's first event (so a later duplicate
-# of an orderId, whatever products it lists, never counts), once per (event, line) even when a
-# retried event was stored twice. An item's ts is its event's, so it is the order's first_ts.
-TOP_SELLERS = """
+# The check row: (order event rows, order_lines rows) in the buckets covering the period, and the
+# number of duplicated orderIds of the project.
+CHECK = (
+    """
+    SELECT 'check' AS kind, '' AS product,
+           toInt64(sum(event_rows)) AS revenue,
+           toInt64(sum(line_rows)) AS units,
+           toUInt64("""
+    + DUPLICATE_COUNT
+    + """) AS buyers
+    FROM order_line_counts
+    WHERE project_id = {project} AND currency = {currency}
+      AND bucket >= {check_start} AND bucket < {check_end}
+"""
+)
+
+# Per product over a set of order_lines rows ({lines}: visitor_id and the three arrays).
+TOP = """
+    SELECT 'top' AS kind,
+           assumeNotNull(item_product) AS product,
+           toInt64(sum(assumeNotNull(item_price) * assumeNotNull(item_quantity))) AS revenue,
+           toInt64(sum(assumeNotNull(item_quantity))) AS units,
+           toUInt64(uniqExact(visitor_id)) AS buyers
+    FROM ({lines})
+    ARRAY JOIN product_ids AS item_product, prices AS item_price, quantities AS item_quantity
+    GROUP BY product
+    ORDER BY revenue DESC, product ASC
+    LIMIT {limit}
+"""
+
+# The order_lines rows of the period in the currency (each order's single row, when the project
+# has no duplicated orderId).
+PERIOD_LINES = """
+    SELECT visitor_id, product_ids, prices, quantities
+    FROM order_lines
+    WHERE project_id = {project} AND currency = {currency} AND ts >= {start} AND ts < {end}
+"""
+
+# The same when orderIds are duplicated: rows of orderIds not in order_dups, and the winning event
+# of each listed one whose first event is in the period and currency; each (order, event) once,
+# should an event be stored twice.
+PERIOD_LINES_WITH_DUPLICATES = (
+    PERIOD_LINES
+    + """
+      AND (order_id NOT IN ("""
+    + DUPLICATE_IDS
+    + """)
+           OR event_id IN (SELECT first_event_id FROM ("""
+    + PERIOD_DUPLICATED_ORDERS
+    + """)))
+    LIMIT 1 BY order_id, event_id
+"""
+)
+
+TOP_SELLERS = CHECK + "UNION ALL SELECT * FROM (" + TOP.replace("{lines}", PERIOD_LINES) + ")"
+TOP_SELLERS_WITH_DUPLICATES = (
+    CHECK + "UNION ALL SELECT * FROM (" + TOP.replace("{lines}", PERIOD_LINES_WITH_DUPLICATES) + ")"
+)
+
+# The same figures from order_items, joined with the period's winning events (PERIOD_ORDERS),
+# once per (event, line) even when an event's lines were stored twice.
+FROM_ORDER_ITEMS = (
+    """
     SELECT item_product,
            sum(item_price * item_quantity) AS revenue,
            sum(item_quantity) AS units,
@@ -40,65 +117,31 @@ TOP_SELLERS = """
                any(quantity) AS item_quantity,
                any(visitor_id) AS item_visitor
         FROM order_items
-        WHERE project_id = {project} AND ts >= {start} AND ts < {end}
-          AND event_id IN (
-              SELECT first_event_id FROM ({first_orders})
-              WHERE order_currency = {currency} AND first_ts >= {start} AND first_ts < {end}
-          )
+        WHERE project_id = {project} AND currency = {currency} AND ts >= {start} AND ts < {end}
+          AND event_id IN (SELECT first_event_id FROM ("""
+    + PERIOD_ORDERS
+    + """))
         GROUP BY event_id, line
     )
     GROUP BY item_product
     ORDER BY revenue DESC, item_product ASC
     LIMIT {limit}
 """
+)
 
-PRODUCT_VIEWERS = """
-    SELECT product_id, uniqExact(visitor_id)
-    FROM events
-    WHERE project_id = {project} AND event = 'product_view'
-      AND ts >= {start} AND ts < {end} AND has({products}, product_id)
+# Per product: distinct visitors with a product_view in the period, and its latest name (the
+# product_names view keeps, per product, the name latest by (time, event id, line)).
+VIEWERS_AND_NAMES = """
+    SELECT 'viewers' AS kind, product_id, toString(uniqExact(visitor_id)) AS value
+    FROM product_views
+    WHERE project_id = {project} AND product_id IN {products} AND ts >= {start} AND ts < {end}
+    GROUP BY product_id
+    UNION ALL
+    SELECT 'name' AS kind, product_id, argMaxMerge(latest) AS value
+    FROM product_names_latest
+    WHERE project_id = {project} AND product_id IN {products}
     GROUP BY product_id
 """
-
-# The latest non-empty line-item name of each product, over every stored order event.
-LINE_ITEM_NAMES = """
-    SELECT product_id,
-           argMax(toString(ts), tuple(ts, event_id, line)),
-           argMax(event_id, tuple(ts, event_id, line)),
-           argMax(line, tuple(ts, event_id, line)),
-           argMax(name, tuple(ts, event_id, line))
-    FROM order_items
-    WHERE project_id = {project} AND has({products}, product_id) AND name != ''
-    GROUP BY product_id
-"""
-
-# The latest product_view of each product whose properties hold a "name" key somewhere; Python
-# reads the top-level `properties.name` from it (ClickHouse 18.16 has no JSON path functions).
-VIEW_NAMES = """
-    SELECT product_id,
-           argMax(toString(ts), tuple(ts, event_id)),
-           argMax(event_id, tuple(ts, event_id)),
-           argMax(properties, tuple(ts, event_id))
-    FROM events
-    WHERE project_id = {project} AND event = 'product_view' AND has({products}, product_id)
-      AND position(properties, '"name":') > 0
-    GROUP BY product_id
-"""
-
-# One product's older candidates, newest first, when the latest had no top-level name (rare:
-# a "name" key only inside a nested object).
-VIEW_NAMES_BEFORE = """
-    SELECT toString(ts) AS at, event_id, properties
-    FROM events
-    WHERE project_id = {project} AND event = 'product_view' AND product_id = {product}
-      AND position(properties, '"name":') > 0
-      AND (toString(ts) < {at} OR (toString(ts) = {at} AND event_id < {event_id}))
-    ORDER BY ts DESC, event_id DESC
-    LIMIT 100
-"""
-
-# (timestamp as stored, event id, line): the order "latest" compares in.
-NameKey = tuple[str, str, int]
 
 
 def parse_limit(value: int, field: str = "limit") -> int:
@@ -107,15 +150,6 @@ def parse_limit(value: int, field: str = "limit") -> int:
     if not 1 <= value <= MAX_LIMIT:
         raise invalid_field(field, f"must be from 1 to {MAX_LIMIT} (default {DEFAULT_LIMIT})")
     return value
-
-
-def _top_level_name(properties: str) -> str:
-    try:
-        parsed = json.loads(properties)
-    except ValueError:
-        return ""
-    name = parsed.get("name") if isinstance(parsed, dict) else None
-    return name if isinstance(name, str) else ""
 
 
 class ProductsReader:
@@ -128,6 +162,7 @@ class ProductsReader:
         self._storage = storage
         self._default_currency = default_currency
         self._clock = clock
+        self._duplicated = DuplicatedProjects()
 
     async def top_sellers(self, project_id: str, query: ProductsQuery) -> ProductsReport:
         zone = parse_timezone(query.timezone)
@@ -139,20 +174,23 @@ class ProductsReader:
             "currency": currency,
             "start": window.start,
             "end": window.end,
+            "check_start": quarter_floor(window.start),
+            "check_end": quarter_ceil(window.end),
             "limit": limit,
         }
-        sellers = await self._storage.query(
-            TOP_SELLERS.replace("{first_orders}", FIRST_ORDERS), params
-        )
-        products = [str(row[0]) for row in sellers]
+        sellers = await self._sellers(project_id, params)
+        products = tuple(str(row[0]) for row in sellers)
         if not products:
             return ProductsReport(top_sellers=[])
-        params["products"] = products
-        viewers = {
-            str(product): int(count)
-            for product, count in await self._storage.query(PRODUCT_VIEWERS, params)
-        }
-        names = await self._names(project_id, products)
+        viewers: dict[str, int] = {}
+        names: dict[str, str] = {}
+        for kind, product, value in await self._storage.query(
+            VIEWERS_AND_NAMES, {**params, "products": products}
+        ):
+            if kind == "viewers":
+                viewers[str(product)] = int(value)
+            else:
+                names[str(product)] = str(value)
         return ProductsReport(
             top_sellers=[
                 ProductRow(
@@ -166,41 +204,17 @@ class ProductsReader:
             ]
         )
 
-    async def _names(self, project_id: str, products: list[str]) -> dict[str, str]:
-        """The latest name seen for each product: a line item's name or a product_view's
-        top-level ``properties.name`` (non-empty), the latest by (timestamp, event id, line)."""
-        params = {"project": project_id, "products": products}
-        latest: dict[str, tuple[NameKey, str]] = {}
-
-        def offer(product: str, key: NameKey, name: str) -> None:
-            if name and (product not in latest or key > latest[product][0]):
-                latest[product] = (key, name)
-
-        for product, at, event_id, line, name in await self._storage.query(LINE_ITEM_NAMES, params):
-            offer(str(product), (str(at), str(event_id), int(line)), str(name))
-        for product, at, event_id, properties in await self._storage.query(VIEW_NAMES, params):
-            found = await self._view_name(
-                project_id, str(product), str(at), str(event_id), str(properties)
-            )
-            if found is not None:
-                offer(str(product), found[0], found[1])
-        return {product: name for product, (_, name) in latest.items()}
-
-    async def _view_name(
-        self, project_id: str, product: str, at: str, event_id: str, properties: str
-    ) -> tuple[NameKey, str] | None:
-        """The latest product_view name of ``product``, starting from its latest candidate."""
-        name = _top_level_name(properties)
-        while not name:
-            older = await self._storage.query(
-                VIEW_NAMES_BEFORE,
-                {"project": project_id, "product": product, "at": at, "event_id": event_id},
-            )
-            if not older:
-                return None
-            for row_at, row_event_id, row_properties in older:
-                at, event_id = str(row_at), str(row_event_id)
-                name = _top_level_name(str(row_properties))
-                if name:
-                    break
-        return (at, event_id, 0), name
+    async def _sellers(self, project_id: str, params: dict[str, object]) -> list[Row]:
+        """(product, revenue, units, buyers) of the top sellers, best first."""
+        duplicated = self._duplicated.known(project_id)
+        sql = TOP_SELLERS_WITH_DUPLICATES if duplicated else TOP_SELLERS
+        rows = await self._storage.query(sql, params)
+        check = next(row for row in rows if row[0] == "check")
+        event_rows, line_rows, duplicates = int(check[2]), int(check[3]), int(check[4])
+        if event_rows != line_rows:
+            # An order event of the period has no order_lines row: read order_items instead.
+            return await self._storage.query(FROM_ORDER_ITEMS, params)
+        if duplicates and not duplicated:
+            self._duplicated.add(project_id)
+            return await self._sellers(project_id, params)
+        return [row[1:] for row in rows if row[0] == "top"]

@@ -206,11 +206,13 @@ class Runtime:
         metrics_pb2_grpc.add_MetricsServiceServicer_to_server(MetricsServicer(readers), server)
 
     async def init_export(self) -> None:
+        from cartlytics.export.exporter import Exporter
         from cartlytics.export.servicer import ExportServicer
         from cartlytics.gen.analytics.export.v1 import export_pb2_grpc
 
-        server, _ = self._require()
-        export_pb2_grpc.add_ExportServiceServicer_to_server(ExportServicer(), server)
+        server, storage = self._require()
+        servicer = ExportServicer(Exporter(storage))
+        export_pb2_grpc.add_ExportServiceServicer_to_server(servicer, server)
 
     async def init_serve_grpc(self) -> None:
         server, health_servicer = self.grpc_server, self.health

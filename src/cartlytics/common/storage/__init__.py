@@ -2,25 +2,29 @@
 
 Domain code calls ``await storage.query(SQL, params)`` and ``await storage.insert(...)``; the
 blocking driver work runs in a small thread pool so that gRPC's event loop never waits on it.
+Results of any size are read with ``storage.stream(SQL, params)``: blocks of rows, one at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for_futures
 from datetime import UTC, datetime
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import structlog
 
-from .backends import Backend, StorageError, StorageUnavailable, open_backend
+from .backends import Backend, RowStream, StorageError, StorageUnavailable, open_backend
 from .migrations import MIGRATIONS, Migration, check_unique
 from .sql import Row, literal, render
 
 __all__ = [
     "Row",
+    "RowBlocks",
     "Storage",
     "StorageError",
     "StorageUnavailable",
@@ -30,6 +34,10 @@ __all__ = [
 ]
 
 log = structlog.get_logger(__name__)
+
+STREAM_BLOCK_ROWS = 8192
+"""Rows per streamed block: big enough that per-block overheads vanish, small enough that one
+block (and the one read ahead) stays a few MB."""
 
 
 class Storage:
@@ -74,6 +82,21 @@ class Storage:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._pool, self.backend.insert, table, columns, rows)
 
+    def stream(
+        self,
+        sql: str,
+        params: Mapping[str, Any] | None = None,
+        block_rows: int = STREAM_BLOCK_ROWS,
+    ) -> RowBlocks:
+        """The rows of ``sql`` as an async iterator of blocks (lists of rows), read as consumed.
+
+        Memory stays that of about two blocks whatever the result's size: the query runs on a
+        connection of its own and each block is fetched when the previous one is taken (one is
+        read ahead). Use ``async with storage.stream(...) as blocks`` to start the query at once
+        and to stop it for sure when leaving early; plain ``async for`` starts it on first use.
+        """
+        return RowBlocks(self.backend, self._pool, self.render(sql, params), block_rows)
+
     def migrate(self, migrations: tuple[Migration, ...] = MIGRATIONS) -> list[int]:
         """Apply every migration not yet recorded; return the versions applied now."""
         check_unique(migrations)
@@ -107,3 +130,85 @@ class Storage:
 
 def open_storage(clickhouse_url: str, data_dir: Path) -> Storage:
     return Storage(open_backend(clickhouse_url, data_dir))
+
+
+class RowBlocks:
+    """A streaming query's blocks of rows (``Storage.stream``); an async iterator and context.
+
+    Each block is fetched in the storage thread pool, the next one while the caller works on the
+    current one. Closing waits for a fetch in flight (a driver connection is not to be closed
+    under a running call), then stops the query and releases its connection.
+    """
+
+    def __init__(
+        self, backend: Backend, pool: ThreadPoolExecutor, sql: str, block_rows: int
+    ) -> None:
+        self._backend = backend
+        self._pool = pool
+        self._sql = sql
+        self._block_rows = block_rows
+        self._stream: RowStream | None = None
+        self._pending: Future[list[Row] | None] | None = None
+        self._done = False
+
+    async def open(self) -> None:
+        """Start the query and read its first block (errors surface here, before any output)."""
+        if self._stream is not None or self._done:
+            return
+        loop = asyncio.get_running_loop()
+        self._stream = await loop.run_in_executor(
+            self._pool, self._backend.open_stream, self._sql, self._block_rows
+        )
+        self._pending = self._pool.submit(self._stream.fetch)
+        try:
+            await asyncio.wrap_future(self._pending)
+        except BaseException:
+            await self.aclose()  # __aexit__ does not run when __aenter__ fails
+            raise
+
+    def __aiter__(self) -> RowBlocks:
+        return self
+
+    async def __anext__(self) -> list[Row]:
+        await self.open()
+        if self._pending is None:
+            raise StopAsyncIteration
+        try:
+            block = await asyncio.wrap_future(self._pending)
+        except BaseException:
+            await self.aclose()  # waits for the fetch if it still runs (cancelled caller)
+            raise
+        if block is None:
+            self._pending = None
+            await self.aclose()
+            raise StopAsyncIteration
+        assert self._stream is not None
+        self._pending = self._pool.submit(self._stream.fetch)  # read ahead
+        return block
+
+    async def aclose(self) -> None:
+        """Stop the query and release its connection; safe to call more than once."""
+        self._done = True
+        stream, pending = self._stream, self._pending
+        self._stream = self._pending = None
+        if stream is None:
+            return
+
+        def finish() -> None:
+            if pending is not None and not pending.cancel():
+                wait_for_futures([pending])
+            stream.close()
+
+        await asyncio.get_running_loop().run_in_executor(self._pool, finish)
+
+    async def __aenter__(self) -> RowBlocks:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()

@@ -11,9 +11,11 @@ datetimes as ``YYYY-MM-DD HH:MM:SS[.fff]``), so domain code sees the same values
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -43,6 +45,22 @@ class Backend(Protocol):
 
     def close(self) -> None: ...
 
+    def open_stream(self, sql: str, block_rows: int) -> RowStream:
+        """Start ``sql`` and return its rows as a stream of blocks (see ``RowStream``)."""
+        ...
+
+
+class RowStream(Protocol):
+    """A query's rows in blocks, read as the caller asks (blocking; see ``Storage.stream``)."""
+
+    def fetch(self) -> list[Row] | None:
+        """The next block of rows, or None once the result is exhausted."""
+        ...
+
+    def close(self) -> None:
+        """Stop the query (if still running) and release its connection. Idempotent."""
+        ...
+
 
 def _json_value(value: Any) -> Any:
     if isinstance(value, datetime):
@@ -64,6 +82,7 @@ class ChdbBackend:
         from chdb import session  # imported here: the server backend must not need it
 
         path.mkdir(parents=True, exist_ok=True)
+        self._path, self._database = str(path), database  # for open_stream's own connections
         self._lock = threading.Lock()
         self._session = session.Session(str(path))
         self._session.query(f"CREATE DATABASE IF NOT EXISTS {database}")
@@ -123,6 +142,75 @@ class ChdbBackend:
     def close(self) -> None:
         with self._lock:
             self._session.close()
+
+    def open_stream(self, sql: str, block_rows: int) -> RowStream:
+        """Stream ``sql`` on a connection of its own to the same data folder.
+
+        chdb runs one embedded server per process (one data folder), but that server takes any
+        number of connections. A streaming query is cancelled by the next statement sent on its
+        connection, so it cannot share ``self._session`` (ingest writes there all the time), and
+        holding ``self._lock`` for a whole export would block ingestion for as long. A dedicated
+        connection streams without the lock; it is closed with the stream.
+        """
+        from chdb import session
+
+        conn = session.Session(self._path)
+        try:
+            conn.query(f"USE {self._database}")
+            for name, value in {**CHDB_STREAM_SETTINGS, "max_block_size": block_rows}.items():
+                conn.query(f"SET {name} = {int(value)}")
+            result = conn.send_query(sql, "JSONCompactEachRow")
+        except Exception as exc:
+            conn.close()
+            raise StorageError(str(exc)) from exc
+        return _ChdbStream(conn, result)
+
+
+# Settings of chdb's streaming connections. The engine runs inside this process, so its working
+# memory is ours. Reading in sorting-key order merges every part of the range at once, holding
+# decompressed blocks of every column of every part: ~300 MB over a year of a million orders
+# (measured), against a few MB to sort a bounded result; so streams sort, and callers bound
+# what they stream (exports read page by page). 64-bit integers come back as JSON numbers.
+CHDB_STREAM_SETTINGS = {
+    "optimize_read_in_order": 0,
+    "output_format_json_quote_64bit_integers": 0,
+}
+
+
+class _ChdbStream:
+    """A chdb streaming result on its own connection; each fetch is one block (JSON rows)."""
+
+    def __init__(self, conn: Any, result: Any) -> None:
+        self._conn: Any = conn
+        self._result: Any = result
+
+    def fetch(self) -> list[Row] | None:
+        if self._result is None:
+            return None
+        try:
+            chunk = self._result.fetch()
+        except Exception as exc:
+            self.close()
+            raise StorageError(str(exc)) from exc
+        if chunk is None:
+            self.close()
+            return None
+        raw: bytes = chunk.bytes()
+        if not raw.strip():
+            return []
+        # JSONCompactEachRow: one JSON array per line, newlines inside strings escaped; one
+        # json.loads per block is ~3x faster than one per line.
+        rows = json.loads(b"[" + raw.rstrip(b"\n").replace(b"\n", b",") + b"]")
+        return list(map(tuple, rows))
+
+    def close(self) -> None:
+        result, conn = self._result, self._conn
+        self._result = self._conn = None
+        if result is not None:
+            with contextlib.suppress(Exception):  # already finished or failed: nothing to stop
+                result.cancel()
+        if conn is not None:
+            conn.close()
 
 
 def _plain(value: Any) -> Any:
@@ -211,6 +299,60 @@ class ServerBackend:
             for client in self._clients:
                 client.disconnect()
             self._clients.clear()
+
+    def open_stream(self, sql: str, block_rows: int) -> RowStream:
+        """Stream ``sql`` on a dedicated client (a native connection carries one query at a time,
+        and the per-thread clients serve other queries meanwhile), ``max_block_size`` rows per
+        block from the server."""
+        from clickhouse_driver import Client
+
+        client = Client(database=self._database, **self._params)
+        rows = client.execute_iter(sql, settings={"max_block_size": block_rows})
+        return _ServerStream(client, rows, block_rows)
+
+
+class _ServerStream:
+    """clickhouse-driver's row iterator, cut into blocks; values made plain as ``execute``'s."""
+
+    def __init__(self, client: Any, rows: Iterator[tuple[Any, ...]], block_rows: int) -> None:
+        self._client: Any = client
+        self._rows = rows
+        self._block_rows = block_rows
+        self._convert: list[int] | None = None  # indexes of date/datetime columns
+
+    def fetch(self) -> list[Row] | None:
+        from clickhouse_driver import errors
+
+        if self._client is None:
+            return None
+        try:
+            block = list(itertools.islice(self._rows, self._block_rows))
+        except (errors.NetworkError, errors.SocketTimeoutError, OSError, EOFError) as exc:
+            self.close()
+            raise StorageUnavailable(str(exc)) from exc
+        except errors.Error as exc:
+            self.close()
+            raise StorageError(str(exc)) from exc
+        if not block:
+            self.close()
+            return None
+        if self._convert is None:
+            self._convert = [i for i, v in enumerate(block[0]) if isinstance(v, date)]
+        if not self._convert:
+            return block
+        convert = self._convert
+        out: list[Row] = []
+        for row in block:
+            values = list(row)
+            for i in convert:
+                values[i] = _plain(values[i])
+            out.append(tuple(values))
+        return out
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.disconnect()
 
 
 def open_backend(clickhouse_url: str, data_dir: Path) -> Backend:

@@ -199,6 +199,199 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        4,
+        "create_product_and_customer_tables",
+        (
+            # Each order event with its line items as arrays, one row per stored event row,
+            # written by ingest *after* the event (in the same group-commit flush): a row here
+            # always has its event row, so the products figures need no join with `orders`.
+            # A flush that failed after the event leaves the event without its row here;
+            # services/metrics/products.py notices (row counts differ) and falls back to
+            # order_items. The arrays are of Nullable only because chdb's Arrow insert types a
+            # column of empty lists as list<null>; no element is ever NULL.
+            """
+            CREATE TABLE IF NOT EXISTS order_lines (
+                project_id String,
+                order_id String,
+                event_id String,
+                ts $DateTime,
+                currency $Dict,
+                visitor_id String,
+                product_ids Array(Nullable(String)),
+                prices Array(Nullable(Int64)),
+                quantities Array(Nullable(UInt32))
+            ) ENGINE = MergeTree
+            PARTITION BY toYYYYMM(ts)
+            ORDER BY (project_id, toDate(ts), order_id, event_id)
+            """,
+            # Backfill: one row per stored order event row (as `orders` has them), with the
+            # lines of its event from order_items, each (event, line) once.
+            """
+            INSERT INTO order_lines (project_id, order_id, event_id, ts, currency, visitor_id,
+                                     product_ids, prices, quantities)
+            SELECT project_id, order_id, event_id, ts, currency, visitor_id,
+                   product_ids, prices, quantities
+            FROM orders
+            ANY LEFT JOIN (
+                SELECT project_id, event_id,
+                       groupArray(item_product) AS product_ids,
+                       groupArray(item_price) AS prices,
+                       groupArray(item_quantity) AS quantities
+                FROM (
+                    SELECT project_id, event_id, line,
+                           any(product_id) AS item_product,
+                           any(price) AS item_price,
+                           any(quantity) AS item_quantity
+                    FROM order_items
+                    GROUP BY project_id, event_id, line
+                )
+                GROUP BY project_id, event_id
+            ) AS event_lines USING (project_id, event_id)
+            """,
+            # Per 15-minute UTC bucket: the order event rows stored, and the order_lines rows.
+            # Every order_lines row has its own event row, so equal sums over a range mean every
+            # event row there has its order_lines row (the products check, one small read).
+            """
+            CREATE TABLE IF NOT EXISTS order_line_counts (
+                project_id String,
+                currency $Dict,
+                bucket DateTime('UTC'),
+                event_rows Int64,
+                line_rows Int64
+            ) ENGINE = SummingMergeTree
+            PARTITION BY toYYYYMM(bucket)
+            ORDER BY (project_id, currency, bucket)
+            """,
+            """
+            CREATE MATERIALIZED VIEW IF NOT EXISTS order_line_counts_events_mv
+            TO order_line_counts AS
+            SELECT project_id, currency, toStartOfFifteenMinutes(ts) AS bucket,
+                   toInt64(1) AS event_rows, toInt64(0) AS line_rows
+            FROM events
+            WHERE event = 'order_completed' AND order_id != ''
+            """,
+            """
+            CREATE MATERIALIZED VIEW IF NOT EXISTS order_line_counts_lines_mv
+            TO order_line_counts AS
+            SELECT project_id, currency, toStartOfFifteenMinutes(ts) AS bucket,
+                   toInt64(0) AS event_rows, toInt64(1) AS line_rows
+            FROM order_lines
+            """,
+            """
+            INSERT INTO order_line_counts
+            SELECT project_id, currency, toStartOfFifteenMinutes(ts) AS bucket,
+                   toInt64(1) AS event_rows, toInt64(1) AS line_rows
+            FROM order_lines
+            """,
+            # Every order event row sorted by orderId, with its visitor: the exact winner of
+            # each orderId listed in order_dups, read without scanning every order.
+            """
+            CREATE TABLE IF NOT EXISTS order_lookup (
+                project_id String,
+                order_id String,
+                event_id String,
+                ts $DateTime,
+                total Int64,
+                currency $Dict,
+                visitor_id String
+            ) ENGINE = MergeTree
+            ORDER BY (project_id, order_id)
+            SETTINGS index_granularity = 256
+            """,
+            """
+            CREATE MATERIALIZED VIEW IF NOT EXISTS order_lookup_mv TO order_lookup AS
+            SELECT project_id, order_id, event_id, ts, total, currency, visitor_id
+            FROM events
+            WHERE event = 'order_completed' AND order_id != ''
+            """,
+            """
+            INSERT INTO order_lookup
+            SELECT project_id, order_id, event_id, ts, total, currency, visitor_id FROM orders
+            """,
+            # Per visitor, the time of its earliest order event row (any currency, duplicates
+            # included): "had an order before the period" without reading every order. Rows of
+            # duplicated orderIds are corrected at query time (services/metrics/customers.py).
+            """
+            CREATE TABLE IF NOT EXISTS customer_first (
+                project_id String,
+                visitor_id String,
+                first_ts AggregateFunction(min, $DateTime)
+            ) ENGINE = AggregatingMergeTree
+            ORDER BY (project_id, visitor_id)
+            """,
+            """
+            CREATE MATERIALIZED VIEW IF NOT EXISTS customer_first_mv TO customer_first AS
+            SELECT project_id, visitor_id, minState(ts) AS first_ts
+            FROM events
+            WHERE event = 'order_completed' AND order_id != ''
+            GROUP BY project_id, visitor_id
+            """,
+            """
+            INSERT INTO customer_first
+            SELECT project_id, visitor_id, minState(ts) FROM orders
+            GROUP BY project_id, visitor_id
+            """,
+            # product_view events only, sorted by product: a product's viewers in a period
+            # without reading the period's other events.
+            """
+            CREATE TABLE IF NOT EXISTS product_views (
+                project_id String,
+                product_id String,
+                visitor_id String,
+                ts $DateTime
+            ) ENGINE = MergeTree
+            PARTITION BY toYYYYMM(ts)
+            ORDER BY (project_id, product_id, ts)
+            SETTINGS index_granularity = 1024
+            """,
+            """
+            CREATE MATERIALIZED VIEW IF NOT EXISTS product_views_mv TO product_views AS
+            SELECT project_id, product_id, visitor_id, ts
+            FROM events
+            WHERE event = 'product_view'
+            """,
+            """
+            INSERT INTO product_views
+            SELECT project_id, product_id, visitor_id, ts FROM events
+            WHERE event = 'product_view'
+            """,
+            # Product names as ingest sees them (a line item's name, a product_view's top-level
+            # properties.name; non-empty). Nothing is kept here (Null engine): the view below
+            # keeps, per product, only the latest name by (time, event id, line).
+            """
+            CREATE TABLE IF NOT EXISTS product_names (
+                project_id String,
+                product_id String,
+                name String,
+                ts $DateTime,
+                event_id String,
+                line UInt16
+            ) ENGINE = Null
+            """,
+            """
+            CREATE TABLE IF NOT EXISTS product_names_latest (
+                project_id String,
+                product_id String,
+                latest AggregateFunction(argMax, String, Tuple($DateTime, String, UInt16))
+            ) ENGINE = AggregatingMergeTree
+            ORDER BY (project_id, product_id)
+            """,
+            """
+            CREATE MATERIALIZED VIEW IF NOT EXISTS product_names_mv TO product_names_latest AS
+            SELECT project_id, product_id, argMaxState(name, tuple(ts, event_id, line)) AS latest
+            FROM product_names
+            GROUP BY project_id, product_id
+            """,
+            # Backfill from stored line items. product_view names stored before this migration
+            # cannot be read back on ClickHouse 18.16 (no JSON functions): see docs/semantics.md.
+            """
+            INSERT INTO product_names
+            SELECT project_id, product_id, name, ts, event_id, line FROM order_items
+            WHERE name != ''
+            """,
+        ),
+    ),
 )
 
 
