@@ -71,7 +71,7 @@ DUPLICATE_VISITORS_BEFORE = (
     FROM (
         SELECT argMin(visitor_id, tuple(ts, event_id)) AS winner,
                groupArrayIf(visitor_id, ts < {start}) AS visitors_before
-        FROM order_lookup
+        FROM order_index
         WHERE project_id = {project} AND order_id IN ("""
     + DUPLICATE_IDS
     + """)

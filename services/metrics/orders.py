@@ -8,7 +8,7 @@ FIRST_ORDERS reads the narrow ``orders`` table (order events only, kept by a mat
 over all time. A period's orders need not look at other orders: an orderId not listed in
 ``order_dups`` has one stored event row (ingest lists every orderId with more than one), which is
 therefore its winner; only the listed orderIds need the per-order computation, over their rows in
-``order_lookup`` (the same rows sorted by orderId). PERIOD_ORDERS does this: at 10 million events
+``order_index`` (the same rows sorted by orderId). PERIOD_ORDERS does this: at 10 million events
 it reads ~30k rows for 30 days, where FIRST_ORDERS reads every order (~300k).
 """
 
@@ -35,7 +35,7 @@ FIRST_ORDERS = """
 DUPLICATE_IDS = "SELECT order_id FROM order_dups WHERE project_id = {project}"
 DUPLICATE_COUNT = "(SELECT count() FROM order_dups WHERE project_id = {project})"
 
-# FIRST_ORDERS' rows for the orderIds listed in order_dups only, over all time (order_lookup is
+# FIRST_ORDERS' rows for the orderIds listed in order_dups only, over all time (order_index is
 # sorted by orderId, so this reads those orders' rows, not every order). Used by the exports.
 DUPLICATED_ORDERS = """
     SELECT order_id,
@@ -44,7 +44,7 @@ DUPLICATED_ORDERS = """
            argMin(currency, tuple(ts, event_id)) AS order_currency,
            argMin(visitor_id, tuple(ts, event_id)) AS order_visitor,
            argMin(event_id, tuple(ts, event_id)) AS first_event_id
-    FROM order_lookup
+    FROM order_index
     WHERE project_id = {project}
       AND order_id IN (SELECT order_id FROM order_dups WHERE project_id = {project})
     GROUP BY order_id
@@ -52,7 +52,7 @@ DUPLICATED_ORDERS = """
 
 # FIRST_ORDERS' rows of the duplicated orderIds whose first event is in [{start}, {end}) and in
 # {currency}. Such an order has an event row in the window (its first), so only the duplicated
-# orderIds seen in the window are looked up, each over all its rows in order_lookup (sorted by
+# orderIds seen in the window are looked up, each over all its rows in order_index (sorted by
 # orderId).
 PERIOD_DUPLICATED_ORDERS = """
     SELECT order_id,
@@ -61,7 +61,7 @@ PERIOD_DUPLICATED_ORDERS = """
            argMin(currency, tuple(ts, event_id)) AS order_currency,
            argMin(visitor_id, tuple(ts, event_id)) AS order_visitor,
            argMin(event_id, tuple(ts, event_id)) AS first_event_id
-    FROM order_lookup
+    FROM order_index
     WHERE project_id = {project}
       AND order_id IN (
           SELECT order_id FROM orders

@@ -176,19 +176,21 @@ MIGRATIONS: tuple[Migration, ...] = (
                 event_id String,
                 ts $DateTime,
                 total Int64,
-                currency $Dict
+                currency $Dict,
+                visitor_id String
             ) ENGINE = MergeTree
             ORDER BY (project_id, order_id)
+            SETTINGS index_granularity = 256
             """,
             """
             CREATE MATERIALIZED VIEW IF NOT EXISTS order_index_mv TO order_index AS
-            SELECT project_id, order_id, event_id, ts, total, currency
+            SELECT project_id, order_id, event_id, ts, total, currency, visitor_id
             FROM events
             WHERE event = 'order_completed' AND order_id != ''
             """,
             """
             INSERT INTO order_index
-            SELECT project_id, order_id, event_id, ts, total, currency
+            SELECT project_id, order_id, event_id, ts, total, currency, visitor_id
             FROM events
             WHERE event = 'order_completed' AND order_id != ''
             """,
@@ -283,31 +285,6 @@ MIGRATIONS: tuple[Migration, ...] = (
             SELECT project_id, currency, toStartOfFifteenMinutes(ts) AS bucket,
                    toInt64(1) AS event_rows, toInt64(1) AS line_rows
             FROM order_lines
-            """,
-            # Every order event row sorted by orderId, with its visitor: the exact winner of
-            # each orderId listed in order_dups, read without scanning every order.
-            """
-            CREATE TABLE IF NOT EXISTS order_lookup (
-                project_id String,
-                order_id String,
-                event_id String,
-                ts $DateTime,
-                total Int64,
-                currency $Dict,
-                visitor_id String
-            ) ENGINE = MergeTree
-            ORDER BY (project_id, order_id)
-            SETTINGS index_granularity = 256
-            """,
-            """
-            CREATE MATERIALIZED VIEW IF NOT EXISTS order_lookup_mv TO order_lookup AS
-            SELECT project_id, order_id, event_id, ts, total, currency, visitor_id
-            FROM events
-            WHERE event = 'order_completed' AND order_id != ''
-            """,
-            """
-            INSERT INTO order_lookup
-            SELECT project_id, order_id, event_id, ts, total, currency, visitor_id FROM orders
             """,
             # Per visitor, the time of its earliest order event row (any currency, duplicates
             # included): "had an order before the period" without reading every order. Rows of
