@@ -26,6 +26,7 @@ from cartlytics.common.money import average, parse_currency, percent
 from cartlytics.common.periods import parse_timezone, resolve_period
 from cartlytics.common.storage import Row, Storage
 
+from .base import Reader
 from .orders import (
     DUPLICATE_COUNT,
     DUPLICATE_IDS,
@@ -137,16 +138,14 @@ UNSURE_RETURNING = (
 )
 
 
-class CustomersReader:
+class CustomersReader(Reader):
     def __init__(
         self,
         storage: Storage,
         default_currency: str,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self._storage = storage
-        self._default_currency = default_currency
-        self._clock = clock
+        super().__init__(storage, default_currency, clock)
         self._duplicated = DuplicatedProjects()
 
     async def customers(self, project_id: str, query: CustomersQuery) -> CustomersReport:

@@ -15,14 +15,12 @@ be distinct events: the versions also disagree on one event matching two steps.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from datetime import UTC, datetime
 
 from cartlytics.common.errors import invalid_field
 from cartlytics.common.money import percent
 from cartlytics.common.periods import parse_timezone, resolve_period
-from cartlytics.common.storage import Storage
 
+from .base import Reader
 from .reports import FunnelQuery, FunnelReport, FunnelStageRow
 
 # Standard events and their display names; any other step is shown by its event name.
@@ -89,17 +87,7 @@ def parse_window(value: int, field: str = "window") -> int:
     return value
 
 
-class FunnelReader:
-    def __init__(
-        self,
-        storage: Storage,
-        default_currency: str,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-    ) -> None:
-        self._storage = storage
-        self._default_currency = default_currency
-        self._clock = clock
-
+class FunnelReader(Reader):
     async def funnel(self, project_id: str, query: FunnelQuery) -> FunnelReport:
         zone = parse_timezone(query.timezone)
         window = resolve_period(query.period, zone, self._clock())

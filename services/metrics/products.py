@@ -29,6 +29,7 @@ from cartlytics.common.money import parse_currency, percent
 from cartlytics.common.periods import parse_timezone, resolve_period
 from cartlytics.common.storage import Row, Storage
 
+from .base import Reader
 from .orders import (
     DUPLICATE_COUNT,
     DUPLICATE_IDS,
@@ -152,16 +153,14 @@ def parse_limit(value: int, field: str = "limit") -> int:
     return value
 
 
-class ProductsReader:
+class ProductsReader(Reader):
     def __init__(
         self,
         storage: Storage,
         default_currency: str,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self._storage = storage
-        self._default_currency = default_currency
-        self._clock = clock
+        super().__init__(storage, default_currency, clock)
         self._duplicated = DuplicatedProjects()
 
     async def top_sellers(self, project_id: str, query: ProductsQuery) -> ProductsReport:

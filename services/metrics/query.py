@@ -37,8 +37,8 @@ from zoneinfo import ZoneInfo
 from cartlytics.common.errors import ApiError, FieldViolation, invalid_argument
 from cartlytics.common.money import average, parse_currency, percent
 from cartlytics.common.periods import parse_timezone, resolve_period
-from cartlytics.common.storage import Storage
 
+from .base import Reader
 from .orders import FIRST_ORDERS
 from .reports import CustomQuery, QueryReport
 
@@ -620,17 +620,7 @@ def assemble(
     return out
 
 
-class QueryRunner:
-    def __init__(
-        self,
-        storage: Storage,
-        default_currency: str,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-    ) -> None:
-        self._storage = storage
-        self._default_currency = default_currency
-        self._clock = clock
-
+class QueryRunner(Reader):
     async def run(self, project_id: str, query: CustomQuery) -> QueryReport:
         checked = plan(query, self._default_currency, self._clock())
         params = parameters(project_id, checked)

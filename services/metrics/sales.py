@@ -6,7 +6,6 @@ event id) wins, over all time, so a late duplicate of an old order never lands i
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -18,7 +17,9 @@ from cartlytics.common.periods import (
     parse_timezone,
     resolve_period,
 )
-from cartlytics.common.storage import Row, Storage
+from cartlytics.common.storage import Row
+
+from .base import Reader
 
 PREVIOUS = "previous"
 QUARTER = timedelta(minutes=15)
@@ -87,17 +88,7 @@ class SalesReport:
     series: list[Bucket]  # newest first
 
 
-class SalesReader:
-    def __init__(
-        self,
-        storage: Storage,
-        default_currency: str,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-    ) -> None:
-        self._storage = storage
-        self._default_currency = default_currency
-        self._clock = clock
-
+class SalesReader(Reader):
     async def sales(self, project_id: str, query: SalesQuery) -> SalesReport:
         zone = parse_timezone(query.timezone)
         window = resolve_period(query.period, zone, self._clock())
