@@ -22,8 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from cartlytics.common.money import average, parse_currency, percent
-from cartlytics.common.periods import parse_timezone, resolve_period
+from cartlytics.common.money import average, percent
 from cartlytics.common.storage import Row, Storage
 
 from .base import Reader
@@ -149,10 +148,9 @@ class CustomersReader(Reader):
         self._duplicated = DuplicatedProjects()
 
     async def customers(self, project_id: str, query: CustomersQuery) -> CustomersReport:
-        zone = parse_timezone(query.timezone)
-        window = resolve_period(query.period, zone, self._clock())
+        window = self._window(query.period, query.timezone)
         limit = parse_limit(query.limit)
-        currency = parse_currency(query.currency, self._default_currency)
+        currency = self._currency(query.currency)
         params = {
             "project": project_id,
             "currency": currency,

@@ -18,7 +18,6 @@ import re
 
 from cartlytics.common.errors import invalid_field
 from cartlytics.common.money import percent
-from cartlytics.common.periods import parse_timezone, resolve_period
 
 from .base import Reader
 from .reports import FunnelQuery, FunnelReport, FunnelStageRow
@@ -89,8 +88,7 @@ def parse_window(value: int, field: str = "window") -> int:
 
 class FunnelReader(Reader):
     async def funnel(self, project_id: str, query: FunnelQuery) -> FunnelReport:
-        zone = parse_timezone(query.timezone)
-        window = resolve_period(query.period, zone, self._clock())
+        window = self._window(query.period, query.timezone)
         steps = parse_steps(query.steps)
         seconds = parse_window(query.window)
         padded = steps + [""] * (MAX_STEPS - len(steps))

@@ -25,8 +25,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from cartlytics.common.errors import invalid_field
-from cartlytics.common.money import parse_currency, percent
-from cartlytics.common.periods import parse_timezone, resolve_period
+from cartlytics.common.money import percent
 from cartlytics.common.storage import Row, Storage
 
 from .base import Reader
@@ -164,10 +163,9 @@ class ProductsReader(Reader):
         self._duplicated = DuplicatedProjects()
 
     async def top_sellers(self, project_id: str, query: ProductsQuery) -> ProductsReport:
-        zone = parse_timezone(query.timezone)
-        window = resolve_period(query.period, zone, self._clock())
+        window = self._window(query.period, query.timezone)
         limit = parse_limit(query.limit)
-        currency = parse_currency(query.currency, self._default_currency)
+        currency = self._currency(query.currency)
         params = {
             "project": project_id,
             "currency": currency,

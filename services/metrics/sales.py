@@ -9,13 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from cartlytics.common.money import average, growth, parse_currency
+from cartlytics.common.money import average, growth
 from cartlytics.common.periods import (
     bucket_sql,
     bucket_starts,
     parse_granularity,
-    parse_timezone,
-    resolve_period,
 )
 from cartlytics.common.storage import Row
 
@@ -90,10 +88,9 @@ class SalesReport:
 
 class SalesReader(Reader):
     async def sales(self, project_id: str, query: SalesQuery) -> SalesReport:
-        zone = parse_timezone(query.timezone)
-        window = resolve_period(query.period, zone, self._clock())
+        window = self._window(query.period, query.timezone)
         granularity = parse_granularity(query.granularity)
-        currency = parse_currency(query.currency, self._default_currency)
+        currency = self._currency(query.currency)
         params = {
             "project": project_id,
             "currency": currency,
