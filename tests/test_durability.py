@@ -229,65 +229,67 @@ def test_clickhouse_restart_under_load_loses_nothing(
         system.stop()
 
 
-def test_redis_stopped_leaves_ingestion_and_queries_working(
-    tmp_path: Path, backend: str, request: pytest.FixtureRequest
-) -> None:
-    redis_server = RedisServer(tmp_path / "redis")
-    redis_server.start()
-    key = "cak_" + uuid.uuid4().hex
-    system = start_system(
-        tmp_path / "data", key, clickhouse_url=_clickhouse_url(backend, request),
-        extra_env={"REDIS_URL": redis_server.url},
-    )  # fmt: skip
-    try:
-        order = {
-            "event": "order_completed",
-            "userId": "u",
-            "properties": {"orderId": "r1", "total": 500, "currency": "CZK"},
-        }
-        assert call("POST", f"{system.http_url}/analytics/event", key, order).status == 201
-        redis_server.stop()
-        started = time.monotonic()
-        for n in range(20):
-            order["properties"] = {"orderId": f"r_down_{n}", "total": 100, "currency": "CZK"}
-            reply = call("POST", f"{system.http_url}/analytics/event", key, order)
-            assert reply.status == 201, reply.body
-        elapsed = time.monotonic() - started
-        assert elapsed < 5, f"20 events took {elapsed:.1f}s with Redis down"
-        assert _sales(system, "CZK") == {"orders": 21, "revenue": 2500}
-    finally:
-        system.stop()
-        redis_server.stop()
+@dataclass
+class RedisBacked:
+    """A system using a Redis server of its own, which a test may stop or flush."""
+
+    system: System
+    redis: RedisServer
 
 
-def test_retry_after_the_dedup_window_changes_no_figure(
+@pytest.fixture
+def redis_backed(
     tmp_path: Path, backend: str, request: pytest.FixtureRequest
-) -> None:
+) -> Iterator[RedisBacked]:
     redis_server = RedisServer(tmp_path / "redis")
     redis_server.start()
-    key = "cak_" + uuid.uuid4().hex
     system = start_system(
-        tmp_path / "data", key, clickhouse_url=_clickhouse_url(backend, request),
+        tmp_path / "data", "cak_" + uuid.uuid4().hex,
+        clickhouse_url=_clickhouse_url(backend, request),
         extra_env={"REDIS_URL": redis_server.url},
     )  # fmt: skip
-    try:
-        order = {
-            "id": "evt_retry_me",
-            "event": "order_completed",
-            "userId": "u",
-            "properties": {"orderId": "w1", "total": 700, "currency": "HUF"},
-        }
-        first = call("POST", f"{system.http_url}/analytics/event", key, order)
-        again = call("POST", f"{system.http_url}/analytics/event", key, order)
-        assert first.status == again.status == 201
-        assert first.json() == again.json(), "a retry inside the window gets the same answer"
-        redis.Redis.from_url(redis_server.url).flushall()  # the window forgets
-        late = call("POST", f"{system.http_url}/analytics/event", key, order)
-        assert late.status == 201
-        assert _sales(system, "HUF") == {"orders": 1, "revenue": 700}
-    finally:
-        system.stop()
-        redis_server.stop()
+    yield RedisBacked(system, redis_server)
+    system.stop()
+    redis_server.stop()
+
+
+def test_redis_stopped_leaves_ingestion_and_queries_working(redis_backed: RedisBacked) -> None:
+    system, redis_server = redis_backed.system, redis_backed.redis
+    key = system.key
+    order = {
+        "event": "order_completed",
+        "userId": "u",
+        "properties": {"orderId": "r1", "total": 500, "currency": "CZK"},
+    }
+    assert call("POST", f"{system.http_url}/analytics/event", key, order).status == 201
+    redis_server.stop()
+    started = time.monotonic()
+    for n in range(20):
+        order["properties"] = {"orderId": f"r_down_{n}", "total": 100, "currency": "CZK"}
+        reply = call("POST", f"{system.http_url}/analytics/event", key, order)
+        assert reply.status == 201, reply.body
+    elapsed = time.monotonic() - started
+    assert elapsed < 5, f"20 events took {elapsed:.1f}s with Redis down"
+    assert _sales(system, "CZK") == {"orders": 21, "revenue": 2500}
+
+
+def test_retry_after_the_dedup_window_changes_no_figure(redis_backed: RedisBacked) -> None:
+    system, redis_server = redis_backed.system, redis_backed.redis
+    key = system.key
+    order = {
+        "id": "evt_retry_me",
+        "event": "order_completed",
+        "userId": "u",
+        "properties": {"orderId": "w1", "total": 700, "currency": "HUF"},
+    }
+    first = call("POST", f"{system.http_url}/analytics/event", key, order)
+    again = call("POST", f"{system.http_url}/analytics/event", key, order)
+    assert first.status == again.status == 201
+    assert first.json() == again.json(), "a retry inside the window gets the same answer"
+    redis.Redis.from_url(redis_server.url).flushall()  # the window forgets
+    late = call("POST", f"{system.http_url}/analytics/event", key, order)
+    assert late.status == 201
+    assert _sales(system, "HUF") == {"orders": 1, "revenue": 700}
 
 
 def test_events_are_queryable_as_soon_as_acknowledged(system: System) -> None:

@@ -9,6 +9,8 @@ from cartlytics.common.money import parse_currency
 from cartlytics.common.periods import Window, parse_timezone, resolve_period
 from cartlytics.common.storage import Storage
 
+from .orders import DuplicatedProjects
+
 
 class Reader:
     def __init__(
@@ -27,3 +29,17 @@ class Reader:
 
     def _currency(self, value: str) -> str:
         return parse_currency(value, self._default_currency)
+
+
+class OrdersReader(Reader):
+    """A reader of per-period orders, which remembers which projects have duplicated orderIds
+    (so the exact duplicate-aware queries run only where they can matter)."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        default_currency: str,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        super().__init__(storage, default_currency, clock)
+        self._duplicated = DuplicatedProjects()

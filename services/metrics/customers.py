@@ -19,18 +19,14 @@ order ever stored.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import UTC, datetime
-
 from cartlytics.common.money import average, percent
-from cartlytics.common.storage import Row, Storage
+from cartlytics.common.storage import Row
 
-from .base import Reader
+from .base import OrdersReader
 from .orders import (
     DUPLICATE_COUNT,
     DUPLICATE_IDS,
     PERIOD_ORDERS,
-    DuplicatedProjects,
 )
 from .products import parse_limit
 from .reports import CustomerRow, CustomersQuery, CustomersReport
@@ -137,16 +133,7 @@ UNSURE_RETURNING = (
 )
 
 
-class CustomersReader(Reader):
-    def __init__(
-        self,
-        storage: Storage,
-        default_currency: str,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-    ) -> None:
-        super().__init__(storage, default_currency, clock)
-        self._duplicated = DuplicatedProjects()
-
+class CustomersReader(OrdersReader):
     async def customers(self, project_id: str, query: CustomersQuery) -> CustomersReport:
         window = self._window(query.period, query.timezone)
         limit = parse_limit(query.limit)

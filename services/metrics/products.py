@@ -21,20 +21,16 @@ How, usually in two queries (each reads only the period, or a few products):
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import UTC, datetime
-
 from cartlytics.common.errors import invalid_field
 from cartlytics.common.money import percent
-from cartlytics.common.storage import Row, Storage
+from cartlytics.common.storage import Row
 
-from .base import Reader
+from .base import OrdersReader
 from .orders import (
     DUPLICATE_COUNT,
     DUPLICATE_IDS,
     PERIOD_DUPLICATED_ORDERS,
     PERIOD_ORDERS,
-    DuplicatedProjects,
     quarter_ceil,
     quarter_floor,
 )
@@ -152,16 +148,7 @@ def parse_limit(value: int, field: str = "limit") -> int:
     return value
 
 
-class ProductsReader(Reader):
-    def __init__(
-        self,
-        storage: Storage,
-        default_currency: str,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-    ) -> None:
-        super().__init__(storage, default_currency, clock)
-        self._duplicated = DuplicatedProjects()
-
+class ProductsReader(OrdersReader):
     async def top_sellers(self, project_id: str, query: ProductsQuery) -> ProductsReport:
         window = self._window(query.period, query.timezone)
         limit = parse_limit(query.limit)
