@@ -48,7 +48,7 @@ import sys
 from pathlib import Path
 sys.path.insert(0, {root!r})
 from bench.export import load
-load(Path({data!r}), {orders})
+load(Path({data!r}), {orders}, {url!r})
 """
 
 
@@ -141,14 +141,15 @@ def _blocks(total: int, now: datetime) -> Any:
         yield events, items, order_lines, names, order_ids[dup_rows]
 
 
-def load(data_dir: Path, orders: int) -> None:
-    """Write ``orders`` synthetic orders into a chdb data folder, printing progress."""
+def load(data_dir: Path, orders: int, clickhouse_url: str = "") -> None:
+    """Write ``orders`` synthetic orders into a chdb data folder (or the ClickHouse server at
+    ``clickhouse_url``), printing progress."""
     import pyarrow as pa
 
     from cartlytics.common.storage import open_storage
     from cartlytics.ingest.ingestor import EVENTS, ORDER_ITEMS, ORDER_LINES, PRODUCT_NAMES
 
-    storage = open_storage("", data_dir)
+    storage = open_storage(clickhouse_url, data_dir)
     storage.migrate()
     started, done = time.perf_counter(), 0
     for events, items, lines, names, duplicated in _blocks(orders, datetime.now(UTC)):
@@ -256,18 +257,37 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path)
     parser.add_argument("--skip-load", action="store_true")
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--clickhouse-server",
+        action="store_true",
+        help="store in a clickhouse-server started for the run (the service then embeds no chdb)",
+    )
     args = parser.parse_args()
     temp = None if args.data_dir else tempfile.TemporaryDirectory(prefix="cartlytics-bench-")
     data_dir = args.data_dir or Path(temp.name) / "data"  # type: ignore[union-attr]
     data_dir.mkdir(parents=True, exist_ok=True)
+    server = None
+    url = ""
+    if args.clickhouse_server:
+        from tests.servers import ClickHouseServer
+
+        server = ClickHouseServer(data_dir / "clickhouse-server")
+        server.start()
+        url = server.url
     if not args.skip_load:
-        print(f"loading {args.orders:,} orders into {data_dir} ...", file=sys.stderr)
+        print(f"loading {args.orders:,} orders into {url or data_dir} ...", file=sys.stderr)
         started = time.perf_counter()
-        script = LOADER.format(root=str(ROOT), data=str(data_dir), orders=args.orders)
+        script = LOADER.format(root=str(ROOT), data=str(data_dir), orders=args.orders, url=url)
         subprocess.run([sys.executable, "-c", script], check=True)
         print(f"loaded in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     key = "cak_bench_" + uuid.uuid4().hex
-    system = start_system(data_dir, key, extra_env={"ANALYTICS_LOG_LEVEL": "warning"}, timeout=600)
+    system = start_system(
+        data_dir,
+        key,
+        clickhouse_url=url,
+        extra_env={"ANALYTICS_LOG_LEVEL": "warning"},
+        timeout=600,
+    )
     results = []
     try:
         for fmt in args.formats.split(","):
@@ -284,10 +304,13 @@ def main() -> None:
             )
     finally:
         system.stop()
+        if server is not None:
+            server.stop()
         if temp is not None:
             temp.cleanup()
     report = {
         "orders": args.orders,
+        "backend": "clickhouse-server" if url else "chdb",
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "targets": {"csv_rows_per_s": TARGET_ROWS_PER_S, "peak_rss_mb": TARGET_PEAK_MB},
         "results": results,

@@ -17,7 +17,12 @@ their order inside the page's query.
 Events are deduplicated by event id: a retried event may be stored twice, at the same time or
 (when the server timed it) another one, possibly in another page; a first pass over the whole
 range finds the ids stored more than once (as 64-bit hashes, so ClickHouse holds 8 bytes per
-event for it, not the ids), and only those are remembered while streaming.
+event for it, not the ids) with the time of their earliest copy, and each page keeps, of those,
+only the copy at that time (once, if two copies share it).
+
+Every source gives its rows as batches for the encoders; the sources but products (whose rows
+are totals kept in Python) also give them as ready CSV lines written by ClickHouse
+(``csv_lines``, see ``csv_sql.py``), the fast path of the CSV export.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from cartlytics.common.money import average
 from cartlytics.common.storage import Row, Storage
 from cartlytics.metrics.orders import DUPLICATED_ORDERS
 
+from .csv_sql import csv_lines_sql
 from .formats import Column, Kind
 from .request import ExportPlan
 
@@ -46,6 +52,12 @@ class Source(Protocol):
     def columns(self) -> Sequence[Column]: ...
 
     def batches(self) -> AsyncGenerator[Batch, None]: ...
+
+
+class CsvSource(Source, Protocol):
+    def csv_lines(self, zone: str) -> AsyncGenerator[bytes, None]:
+        """The export's rows as CSV lines (``\\r\\n`` after each), without the header."""
+        ...
 
 
 # ------------------------------------------------------------------------------------ columns
@@ -142,25 +154,39 @@ ORDER_ITEMS_SQL = Template("""
     ORDER BY t, order_id, event_id, line
 """)
 
-# Event ids stored more than once in the window (as 64-bit hashes).
+# Event ids stored more than once in the window (as 64-bit hashes), with their earliest time.
 EVENT_DUPLICATES_SQL = Template("""
-    SELECT sipHash64(event_id) AS h
+    SELECT sipHash64(event_id) AS h, min($ts) AS first
     FROM events
     WHERE project_id = {project}$window$currency
     GROUP BY h
     HAVING count() > 1
 """)
 
+# $first_copies keeps, of a duplicated id, the copies at its earliest time; LIMIT BY one of them.
 EVENTS_SQL = Template("""
     SELECT event_id, toString(event) AS name, $ts AS t, $received AS r, user_id, anonymous_id,
            session_id, page, product_id, order_id, total, toString(currency) AS cur,
            toString(device) AS dev, toString(browser) AS br, toString(os) AS sys,
            toString(country) AS cc, region, referrer_host, utm_source, utm_medium, utm_campaign,
-           utm_term, utm_content, properties, context, $duplicate AS dup
+           utm_term, utm_content, properties, context
     FROM events
-    WHERE project_id = {project}$window$currency
-    ORDER BY ts, event_id
+    WHERE project_id = {project}$window$currency$first_copies
+    ORDER BY ts, event_id$one_copy
 """)
+EVENTS_VALUES = (
+    "event_id", "name", "t", "r", "user_id", "anonymous_id", "session_id", "page", "product_id",
+    "order_id", "total", "cur", "dev", "br", "sys", "cc", "region", "referrer_host", "utm_source",
+    "utm_medium", "utm_campaign", "utm_term", "utm_content", "properties", "context",
+)  # fmt: skip
+
+ORDERS_VALUES = (
+    "order_id", "t", "visitor", "amount", "cur", "items", "units", "summary", "event_id",
+)  # fmt: skip
+ORDER_ITEMS_VALUES = (
+    "order_id", "t", "visitor", "cur", "line + 1", "product", "product_name", "product_category",
+    "unit_price", "qty", "unit_price * qty", "event_id",
+)  # fmt: skip
 
 # Per customer (the order's visitor) and currency: the window's distinct orders.
 CUSTOMERS_SQL = Template("""
@@ -170,6 +196,14 @@ CUSTOMERS_SQL = Template("""
     GROUP BY visitor, cur
     ORDER BY cur, revenue DESC, visitor
 """)
+
+# revenue / orders rounded half away from zero, as money.average.
+CUSTOMERS_VALUES = (
+    "visitor", "cur", "orders", "revenue",
+    "if(revenue >= 0, intDiv(revenue * 2 + toInt64(orders), toInt64(orders) * 2),"
+    " -intDiv(-revenue * 2 + toInt64(orders), toInt64(orders) * 2))",
+    "first_t", "last_t",
+)  # fmt: skip
 
 # Rows per UTC day of the range, to cut it into pages.
 DAYS_SQL = Template("""
@@ -289,6 +323,24 @@ async def page_blocks(
                 yield block
 
 
+async def page_csv(
+    storage: Storage,
+    scope: Scope,
+    table: str,
+    template: Template,
+    columns: Sequence[Column],
+    values: Sequence[str],
+    zone: str,
+    **extra: str,
+) -> AsyncGenerator[bytes, None]:
+    """The CSV lines of ``template``'s rows over the scope, page after page."""
+    for page in await pages(storage, scope, table):
+        sql = csv_lines_sql(page.sql(template, **extra), columns, values, zone)
+        async with storage.stream_text(sql, page.params) as blocks:
+            async for block in blocks:
+                yield block
+
+
 class OrdersSource:
     """type=orders: one row per distinct order, its line items summed up in one cell."""
 
@@ -308,6 +360,14 @@ class OrdersSource:
         async with aclosing(page_blocks(self._storage, self._scope, "orders", ORDERS_SQL)) as rows:
             async for block in rows:
                 yield lambda block=block: shape(block)  # type: ignore[misc]
+
+    async def csv_lines(self, zone: str) -> AsyncGenerator[bytes, None]:
+        lines = page_csv(
+            self._storage, self._scope, "orders", ORDERS_SQL, self.columns, ORDERS_VALUES, zone
+        )
+        async with aclosing(lines) as blocks:
+            async for block in blocks:
+                yield block
 
 
 class OrderItemsSource:
@@ -333,6 +393,21 @@ class OrderItemsSource:
         async with aclosing(lines) as rows:
             async for block in rows:
                 yield lambda block=block: shape(block)  # type: ignore[misc]
+
+    async def csv_lines(self, zone: str) -> AsyncGenerator[bytes, None]:
+        lines = page_csv(
+            self._storage,
+            self._scope,
+            "orders",
+            ORDER_ITEMS_SQL,
+            self.columns,
+            ORDER_ITEMS_VALUES,
+            zone,
+            names=LINE_NAMES,
+        )
+        async with aclosing(lines) as blocks:
+            async for block in blocks:
+                yield block
 
 
 class ProductTotals:
@@ -412,29 +487,39 @@ class EventsSource:
         self._storage = storage
         self._scope = scope
 
-    async def batches(self) -> AsyncGenerator[Batch, None]:
+    async def _pages(self) -> AsyncGenerator[tuple[str, Scope, dict[str, Any]], None]:
+        """(SQL, page, values) of each page's distinct events (the earliest copy of an id)."""
         storage, scope = self._storage, self._scope
-        hashes: list[int] = []
+        firsts: list[tuple[int, int]] = []
         async for block in storage.stream(scope.sql(EVENT_DUPLICATES_SQL), scope.params):
-            hashes.extend(int(row[0]) for row in block)
-        duplicate = "sipHash64(event_id) IN {duplicates}" if hashes else "0"
-        seen: set[str] = set()  # ids of the duplicated events already written
-
-        def shape(block: list[Row]) -> list[Row]:
-            out: list[Row] = []
-            for row in block:
-                if row[-1]:
-                    if row[0] in seen:
-                        continue
-                    seen.add(row[0])
-                out.append(row[:-1])
-            return out
-
+            firsts.extend((int(h), int(first)) for h, first in block)
+        extra = {"first_copies": "", "one_copy": ""}
+        values: dict[str, Any] = {}
+        if firsts:
+            hash_ = "sipHash64(event_id)"
+            extra["first_copies"] = (
+                f" AND ({hash_} NOT IN {{duplicates}} OR ({hash_}, {scope.millis('ts')})"
+                " IN {first_copies})"
+            )
+            extra["one_copy"] = " LIMIT 1 BY event_id"
+            values["duplicates"] = tuple(h for h, _ in firsts)
+            # A sentinel pair, so that one pair still renders as a set of pairs, not as a pair.
+            values["first_copies"] = (*firsts, (0, -1))
         for page in await pages(storage, scope, "events"):
-            sql = page.sql(EVENTS_SQL, duplicate=duplicate)
-            async with storage.stream(sql, {**page.params, "duplicates": tuple(hashes)}) as rows:
+            yield page.sql(EVENTS_SQL, **extra), page, {**page.params, **values}
+
+    async def batches(self) -> AsyncGenerator[Batch, None]:
+        async for sql, _, values in self._pages():
+            async with self._storage.stream(sql, values) as rows:
                 async for block in rows:
-                    yield lambda block=block: shape(block)  # type: ignore[misc]
+                    yield lambda block=block: block  # type: ignore[misc]
+
+    async def csv_lines(self, zone: str) -> AsyncGenerator[bytes, None]:
+        async for sql, _, values in self._pages():
+            lines = csv_lines_sql(sql, self.columns, EVENTS_VALUES, zone)
+            async with self._storage.stream_text(lines, values) as blocks:
+                async for block in blocks:
+                    yield block
 
 
 class CustomersSource:
@@ -457,6 +542,12 @@ class CustomersSource:
         async with self._storage.stream(sql, self._scope.params) as rows:
             async for block in rows:
                 yield lambda block=block: shape(block)  # type: ignore[misc]
+
+    async def csv_lines(self, zone: str) -> AsyncGenerator[bytes, None]:
+        sql = csv_lines_sql(self._scope.sql(CUSTOMERS_SQL), self.columns, CUSTOMERS_VALUES, zone)
+        async with self._storage.stream_text(sql, self._scope.params) as blocks:
+            async for block in blocks:
+                yield block
 
 
 SOURCES: dict[str, Callable[[Storage, Scope], Source]] = {

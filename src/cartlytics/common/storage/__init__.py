@@ -1,28 +1,31 @@
 """Storage access: one interface over chdb (embedded) and a ClickHouse server.
 
 Domain code calls ``await storage.query(SQL, params)`` and ``await storage.insert(...)``; the
-blocking driver work runs in a small thread pool so that gRPC's event loop never waits on it.
+blocking driver work runs in small thread pools so that gRPC's event loop never waits on it:
+writes (and the ingest path's own reads, ``ingest=True``) on threads of their own, so that slow
+dashboard queries filling the query threads never hold up an acknowledgement.
 Results of any size are read with ``storage.stream(SQL, params)``: blocks of rows, one at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for_futures
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
 
-from .backends import Backend, RowStream, StorageError, StorageUnavailable, open_backend
+from .backends import Backend, StorageError, StorageUnavailable, open_backend
 from .migrations import MIGRATIONS, Migration, check_unique
 from .sql import Row, literal, render
 
 __all__ = [
+    "Blocks",
     "Row",
     "RowBlocks",
     "Storage",
@@ -35,6 +38,9 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
+B = TypeVar("B")
+B_co = TypeVar("B_co", covariant=True)
+
 STREAM_BLOCK_ROWS = 8192
 """Rows per streamed block: big enough that per-block overheads vanish, small enough that one
 block (and the one read ahead) stays a few MB."""
@@ -44,6 +50,9 @@ class Storage:
     def __init__(self, backend: Backend, workers: int = 4) -> None:
         self.backend = backend
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="storage")
+        # Group commit writes one flush at a time; the second thread serves the ingest path's
+        # duplicate-order check and order_dups inserts alongside it.
+        self._ingest_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="storage-ingest")
 
     @property
     def backend_name(self) -> str:
@@ -71,16 +80,20 @@ class Storage:
         self.backend.insert_arrow(table, columns, data)
 
     # Asynchronous API (servicers).
-    async def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Row]:
+    async def query(
+        self, sql: str, params: Mapping[str, Any] | None = None, *, ingest: bool = False
+    ) -> list[Row]:
+        """Rows of ``sql``; ``ingest=True`` for reads an acknowledgement waits on."""
         rendered = self.render(sql, params)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self.backend.execute, rendered)
+        pool = self._ingest_pool if ingest else self._pool
+        return await loop.run_in_executor(pool, self.backend.execute, rendered)
 
     async def insert(
         self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
     ) -> None:
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._pool, self.backend.insert, table, columns, rows)
+        await loop.run_in_executor(self._ingest_pool, self.backend.insert, table, columns, rows)
 
     def stream(
         self,
@@ -95,7 +108,20 @@ class Storage:
         read ahead). Use ``async with storage.stream(...) as blocks`` to start the query at once
         and to stop it for sure when leaving early; plain ``async for`` starts it on first use.
         """
-        return RowBlocks(self.backend, self._pool, self.render(sql, params), block_rows)
+        rendered = self.render(sql, params)
+        return RowBlocks(self._pool, lambda: self.backend.open_stream(rendered, block_rows))
+
+    def stream_text(
+        self,
+        sql: str,
+        params: Mapping[str, Any] | None = None,
+        block_rows: int = STREAM_BLOCK_ROWS,
+    ) -> Blocks[bytes]:
+        """The values of ``sql`` (one String column) as bytes, each followed by ``\\n``: blocks
+        as ``stream`` reads them, but passed on as ClickHouse wrote them, with no Python object
+        per row (for output that the query itself formats, as the CSV export does)."""
+        rendered = self.render(sql, params)
+        return Blocks(self._pool, lambda: self.backend.open_text_stream(rendered, block_rows))
 
     def migrate(self, migrations: tuple[Migration, ...] = MIGRATIONS) -> list[int]:
         """Apply every migration not yet recorded; return the versions applied now."""
@@ -125,6 +151,7 @@ class Storage:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self._ingest_pool.shutdown(wait=True)
         self.backend.close()
 
 
@@ -132,23 +159,28 @@ def open_storage(clickhouse_url: str, data_dir: Path) -> Storage:
     return Storage(open_backend(clickhouse_url, data_dir))
 
 
-class RowBlocks:
-    """A streaming query's blocks of rows (``Storage.stream``); an async iterator and context.
+class BlockStream(Protocol[B_co]):
+    """What a backend's ``open_stream``/``open_text_stream`` returns."""
+
+    def fetch(self) -> B_co | None: ...
+
+    def close(self) -> None: ...
+
+
+class Blocks(Generic[B]):
+    """A streaming query's blocks (``Storage.stream``, ``Storage.stream_text``); an async
+    iterator and context.
 
     Each block is fetched in the storage thread pool, the next one while the caller works on the
     current one. Closing waits for a fetch in flight (a driver connection is not to be closed
     under a running call), then stops the query and releases its connection.
     """
 
-    def __init__(
-        self, backend: Backend, pool: ThreadPoolExecutor, sql: str, block_rows: int
-    ) -> None:
-        self._backend = backend
+    def __init__(self, pool: ThreadPoolExecutor, start: Callable[[], BlockStream[B]]) -> None:
         self._pool = pool
-        self._sql = sql
-        self._block_rows = block_rows
-        self._stream: RowStream | None = None
-        self._pending: Future[list[Row] | None] | None = None
+        self._start = start
+        self._stream: BlockStream[B] | None = None
+        self._pending: Future[B | None] | None = None
         self._done = False
 
     async def open(self) -> None:
@@ -156,9 +188,7 @@ class RowBlocks:
         if self._stream is not None or self._done:
             return
         loop = asyncio.get_running_loop()
-        self._stream = await loop.run_in_executor(
-            self._pool, self._backend.open_stream, self._sql, self._block_rows
-        )
+        self._stream = await loop.run_in_executor(self._pool, self._start)
         self._pending = self._pool.submit(self._stream.fetch)
         try:
             await asyncio.wrap_future(self._pending)
@@ -166,10 +196,10 @@ class RowBlocks:
             await self.aclose()  # __aexit__ does not run when __aenter__ fails
             raise
 
-    def __aiter__(self) -> RowBlocks:
+    def __aiter__(self) -> Blocks[B]:
         return self
 
-    async def __anext__(self) -> list[Row]:
+    async def __anext__(self) -> B:
         await self.open()
         if self._pending is None:
             raise StopAsyncIteration
@@ -201,7 +231,7 @@ class RowBlocks:
 
         await asyncio.get_running_loop().run_in_executor(self._pool, finish)
 
-    async def __aenter__(self) -> RowBlocks:
+    async def __aenter__(self) -> Blocks[B]:
         await self.open()
         return self
 
@@ -212,3 +242,6 @@ class RowBlocks:
         traceback: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+RowBlocks = Blocks[list[Row]]

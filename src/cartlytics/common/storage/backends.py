@@ -1,7 +1,7 @@
 """The two ClickHouse backends behind one small interface.
 
-- ``ChdbBackend``: ClickHouse in-process (chdb), data in a local folder. One session per process,
-  so calls are serialised by a lock.
+- ``ChdbBackend``: ClickHouse in-process (chdb), data in a local folder. One embedded engine per
+  process, one connection to it per thread, so a slow query never waits for or blocks an INSERT.
 - ``ServerBackend``: a ClickHouse server over the native protocol (clickhouse-driver), one client
   per thread.
 
@@ -49,6 +49,23 @@ class Backend(Protocol):
         """Start ``sql`` and return its rows as a stream of blocks (see ``RowStream``)."""
         ...
 
+    def open_text_stream(self, sql: str, block_rows: int) -> TextStream:
+        """Start ``sql``, whose rows are one String column, and return its values as bytes: each
+        value followed by ``\\n``, as written (nothing escaped), a block at a time."""
+        ...
+
+
+class TextStream(Protocol):
+    """A one-column query's values as bytes, a block at a time (see ``Storage.stream_text``)."""
+
+    def fetch(self) -> bytes | None:
+        """The next block's bytes (maybe empty); None when the query is done."""
+        ...
+
+    def close(self) -> None:
+        """Stop the query (if still running) and release its connection."""
+        ...
+
 
 class RowStream(Protocol):
     """A query's rows in blocks, read as the caller asks (blocking; see ``Storage.stream``)."""
@@ -82,19 +99,39 @@ class ChdbBackend:
         from chdb import session  # imported here: the server backend must not need it
 
         path.mkdir(parents=True, exist_ok=True)
-        self._path, self._database = str(path), database  # for open_stream's own connections
-        self._lock = threading.Lock()
-        self._session = session.Session(str(path))
-        self._session.query(f"CREATE DATABASE IF NOT EXISTS {database}")
-        self._session.query(f"USE {database}")
-        self._session.query("SET output_format_json_quote_64bit_integers = 0")
+        self._path, self._database = str(path), database
+        # One connection per thread, not one shared session behind a lock: with a lock, every
+        # INSERT (so every acknowledgement) waited for whatever query ran, and a few dashboard
+        # queries in a row stalled ingestion for seconds (measured; tests/test_faults.py).
+        self._local = threading.local()
+        self._sessions: list[Any] = []
+        self._sessions_lock = threading.Lock()
+        first = session.Session(str(path))
+        first.query(f"CREATE DATABASE IF NOT EXISTS {database}")
+        self._setup(first)
+
+    def _setup(self, conn: Any) -> Any:
+        conn.query(f"USE {self._database}")
+        conn.query("SET output_format_json_quote_64bit_integers = 0")
+        with self._sessions_lock:
+            self._sessions.append(conn)
+        self._local.session = conn
+        return conn
+
+    def _session(self) -> Any:
+        """This thread's connection to the process's embedded engine (made on first use)."""
+        conn = getattr(self._local, "session", None)
+        if conn is None:
+            from chdb import session
+
+            conn = self._setup(session.Session(self._path))
+        return conn
 
     def execute(self, sql: str) -> list[Row]:
-        with self._lock:
-            try:
-                result = self._session.query(sql, "JSONCompact")
-            except Exception as exc:
-                raise StorageError(str(exc)) from exc
+        try:
+            result = self._session().query(sql, "JSONCompact")
+        except Exception as exc:
+            raise StorageError(str(exc)) from exc
         raw = result.bytes()
         if not raw:
             return []
@@ -121,37 +158,44 @@ class ChdbBackend:
             for row in rows
         )
         sql = f"INSERT INTO {table} ({names}) FORMAT JSONEachRow\n{lines}"
-        with self._lock:
-            try:
-                self._session.query(sql)
-            except Exception as exc:
-                raise StorageError(str(exc)) from exc
+        try:
+            self._session().query(sql)
+        except Exception as exc:
+            raise StorageError(str(exc)) from exc
 
     def insert_arrow(self, table: str, columns: Sequence[str], data: Any) -> None:
         """Insert a pyarrow Table (chdb reads it in place through the Python() table function)."""
         names = ", ".join(columns)
         arrow_rows = data  # the name the SQL below refers to
         sql = f"INSERT INTO {table} ({names}) SELECT {names} FROM Python(arrow_rows)"
-        with self._lock:
-            try:
-                self._session.query(sql)
-            except Exception as exc:
-                raise StorageError(str(exc)) from exc
+        try:
+            self._session().query(sql)
+        except Exception as exc:
+            raise StorageError(str(exc)) from exc
         del arrow_rows
 
     def close(self) -> None:
-        with self._lock:
-            self._session.close()
+        with self._sessions_lock:
+            sessions, self._sessions = self._sessions, []
+        for conn in sessions:
+            conn.close()
 
     def open_stream(self, sql: str, block_rows: int) -> RowStream:
         """Stream ``sql`` on a connection of its own to the same data folder.
 
         chdb runs one embedded server per process (one data folder), but that server takes any
         number of connections. A streaming query is cancelled by the next statement sent on its
-        connection, so it cannot share ``self._session`` (ingest writes there all the time), and
-        holding ``self._lock`` for a whole export would block ingestion for as long. A dedicated
-        connection streams without the lock; it is closed with the stream.
+        connection, so it cannot share a thread's connection (the thread serves other calls
+        between two fetches). A dedicated connection streams; it is closed with the stream.
         """
+        return _ChdbStream(*self._send(sql, block_rows, "JSONCompactEachRow"))
+
+    def open_text_stream(self, sql: str, block_rows: int) -> TextStream:
+        # TabSeparatedRaw: each value and a newline, unescaped: the bytes ClickHouse made are
+        # the bytes that go out, with no Python work per row.
+        return _ChdbTextStream(*self._send(sql, block_rows, "TabSeparatedRaw"))
+
+    def _send(self, sql: str, block_rows: int, output_format: str) -> tuple[Any, Any]:
         from chdb import session
 
         conn = session.Session(self._path)
@@ -159,11 +203,11 @@ class ChdbBackend:
             conn.query(f"USE {self._database}")
             for name, value in {**CHDB_STREAM_SETTINGS, "max_block_size": block_rows}.items():
                 conn.query(f"SET {name} = {int(value)}")
-            result = conn.send_query(sql, "JSONCompactEachRow")
+            result = conn.send_query(sql, output_format)
         except Exception as exc:
             conn.close()
             raise StorageError(str(exc)) from exc
-        return _ChdbStream(conn, result)
+        return conn, result
 
 
 # Settings of chdb's streaming connections. The engine runs inside this process, so its working
@@ -177,14 +221,14 @@ CHDB_STREAM_SETTINGS = {
 }
 
 
-class _ChdbStream:
-    """A chdb streaming result on its own connection; each fetch is one block (JSON rows)."""
+class _ChdbTextStream:
+    """A chdb streaming result on its own connection; each fetch is one block's output bytes."""
 
     def __init__(self, conn: Any, result: Any) -> None:
         self._conn: Any = conn
         self._result: Any = result
 
-    def fetch(self) -> list[Row] | None:
+    def fetch(self) -> bytes | None:
         if self._result is None:
             return None
         try:
@@ -195,13 +239,8 @@ class _ChdbStream:
         if chunk is None:
             self.close()
             return None
-        raw: bytes = chunk.bytes()
-        if not raw.strip():
-            return []
-        # JSONCompactEachRow: one JSON array per line, newlines inside strings escaped; one
-        # json.loads per block is ~3x faster than one per line.
-        rows = json.loads(b"[" + raw.rstrip(b"\n").replace(b"\n", b",") + b"]")
-        return list(map(tuple, rows))
+        data: bytes = chunk.bytes()
+        return data
 
     def close(self) -> None:
         result, conn = self._result, self._conn
@@ -211,6 +250,21 @@ class _ChdbStream:
                 result.cancel()
         if conn is not None:
             conn.close()
+
+
+class _ChdbStream(_ChdbTextStream):
+    """A chdb streaming result on its own connection; each fetch is one block (JSON rows)."""
+
+    def fetch(self) -> list[Row] | None:  # type: ignore[override]
+        raw = super().fetch()
+        if raw is None:
+            return None
+        if not raw.strip():
+            return []
+        # JSONCompactEachRow: one JSON array per line, newlines inside strings escaped; one
+        # json.loads per block is ~3x faster than one per line.
+        rows = json.loads(b"[" + raw.rstrip(b"\n").replace(b"\n", b",") + b"]")
+        return list(map(tuple, rows))
 
 
 def _plain(value: Any) -> Any:
@@ -310,6 +364,15 @@ class ServerBackend:
         rows = client.execute_iter(sql, settings={"max_block_size": block_rows})
         return _ServerStream(client, rows, block_rows)
 
+    def open_text_stream(self, sql: str, block_rows: int) -> TextStream:
+        """As ``open_stream``, the values kept as the server's bytes (no decoding per row)."""
+        from clickhouse_driver import Client
+
+        params = {**self._params, "settings": {"strings_as_bytes": True}}
+        client = Client(database=self._database, **params)
+        rows = client.execute_iter(sql, settings={"max_block_size": block_rows})
+        return _ServerTextStream(_ServerStream(client, rows, block_rows))
+
 
 class _ServerStream:
     """clickhouse-driver's row iterator, cut into blocks; values made plain as ``execute``'s."""
@@ -353,6 +416,22 @@ class _ServerStream:
         client, self._client = self._client, None
         if client is not None:
             client.disconnect()
+
+
+class _ServerTextStream:
+    """One-column rows of bytes from ``_ServerStream``, each block joined into one piece."""
+
+    def __init__(self, rows: _ServerStream) -> None:
+        self._rows = rows
+
+    def fetch(self) -> bytes | None:
+        block = self._rows.fetch()
+        if block is None:
+            return None
+        return b"".join(row[0] + b"\n" for row in block)
+
+    def close(self) -> None:
+        self._rows.close()
 
 
 def open_backend(clickhouse_url: str, data_dir: Path) -> Backend:

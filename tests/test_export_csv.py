@@ -1,0 +1,131 @@
+"""The CSV export's fast path (lines written by ClickHouse) against the Python CSV encoder.
+
+Two independent writers of the same file: ``csv_sql.py`` formats each row in SQL, on ClickHouse
+18.16 and on chdb; ``formats.CsvEncoder`` (the csv module, ``LocalTime`` over zoneinfo) formats
+the same rows in Python. Over hostile text (would-be formulas, quotes, commas, line breaks,
+tabs, non-ASCII), times around DST changes and in zones with odd offsets, and rows stored twice,
+both must give the same bytes; the end-to-end tests in test_export.py then check the content
+against the oracle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from cartlytics.common.storage import Storage
+from cartlytics.export.csv_sql import csv_header
+from cartlytics.export.exporter import Exporter
+from cartlytics.export.formats import CsvEncoder, LocalTime
+from cartlytics.export.request import ExportQuery
+from cartlytics.export.sources import SOURCES, Scope
+from cartlytics.ingest.ingestor import EVENTS, ORDER_ITEMS
+from tests.test_export import _event_row, _item_row
+
+TEXTS = [
+    '=HYPERLINK("http://evil.example/?x=1,2","click me")',
+    "+1",
+    "-42",
+    "@SUM(A1)",
+    "\tindented",
+    "\rreturn first",
+    "a,b",
+    'say "hi"',
+    "line one\nline two",
+    "crlf\r\ninside",
+    "Ünïcødé ✓ 日本語",
+    "",
+    "plain",
+    "'already quoted",
+    "x=1",  # a formula character not at the start: untouched
+]
+ZONES = ["UTC", "America/New_York", "Pacific/Chatham", "America/St_Johns", "Asia/Kathmandu"]
+# Around the 2025 DST changes of New York (Mar 9 07:00 UTC, Nov 2 06:00 UTC) and Chatham
+# (Apr 6 at 02:00 UTC), with milliseconds either side of each.
+MOMENTS = [
+    datetime(2025, 3, 9, 6, 59, 59, 999000, tzinfo=UTC),
+    datetime(2025, 3, 9, 7, 0, 0, 0, tzinfo=UTC),
+    datetime(2025, 4, 6, 1, 59, 59, 500000, tzinfo=UTC),
+    datetime(2025, 4, 6, 2, 0, 0, 1000, tzinfo=UTC),
+    datetime(2025, 11, 2, 5, 59, 59, 123000, tzinfo=UTC),
+    datetime(2025, 11, 2, 6, 0, 0, 7000, tzinfo=UTC),
+    datetime(2025, 12, 31, 23, 59, 59, 999000, tzinfo=UTC),
+]
+KINDS = ["orders", "order_items", "events", "customers"]
+
+
+def _load(storage: Storage, project_id: str) -> None:
+    events, items = [], []
+    for n, text in enumerate(TEXTS * 2):
+        ts = MOMENTS[n % len(MOMENTS)] + timedelta(days=n // len(MOMENTS))
+        other = TEXTS[(n + 5) % len(TEXTS)]
+        order = {
+            "event": "order_completed", "event_id": f"o{n}", "order_id": f"{text}#{n}",
+            "total": (n - 3) * 1999, "currency": "EUR", "visitor_id": other, "user_id": other,
+        }  # fmt: skip
+        events.append(
+            _event_row(project_id, ts=ts, page=text, product_id=other, utm_source=text,
+                       properties=f'{{"note": "{n}"}}', **order)
+        )  # fmt: skip
+        events.append(_event_row(project_id, event_id=f"e{n}", event="page_view", ts=ts, page=text))
+        for line in range(n % 3):
+            items.append(
+                _item_row(project_id, order_id=f"{text}#{n}", event_id=f"o{n}", line=line,
+                          product_id=f"{other}/{line}", name=text, category=other, price=999,
+                          quantity=line + 1, ts=ts, visitor_id=other, currency="EUR")
+            )  # fmt: skip
+    # Stored twice: an event at the same time, and one an hour later (the earlier one counts).
+    events.append(events[1])
+    late = list(events[3])
+    late[EVENTS.columns.index("ts")] = late[EVENTS.columns.index("received_at")] = MOMENTS[
+        1
+    ] + timedelta(hours=1)
+    events.append(tuple(late))
+    storage.insert_sync("events", EVENTS.columns, events)
+    storage.insert_sync("order_items", ORDER_ITEMS.columns, items)
+
+
+async def _reference(storage: Storage, project_id: str, query: ExportQuery) -> bytes:
+    """The same export through the rows path and the Python CSV encoder."""
+    exporter = Exporter(storage)
+    plan = exporter.plan(query)
+    source = SOURCES[plan.type](storage, Scope.of(storage, project_id, plan))
+    encoder = CsvEncoder(source.columns, LocalTime(plan.zone))
+    data = b""
+    async for batch in source.batches():
+        data += encoder.encode(batch())
+    return data + b"".join(encoder.finish())
+
+
+async def _fast(storage: Storage, project_id: str, query: ExportQuery) -> bytes:
+    exporter = Exporter(storage)
+    return b"".join([chunk async for chunk in exporter.export(project_id, exporter.plan(query))])
+
+
+@pytest.mark.parametrize("zone", ZONES)
+def test_clickhouse_writes_the_same_csv_as_the_python_encoder(
+    storage: Storage, project_id: str, zone: str
+) -> None:
+    _load(storage, project_id)
+    for kind in KINDS:
+        query = ExportQuery(type=kind, format="csv", timezone=zone, start="2025-01-01")
+        fast = asyncio.run(_fast(storage, project_id, query))
+        reference = asyncio.run(_reference(storage, project_id, query))
+        rows = list(csv.reader(io.StringIO(reference.decode(), newline="")))
+        assert len(rows) > 10, kind  # the data is there: the comparison is not of two empties
+        assert fast == reference, kind
+
+
+def test_an_empty_csv_export_is_its_header(storage: Storage, project_id: str) -> None:
+    for kind in KINDS:
+        query = ExportQuery(type=kind, format="csv", start="2025-01-01")
+        fast = asyncio.run(_fast(storage, project_id, query))
+        assert fast == asyncio.run(_reference(storage, project_id, query)), kind
+        source = SOURCES[kind](
+            storage, Scope.of(storage, project_id, Exporter(storage).plan(query))
+        )
+        assert fast == csv_header(source.columns)
