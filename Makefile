@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit gen docs venv clean bench-ingest bench-metrics
+.PHONY: run test lint typecheck unit gen docs venv clean bench bench-ingest bench-metrics
 
 venv: $(STAMP)
 
@@ -32,6 +32,11 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+## bench: every benchmark with its references, on chdb and (when on PATH) clickhouse-server, into
+## bench/results/latest.{json,md} (~45 min; BENCH_ARGS=--quick: ~5 min, bench/results/quick.*)
+bench: $(STAMP)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
 ## bench-ingest / bench-metrics: the benchmarks quoted in the README (minutes; not part of `make test`)
 bench-ingest: $(STAMP)
 	$(BIN)/python bench/ingest.py --seconds 10 --connections 8
@@ -44,7 +49,7 @@ bench-metrics: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/python tools/update_readme_config.py
 
-## gen: regenerate Python code, type stubs and the descriptor set from proto/
+## gen: regenerate Python code, type stubs, the descriptor set and docs/openapi.json from proto/
 gen: $(STAMP)
 	$(BIN)/python tools/gen_protos.py
 

@@ -42,14 +42,22 @@ Columns = dict[str, Any]
 
 
 def blocks(
-    project_id: str, total: int, now: datetime, block: int = 500_000, seed: int = 1
+    project_id: str,
+    total: int,
+    now: datetime,
+    block: int = 500_000,
+    seed: int = 1,
+    first: int = 0,
 ) -> Iterator[tuple[Columns, Columns, Columns, Columns]]:
     """Yield (events, order_items, order_lines, product_names) columns for blocks of up to
-    ``block`` events (the tables ingest writes, as it would write them)."""
-    rng = np.random.default_rng(seed)
+    ``block`` events (the tables ingest writes, as it would write them).
+
+    ``first`` numbers the events from there, so a store can be grown in steps (1M, then 9M
+    more) without repeating ids; 0 gives the same data as before."""
+    rng = np.random.default_rng(seed if not first else [seed, first])
     end = now.timestamp() - 60
     start = end - 365 * 86400
-    visitors = max(1000, total // 50)
+    visitors = max(1000, (first + total) // 50)
     made = 0
     while made < total:
         n = min(block, total - made)
@@ -60,10 +68,9 @@ def blocks(
         product = rng.integers(0, 500, size=n)
         currency = CURRENCIES[rng.integers(0, len(CURRENCIES), size=n)]
         is_order = kinds == 5
-        ids = np.char.add("evt_demo_", (np.arange(made, made + n)).astype(str))
-        order_ids = np.where(
-            is_order, np.char.add("ord_", (np.arange(made, made + n)).astype(str)), ""
-        )
+        serial = np.arange(first + made, first + made + n).astype(str)
+        ids = np.char.add("evt_demo_", serial)
+        order_ids = np.where(is_order, np.char.add("ord_", serial), "")
         visitor_ids = np.char.add("v_", visitor.astype(str))
         lines = np.where(is_order, rng.integers(1, 4, size=n), 0)
         prices = rng.integers(5, 200, size=(n, 3)) * 100 - 1
@@ -154,14 +161,19 @@ def blocks(
         yield events_cols, items_cols, lines_cols, names_cols
 
 
-def load(storage: Storage, project_id: str, total: int, now: datetime | None = None) -> None:
-    """Write ``total`` synthetic events (and their order lines), printing progress."""
+def load(
+    storage: Storage, project_id: str, total: int, now: datetime | None = None, first: int = 0
+) -> None:
+    """Write ``total`` synthetic events (and their order lines), printing progress; ids are
+    numbered from ``first``."""
     import pyarrow as pa
 
     now = now or datetime.now(UTC)
     started = time.perf_counter()
     done = 0
-    for events_cols, items_cols, lines_cols, names_cols in blocks(project_id, total, now):
+    for events_cols, items_cols, lines_cols, names_cols in blocks(
+        project_id, total, now, first=first
+    ):
         for spec, cols in (
             (ORDER_ITEMS, items_cols),
             (EVENTS, events_cols),

@@ -7,10 +7,17 @@ asked over the same channel) and `GET /metrics` (Prometheus).
 
 The handler never raises: an unexpected error is logged with its traceback and answered
 `500 {"code": 13, "message": "internal error"}`, with nothing of the exception sent to the client.
+
+Request hygiene (`GatewayLimits`, from the config table): a body past the limit is 413 without
+being buffered, a request target too long 414, too many query parameters 400, a header too long
+or too many headers 431, a body that does not arrive in time 408; a connection that does not
+send complete headers in time is closed (slowloris). Requests aiohttp's parser refuses get the
+same JSON error body as every other error (`GatewayRunner`), never aiohttp's plain text.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -22,11 +29,24 @@ from typing import Any
 import grpc
 import structlog
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.web_log import AccessLogger
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
+from aiohttp.web_request import BaseRequest
 from grpc_health.v1 import health_pb2
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from cartlytics.common.config import SETTINGS
+
 from . import metrics
-from .status import GatewayError, error_body, http_status_for, status_from_rpc
+from .status import (
+    GatewayError,
+    error_body,
+    http_status_for,
+    retry_after_from_rpc,
+    status_from_rpc,
+)
 from .transcoding import (
     Route,
     RouteTable,
@@ -36,12 +56,19 @@ from .transcoding import (
     render_response,
 )
 
-__all__ = ["FORWARDED_REQUEST_HEADERS", "FORWARDED_RESPONSE_HEADERS", "create_app", "serve_gateway"]
+__all__ = [
+    "FORWARDED_REQUEST_HEADERS",
+    "FORWARDED_RESPONSE_HEADERS",
+    "GatewayLimits",
+    "GatewayRunner",
+    "create_app",
+    "serve_gateway",
+]
 
 _log = structlog.get_logger(__name__)
 
 JSON_CONTENT_TYPE = "application/json"
-DEFAULT_MAX_BODY_BYTES = 1 << 20
+DEFAULT_MAX_BODY_BYTES = int(SETTINGS["max_body_bytes"].default)
 FORWARDED_REQUEST_HEADERS = ("authorization",)
 """Request headers passed to the service as gRPC metadata under the same name."""
 FORWARDED_RESPONSE_HEADERS = frozenset({"content-disposition", "retry-after", "x-request-id"})
@@ -50,6 +77,37 @@ _SUCCESS_CODE_KEY = "x-http-code"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _HEALTH_TIMEOUT_S = 2.0
 _Metadata = Iterable[tuple[str, str | bytes]]
+
+
+def _default(name: str) -> Any:
+    setting = SETTINGS[name]
+    return setting.parse(setting.default)
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayLimits:
+    """What one REST request may be; the defaults are the config table's."""
+
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_url_bytes: int = _default("http_max_url_bytes")
+    max_query_params: int = _default("http_max_query_params")
+    max_header_bytes: int = _default("http_max_header_bytes")
+    max_headers: int = _default("http_max_headers")
+    header_timeout: float = _default("http_header_timeout")
+    body_timeout: float = _default("http_body_timeout")
+
+    @property
+    def parser_line_bytes(self) -> int:
+        """aiohttp's request-line limit: a backstop past ours (checked in the handler, 414).
+
+        Kept different from the header limit so that the limit a LineTooLong reports tells
+        which of the two was broken.
+        """
+        backstop = 2 * self.max_url_bytes
+        return backstop + 1 if backstop == self.max_header_bytes else backstop
+
+
+_LIMITS_KEY = web.AppKey("gateway_limits", GatewayLimits)
 
 
 @dataclass(slots=True)
@@ -70,14 +128,14 @@ class _Gateway:
         self,
         channel: grpc.aio.Channel,
         routes: RouteTable,
-        max_body_bytes: int,
+        limits: GatewayLimits,
         upstreams: Mapping[str, grpc.aio.Channel] | None = None,
     ) -> None:
         self._channel = channel
         # Per-service channels (microservices mode); services not listed use `channel`.
         self._upstreams = dict(upstreams or {})
         self._routes = routes
-        self._max_body_bytes = max_body_bytes
+        self._limits = limits
         self._callables: dict[str, Any] = {}
         self._health_check = channel.unary_unary(
             "/grpc.health.v1.Health/Check",
@@ -97,6 +155,10 @@ class _Gateway:
         except GatewayError as exc:
             outcome.code = exc.code
             response = _json_error(exc.http_status, error_body(exc.code, exc.message), request_id)
+            if exc.http_status in (408, 413):
+                # Not kept alive: the rest of the body is unwanted (aiohttp discards what is
+                # already on its way, at most lingering_time, so the client reads the error).
+                response.force_close()
         except Exception:
             outcome.code = grpc.StatusCode.INTERNAL
             _log.exception("gateway.unhandled_error", route=outcome.route, request_id=request_id)
@@ -114,6 +176,7 @@ class _Gateway:
     async def _dispatch(
         self, request: web.Request, request_id: str, outcome: _Outcome
     ) -> web.StreamResponse:
+        self._check_target(request)
         match = self._routes.match(request.method, request.rel_url.raw_path)
         if match is None:
             shown = request.rel_url.raw_path[:200]
@@ -135,9 +198,27 @@ class _Gateway:
             return await self._server_stream(request, route, message, metadata, outcome, request_id)
         return await self._unary(route, message, metadata, outcome, request_id)
 
+    def _check_target(self, request: web.Request) -> None:
+        """414 past the request-target limit, 400 past the query-parameter count."""
+        limits = self._limits
+        if len(request.raw_path) > limits.max_url_bytes:
+            raise GatewayError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"request target exceeds {limits.max_url_bytes} bytes",
+                http_status=414,
+            )
+        query = request.rel_url.raw_query_string
+        count = sum(1 for pair in query.split("&") if pair) if query else 0
+        if count > limits.max_query_params:
+            raise GatewayError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"too many query parameters: {count}, at most {limits.max_query_params}",
+            )
+
     async def _read_body(self, request: web.Request) -> bytes:
-        """The request body, refused with 413 past the limit without buffering the excess."""
-        limit = self._max_body_bytes
+        """The request body, refused with 413 past the limit without buffering the excess,
+        and with 408 when it does not arrive within the body timeout."""
+        limit = self._limits.max_body_bytes
         too_large = GatewayError(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             f"request body exceeds {limit} bytes",
@@ -146,10 +227,25 @@ class _Gateway:
         if request.content_length is not None and request.content_length > limit:
             raise too_large
         body = bytearray()
-        async for chunk in request.content.iter_any():
-            body += chunk
-            if len(body) > limit:
-                raise too_large
+        try:
+            async with asyncio.timeout(self._limits.body_timeout):
+                async for chunk in request.content.iter_any():
+                    body += chunk
+                    if len(body) > limit:
+                        raise too_large
+        except TimeoutError:
+            raise GatewayError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"request body not received within {self._limits.body_timeout:g} s",
+                http_status=408,
+            ) from None
+        except (RequestPayloadError, BadHttpMessage):
+            # A Content-Encoding (gzip, deflate, br) aiohttp could not decode, or a body cut
+            # short: the client's fault, once a 500.
+            raise GatewayError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "request body could not be read (check its Content-Encoding and length)",
+            ) from None
         return bytes(body)
 
     async def _unary(
@@ -249,6 +345,10 @@ class _Gateway:
         body = status_from_rpc(code, err.details() or "", trailing, self._routes.pool)
         headers = _response_headers(request_id, err.initial_metadata(), trailing)
         headers["Content-Type"] = JSON_CONTENT_TYPE
+        if "retry-after" not in headers:  # the service sent RetryInfo only: derive the header
+            retry_after = retry_after_from_rpc(trailing)
+            if retry_after is not None:
+                headers["Retry-After"] = retry_after
         return web.Response(status=http_status_for(code), body=body, headers=headers)
 
     def _callable(self, route: Route) -> Any:
@@ -296,15 +396,18 @@ def create_app(
     routes: RouteTable | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     upstreams: Mapping[str, grpc.aio.Channel] | None = None,
+    limits: GatewayLimits | None = None,
 ) -> web.Application:
     """The gateway application over `channel` (routes default to the generated descriptor set).
 
     ``upstreams`` maps a full service name to its own channel, for services run apart.
+    ``limits`` (default: the config defaults with ``max_body_bytes``) also sets the parser
+    limits and timeouts when the app is run by `GatewayRunner`.
     """
-    gateway = _Gateway(
-        channel, routes if routes is not None else load_routes(), max_body_bytes, upstreams
-    )
-    app = web.Application()
+    limits = limits if limits is not None else GatewayLimits(max_body_bytes=max_body_bytes)
+    gateway = _Gateway(channel, routes if routes is not None else load_routes(), limits, upstreams)
+    app = web.Application(middlewares=[_json_router_errors])
+    app[_LIMITS_KEY] = limits
     app.router.add_get("/healthz", gateway.healthz, allow_head=False)
     app.router.add_get("/metrics", gateway.metrics, allow_head=False)
     app.router.add_route("*", "/{tail:.*}", gateway.handle)
@@ -323,13 +426,152 @@ async def serve_gateway(
 
     With port 0 the bound address is in `runner.addresses`.
     """
-    runner = web.AppRunner(create_app(channel, routes=routes, max_body_bytes=max_body_bytes))
+    runner = GatewayRunner(create_app(channel, routes=routes, max_body_bytes=max_body_bytes))
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner
 
 
+class GatewayRunner(web.AppRunner):
+    """An AppRunner for a `create_app` application that enforces its `GatewayLimits` at the
+    connection level: aiohttp's parser limits, the header timeout, and JSON error bodies for
+    the requests the parser refuses (`_RequestHandler`)."""
+
+    def __init__(
+        self,
+        app: web.Application,
+        *,
+        handle_signals: bool = False,
+        shutdown_timeout: float = 60.0,
+        access_log_class: type[AbstractAccessLogger] = AccessLogger,
+        **kwargs: Any,
+    ) -> None:
+        limits = app.get(_LIMITS_KEY) or GatewayLimits()
+        self._limits = limits
+        self._server_kwargs: dict[str, Any] = {
+            "max_line_size": limits.parser_line_bytes,
+            "max_field_size": limits.max_header_bytes,
+            "max_headers": limits.max_headers,
+            # aiohttp closes a connection whose next request head is not complete this long
+            # after it opened (or after the previous response): the header timeout.
+            "keepalive_timeout": limits.header_timeout,
+            "access_log_class": access_log_class,
+            **kwargs,
+        }
+        super().__init__(
+            app,
+            handle_signals=handle_signals,
+            shutdown_timeout=shutdown_timeout,
+            access_log_class=access_log_class,
+            **kwargs,
+        )
+
+    async def _make_server(self) -> web.Server:
+        base = await super()._make_server()  # starts and freezes the app
+        return _Server(
+            base.request_handler,
+            request_factory=base.request_factory,
+            handler_cancellation=base.handler_cancellation,
+            limits=self._limits,
+            **self._server_kwargs,
+        )
+
+
+class _Server(web.Server):
+    """aiohttp's low-level server, with our connection handler."""
+
+    def __init__(
+        self,
+        handler: Any,
+        *,
+        request_factory: Any,
+        handler_cancellation: bool,
+        limits: GatewayLimits,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            handler,
+            request_factory=request_factory,
+            handler_cancellation=handler_cancellation,
+            **kwargs,
+        )
+        self._limits = limits
+        self._handler_kwargs = kwargs  # what each connection's RequestHandler takes
+
+    def __call__(self) -> RequestHandler:
+        return _RequestHandler(self, self._limits, loop=self._loop, **self._handler_kwargs)
+
+
+class _RequestHandler(RequestHandler):
+    """aiohttp's connection handler, answering what its parser refuses as the gateway does:
+    a JSON google.rpc.Status with 414 / 431 / 400, and a one-line log instead of a traceback
+    (malformed requests are the client's problem, and cheap to send by the thousand)."""
+
+    def __init__(self, manager: web.Server, limits: GatewayLimits, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._limits = limits
+
+    def log_exception(self, *args: Any, **kwargs: Any) -> None:
+        # After the response, aiohttp reads what is left of the body and logs a traceback when
+        # that body cannot be decoded (bad Content-Encoding): the client's problem, one line.
+        error = kwargs.get("exc_info")
+        if isinstance(error, RequestPayloadError | BadHttpMessage):
+            _log.info("gateway.unreadable_body", reason=" ".join(str(error).split())[:200])
+            return
+        super().log_exception(*args, **kwargs)
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:  # as aiohttp: too late for another response
+            raise ConnectionError("response already started")
+        limits = self._limits
+        code = grpc.StatusCode.INVALID_ARGUMENT
+        if isinstance(exc, LineTooLong):
+            if [str(a) for a in exc.args[1:2]] == [str(limits.parser_line_bytes)]:
+                status, text = 414, f"request target exceeds {limits.max_url_bytes} bytes"
+            else:
+                code = grpc.StatusCode.RESOURCE_EXHAUSTED
+                status, text = 431, f"a request header exceeds {limits.max_header_bytes} bytes"
+        elif isinstance(exc, BadHttpMessage) and "Too many headers" in str(exc):
+            code = grpc.StatusCode.RESOURCE_EXHAUSTED
+            status, text = 431, f"more than {limits.max_headers} request headers"
+        elif status < 500:
+            text = "malformed HTTP request"
+        else:
+            code, text = grpc.StatusCode.INTERNAL, "internal error"
+        if status >= 500:
+            _log.error("gateway.unhandled_error", exc_info=exc)
+        else:
+            _log.info("gateway.malformed_request", status=status, reason=type(exc).__name__)
+        response = web.Response(
+            status=status, body=error_body(code, text), content_type=JSON_CONTENT_TYPE
+        )
+        response.force_close()
+        return response
+
+
 # ---------------------------------------------------------------------- helpers
+
+
+@web.middleware
+async def _json_router_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """The router's own refusals (a request target the catch-all route cannot match, such as
+    `OPTIONS *`) with the JSON error body, not aiohttp's plain text."""
+    try:
+        response: web.StreamResponse = await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = grpc.StatusCode.NOT_FOUND if exc.status == 404 else grpc.StatusCode.INVALID_ARGUMENT
+        shown = request.rel_url.raw_path[:200]
+        body = error_body(code, f"no method is bound to {request.method} {shown}")
+        return _json_error(exc.status, body, _request_id(request))
+    return response
 
 
 def _serialize(message: Any) -> bytes:

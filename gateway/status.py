@@ -9,26 +9,28 @@ its details (BadRequest, RetryInfo, ...) unpacked.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import grpc
 import structlog
 from google.protobuf import any_pb2, descriptor_pool, json_format, message_factory
-from google.rpc import error_details_pb2, status_pb2  # noqa: F401 - see below
+from google.rpc import error_details_pb2, status_pb2
 
 __all__ = [
     "GatewayError",
     "error_body",
     "http_status_for",
+    "retry_after_from_rpc",
     "status_from_rpc",
 ]
 
 _log = structlog.get_logger(__name__)
 
 
-# error_details_pb2 is imported for its side effect: the google.rpc.* detail messages must be in
-# the default pool so that the Any values of a Status can be unpacked to JSON.
+# error_details_pb2 is also imported for its side effect: the google.rpc.* detail messages must be
+# in the default pool so that the Any values of a Status can be unpacked to JSON.
 
 _HTTP_BY_GRPC: Mapping[grpc.StatusCode, int] = {
     grpc.StatusCode.OK: 200,
@@ -112,6 +114,26 @@ def status_from_rpc(
         return error_body(code, message)
     details = [d for d in (_detail_json(a, pool) for a in status.details) if d is not None]
     return error_body(code_from_number(status.code), status.message, details)
+
+
+def retry_after_from_rpc(trailing_metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
+    """An HTTP ``Retry-After`` (whole seconds, rounded up, at least 1) from a status' RetryInfo.
+
+    For services that send the RetryInfo detail but not the ``retry-after`` metadata.
+    """
+    raw = _details_bin(trailing_metadata)
+    if raw is None:
+        return None
+    try:
+        status = status_pb2.Status.FromString(raw)
+    except Exception:  # a corrupt trailer: status_from_rpc has logged it
+        return None
+    for detail in status.details:
+        info = error_details_pb2.RetryInfo()
+        if detail.Unpack(info):
+            seconds = info.retry_delay.seconds + info.retry_delay.nanos / 1e9
+            return str(max(1, math.ceil(seconds)))
+    return None
 
 
 def _details_bin(metadata: Iterable[tuple[str, str | bytes]] | None) -> bytes | None:

@@ -70,11 +70,15 @@ class Api:
     """What the gateway has to serve, read from src/cartlytics/gen/analytics.pb."""
 
     files: tuple[descriptor_pb2.FileDescriptorProto, ...]
+    # The public services: those with a google.api.http rule, which Envoy transcodes and routes.
     services: frozenset[str]
     # gRPC paths (`/<package>.<Service>/<Method>`) of the methods with a google.api.http rule.
     http_methods: tuple[str, ...]
     # gRPC path -> (analytics.options.v1.http_success_code), for the methods that declare one.
     success_codes: dict[str, int]
+    # Services with no google.api.http rule at all (AdminService): gRPC only, inside the
+    # cluster; Envoy must neither transcode nor route them.
+    grpc_only: frozenset[str] = frozenset()
 
 
 def load_api(path: Path = DESCRIPTOR_SET) -> Api:
@@ -84,12 +88,14 @@ def load_api(path: Path = DESCRIPTOR_SET) -> Api:
     services: set[str] = set()
     http_methods: list[str] = []
     success_codes: dict[str, int] = {}
+    grpc_only: set[str] = set()
     for file in fds.file:
         if not file.package.startswith("analytics."):
             continue
         for service in file.service:
             full_name = f"{file.package}.{service.name}"
-            services.add(full_name)
+            bound = any(m.options.HasExtension(annotations_pb2.http) for m in service.method)
+            (services if bound else grpc_only).add(full_name)
             for method in service.method:
                 grpc_path = f"/{full_name}/{method.name}"
                 if method.options.HasExtension(annotations_pb2.http):
@@ -97,7 +103,13 @@ def load_api(path: Path = DESCRIPTOR_SET) -> Api:
                 code_option = options_pb2.http_success_code
                 if method.options.HasExtension(code_option):  # type: ignore[arg-type]
                     success_codes[grpc_path] = method.options.Extensions[code_option]  # type: ignore[index]
-    return Api(tuple(fds.file), frozenset(services), tuple(http_methods), success_codes)
+    return Api(
+        tuple(fds.file),
+        frozenset(services),
+        tuple(http_methods),
+        success_codes,
+        frozenset(grpc_only),
+    )
 
 
 API = load_api()
@@ -384,6 +396,16 @@ def check_methods_reachable(gw: Gateway, api: Api) -> None:
         assert route.match.prefix == f"/{service}/", f"{grpc_path}: caught by {route.name}"
 
 
+def check_grpc_only_unreachable(gw: Gateway, api: Api) -> None:
+    assert api.grpc_only, "the descriptor set has a gRPC-only service (AdminService)"
+    for service in sorted(api.grpc_only):
+        assert service not in gw.transcoder.services, f"{service}: transcoded by the gateway"
+        route = route_for(gw, f"/{service}/CreateKey")
+        assert route is not None and route.HasField("direct_response"), (
+            f"{service}: the public gateway forwards it ({route.name if route else 'no route'})"
+        )
+
+
 def check_clusters(gw: Gateway) -> None:
     for cluster in gw.clusters.values():
         assert cluster.type == cluster_pb2.Cluster.STRICT_DNS, cluster.name
@@ -434,6 +456,11 @@ def test_descriptor_set_has_the_three_services() -> None:
         "analytics.metrics.v1.MetricsService",
         "analytics.export.v1.ExportService",
     }
+    assert API.grpc_only == {"analytics.admin.v1.AdminService"}
+
+
+def test_admin_service_is_not_behind_the_public_gateway(gw: Gateway) -> None:
+    check_grpc_only_unreachable(gw, API)
 
 
 def test_envoy_accepts_the_config(gw: Gateway) -> None:
@@ -642,6 +669,19 @@ def _lua_without_header(raw: RawConfig) -> None:
     config["default_source_code"]["inline_string"] = "function envoy_on_response(h) end"
 
 
+def _route_admin(raw: RawConfig) -> None:
+    routes = _routes(raw)
+    admin = copy.deepcopy(next(r for r in routes if r["name"] == "metrics"))
+    admin["name"] = "admin"
+    admin["match"]["prefix"] = "/analytics.admin.v1.AdminService/"
+    routes.insert(0, admin)
+
+
+def _transcode_admin(raw: RawConfig) -> None:
+    config = _http_filter(raw, "GrpcJsonTranscoder")["typed_config"]
+    config["services"].append("analytics.admin.v1.AdminService")
+
+
 def _export_timeout(raw: RawConfig) -> None:
     next(r for r in _routes(raw) if r["name"] == "export")["route"]["timeout"] = "30s"
 
@@ -664,6 +704,8 @@ MUTATIONS: list[tuple[Callable[[RawConfig], None], Check]] = [
     (_lenient_query, check_transcoder_options),
     (_lua_without_header, check_lua),
     (_export_timeout, lambda gw: check_timeouts(gw, API)),
+    (_route_admin, lambda gw: check_grpc_only_unreachable(gw, API)),
+    (_transcode_admin, lambda gw: check_grpc_only_unreachable(gw, API)),
 ]
 
 

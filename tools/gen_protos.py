@@ -1,6 +1,7 @@
 """Generate Python code, type stubs and the descriptor set from proto/.
 
-Usage: python tools/gen_protos.py [OUT_DIR]   (default: src/cartlytics/gen)
+Usage: python tools/gen_protos.py [OUT_DIR]   (default: src/cartlytics/gen, and then
+docs/openapi.json through tools/gen_openapi.py)
 
 protoc writes `from analytics.ingest.v1 import ...`; `analytics` is an unrelated PyPI package, so
 the imports are rewritten to live under `cartlytics.gen`, the one place generated code lives.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -65,4 +67,9 @@ def generate(out_dir: Path) -> None:
 
 
 if __name__ == "__main__":
-    generate(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_OUT)
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_OUT
+    generate(out)
+    if out == DEFAULT_OUT:
+        # docs/openapi.json is derived from the descriptor set just written; a fresh interpreter
+        # so that it reads the regenerated code.
+        subprocess.run([sys.executable, str(ROOT / "tools" / "gen_openapi.py")], check=True)

@@ -273,7 +273,7 @@ class Ingestor:
         rows at query time.
         """
         rows = await self._storage.query(
-            DUPLICATE_ORDERS, {"project": project_id, "ids": order_ids}
+            DUPLICATE_ORDERS, {"project": project_id, "ids": order_ids}, ingest=True
         )
         if rows:
             await self._storage.insert(

@@ -23,6 +23,8 @@ MAX_ID_LENGTH = 256
 MAX_EVENT_BYTES = 32 * 1024
 MAX_FUTURE = timedelta(hours=1)
 MAX_AGE = timedelta(days=366)
+FUTURE_RULE = "must not be more than 1 hour in the future"
+AGE_RULE = "must not be more than 366 days old"
 
 
 @dataclass
@@ -38,6 +40,8 @@ class IncomingEvent:
     sent_at: datetime | None = None
     properties: dict[str, Any] = field(default_factory=dict)
     context: dict[str, Any] = field(default_factory=dict)
+    decode_violations: list[FieldViolation] = field(default_factory=list)
+    """What could not even be decoded from the wire (e.g. a Timestamp out of range)."""
 
 
 @dataclass(frozen=True)
@@ -248,11 +252,20 @@ def _event_time(
         return received_at
     timestamp = incoming.timestamp
     if incoming.sent_at is not None:
-        timestamp = received_at - (incoming.sent_at - incoming.timestamp)
+        # Checked as a skew first: the corrected time of a sentAt centuries away from the
+        # timestamp is no representable date (an OverflowError, once a 500).
+        skew = incoming.sent_at - incoming.timestamp
+        if skew < -MAX_FUTURE:
+            violations.append(FieldViolation("timestamp", FUTURE_RULE))
+            return received_at
+        if skew > MAX_AGE:
+            violations.append(FieldViolation("timestamp", AGE_RULE))
+            return received_at
+        timestamp = received_at - skew
     if timestamp > received_at + MAX_FUTURE:
-        violations.append(FieldViolation("timestamp", "must not be more than 1 hour in the future"))
+        violations.append(FieldViolation("timestamp", FUTURE_RULE))
     elif timestamp < received_at - MAX_AGE:
-        violations.append(FieldViolation("timestamp", "must not be more than 366 days old"))
+        violations.append(FieldViolation("timestamp", AGE_RULE))
     return timestamp
 
 
@@ -263,7 +276,7 @@ def validate(
     max_event_bytes: int = MAX_EVENT_BYTES,
 ) -> ValidEvent | list[FieldViolation]:
     """Return the valid event, or every rule it broke."""
-    violations: list[FieldViolation] = []
+    violations: list[FieldViolation] = list(incoming.decode_violations)
     name = incoming.event
     if not name:
         violations.append(FieldViolation("event", "is required"))

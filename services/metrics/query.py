@@ -639,4 +639,6 @@ class QueryRunner(Reader):
                     ]
                 )
             results.append((select, rows))
-        return QueryReport(rows=assemble(checked, results))
+        # Off the event loop: up to MAX_GROUPS rows a source, merged in Python, take a second
+        # or more, and the loop also carries ingestion (measured: tests/test_faults.py).
+        return QueryReport(rows=await asyncio.to_thread(assemble, checked, results))

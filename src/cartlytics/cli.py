@@ -1,10 +1,16 @@
-"""The ``cartlytics`` command: run targets, apply migrations, print the configuration table."""
+"""The ``cartlytics`` command: run targets, apply migrations, manage API keys, print the config.
+
+``cartlytics keys ...`` talks to a running server's AdminService over gRPC rather than to
+ClickHouse: the embedded chdb folder can be opened by one process only, and the server checks
+the caller's rights in one place.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import sys
+from typing import Any
 
 from cartlytics.common.config import Config, ConfigError, settings_table
 from cartlytics.common.logging import configure_logging
@@ -54,6 +60,123 @@ def _config(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- cartlytics keys
+
+
+class KeysError(Exception):
+    """A ``cartlytics keys`` failure, already worded for the operator."""
+
+
+def admin_key(config: Config) -> str:
+    """ANALYTICS_ADMIN_KEY, else the bootstrap key (configured, or the file the server wrote)."""
+    if config.admin_key:
+        return config.admin_key
+    if config.bootstrap_key:
+        return config.bootstrap_key
+    path = config.data_dir / "bootstrap_key"
+    try:
+        return path.read_text().strip()  # read only: never make a key the server does not know
+    except OSError:
+        raise KeysError(
+            f"no key to authenticate with: set ANALYTICS_ADMIN_KEY, or ANALYTICS_DATA_DIR to the "
+            f"server's data dir (no {path})"
+        ) from None
+
+
+def grpc_target(config: Config) -> str:
+    host = config.grpc_host
+    if host in ("", "0.0.0.0", "::", "[::]"):  # listening everywhere: reach it locally
+        host = "127.0.0.1"
+    return f"{host}:{config.grpc_port}"
+
+
+def _scopes(values: list[str]) -> list[str]:
+    """``--scope`` values as the proto's enum names (``SCOPE_READ``), which requests accept."""
+    from cartlytics.common.keys import SCOPES_BY_NAME
+
+    names = [n.strip().lower() for v in values for n in v.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SCOPES_BY_NAME]
+    if unknown or not names:
+        raise KeysError(
+            f"--scope: {', '.join(unknown) or 'none given'}; choose among ingest, read, admin"
+        )
+    return [f"SCOPE_{n.upper()}" for n in sorted(set(names))]
+
+
+def _describe(key: Any) -> tuple[str, ...]:
+    from cartlytics.common.keys import SCOPE_NAMES
+
+    scopes = ",".join(SCOPE_NAMES.get(s, str(s)) for s in key.scopes)
+    created = key.create_time.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
+    revoked = key.revoke_time.ToDatetime().strftime("%Y-%m-%d %H:%M:%S") if key.revoked else "-"
+    return (key.key_id, key.project_id, scopes, key.name or "-", created, revoked)
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    header = ("KEY ID", "PROJECT", "SCOPES", "NAME", "CREATED (UTC)", "REVOKED (UTC)")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    )
+
+
+def _keys(args: argparse.Namespace, config: Config) -> int:
+    import grpc
+
+    from cartlytics.gen.analytics.admin.v1 import admin_pb2, admin_pb2_grpc
+
+    target = args.grpc or grpc_target(config)
+    try:
+        metadata = (("authorization", f"Bearer {admin_key(config)}"),)
+        with grpc.insecure_channel(target) as channel:
+            stub = admin_pb2_grpc.AdminServiceStub(channel)
+            if args.keys_command == "create":
+                request = admin_pb2.CreateKeyRequest(
+                    project_id=args.project, scopes=_scopes(args.scope), name=args.name
+                )
+                created = stub.CreateKey(request, metadata=metadata, timeout=args.timeout)
+                key_id, project, scopes, name, _, _ = _describe(created.key)
+                print(f"Created API key {key_id} for project {project} (scopes: {scopes}).")
+                print()
+                print(f"    {created.secret}")
+                print()
+                print(
+                    "This is the only time the key is shown: store it now (only its hash is kept)."
+                )
+            elif args.keys_command == "list":
+                listed = stub.ListKeys(
+                    admin_pb2.ListKeysRequest(project_id=args.project),
+                    metadata=metadata,
+                    timeout=args.timeout,
+                )
+                print(_table([_describe(k) for k in listed.keys]))
+            else:
+                revoked = stub.RevokeKey(
+                    admin_pb2.RevokeKeyRequest(key_id=args.key_id),
+                    metadata=metadata,
+                    timeout=args.timeout,
+                )
+                print(
+                    f"Revoked API key {revoked.key.key_id} of project {revoked.key.project_id}; "
+                    "refused now by this server, by every other replica within "
+                    f"ANALYTICS_KEY_REFRESH_SECONDS ({config.key_refresh_seconds:g} s)."
+                )
+    except KeysError as exc:
+        print(f"cartlytics keys: {exc}", file=sys.stderr)
+        return 2
+    except grpc.RpcError as exc:
+        code = exc.code() if hasattr(exc, "code") else None
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            message = f"cannot reach the AdminService at {target} (is `cartlytics run` running?)"
+        else:
+            name = code.name if code is not None else "ERROR"
+            message = f"{name}: {exc.details() if hasattr(exc, 'details') else exc}"
+        print(f"cartlytics keys: {message}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cartlytics", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -70,6 +193,35 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("config", help="print the configuration table").set_defaults(
         handler=_config
     )
+    keys = commands.add_parser(
+        "keys", help="create, list and revoke API keys (through a running server's gRPC)"
+    )
+    keys.add_argument(
+        "--grpc",
+        default="",
+        metavar="HOST:PORT",
+        help="the server's gRPC address (default: ANALYTICS_GRPC_HOST:ANALYTICS_GRPC_PORT)",
+    )
+    keys.add_argument("--timeout", type=float, default=10.0, help=argparse.SUPPRESS)
+    keys.set_defaults(handler=_keys)
+    actions = keys.add_subparsers(dest="keys_command", required=True)
+    create = actions.add_parser("create", help="create a key; it is printed once")
+    create.add_argument(
+        "--project", default="", help="the key's project (default: the admin key's own)"
+    )
+    create.add_argument(
+        "--scope",
+        action="append",
+        required=True,
+        help="comma-separated among ingest, read, admin (repeatable)",
+    )
+    create.add_argument("--name", default="", help="a label: who or what uses the key")
+    listing = actions.add_parser("list", help="list a project's keys (never their secrets)")
+    listing.add_argument("--project", default="", help="the project (default: the admin key's own)")
+    revoke = actions.add_parser("revoke", help="revoke a key by its id")
+    revoke.add_argument("key_id", help="the key id, as `keys list` shows it")
+    for action in (create, listing, revoke):  # --grpc also after the action
+        action.add_argument("--grpc", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
         config = Config.from_env()

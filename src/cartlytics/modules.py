@@ -8,11 +8,12 @@ and stops them in reverse. Adding a component is one init method and one line in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
@@ -29,22 +30,27 @@ from cartlytics.common.interceptors import ServiceInterceptor
 from cartlytics.common.redis_server import EmbeddedRedis, connect
 from cartlytics.common.storage import Storage, open_storage
 
+if TYPE_CHECKING:
+    from cartlytics.common.keys import KeyRefresher
+
 log = structlog.get_logger("cartlytics")
 
 DEPENDENCIES: dict[str, list[str]] = {
     "storage": [],
     "redis": [],
-    "auth": [],
-    "grpc-server": ["auth"],
+    "auth": ["storage"],  # stored API keys, refreshed from ClickHouse
+    "grpc-server": ["auth", "redis"],  # redis: the rate-limit buckets every replica shares
     "ingest": ["storage", "redis", "grpc-server"],
     "metrics": ["storage", "redis", "grpc-server"],
     "export": ["storage", "grpc-server"],
+    "admin": ["storage", "grpc-server"],  # AdminService: gRPC only, never behind the gateway
     "serve-grpc": [],  # filled in by resolve(): after every service module
     "gateway": [],
-    "all": ["ingest", "metrics", "export", "gateway"],
+    "all": ["ingest", "metrics", "export", "admin", "gateway"],
 }
 SERVICES = ("ingest", "metrics", "export")
-TARGETS = ("all", *SERVICES, "gateway")
+GRPC_MODULES = (*SERVICES, "admin")  # modules that register a gRPC service
+TARGETS = ("all", *SERVICES, "admin", "gateway")
 
 
 def resolve(targets: list[str]) -> list[str]:
@@ -65,7 +71,7 @@ def resolve(targets: list[str]) -> list[str]:
         visit(target)
     if "grpc-server" in order:
         # Serve only once every service is registered, and before the gateway calls it.
-        order.insert(max(order.index(s) for s in SERVICES if s in order) + 1, "serve-grpc")
+        order.insert(max(order.index(s) for s in GRPC_MODULES if s in order) + 1, "serve-grpc")
     if "gateway" in order:
         order.remove("gateway")
         order.append("gateway")
@@ -86,6 +92,23 @@ def parse_upstreams(value: str) -> tuple[str, dict[str, str]]:
     return default, per_service
 
 
+def grpc_message_options(config: Config) -> list[tuple[str, int]]:
+    """The largest gRPC message, both ways, for servers and the gateway's channels (gRPC's
+    defaults are 4 MB in and unlimited out; a deliberate bound both ways)."""
+    size = config.grpc_max_message_bytes
+    return [("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)]
+
+
+# The gateway finds a restarted service again within a second. gRPC's default reconnect backoff
+# grows to 120 s, and while it waits every call fails at once: a service back after a crash
+# stayed 503 through the gateway for that long (tests/test_faults.py).
+GATEWAY_RECONNECT_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
 @dataclass
 class Runtime:
     """What the running modules share. Built once per process."""
@@ -96,6 +119,7 @@ class Runtime:
     embedded_redis: EmbeddedRedis | None = None
     keyring: KeyRing = field(default_factory=KeyRing)
     bootstrap_key: str = ""
+    key_refresher: KeyRefresher | None = None
     grpc_server: aio.Server | None = None
     grpc_port: int = 0
     health: health.aio.HealthServicer | None = None
@@ -136,14 +160,37 @@ class Runtime:
         self.stoppers.append(stop)
 
     async def init_auth(self) -> None:
+        from cartlytics.common.keys import KeyRefresher, KeyStore
+
         key, generated = load_bootstrap_key(self.config.bootstrap_key, self.config.data_dir)
-        self.keyring.add(key, self.config.default_project, ALL_SCOPES)
+        self.keyring.add(key, self.config.default_project, ALL_SCOPES, operator=True)
         self.bootstrap_key = key
         if generated:
             log.warning("generated a bootstrap API key", path=str(self.config.data_dir))
+        assert self.storage is not None
+        refresher = KeyRefresher(
+            KeyStore(self.storage), self.keyring, self.config.key_refresh_seconds
+        )
+        await refresher.refresh()  # stored keys work from the first call
+        self.key_refresher = refresher
+        task = asyncio.get_running_loop().create_task(refresher.run())
+
+        async def stop() -> None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        self.stoppers.append(stop)
 
     async def init_grpc_server(self) -> None:
-        server = aio.server(interceptors=[ServiceInterceptor(self.keyring)])
+        from cartlytics.common.ratelimit import RateLimiter, limits_from_config
+        from cartlytics.common.redis_guard import RedisGuard
+
+        limiter = RateLimiter(RedisGuard(self.redis), limits_from_config(self.config))
+        server = aio.server(
+            interceptors=[ServiceInterceptor(self.keyring, limiter)],
+            options=grpc_message_options(self.config),
+        )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         self.grpc_server = server
@@ -214,6 +261,16 @@ class Runtime:
         servicer = ExportServicer(Exporter(storage))
         export_pb2_grpc.add_ExportServiceServicer_to_server(servicer, server)
 
+    async def init_admin(self) -> None:
+        from cartlytics.admin.manager import KeyManager
+        from cartlytics.admin.servicer import AdminServicer
+        from cartlytics.gen.analytics.admin.v1 import admin_pb2_grpc
+
+        server, _ = self._require()
+        assert self.key_refresher is not None
+        servicer = AdminServicer(KeyManager(self.key_refresher))
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(servicer, server)
+
     async def init_serve_grpc(self) -> None:
         server, health_servicer = self.grpc_server, self.health
         assert server is not None and health_servicer is not None
@@ -246,22 +303,35 @@ class Runtime:
         self.stoppers.append(stop)
 
     async def init_gateway(self) -> None:
-        from cartlytics.gateway import create_app
+        from cartlytics.gateway.server import GatewayLimits, GatewayRunner, create_app
 
         default, per_service = parse_upstreams(self.config.gateway_upstream)
         if not default:
             if not self.grpc_port and len(per_service) < len(SERVICES):
                 raise ValueError("the gateway target alone needs ANALYTICS_GATEWAY_UPSTREAM")
             default = f"127.0.0.1:{self.grpc_port}" if self.grpc_port else per_service["ingest"]
-        channel = aio.insecure_channel(default)
+        options = [*grpc_message_options(self.config), *GATEWAY_RECONNECT_OPTIONS]
+        channel = aio.insecure_channel(default, options=options)
         upstreams = {
-            svc.full_name: aio.insecure_channel(per_service[svc.full_name.split(".")[1]])
+            svc.full_name: aio.insecure_channel(
+                per_service[svc.full_name.split(".")[1]], options=options
+            )
             for svc in catalog.services()
             if svc.full_name.split(".")[1] in per_service
         }
-        app = create_app(channel, max_body_bytes=self.config.max_body_bytes, upstreams=upstreams)
+        config = self.config
+        limits = GatewayLimits(
+            max_body_bytes=config.max_body_bytes,
+            max_url_bytes=config.http_max_url_bytes,
+            max_query_params=config.http_max_query_params,
+            max_header_bytes=config.http_max_header_bytes,
+            max_headers=config.http_max_headers,
+            header_timeout=config.http_header_timeout,
+            body_timeout=config.http_body_timeout,
+        )
+        app = create_app(channel, upstreams=upstreams, limits=limits)
         channels = [channel, *upstreams.values()]
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = GatewayRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, self.config.http_host, self.config.http_port)
         await site.start()
@@ -286,7 +356,7 @@ class Runtime:
         for module in resolve(targets):
             log.debug("starting module", module=module)
             await getattr(self, "init_" + module.replace("-", "_"))()
-            if module in SERVICES:
+            if module in GRPC_MODULES:
                 self.started_services.add(module)
 
     async def stop(self) -> None:

@@ -1,15 +1,20 @@
 """API keys: who is calling, for which project, allowed to do what.
 
-Keys are compared by SHA-256 hash only, so a key's text is never kept in memory tables or logs.
-Until key management lands (issue 6) the only key is the bootstrap key: ``ANALYTICS_BOOTSTRAP_KEY``,
-or one generated on first start and kept in ``<data dir>/bootstrap_key`` (mode 0600).
+Keys are looked up by SHA-256 hash only, so a key's text is never kept in memory tables or logs.
+Two kinds of key reach a KeyRing:
+
+- the bootstrap key (``ANALYTICS_BOOTSTRAP_KEY``, or one generated on first start and kept in
+  ``<data dir>/bootstrap_key``, mode 0600): every scope on ``ANALYTICS_DEFAULT_PROJECT``, and the
+  *operator* key, the only one that may manage the keys of any project;
+- the keys stored in ClickHouse (``common/keys.py``), swapped in whole by each refresh.
+
+Unknown and revoked keys get the same answer, whatever project they belong to (docs/keys.md).
 """
 
 from __future__ import annotations
 
 import contextvars
 import hashlib
-import hmac
 import os
 import secrets
 from collections.abc import Callable
@@ -32,6 +37,8 @@ class Principal:
     project_id: str
     scopes: frozenset[Scope]
     key_id: str
+    # The bootstrap key: may manage the keys of every project (an admin key: of its own only).
+    operator: bool = False
 
 
 current_principal: contextvars.ContextVar[Principal] = contextvars.ContextVar("current_principal")
@@ -49,13 +56,26 @@ class KeyRing:
     """Resolves a bearer token to a Principal, or raises UNAUTHENTICATED / PERMISSION_DENIED."""
 
     def __init__(self) -> None:
-        self._by_hash: dict[str, Principal] = {}
+        self._static: dict[str, Principal] = {}  # configured keys (the bootstrap key)
+        self._stored: dict[str, Principal] = {}  # the api_keys table, as last read
 
-    def add(self, key: str, project_id: str, scopes: frozenset[Scope]) -> Principal:
+    def add(
+        self, key: str, project_id: str, scopes: frozenset[Scope], *, operator: bool = False
+    ) -> Principal:
         digest = hash_key(key)
-        principal = Principal(project_id=project_id, scopes=scopes, key_id=digest[:12])
-        self._by_hash[digest] = principal
+        principal = Principal(
+            project_id=project_id, scopes=scopes, key_id=digest[:12], operator=operator
+        )
+        self._static[digest] = principal
         return principal
+
+    def replace_stored(self, by_hash: dict[str, Principal]) -> None:
+        """Swap in the stored keys (one assignment: a concurrent lookup sees old or new)."""
+        self._stored = dict(by_hash)
+
+    @property
+    def stored_count(self) -> int:
+        return len(self._stored)
 
     def authenticate(self, authorization: str | None) -> Principal:
         if not authorization:
@@ -63,11 +83,14 @@ class KeyRing:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise unauthenticated("malformed Authorization header: expected 'Bearer <key>'")
+        # A dict lookup by hash leaks nothing useful through timing: finding a stored hash
+        # needs a preimage of SHA-256 of a 256-bit random key.
         digest = hash_key(token.strip())
-        for known, principal in self._by_hash.items():
-            if hmac.compare_digest(known, digest):
-                return principal
-        raise unauthenticated("invalid API key")
+        principal = self._static.get(digest) or self._stored.get(digest)
+        if principal is None:
+            # Unknown, revoked, or of another project: one answer for all.
+            raise unauthenticated("invalid API key")
+        return principal
 
     @staticmethod
     def authorize(principal: Principal, scope: Scope) -> None:

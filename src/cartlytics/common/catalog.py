@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from google.protobuf.descriptor import FileDescriptor, ServiceDescriptor
 
+from cartlytics.gen.analytics.admin.v1 import admin_pb2
 from cartlytics.gen.analytics.export.v1 import export_pb2
 from cartlytics.gen.analytics.ingest.v1 import ingest_pb2
 from cartlytics.gen.analytics.metrics.v1 import metrics_pb2
@@ -19,6 +20,7 @@ FILES: tuple[FileDescriptor, ...] = (
     ingest_pb2.DESCRIPTOR,
     metrics_pb2.DESCRIPTOR,
     export_pb2.DESCRIPTOR,
+    admin_pb2.DESCRIPTOR,  # gRPC only: no google.api.http binding, not behind the gateway
 )
 
 

@@ -6,6 +6,7 @@ Every setting has a documented default (README "Configuration" is generated from
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -71,6 +72,20 @@ SETTINGS: dict[str, Setting] = {
     "default_project": Setting(
         "ANALYTICS_DEFAULT_PROJECT", str, "default", "The project the bootstrap key belongs to."
     ),
+    "key_refresh_seconds": Setting(
+        "ANALYTICS_KEY_REFRESH_SECONDS",
+        _float,
+        "2",
+        "How often each process rereads the API keys from ClickHouse (a revoked key fails "
+        "within this plus one read).",
+    ),
+    "admin_key": Setting(
+        "ANALYTICS_ADMIN_KEY",
+        str,
+        "",
+        "Key the `cartlytics keys` commands send (empty: the bootstrap key, from "
+        "ANALYTICS_BOOTSTRAP_KEY or the data dir).",
+    ),
     "default_currency": Setting(
         "ANALYTICS_DEFAULT_CURRENCY", str, "USD", "Currency of figures when none is asked for."
     ),
@@ -95,6 +110,49 @@ SETTINGS: dict[str, Setting] = {
         _positive_int,
         "32768",
         "Largest event (its properties and context as JSON).",
+    ),
+    "http_max_url_bytes": Setting(
+        "ANALYTICS_HTTP_MAX_URL_BYTES",
+        _positive_int,
+        "8190",
+        "Longest REST request target (path and query string); longer is 414.",
+    ),
+    "http_max_query_params": Setting(
+        "ANALYTICS_HTTP_MAX_QUERY_PARAMS",
+        _positive_int,
+        "64",
+        "Most query parameters in one REST request; more is 400.",
+    ),
+    "http_max_header_bytes": Setting(
+        "ANALYTICS_HTTP_MAX_HEADER_BYTES",
+        _positive_int,
+        "8190",
+        "Longest REST request header name or value; longer is 431.",
+    ),
+    "http_max_headers": Setting(
+        "ANALYTICS_HTTP_MAX_HEADERS",
+        _positive_int,
+        "100",
+        "Most headers in one REST request (Envoy's default); more is 431.",
+    ),
+    "http_header_timeout": Setting(
+        "ANALYTICS_HTTP_HEADER_TIMEOUT",
+        _float,
+        "10",
+        "Seconds a REST connection may take to send a request's headers, or stay idle between "
+        "requests, before it is closed (as Envoy's request_headers_timeout).",
+    ),
+    "http_body_timeout": Setting(
+        "ANALYTICS_HTTP_BODY_TIMEOUT",
+        _float,
+        "30",
+        "Seconds a REST client may take to send a request body; slower is 408.",
+    ),
+    "grpc_max_message_bytes": Setting(
+        "ANALYTICS_GRPC_MAX_MESSAGE_BYTES",
+        _positive_int,
+        "4194304",
+        "Largest gRPC message sent or received, by the servers and the gateway's channels.",
     ),
     "dedup_window_seconds": Setting(
         "ANALYTICS_DEDUP_WINDOW_SECONDS",
@@ -126,6 +184,43 @@ SETTINGS: dict[str, Setting] = {
         "0",
         "Port of a Prometheus /metrics endpoint (0: none; the gateway serves /metrics anyway).",
     ),
+    "rate_limit_ingest": Setting(
+        "ANALYTICS_RATE_LIMIT_INGEST",
+        _float,
+        "1000",
+        "Requests/s one API key may make to ingest calls, shared by all replicas through Redis "
+        "(a batch counts as one request; 0: unlimited). See docs/rate-limits.md.",
+    ),
+    "rate_limit_ingest_burst": Setting(
+        "ANALYTICS_RATE_LIMIT_INGEST_BURST",
+        _positive_int,
+        "2000",
+        "Ingest requests one API key may make at once (the token bucket's size; >= 1).",
+    ),
+    "rate_limit_read": Setting(
+        "ANALYTICS_RATE_LIMIT_READ",
+        _float,
+        "50",
+        "Requests/s one API key may make to metrics and export calls (0: unlimited).",
+    ),
+    "rate_limit_read_burst": Setting(
+        "ANALYTICS_RATE_LIMIT_READ_BURST",
+        _positive_int,
+        "100",
+        "Metrics and export requests one API key may make at once (>= 1).",
+    ),
+    "rate_limit_admin": Setting(
+        "ANALYTICS_RATE_LIMIT_ADMIN",
+        _float,
+        "10",
+        "Requests/s one API key may make to admin calls (0: unlimited).",
+    ),
+    "rate_limit_admin_burst": Setting(
+        "ANALYTICS_RATE_LIMIT_ADMIN_BURST",
+        _positive_int,
+        "20",
+        "Admin requests one API key may make at once (>= 1).",
+    ),
     "log_level": Setting("ANALYTICS_LOG_LEVEL", str, "info", "debug, info, warning or error."),
     "log_format": Setting(
         "ANALYTICS_LOG_FORMAT", str, "console", "console (human) or json (one object per line)."
@@ -144,16 +239,31 @@ class Config:
     redis_url: str
     bootstrap_key: str
     default_project: str
+    key_refresh_seconds: float
+    admin_key: str
     default_currency: str
     gateway_upstream: str
     max_body_bytes: int
     max_batch_events: int
     max_event_bytes: int
+    http_max_url_bytes: int
+    http_max_query_params: int
+    http_max_header_bytes: int
+    http_max_headers: int
+    http_header_timeout: float
+    http_body_timeout: float
+    grpc_max_message_bytes: int
     dedup_window_seconds: int
     ip_mode: str
     ip_salt: str
     shutdown_grace: float
     prometheus_port: int
+    rate_limit_ingest: float
+    rate_limit_ingest_burst: int
+    rate_limit_read: float
+    rate_limit_read_burst: int
+    rate_limit_admin: float
+    rate_limit_admin_burst: int
     log_level: str
     log_format: str
 
@@ -170,10 +280,30 @@ class Config:
                 raise ConfigError(f"{setting.env}={raw!r}: {exc}") from exc
         # Absolute, so child processes (valkey-server chdirs into its folder) agree on paths.
         values["data_dir"] = Path(values["data_dir"]).expanduser().resolve()
+        if not 0 < values["key_refresh_seconds"] <= 60:
+            raise ConfigError("ANALYTICS_KEY_REFRESH_SECONDS must be more than 0 and at most 60")
+        for name in ("http_max_url_bytes", "http_max_header_bytes", "http_max_headers"):
+            if values[name] < 1:
+                raise ConfigError(f"{SETTINGS[name].env} must be at least 1")
+        for name in ("http_header_timeout", "http_body_timeout"):
+            if not 0 < values[name] < math.inf:
+                raise ConfigError(f"{SETTINGS[name].env} must be a positive number of seconds")
+        if values["grpc_max_message_bytes"] < 8 * values["max_body_bytes"]:
+            # A REST body becomes one gRPC message, and JSON numbers grow up to ~6x as protobuf
+            # Values (`1,` is 2 bytes, a double 11): the channel must carry what the gateway takes.
+            raise ConfigError(
+                "ANALYTICS_GRPC_MAX_MESSAGE_BYTES must be at least 8 x ANALYTICS_MAX_BODY_BYTES"
+            )
         if values["ip_mode"] not in ("hash", "drop"):
             raise ConfigError("ANALYTICS_IP_MODE must be hash or drop")
         if values["log_format"] not in ("console", "json"):
             raise ConfigError("ANALYTICS_LOG_FORMAT must be console or json")
+        for scope in ("ingest", "read", "admin"):
+            if not math.isfinite(values[f"rate_limit_{scope}"]):
+                raise ConfigError(f"{SETTINGS[f'rate_limit_{scope}'].env} must be a finite number")
+            if values[f"rate_limit_{scope}"] > 0 and values[f"rate_limit_{scope}_burst"] < 1:
+                env_name = SETTINGS[f"rate_limit_{scope}_burst"].env
+                raise ConfigError(f"{env_name} must be at least 1 (a bucket must hold one call)")
         if len(values["default_currency"]) != 3 or not values["default_currency"].isupper():
             raise ConfigError("ANALYTICS_DEFAULT_CURRENCY must be an ISO 4217 code such as USD")
         return cls(**values)

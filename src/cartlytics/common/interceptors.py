@@ -1,6 +1,7 @@
 """Cross-cutting work for every RPC, written once: auth, error mapping, logs and metrics.
 
 Order inside one call: time it -> authenticate and authorize (from the proto's declared scope) ->
+take a token from the key's rate-limit bucket for that scope (``ratelimit.py``) ->
 run the handler with the caller's Principal in a contextvar -> map ``ApiError`` to a rich status,
 anything else to a bare INTERNAL -> log one line and count it.
 """
@@ -19,6 +20,7 @@ from prometheus_client import Counter, Histogram
 from .auth import KeyRing, current_principal
 from .catalog import MethodInfo, methods
 from .errors import INTERNAL_STATUS, ApiError, unavailable
+from .ratelimit import RateLimiter, retry_after_header
 from .storage import StorageUnavailable
 
 log = structlog.get_logger("cartlytics.rpc")
@@ -31,6 +33,10 @@ RPC_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
+# Also sent with every error that carries a RetryInfo (429, 503). Refusals happen before any
+# message, so the response is trailers-only and Envoy's transcoder passes this on as the HTTP
+# `Retry-After` header; the in-process gateway forwards it too.
+RETRY_AFTER_KEY = "retry-after"
 
 
 def _metadata(context: aio.ServicerContext[Any, Any], key: str) -> str | None:
@@ -44,9 +50,10 @@ def _metadata(context: aio.ServicerContext[Any, Any], key: str) -> str | None:
 async def _abort(context: aio.ServicerContext[Any, Any], error: ApiError | None) -> None:
     status = error.to_status() if error else INTERNAL_STATUS
     code = error.code if error else grpc.StatusCode.INTERNAL
-    await context.abort(
-        code, status.message, trailing_metadata=((STATUS_DETAILS_KEY, status.SerializeToString()),)
-    )
+    trailing: list[tuple[str, str | bytes]] = [(STATUS_DETAILS_KEY, status.SerializeToString())]
+    if error is not None and error.retry_after_seconds is not None:
+        trailing.append((RETRY_AFTER_KEY, retry_after_header(error.retry_after_seconds)))
+    await context.abort(code, status.message, trailing_metadata=tuple(trailing))
 
 
 def _storage_down() -> ApiError:
@@ -55,8 +62,9 @@ def _storage_down() -> ApiError:
 
 
 class ServiceInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
-    def __init__(self, keyring: KeyRing) -> None:
+    def __init__(self, keyring: KeyRing, limiter: RateLimiter | None = None) -> None:
         self._keyring = keyring
+        self._limiter = limiter
         self._methods = methods()
 
     async def intercept_service(
@@ -85,6 +93,9 @@ class ServiceInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
     async def _enter(self, info: MethodInfo, context: aio.ServicerContext[Any, Any]) -> None:
         principal = self._keyring.authenticate(_metadata(context, "authorization"))
         self._keyring.authorize(principal, info.scope)
+        if self._limiter is not None:
+            # Before any metadata is sent, so a refusal stays a trailers-only response.
+            await self._limiter.enforce(info.scope, principal.key_id)
         current_principal.set(principal)
         if info.http_success_code:
             await context.send_initial_metadata((("x-http-code", str(info.http_success_code)),))

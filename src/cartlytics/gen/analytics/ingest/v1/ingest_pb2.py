@@ -28,7 +28,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n analytics/ingest/v1/ingest.proto\x12\x13\x61nalytics.ingest.v1\x1a\"analytics/options/v1/options.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x90\x02\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65vent\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x14\n\x0c\x61nonymous_id\x18\x04 \x01(\t\x12\x12\n\nsession_id\x18\x05 \x01(\t\x12-\n\ttimestamp\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07sent_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\nproperties\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12(\n\x07\x63ontext\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\">\n\x11TrackEventRequest\x12)\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1a.analytics.ingest.v1.Event\"^\n\x12TrackEventResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65vent\x18\x02 \x01(\t\x12-\n\ttimestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"E\n\x17\x42\x61tchTrackEventsRequest\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1a.analytics.ingest.v1.Event\"h\n\rAcceptedEvent\x12\r\n\x05index\x18\x01 \x01(\x05\x12\n\n\x02id\x18\x02 \x01(\t\x12\r\n\x05\x65vent\x18\x03 \x01(\t\x12-\n\ttimestamp\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"B\n\rRejectedEvent\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"\xb6\x01\n\x18\x42\x61tchTrackEventsResponse\x12\x16\n\x0e\x61\x63\x63\x65pted_count\x18\x01 \x01(\x05\x12\x16\n\x0erejected_count\x18\x02 \x01(\x05\x12\x34\n\x08\x61\x63\x63\x65pted\x18\x03 \x03(\x0b\x32\".analytics.ingest.v1.AcceptedEvent\x12\x34\n\x08rejected\x18\x04 \x03(\x0b\x32\".analytics.ingest.v1.RejectedEvent2\xb2\x02\n\rIngestService\x12\x87\x01\n\nTrackEvent\x12&.analytics.ingest.v1.TrackEventRequest\x1a\'.analytics.ingest.v1.TrackEventResponse\"(\xc8\xf3\x18\x01\xd0\xf3\x18\xc9\x01\x82\xd3\xe4\x93\x02\x19\"\x10/analytics/event:\x05\x65vent\x12\x96\x01\n\x10\x42\x61tchTrackEvents\x12,.analytics.ingest.v1.BatchTrackEventsRequest\x1a-.analytics.ingest.v1.BatchTrackEventsResponse\"%\xc8\xf3\x18\x01\x82\xd3\xe4\x93\x02\x1b\"\x16/analytics/event/batch:\x01*BFZDgithub.com/cartlytics/cartlytics/gen/go/analytics/ingest/v1;ingestv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n analytics/ingest/v1/ingest.proto\x12\x13\x61nalytics.ingest.v1\x1a\"analytics/options/v1/options.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\r\n\x0bPingRequest\"\x0e\n\x0cPingResponse\"\x90\x02\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65vent\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x14\n\x0c\x61nonymous_id\x18\x04 \x01(\t\x12\x12\n\nsession_id\x18\x05 \x01(\t\x12-\n\ttimestamp\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07sent_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\nproperties\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12(\n\x07\x63ontext\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\">\n\x11TrackEventRequest\x12)\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1a.analytics.ingest.v1.Event\"^\n\x12TrackEventResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65vent\x18\x02 \x01(\t\x12-\n\ttimestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"E\n\x17\x42\x61tchTrackEventsRequest\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1a.analytics.ingest.v1.Event\"h\n\rAcceptedEvent\x12\r\n\x05index\x18\x01 \x01(\x05\x12\n\n\x02id\x18\x02 \x01(\t\x12\r\n\x05\x65vent\x18\x03 \x01(\t\x12-\n\ttimestamp\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"B\n\rRejectedEvent\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"\xb6\x01\n\x18\x42\x61tchTrackEventsResponse\x12\x16\n\x0e\x61\x63\x63\x65pted_count\x18\x01 \x01(\x05\x12\x16\n\x0erejected_count\x18\x02 \x01(\x05\x12\x34\n\x08\x61\x63\x63\x65pted\x18\x03 \x03(\x0b\x32\".analytics.ingest.v1.AcceptedEvent\x12\x34\n\x08rejected\x18\x04 \x03(\x0b\x32\".analytics.ingest.v1.RejectedEvent2\x9c\x03\n\rIngestService\x12\x87\x01\n\nTrackEvent\x12&.analytics.ingest.v1.TrackEventRequest\x1a\'.analytics.ingest.v1.TrackEventResponse\"(\xc8\xf3\x18\x01\xd0\xf3\x18\xc9\x01\x82\xd3\xe4\x93\x02\x19\"\x10/analytics/event:\x05\x65vent\x12\x96\x01\n\x10\x42\x61tchTrackEvents\x12,.analytics.ingest.v1.BatchTrackEventsRequest\x1a-.analytics.ingest.v1.BatchTrackEventsResponse\"%\xc8\xf3\x18\x01\x82\xd3\xe4\x93\x02\x1b\"\x16/analytics/event/batch:\x01*\x12h\n\x04Ping\x12 .analytics.ingest.v1.PingRequest\x1a!.analytics.ingest.v1.PingResponse\"\x1b\xc8\xf3\x18\x01\x82\xd3\xe4\x93\x02\x11\x12\x0f/analytics/pingBFZDgithub.com/cartlytics/cartlytics/gen/go/analytics/ingest/v1;ingestv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,20 +40,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INGESTSERVICE'].methods_by_name['TrackEvent']._serialized_options = b'\310\363\030\001\320\363\030\311\001\202\323\344\223\002\031\"\020/analytics/event:\005event'
   _globals['_INGESTSERVICE'].methods_by_name['BatchTrackEvents']._loaded_options = None
   _globals['_INGESTSERVICE'].methods_by_name['BatchTrackEvents']._serialized_options = b'\310\363\030\001\202\323\344\223\002\033\"\026/analytics/event/batch:\001*'
-  _globals['_EVENT']._serialized_start=187
-  _globals['_EVENT']._serialized_end=459
-  _globals['_TRACKEVENTREQUEST']._serialized_start=461
-  _globals['_TRACKEVENTREQUEST']._serialized_end=523
-  _globals['_TRACKEVENTRESPONSE']._serialized_start=525
-  _globals['_TRACKEVENTRESPONSE']._serialized_end=619
-  _globals['_BATCHTRACKEVENTSREQUEST']._serialized_start=621
-  _globals['_BATCHTRACKEVENTSREQUEST']._serialized_end=690
-  _globals['_ACCEPTEDEVENT']._serialized_start=692
-  _globals['_ACCEPTEDEVENT']._serialized_end=796
-  _globals['_REJECTEDEVENT']._serialized_start=798
-  _globals['_REJECTEDEVENT']._serialized_end=864
-  _globals['_BATCHTRACKEVENTSRESPONSE']._serialized_start=867
-  _globals['_BATCHTRACKEVENTSRESPONSE']._serialized_end=1049
-  _globals['_INGESTSERVICE']._serialized_start=1052
-  _globals['_INGESTSERVICE']._serialized_end=1358
+  _globals['_INGESTSERVICE'].methods_by_name['Ping']._loaded_options = None
+  _globals['_INGESTSERVICE'].methods_by_name['Ping']._serialized_options = b'\310\363\030\001\202\323\344\223\002\021\022\017/analytics/ping'
+  _globals['_PINGREQUEST']._serialized_start=186
+  _globals['_PINGREQUEST']._serialized_end=199
+  _globals['_PINGRESPONSE']._serialized_start=201
+  _globals['_PINGRESPONSE']._serialized_end=215
+  _globals['_EVENT']._serialized_start=218
+  _globals['_EVENT']._serialized_end=490
+  _globals['_TRACKEVENTREQUEST']._serialized_start=492
+  _globals['_TRACKEVENTREQUEST']._serialized_end=554
+  _globals['_TRACKEVENTRESPONSE']._serialized_start=556
+  _globals['_TRACKEVENTRESPONSE']._serialized_end=650
+  _globals['_BATCHTRACKEVENTSREQUEST']._serialized_start=652
+  _globals['_BATCHTRACKEVENTSREQUEST']._serialized_end=721
+  _globals['_ACCEPTEDEVENT']._serialized_start=723
+  _globals['_ACCEPTEDEVENT']._serialized_end=827
+  _globals['_REJECTEDEVENT']._serialized_start=829
+  _globals['_REJECTEDEVENT']._serialized_end=895
+  _globals['_BATCHTRACKEVENTSRESPONSE']._serialized_start=898
+  _globals['_BATCHTRACKEVENTSRESPONSE']._serialized_end=1080
+  _globals['_INGESTSERVICE']._serialized_start=1083
+  _globals['_INGESTSERVICE']._serialized_end=1495
 # @@protoc_insertion_point(module_scope)

@@ -12,6 +12,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class PingRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PingResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class Event(_message.Message):
     __slots__ = ("id", "event", "user_id", "anonymous_id", "session_id", "timestamp", "sent_at", "properties", "context")
     ID_FIELD_NUMBER: _ClassVar[int]
