@@ -33,7 +33,7 @@ unit: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 ## bench: every benchmark with its references, on chdb and (when on PATH) clickhouse-server, into
-## bench/results/latest.{json,md} (~45 min; BENCH_ARGS=--quick: ~5 min, bench/results/quick.*)
+## bench/results/latest.{json,md} (26 min measured; BENCH_ARGS=--quick: ~5 min, bench/results/quick.*)
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 

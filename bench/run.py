@@ -14,7 +14,7 @@ ClickHouse server started for the run in a temporary folder (as tests/servers.py
   server memory over time and ack latency per interval.
 
 Writes ``<out>.json`` and ``<out>.md`` (default bench/results/latest; --quick: bench/results/quick)
-and prints progress on stderr. The full run takes an estimated 45 minutes on 2 cores (most of it
+and prints progress on stderr. The full run took 26 minutes on 2 cores (2026-11-26; most of it
 loading 10M events and 5 minutes of sustained load per backend); --quick (small sizes) about 5.
 
     .venv/bin/python bench/run.py [--quick] [--backends auto|chdb|clickhouse-server|chdb,...]
