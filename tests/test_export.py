@@ -666,6 +666,7 @@ def test_exports_page_through_long_ranges(
     from cartlytics.export import sources
 
     monkeypatch.setattr(sources, "PAGE_ROWS", 3)
+    monkeypatch.setattr(sources, "SERVER_PAGE_ROWS", 3)
     start = datetime(2025, 1, 1, 23, 59, 59, tzinfo=UTC)
     rows = [
         _event_row(project_id, event_id=f"e{n:03d}", order_id=f"o{n:03d}", total=n,
