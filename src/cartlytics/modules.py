@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import secrets
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -127,6 +128,7 @@ class Runtime:
     gateway_port: int = 0
     started_services: set[str] = field(default_factory=set)
     stoppers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    stopping_since: float | None = None  # time.monotonic() when the shutdown began
 
     # Module init steps -------------------------------------------------------------------------
     async def init_storage(self) -> None:
@@ -296,9 +298,11 @@ class Runtime:
         grace = self.config.shutdown_grace
 
         async def stop() -> None:
-            # Report NOT_SERVING first so balancers stop sending, then drain in-flight calls.
+            # Report NOT_SERVING first so balancers stop sending, then drain in-flight calls
+            # with what is left of the one grace period the whole shutdown has (the gateway
+            # in front drains first, from the same deadline).
             await health_servicer.enter_graceful_shutdown()
-            await server.stop(grace)
+            await server.stop(max(0.5, self.time_left(grace)))
 
         self.stoppers.append(stop)
 
@@ -331,7 +335,14 @@ class Runtime:
         )
         app = create_app(channel, upstreams=upstreams, limits=limits)
         channels = [channel, *upstreams.values()]
-        runner = GatewayRunner(app, access_log=None, handle_signals=False)
+        # The gateway stops first: it waits for its requests in flight up to the grace period
+        # (aiohttp's default is 60 s); the gRPC server then drains with what is left of it.
+        runner = GatewayRunner(
+            app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=self.config.shutdown_grace,
+        )
         await runner.setup()
         site = web.TCPSite(runner, self.config.http_host, self.config.http_port)
         await site.start()
@@ -359,7 +370,14 @@ class Runtime:
             if module in GRPC_MODULES:
                 self.started_services.add(module)
 
+    def time_left(self, grace: float) -> float:
+        """Seconds left of ``grace`` since the shutdown began (all of it before)."""
+        if self.stopping_since is None:
+            return grace
+        return max(0.0, grace - (time.monotonic() - self.stopping_since))
+
     async def stop(self) -> None:
+        self.stopping_since = time.monotonic()
         while self.stoppers:
             stopper = self.stoppers.pop()
             try:
