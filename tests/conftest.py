@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from cartlytics.common.storage import Storage, open_storage
-from tests.servers import ClickHouseServer, EnvoyGateway, System, start_system
+from tests.servers import ClickHouseServer, EnvoyGateway, RedisServer, System, start_system
 
 BACKENDS = ("chdb", "clickhouse")
 REQUIRE_SERVER = os.environ.get("CARTLYTICS_REQUIRE_CLICKHOUSE_SERVER") == "1"
@@ -132,3 +132,12 @@ def api(
         envoy.start()
         _ENVOYS[system.grpc_target] = envoy
     return dataclasses.replace(system, http_url=envoy.url)
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A valkey-server of the module's own (for systems that share one Redis)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()

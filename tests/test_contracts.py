@@ -8,11 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from google.api import annotations_pb2
-from google.protobuf import descriptor_pb2
-
 from cartlytics.common import catalog
 from cartlytics.gen.analytics.options.v1 import options_pb2
+from tests.descriptors import http_bindings
 
 ROOT = Path(__file__).resolve().parent.parent
 GEN = ROOT / "src" / "cartlytics" / "gen"
@@ -68,23 +66,7 @@ SPEC_PATHS = {
 
 
 def test_every_documented_rest_path_is_bound_in_the_descriptor_set() -> None:
-    descriptor_set = descriptor_pb2.FileDescriptorSet.FromString(
-        (GEN / "analytics.pb").read_bytes()
-    )
-    bound: dict[str, tuple[str, str]] = {}
-    for file in descriptor_set.file:
-        if not file.package.startswith("analytics."):
-            continue
-        for service in file.service:
-            for method in service.method:
-                options = descriptor_pb2.MethodOptions.FromString(
-                    method.options.SerializeToString()
-                )
-                rule = options.Extensions[annotations_pb2.http]
-                verb = rule.WhichOneof("pattern")
-                if verb:
-                    path = f"/{file.package}.{service.name}/{method.name}"
-                    bound[path] = (verb, getattr(rule, verb))
+    bound = http_bindings(GEN / "analytics.pb")
     # Every RPC has a google.api.http binding but AdminService's: it is gRPC only (docs/keys.md).
     admin = {p for p in catalog.methods() if p.startswith("/analytics.admin.v1.AdminService/")}
     assert len(admin) == 3 and not admin & set(bound), "AdminService must have no REST binding"

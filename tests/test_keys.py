@@ -23,8 +23,7 @@ from urllib.parse import urlencode
 
 import grpc
 import pytest
-from google.api import annotations_pb2
-from google.protobuf import descriptor_pb2, json_format, message_factory
+from google.protobuf import json_format, message_factory
 from google.protobuf.descriptor import MethodDescriptor
 
 from cartlytics.common import catalog
@@ -36,6 +35,7 @@ from cartlytics.gen.analytics.export.v1 import export_pb2, export_pb2_grpc
 from cartlytics.gen.analytics.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from cartlytics.gen.analytics.metrics.v1 import metrics_pb2, metrics_pb2_grpc
 from cartlytics.gen.analytics.options.v1 import options_pb2
+from tests.descriptors import http_bindings
 from tests.rest import Reply, call
 from tests.servers import ClickHouseServer, System, start_system
 
@@ -388,19 +388,9 @@ class Rpc:
 
 def _rpcs() -> list[Rpc]:
     """Every RPC of the descriptor set, with its REST binding when it has one."""
-    fds = descriptor_pb2.FileDescriptorSet.FromString(DESCRIPTOR_SET.read_bytes())
-    bindings: dict[str, tuple[str, str]] = {}
-    for file in fds.file:
-        for service in file.service:
-            for method in service.method:
-                options = descriptor_pb2.MethodOptions.FromString(
-                    method.options.SerializeToString()
-                )
-                rule = options.Extensions[annotations_pb2.http]
-                verb = rule.WhichOneof("pattern")
-                if verb:
-                    path = f"/{file.package}.{service.name}/{method.name}"
-                    bindings[path] = (verb.upper(), getattr(rule, verb))
+    bindings = {
+        path: (verb.upper(), route) for path, (verb, route) in http_bindings(DESCRIPTOR_SET).items()
+    }
     found = []
     for described in catalog.services():
         for method_descriptor in described.methods:

@@ -45,14 +45,6 @@ T = TypeVar("T")
 # The bucket script against a real Redis
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    yield server
-    server.stop()
-
-
 def _with_limiter(
     url: str, limits: dict[int, Limit], body: Callable[[RateLimiter], Awaitable[T]]
 ) -> T:
