@@ -30,6 +30,7 @@ from cartlytics.common.config import Config
 from cartlytics.common.interceptors import ServiceInterceptor
 from cartlytics.common.redis_server import EmbeddedRedis, connect
 from cartlytics.common.storage import Storage, open_storage
+from cartlytics.common.storage.repair import repair_rollups
 
 if TYPE_CHECKING:
     from cartlytics.common.keys import KeyRefresher
@@ -136,6 +137,16 @@ class Runtime:
             open_storage, self.config.clickhouse_url, self.config.data_dir
         )
         applied = await asyncio.to_thread(storage.migrate)
+        if storage.backend.interrupted:
+            # Before serving: the last process died with the engine, maybe mid-write (repair.py).
+            report = await asyncio.to_thread(repair_rollups, storage.backend)
+            log.warning(
+                "rollups repaired after an unclean stop",
+                events=report.window_events,
+                orders=report.orders,
+                buckets=report.buckets,
+                seconds=report.seconds,
+            )
         log.info("storage ready", backend=storage.backend_name, migrations_applied=applied)
         self.storage = storage
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import os
 import threading
 from collections.abc import Iterator, Sequence
 from datetime import UTC, date, datetime
@@ -36,6 +37,9 @@ class StorageUnavailable(StorageError):
 class Backend(Protocol):
     name: str
     types: dict[str, str]
+    interrupted: bool
+    """The last process that used this store stopped in the middle of its writes, maybe (chdb:
+    it never closed it; the engine died with it). Its rollups need ``repair.repair_rollups``."""
 
     def execute(self, sql: str) -> list[Row]: ...
 
@@ -100,6 +104,12 @@ class ChdbBackend:
 
         path.mkdir(parents=True, exist_ok=True)
         self._path, self._database = str(path), database
+        # Present while a process has the folder open: found at start, the last one never
+        # closed it (killed, crashed), and a write may have been cut between `events` and its
+        # materialized views (repair.py). Written before the engine opens the folder.
+        self._open_marker = path.with_name(path.name + ".open")
+        self.interrupted = _marker_pid(self._open_marker) not in (None, os.getpid())
+        self._open_marker.write_text(f"{os.getpid()}\n")
         # One connection per thread, not one shared session behind a lock: with a lock, every
         # INSERT (so every acknowledgement) waited for whatever query ran, and a few dashboard
         # queries in a row stalled ingestion for seconds (measured; tests/test_faults.py).
@@ -179,6 +189,7 @@ class ChdbBackend:
             sessions, self._sessions = self._sessions, []
         for conn in sessions:
             conn.close()
+        self._open_marker.unlink(missing_ok=True)
 
     def open_stream(self, sql: str, block_rows: int) -> RowStream:
         """Stream ``sql`` on a connection of its own to the same data folder.
@@ -219,6 +230,17 @@ CHDB_STREAM_SETTINGS = {
     "optimize_read_in_order": 0,
     "output_format_json_quote_64bit_integers": 0,
 }
+
+
+def _marker_pid(path: Path) -> int | None:
+    """The process id in an open marker; None without one (0 when unreadable)."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return 0
+    return int(text) if text.strip().isdigit() else 0
 
 
 class _ChdbTextStream:
@@ -278,6 +300,7 @@ def _plain(value: Any) -> Any:
 
 class ServerBackend:
     name = "clickhouse"
+    interrupted = False  # a server finishes or drops a whole INSERT, whatever its client does
 
     def __init__(self, url: str) -> None:
         parsed = urlparse(url)
