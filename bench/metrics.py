@@ -5,9 +5,11 @@
    sequentially, after one warm-up call; p50 and p99 are reported with the targets.
 
     .venv/bin/python bench/metrics.py [--events 10000000] [--requests 30] [--data-dir DIR]
-        [--json out.json]
+        [--json out.json] [--clickhouse-url clickhouse://default@127.0.0.1:9000/analytics]
 
-With --data-dir pointing at an existing folder (and --skip-load), the data is reused.
+With --data-dir pointing at an existing folder (and --skip-load), the data is reused. With
+--clickhouse-url the events go to (or, with --skip-load, are already in) that ClickHouse server,
+and the service runs against it.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ from pathlib import Path
 from cartlytics.common.storage import open_storage
 sys.path.insert(0, {root!r})
 from bench.demo_data import load
-storage = open_storage("", Path({data!r}))
+storage = open_storage({url!r}, Path({data!r}))
 storage.migrate()
 load(storage, "default", {events})
 storage.close()
@@ -110,18 +112,32 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path)
     parser.add_argument("--skip-load", action="store_true")
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--clickhouse-url",
+        default="",
+        help="a running ClickHouse server to load into and query (default: embedded chdb)",
+    )
     args = parser.parse_args()
     temp = None if args.data_dir else tempfile.TemporaryDirectory(prefix="cartlytics-bench-")
     data_dir = args.data_dir or Path(temp.name) / "data"  # type: ignore[union-attr]
     data_dir.mkdir(parents=True, exist_ok=True)
     if not args.skip_load:
-        print(f"loading {args.events:,} events into {data_dir} ...", file=sys.stderr)
+        where = args.clickhouse_url or data_dir
+        print(f"loading {args.events:,} events into {where} ...", file=sys.stderr)
         started = time.perf_counter()
-        script = LOADER.format(root=str(ROOT), data=str(data_dir), events=args.events)
+        script = LOADER.format(
+            root=str(ROOT), data=str(data_dir), events=args.events, url=args.clickhouse_url
+        )
         subprocess.run([sys.executable, "-c", script], check=True)
         print(f"loaded in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     key = "cak_bench_" + uuid.uuid4().hex
-    system = start_system(data_dir, key, extra_env={"ANALYTICS_LOG_LEVEL": "warning"}, timeout=600)
+    system = start_system(
+        data_dir,
+        key,
+        clickhouse_url=args.clickhouse_url,
+        extra_env={"ANALYTICS_LOG_LEVEL": "warning"},
+        timeout=600,
+    )
     results = []
     try:
         for label, method, path, body, target in ENDPOINTS:
@@ -153,6 +169,7 @@ def main() -> None:
             temp.cleanup()
     report = {
         "events": args.events,
+        "backend": "clickhouse-server" if args.clickhouse_url else "chdb",
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "results": results,
     }

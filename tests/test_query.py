@@ -14,6 +14,7 @@ import pytest
 
 from cartlytics.common.errors import ApiError
 from cartlytics.common.storage import Storage, render
+from cartlytics.ingest.ingestor import DUPLICATE_ORDERS
 from cartlytics.metrics import query as q
 from cartlytics.metrics.reports import CustomQuery
 from tests import oracle_query
@@ -414,6 +415,12 @@ def test_a_retry_stored_twice_counts_once(storage: Storage, project_id: str) -> 
     for _ in range(2):  # two inserts: two parts, each with every row
         storage.insert_sync("order_items", item_columns, items)
         storage.insert_sync("events", columns, events)
+    # What ingest does after every flush (Ingestor._mark_duplicate_orders): list the orderIds
+    # now stored more than once. Order figures read a period's rows of `orders` and look up only
+    # the listed orderIds over all time.
+    found = storage.query_sync(DUPLICATE_ORDERS, {"project": project_id, "ids": ("o1",)})
+    assert found == [("o1",)]
+    storage.insert_sync("order_dups", ["project_id", "order_id"], [(project_id, "o1")])
     runner = q.QueryRunner(storage, "USD", clock=lambda: now)
 
     def run(metrics: list[str], dimensions: list[str]) -> list[dict[str, Any]]:
