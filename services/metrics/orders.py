@@ -50,11 +50,11 @@ DUPLICATED_ORDERS = """
     GROUP BY order_id
 """
 
-# FIRST_ORDERS' rows of the duplicated orderIds whose first event is in [{start}, {end}) and in
-# {currency}. Such an order has an event row in the window (its first), so only the duplicated
-# orderIds seen in the window are looked up, each over all its rows in order_index (sorted by
-# orderId).
-PERIOD_DUPLICATED_ORDERS = """
+# FIRST_ORDERS' rows of the duplicated orderIds whose first event is in [{start}, {end})
+# ($currency: and in {currency}). Such an order has an event row in the window (its first), so
+# only the duplicated orderIds seen in the window are looked up, each over all its rows in
+# order_index (sorted by orderId).
+_PERIOD_DUPLICATED_ORDERS = """
     SELECT order_id,
            min(ts) AS first_ts,
            argMin(total, tuple(ts, event_id)) AS order_total,
@@ -69,13 +69,13 @@ PERIOD_DUPLICATED_ORDERS = """
             AND order_id IN (SELECT order_id FROM order_dups WHERE project_id = {project})
       )
     GROUP BY order_id
-    HAVING first_ts >= {start} AND order_currency = {currency}
+    HAVING first_ts >= {start}$having_currency
 """
 
-# FIRST_ORDERS' rows of the orders whose first event is in [{start}, {end}) and in {currency},
-# exactly, reading only that window of `orders`: the single row of every orderId not in
-# order_dups, and the winners of the listed ones.
-PERIOD_ORDERS = (
+# FIRST_ORDERS' rows of the orders whose first event is in [{start}, {end}) ($currency: and in
+# {currency}), exactly, reading only that window of `orders`: the single row of every orderId
+# not in order_dups, and the winners of the listed ones.
+_PERIOD_ORDERS = (
     """
     SELECT order_id,
            ts AS first_ts,
@@ -84,15 +84,30 @@ PERIOD_ORDERS = (
            visitor_id AS order_visitor,
            event_id AS first_event_id
     FROM orders
-    WHERE project_id = {project} AND currency = {currency} AND ts >= {start} AND ts < {end}
+    WHERE project_id = {project}$currency AND ts >= {start} AND ts < {end}
       AND order_id NOT IN (SELECT order_id FROM order_dups WHERE project_id = {project})
     UNION ALL
     SELECT order_id, first_ts, order_total, order_currency, order_visitor, first_event_id
     FROM ("""
-    + PERIOD_DUPLICATED_ORDERS
+    + _PERIOD_DUPLICATED_ORDERS
     + """)
 """
 )
+
+
+def period_orders(by_currency: bool) -> str:
+    """PERIOD_ORDERS, in {currency} only when ``by_currency`` (else in every currency)."""
+    return _in_currency(_PERIOD_ORDERS, by_currency)
+
+
+def _in_currency(template: str, by_currency: bool) -> str:
+    return template.replace(
+        "$currency", " AND currency = {currency}" if by_currency else ""
+    ).replace("$having_currency", " AND order_currency = {currency}" if by_currency else "")
+
+
+PERIOD_ORDERS = period_orders(by_currency=True)
+PERIOD_DUPLICATED_ORDERS = _in_currency(_PERIOD_DUPLICATED_ORDERS, by_currency=True)
 
 
 class DuplicatedProjects:

@@ -11,8 +11,9 @@ Three sources, each a fixed relation of the schema:
 
 - ``events``: the period's stored events. Event counts are distinct event ids (a retry stored
   twice until a merge counts once), visitors and sessions distinct ids.
-- ``orders``: one row per distinct order whose first ``order_completed`` (orders.FIRST_ORDERS,
-  by (timestamp, event id), over all time) is in the period; revenue = its total.
+- ``orders``: one row per distinct order whose first ``order_completed`` (by (timestamp, event
+  id), over all time) is in the period (orders.PERIOD_ORDERS: the period's rows of ``orders``,
+  and only the duplicated orderIds looked up over all time); revenue = its total.
 - ``lines``: the line items of those first events, once per (event id, line); revenue =
   price * quantity. Used for ``units_sold`` and, when a product dimension or filter is in play,
   for every order metric (the spec: revenue by product uses line-item revenue).
@@ -39,7 +40,7 @@ from cartlytics.common.money import average, parse_currency, percent
 from cartlytics.common.periods import parse_timezone, resolve_period
 
 from .base import Reader
-from .orders import FIRST_ORDERS
+from .orders import period_orders
 from .reports import CustomQuery, QueryReport
 
 DEFAULT_LIMIT = 100
@@ -63,8 +64,8 @@ ALL_SOURCES = (Source.EVENTS, Source.ORDERS, Source.LINES)
 
 # ---------------------------------------------------------------------------------------------
 # Relations. Fragments only: {placeholders} are values rendered by sql.render, except the
-# {first_orders}, {columns} and {orders_currency} slots, which the builder fills with other
-# fragments of this file (never with request text).
+# {first_orders}, {first_orders_any_currency}, {columns} and {orders_currency} slots, which the
+# builder fills with other fragments of this file (never with request text).
 
 EVENTS_RELATION = "events"
 EVENTS_WHERE = ("project_id = {project}", "ts >= {start}", "ts < {end}")
@@ -224,7 +225,11 @@ BUYERS = Measure(
     "buyers",
     {
         Source.EVENTS: "uniqExactIf(visitor_id, visitor_id != '' AND event = 'order_completed'"
-        " AND event_id IN (" + ORDER_IDS_IN_PERIOD.replace("{orders_currency}", "") + "))"
+        " AND event_id IN ("
+        + ORDER_IDS_IN_PERIOD.replace("{orders_currency}", "").replace(
+            "{first_orders}", "{first_orders_any_currency}"
+        )
+        + "))"
     },
 )
 PAGE_VIEWS = _count_of("page_view")
@@ -526,7 +531,11 @@ def _select(source: Source, plan_: Plan, measures: Sequence[Measure]) -> Select:
     if keys:
         sql += "\nGROUP BY " + ", ".join(f"d{i}" for i in range(len(keys)))
     sql += "\nLIMIT {max_groups}"
-    return Select(source, sql.replace("{first_orders}", FIRST_ORDERS), tuple(measures))
+    # The period's orders only (their first events in the window), not every order of all
+    # time grouped per request (decision 42: 680 -> 52 ms p50 at 10M events on 18.16).
+    sql = sql.replace("{first_orders_any_currency}", period_orders(by_currency=False))
+    sql = sql.replace("{first_orders}", period_orders(plan_.currency is not None))
+    return Select(source, sql, tuple(measures))
 
 
 def build(plan_: Plan) -> list[Select]:
