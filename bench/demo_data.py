@@ -148,6 +148,7 @@ def blocks(
             "product_ids": [item_products_str[a:b] for a, b in zip(starts, ends, strict=True)],
             "prices": [item_prices[a:b] for a, b in zip(starts, ends, strict=True)],
             "quantities": [item_quantities[a:b] for a, b in zip(starts, ends, strict=True)],
+            "declared_items": np.full(len(rows), -1),  # the demo orders send no `items` count
         }
         names_cols = {  # every demo line item is named
             "project_id": items_cols["project_id"],

@@ -75,6 +75,14 @@ def orders_in(
     return sorted(chosen, key=lambda e: (ts(e), str(e["properties"]["orderId"]), e["id"]))
 
 
+def _declared_items(props: dict[str, Any], line_items: int) -> int:
+    """docs/export.md: the order's own `items` count when it sent one, else its line items."""
+    value = props.get("items")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return line_items
+    return int(value)
+
+
 def orders(
     events: list[Event],
     start: datetime | None,
@@ -93,7 +101,7 @@ def orders(
                 "userId": visitor(e),
                 "total": int(props["total"]),
                 "currency": props["currency"],
-                "items": len(lines),
+                "items": _declared_items(props, len(lines)),
                 "units": sum(int(p["quantity"]) for p in lines),
                 "products": "; ".join(
                     f"{p['productId']} x{p['quantity']} @ {p['price']}" for p in lines

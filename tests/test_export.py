@@ -57,7 +57,16 @@ def _hostile(now: datetime) -> list[dict[str, Any]]:
     def at(seconds: int) -> str:
         return (t0 + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
-    def order(event_id: str, order_id: str, seconds: int, lines: list[Any], **who: str) -> Any:
+    def order(
+        event_id: str,
+        order_id: str,
+        seconds: int,
+        lines: list[Any],
+        items: int | None = None,
+        **who: str,
+    ) -> Any:
+        """An order with these line items; ``items`` as the store counts them (the spec's
+        example event sends `items: 3`), None to send no count."""
         products = [
             {"productId": p, "name": n, "category": c, "price": price, "quantity": q}
             for p, n, c, price, q in lines
@@ -71,8 +80,8 @@ def _hostile(now: datetime) -> list[dict[str, Any]]:
                 "orderId": order_id,
                 "total": total,
                 "currency": "SEK",
-                "items": len(lines),
                 "products": products,
+                **({} if items is None else {"items": items}),
             },
             "context": {"ip": "203.0.113.9", "page": "/checkout"},
             **who,
@@ -106,7 +115,8 @@ def _hostile(now: datetime) -> list[dict[str, Any]]:
             [("prod_late", "Late", "x", 100000, 1)],
             userId="@SUM(A1:A9)",
         ),
-        order("xp_order_2", "+46 70 123", 120, [], anonymousId="anon, with commas"),
+        # As the spec's example: a count of items and no line items.
+        order("xp_order_2", "+46 70 123", 120, [], items=3, anonymousId="anon, with commas"),
         order(
             "xp_order_3",
             "xp_o3",
@@ -366,7 +376,10 @@ def test_json_carries_text_as_is(system: System) -> None:
     assert set(by_id) == {"-42", "+46 70 123", "xp_o3"}
     assert by_id["-42"]["userId"] == "@SUM(A1:A9)"
     assert by_id["-42"]["products"].startswith(FORMULA + " x2 @ 1500; ")
-    assert by_id["+46 70 123"] == {**by_id["+46 70 123"], "items": 0, "units": 0, "products": ""}
+    # `items` is the order's own count where it sent one, else its number of line items.
+    assert by_id["+46 70 123"] == {**by_id["+46 70 123"], "items": 3, "units": 0, "products": ""}
+    assert by_id["-42"]["items"] == 3  # no count sent: its three line items
+    assert by_id["xp_o3"]["items"] == 1
     assert by_id["+46 70 123"]["userId"] == "anon, with commas"
     assert isinstance(by_id["xp_o3"]["total"], int)
 

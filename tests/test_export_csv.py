@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -58,6 +59,10 @@ MOMENTS = [
 KINDS = ["orders", "order_items", "events", "customers"]
 
 
+# Some orders send their own `items` count (with or without line items; 0 is a count too).
+DECLARED: dict[int, dict[str, object]] = {1: {"items": 7}, 3: {"items": 0}, 6: {"items": 2.0}}
+
+
 def _load(storage: Storage, project_id: str) -> None:
     events, items = [], []
     for n, text in enumerate(TEXTS * 2):
@@ -69,7 +74,7 @@ def _load(storage: Storage, project_id: str) -> None:
         }  # fmt: skip
         events.append(
             _event_row(project_id, ts=ts, page=text, product_id=other, utm_source=text,
-                       properties=f'{{"note": "{n}"}}', **order)
+                       properties=json.dumps({"note": str(n), **DECLARED.get(n, {})}), **order)
         )  # fmt: skip
         events.append(_event_row(project_id, event_id=f"e{n}", event="page_view", ts=ts, page=text))
         for line in range(n % 3):
@@ -143,19 +148,47 @@ def _lines_rows(storage: Storage, project_id: str) -> list[tuple[object, ...]]:
     for event_id, _, product, price, quantity in items:
         lines.setdefault(str(event_id), []).append((str(product), int(price), int(quantity)))
     events = storage.query_sync(
-        "SELECT order_id, event_id, ts, toString(currency), visitor_id FROM events"
+        "SELECT order_id, event_id, ts, toString(currency), visitor_id, properties FROM events"
         " WHERE project_id = {p} AND event = 'order_completed'",
         {"p": project_id},
     )
     rows: list[tuple[object, ...]] = []
-    for order_id, event_id, ts, currency, visitor in events:
+    for order_id, event_id, ts, currency, visitor, properties in events:
         mine = lines.get(str(event_id), [])
         moment = datetime.fromisoformat(str(ts)).replace(tzinfo=UTC)
+        declared = json.loads(str(properties)).get("items", -1)
         rows.append(
             (project_id, order_id, event_id, moment, currency, visitor,
-             [p for p, _, _ in mine], [u for _, u, _ in mine], [q for _, _, q in mine])
+             [p for p, _, _ in mine], [u for _, u, _ in mine], [q for _, _, q in mine],
+             int(declared))
         )  # fmt: skip
     return rows
+
+
+@pytest.mark.parametrize("path", ["order_lines", "line_items"])
+def test_items_is_the_orders_own_count_else_its_line_items(
+    storage: Storage, project_id: str, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cartlytics.export.sources import OrdersSource
+    from cartlytics.ingest.ingestor import ORDER_LINES
+
+    _load(storage, project_id)
+    storage.insert_sync("order_lines", ORDER_LINES.columns, _lines_rows(storage, project_id))
+    if path == "line_items":
+
+        async def never(self: OrdersSource, page: Scope) -> bool:
+            return False
+
+        monkeypatch.setattr(OrdersSource, "lines_complete", never)
+    query = ExportQuery(type="orders", format="json", start="2025-01-01")
+    rows = json.loads(asyncio.run(_fast(storage, project_id, query)))
+    items = {row["orderId"]: row["items"] for row in rows}
+    expected = {  # order n of _load has n % 3 line items
+        f"{text}#{n}": int(DECLARED[n]["items"]) if n in DECLARED else n % 3  # type: ignore[call-overload]
+        for n, text in enumerate(TEXTS * 2)
+    }
+    assert items == expected
+    assert any(items[k] != n % 3 for n, k in enumerate(expected))  # declared counts are there
 
 
 @pytest.mark.parametrize("fmt", ["csv", "json"])

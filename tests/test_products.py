@@ -289,7 +289,7 @@ def _store_order(
             ORDER_LINES.columns,
             [
                 (project_id, order_id, event_id, at, currency, who, [p for p, _, _ in lines],
-                 [price for _, price, _ in lines], [q for _, _, q in lines]),
+                 [price for _, price, _ in lines], [q for _, _, q in lines], -1),
             ],
         )  # fmt: skip
 

@@ -131,19 +131,33 @@ PAGE_LINES = Template("""
 """)
 
 # type=orders: each distinct order with its lines summed up: count, units and
-# "prod_a x2 @ 2999; prod_b x1 @ 999" (in line order).
+# "prod_a x2 @ 2999; prod_b x1 @ 999" (in line order). `items` is the order's own
+# properties.items where its order_lines row has it (declared_items >= 0), else the line count;
+# a missing order_lines row joins as 0, hence the + 1 (0: not known here).
 ORDERS_SQL = Template("""
-    SELECT $order_ts AS t, order_id, event_id, visitor, amount, cur, items, units, summary
-    FROM ($page_orders) AS page_orders
+    SELECT t, order_id, event_id, visitor, amount, cur,
+           if(declared_plus_one > 0, declared_plus_one - 1, toInt64(line_count)) AS items,
+           units, summary
+    FROM (
+        SELECT $order_ts AS t, order_id, event_id, visitor, amount, cur, line_count, units,
+               summary
+        FROM ($page_orders) AS page_orders
+        ANY LEFT JOIN (
+            SELECT order_id, event_id, count() AS line_count, sum(qty) AS units,
+                   arrayStringConcat(
+                       arrayMap(x -> concat(x.2, ' x', toString(x.3), ' @ ', toString(x.4)),
+                                arraySort(groupArray((line, product, qty, unit_price)))),
+                       '; ') AS summary
+            FROM ($page_lines)
+            GROUP BY order_id, event_id
+        ) AS page_lines USING (order_id, event_id)
+    ) AS with_lines
     ANY LEFT JOIN (
-        SELECT order_id, event_id, count() AS items, sum(qty) AS units,
-               arrayStringConcat(
-                   arrayMap(x -> concat(x.2, ' x', toString(x.3), ' @ ', toString(x.4)),
-                            arraySort(groupArray((line, product, qty, unit_price)))),
-                   '; ') AS summary
-        FROM ($page_lines)
+        SELECT order_id, event_id, any(declared_items) + 1 AS declared_plus_one
+        FROM order_lines
+        WHERE project_id = {project}$window$currency
         GROUP BY order_id, event_id
-    ) AS order_lines USING (order_id, event_id)
+    ) AS declared USING (order_id, event_id)
     ORDER BY t, order_id, event_id
 """)
 
@@ -155,7 +169,7 @@ ORDERS_FROM_LINES_SQL = Template("""
     SELECT $order_ts AS t, order_id, event_id, visitor, amount, cur, items, units, summary
     FROM ($page_orders) AS page_orders
     ANY LEFT JOIN (
-        SELECT order_id, event_id, length(products) AS items,
+        SELECT order_id, event_id, if(declared >= 0, declared, toInt64(length(products))) AS items,
                arraySum(arrayMap(q -> assumeNotNull(q), quantities)) AS units,
                arrayStringConcat(
                    arrayMap((p, q, u) -> concat(assumeNotNull(p), ' x', toString(assumeNotNull(q)),
@@ -164,7 +178,8 @@ ORDERS_FROM_LINES_SQL = Template("""
                    '; ') AS summary
         FROM (
             SELECT order_id, event_id, any(product_ids) AS products,
-                   any(quantities) AS quantities, any(prices) AS unit_prices
+                   any(quantities) AS quantities, any(prices) AS unit_prices,
+                   any(declared_items) AS declared
             FROM order_lines
             WHERE project_id = {project}$window$currency
             GROUP BY order_id, event_id

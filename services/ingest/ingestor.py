@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -44,7 +44,7 @@ ORDER_LINES = TableSpec(
     "order_lines",
     (
         "project_id", "order_id", "event_id", "ts", "currency", "visitor_id", "product_ids",
-        "prices", "quantities",
+        "prices", "quantities", "declared_items",
     ),
 )  # fmt: skip
 # Every non-empty product name an event carries (the latest one is the product's name).
@@ -135,7 +135,17 @@ def _order_lines_row(project_id: str, e: ValidEvent) -> tuple[Any, ...] | None:
         [item.product_id for item in items],
         [item.price for item in items],
         [item.quantity for item in items],
+        declared_items(e.properties),
     )
+
+
+def declared_items(properties: Mapping[str, Any]) -> int:
+    """The order's own ``properties.items`` (validated: a whole number >= 0, maybe written as
+    3.0), else -1."""
+    value = properties.get("items")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return -1
+    return int(value)
 
 
 def _name_rows(project_id: str, e: ValidEvent) -> list[tuple[Any, ...]]:

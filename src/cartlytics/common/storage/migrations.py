@@ -393,6 +393,16 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        6,
+        "add_declared_items_to_order_lines",
+        (
+            # The order event's own `properties.items` (a count the store reports), -1 when it
+            # sent none: the orders export's `items` column shows it, else the number of line
+            # items (docs/export.md). Rows stored before this migration read -1.
+            "ALTER TABLE order_lines ADD COLUMN declared_items Int64 DEFAULT -1",
+        ),
+    ),
 )
 
 

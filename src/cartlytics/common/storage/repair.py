@@ -63,7 +63,8 @@ def _add_missing(table: str, columns: str, key: str, source: str, target: str) -
 
 ORDER_COLUMNS = "project_id, order_id, event_id, ts, total, currency, visitor_id"
 LINES_COLUMNS = (
-    "project_id, order_id, event_id, ts, currency, visitor_id, product_ids, prices, quantities"
+    "project_id, order_id, event_id, ts, currency, visitor_id, product_ids, prices, quantities,"
+    " declared_items"
 )
 ORDER_EVENT = (
     "any(order_id) AS order_id, any(ts) AS ts, any(total) AS total, "
@@ -185,6 +186,15 @@ STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
                     )
                     GROUP BY project_id, event_id
                 ) AS event_lines USING (project_id, event_id)
+                ALL LEFT JOIN (
+                    SELECT project_id, event_id,
+                           any(if(JSONHas(properties, 'items'),
+                                  toInt64(JSONExtractFloat(properties, 'items')), -1))
+                               AS declared_items
+                    FROM events
+                    WHERE (project_id, event_id) IN $window_ids
+                    GROUP BY project_id, event_id
+                ) AS event_declared USING (project_id, event_id)
                 """,
                 "SELECT project_id, event_id, count() AS kept FROM order_lines"
                 " WHERE (project_id, event_id) IN $window_ids GROUP BY project_id, event_id",
