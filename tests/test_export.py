@@ -535,6 +535,23 @@ def test_xlsx_encoder_types_and_sheet_rollover(monkeypatch: pytest.MonkeyPatch) 
     book.close()
 
 
+def test_xlsx_cuts_a_cell_over_excels_limit_visibly() -> None:
+    """Excel keeps 32,767 characters of a cell; a longer text (a big `properties`) keeps its
+    start and says it was cut, and by how much, instead of losing its end silently."""
+    long_text = "{" + "x" * 39_998 + "}"
+    book = openpyxl.load_workbook(
+        io.BytesIO(_encode("xlsx", [(long_text, 1, 0), ("short", 2, 0)])), read_only=True
+    )
+    cells = [r[0] for r in book.worksheets[0].iter_rows(values_only=True)][1:]
+    book.close()
+    assert len(cells[0]) == 32_767
+    assert cells[0].endswith(" [cut: 40,000 characters; the CSV and JSON exports have it whole]")
+    assert long_text.startswith(cells[0][: cells[0].index(" [cut")])
+    assert cells[1] == "short"
+    # The other formats carry it whole.
+    assert json.loads(_encode("json", [(long_text, 1, 0)]))[0]["text"] == long_text
+
+
 def test_plan_reads_ranges_and_names_files() -> None:
     now = datetime(2024, 3, 10, 12, 0, 0, 500000, tzinfo=UTC)
     plan = plan_export(ExportQuery(type="orders"), now)

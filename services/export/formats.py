@@ -43,6 +43,18 @@ CHUNK_BYTES = 64 * 1024
 XLSX_MAX_ROWS = 1_048_576
 """Rows of one Excel worksheet, the header included; longer exports continue on a new sheet."""
 
+XLSX_MAX_CELL = 32_767
+"""Characters Excel keeps in one cell. A longer text is cut, visibly (``xlsx_cell``)."""
+
+
+def xlsx_cell(text: str) -> str:
+    """``text`` as an XLSX cell holds it: whole, or (over Excel's limit) its start and a marker
+    saying how long it was, instead of the silent cut Excel (and XlsxWriter) would make."""
+    if len(text) <= XLSX_MAX_CELL:
+        return text
+    marker = f" [cut: {len(text):,} characters; the CSV and JSON exports have it whole]"
+    return text[: XLSX_MAX_CELL - len(marker)] + marker
+
 
 class Kind(Enum):
     TEXT = "text"  # str
@@ -327,9 +339,8 @@ class XlsxEncoder(Encoder):
                     sheet.write_number(r, i, value)
                 elif kind is Kind.TIME:
                     sheet.write_datetime(r, i, naive(value), date)
-                else:  # TEXT, JSON; Excel keeps at most 32,767 characters of a cell (and
-                    # XlsxWriter writes a carriage return as OOXML's escape _x000D_)
-                    sheet.write_string(r, i, neutralise(value))
+                else:  # TEXT, JSON (XlsxWriter writes a carriage return as OOXML's _x000D_)
+                    sheet.write_string(r, i, xlsx_cell(neutralise(value)))
             self._row += 1
         return b""
 
