@@ -17,12 +17,19 @@ def test_defaults_need_no_environment() -> None:
     assert config.data_dir == Path("data").resolve()
     assert config.clickhouse_url == "" and config.redis_url == ""
     assert config.default_currency == "USD"
+    assert config.migrate_on_start is True
+
+
+@pytest.mark.parametrize(("raw", "value"), [("no", False), ("False", False), ("yes", True)])
+def test_migrate_on_start_reads_yes_and_no(raw: str, value: bool) -> None:
+    assert Config.from_env({"ANALYTICS_MIGRATE_ON_START": raw}).migrate_on_start is value
 
 
 @pytest.mark.parametrize(
     ("name", "value"),
     [("ANALYTICS_HTTP_PORT", "eighty"), ("ANALYTICS_DEFAULT_CURRENCY", "dollars"),
-     ("ANALYTICS_LOG_FORMAT", "xml"), ("ANALYTICS_SHUTDOWN_GRACE", "-1")],
+     ("ANALYTICS_LOG_FORMAT", "xml"), ("ANALYTICS_SHUTDOWN_GRACE", "-1"),
+     ("ANALYTICS_MIGRATE_ON_START", "maybe")],
 )  # fmt: skip
 def test_bad_values_fail_at_start_naming_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):

@@ -48,6 +48,10 @@ def _migrate(args: argparse.Namespace, config: Config) -> int:
 
     storage = open_storage(config.clickhouse_url, config.data_dir)
     try:
+        if args.check:
+            pending = storage.pending_migrations()
+            print(f"pending migrations: {pending}" if pending else "schema up to date")
+            return 1 if pending else 0
         applied = storage.migrate()
     finally:
         storage.close()
@@ -187,9 +191,13 @@ def main(argv: list[str] | None = None) -> int:
         help=f"comma-separated targets among {', '.join(TARGETS)} (default: all)",
     )
     run.set_defaults(handler=_run)
-    commands.add_parser("migrate", help="apply schema migrations and exit").set_defaults(
-        handler=_migrate
+    migrate = commands.add_parser("migrate", help="apply schema migrations and exit")
+    migrate.add_argument(
+        "--check",
+        action="store_true",
+        help="apply nothing; exit 1 while migrations are pending (a Kubernetes init container)",
     )
+    migrate.set_defaults(handler=_migrate)
     commands.add_parser("config", help="print the configuration table").set_defaults(
         handler=_config
     )

@@ -29,7 +29,7 @@ from cartlytics.common.auth import ALL_SCOPES, KeyRing, load_bootstrap_key, load
 from cartlytics.common.config import Config
 from cartlytics.common.interceptors import ServiceInterceptor
 from cartlytics.common.redis_server import EmbeddedRedis, connect
-from cartlytics.common.storage import Storage, open_storage
+from cartlytics.common.storage import SchemaBehind, Storage, open_storage
 from cartlytics.common.storage.repair import repair_rollups
 
 if TYPE_CHECKING:
@@ -136,7 +136,16 @@ class Runtime:
         storage = await asyncio.to_thread(
             open_storage, self.config.clickhouse_url, self.config.data_dir
         )
-        applied = await asyncio.to_thread(storage.migrate)
+        if self.config.migrate_on_start:
+            applied = await asyncio.to_thread(storage.migrate)
+        else:
+            # Many replicas of one store: `cartlytics migrate` (the Kubernetes Job) applies the
+            # schema once; a replica that finds it behind refuses to start, and is restarted.
+            applied = []
+            pending = await asyncio.to_thread(storage.pending_migrations)
+            if pending:
+                await asyncio.to_thread(storage.close)
+                raise SchemaBehind(pending)
         if storage.backend.interrupted:
             # Before serving: the last process died with the engine, maybe mid-write (repair.py).
             report = await asyncio.to_thread(repair_rollups, storage.backend)

@@ -32,6 +32,15 @@ def _float(raw: str) -> float:
     return value
 
 
+def _yes_no(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("yes", "true", "1", "on"):
+        return True
+    if value in ("no", "false", "0", "off"):
+        return False
+    raise ValueError("must be yes or no")
+
+
 @dataclass(frozen=True)
 class Setting:
     env: str
@@ -225,6 +234,13 @@ SETTINGS: dict[str, Setting] = {
     "log_format": Setting(
         "ANALYTICS_LOG_FORMAT", str, "console", "console (human) or json (one object per line)."
     ),
+    "migrate_on_start": Setting(
+        "ANALYTICS_MIGRATE_ON_START",
+        _yes_no,
+        "yes",
+        "yes: apply schema migrations at start. no: only check them (a replica of many, whose"
+        " schema `cartlytics migrate` applies once, as the Kubernetes Job does).",
+    ),
 }
 
 
@@ -266,6 +282,7 @@ class Config:
     rate_limit_admin_burst: int
     log_level: str
     log_format: str
+    migrate_on_start: bool
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:

@@ -28,6 +28,7 @@ __all__ = [
     "Blocks",
     "Row",
     "RowBlocks",
+    "SchemaBehind",
     "Storage",
     "StorageError",
     "StorageUnavailable",
@@ -44,6 +45,17 @@ B_co = TypeVar("B_co", covariant=True)
 STREAM_BLOCK_ROWS = 8192
 """Rows per streamed block: big enough that per-block overheads vanish, small enough that one
 block (and the one read ahead) stays a few MB."""
+
+
+class SchemaBehind(RuntimeError):
+    """The store lacks migrations this build needs, and this process may not apply them."""
+
+    def __init__(self, pending: list[int]) -> None:
+        super().__init__(
+            f"the schema lacks migrations {pending}: run `cartlytics migrate` first"
+            " (ANALYTICS_MIGRATE_ON_START=no leaves them to it)"
+        )
+        self.pending = pending
 
 
 class Storage:
@@ -148,6 +160,18 @@ class Storage:
             log.info("migration applied", version=migration.version, name=migration.name)
             applied.append(migration.version)
         return applied
+
+    def pending_migrations(self, migrations: tuple[Migration, ...] = MIGRATIONS) -> list[int]:
+        """The versions not applied yet (all of them on a store without schema_migrations)."""
+        check_unique(migrations)
+        try:
+            rows = self.backend.execute("SELECT version FROM schema_migrations")
+        except StorageUnavailable:
+            raise
+        except StorageError:  # no such table yet
+            rows = []
+        done = {int(row[0]) for row in rows}
+        return [m.version for m in migrations if m.version not in done]
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
