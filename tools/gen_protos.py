@@ -73,3 +73,5 @@ if __name__ == "__main__":
         # docs/openapi.json is derived from the descriptor set just written; a fresh interpreter
         # so that it reads the regenerated code.
         subprocess.run([sys.executable, str(ROOT / "tools" / "gen_openapi.py")], check=True)
+        # The Envoy ConfigMap embeds the descriptor set (deploy/k8s/gateway-config.yaml).
+        subprocess.run([sys.executable, str(ROOT / "tools" / "gen_k8s.py")], check=True)
