@@ -15,13 +15,14 @@ import csv
 import io
 import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
 from cartlytics.common.storage import Storage
 from cartlytics.export.csv_sql import csv_header
 from cartlytics.export.exporter import Exporter
-from cartlytics.export.formats import CsvEncoder, LocalTime
+from cartlytics.export.formats import ENCODERS, LocalTime
 from cartlytics.export.request import ExportQuery
 from cartlytics.export.sources import SOURCES, Scope
 from cartlytics.ingest.ingestor import EVENTS, ORDER_ITEMS
@@ -43,6 +44,11 @@ TEXTS = [
     "plain",
     "'already quoted",
     "x=1",  # a formula character not at the start: untouched
+    # What JSON escapes: a backslash, the short escapes and other control characters; and what
+    # it leaves as it is (U+2028, U+007F, a slash).
+    "back\\slash \\n not a line feed",
+    "bell\x07 unit\x1f backspace\x08 formfeed\x0c",
+    "line\u2028sep del\x7f a/b",
 ]
 ZONES = ["UTC", "America/New_York", "Pacific/Chatham", "America/St_Johns", "Asia/Kathmandu"]
 # Around the 2025 DST changes of New York (Mar 9 07:00 UTC, Nov 2 06:00 UTC) and Chatham
@@ -95,11 +101,11 @@ def _load(storage: Storage, project_id: str) -> None:
 
 
 async def _reference(storage: Storage, project_id: str, query: ExportQuery) -> bytes:
-    """The same export through the rows path and the Python CSV encoder."""
+    """The same export through the rows path and the format's Python encoder."""
     exporter = Exporter(storage)
     plan = exporter.plan(query)
     source = SOURCES[plan.type](storage, Scope.of(storage, project_id, plan))
-    encoder = CsvEncoder(source.columns, LocalTime(plan.zone))
+    encoder = ENCODERS[plan.format](source.columns, LocalTime(plan.zone))
     data = b""
     async for batch in source.batches():
         data += encoder.encode(batch())
@@ -125,11 +131,42 @@ def test_clickhouse_writes_the_same_csv_as_the_python_encoder(
         assert fast == reference, kind
 
 
+def _ndjson(text: str) -> list[Any]:
+    # Lines end at "\n" only: str.splitlines() would also cut at U+2028, which JSON strings
+    # may hold as they are.
+    assert text.endswith("\n")
+    return [json.loads(line) for line in text[:-1].split("\n")]
+
+
+@pytest.mark.parametrize("fmt", ["ndjson", "json"])
+@pytest.mark.parametrize("zone", ["UTC", "Pacific/Chatham"])
+def test_clickhouse_writes_the_same_json_as_the_python_encoder(
+    storage: Storage, project_id: str, zone: str, fmt: str
+) -> None:
+    _load(storage, project_id)
+    for kind in KINDS:
+        query = ExportQuery(type=kind, format=fmt, timezone=zone, start="2025-01-01")
+        fast = asyncio.run(_fast(storage, project_id, query))
+        reference = asyncio.run(_reference(storage, project_id, query))
+        text = reference.decode()
+        rows = json.loads(text) if fmt == "json" else _ndjson(text)
+        assert len(rows) > 10, kind  # the data is there: the comparison is not of two empties
+        assert fast == reference, kind
+    # Every hostile text went through (as an order id), and reads back as it was stored.
+    query = ExportQuery(type="orders", format=fmt, start="2025-01-01")
+    text = asyncio.run(_fast(storage, project_id, query)).decode()
+    rows = json.loads(text) if fmt == "json" else _ndjson(text)
+    assert {r["orderId"].rsplit("#", 1)[0] for r in rows} >= set(TEXTS)
+
+
 def test_an_empty_csv_export_is_its_header(storage: Storage, project_id: str) -> None:
     for kind in KINDS:
+        for fmt in ("csv", "ndjson", "json"):
+            query = ExportQuery(type=kind, format=fmt, start="2025-01-01")
+            fast = asyncio.run(_fast(storage, project_id, query))
+            assert fast == asyncio.run(_reference(storage, project_id, query)), (kind, fmt)
         query = ExportQuery(type=kind, format="csv", start="2025-01-01")
         fast = asyncio.run(_fast(storage, project_id, query))
-        assert fast == asyncio.run(_reference(storage, project_id, query)), kind
         source = SOURCES[kind](
             storage, Scope.of(storage, project_id, Exporter(storage).plan(query))
         )

@@ -23,8 +23,9 @@ event for it, not the ids) with the time of their earliest copy, and each page k
 only the copy at that time (once, if two copies share it).
 
 Every source gives its rows as batches for the encoders; the sources but products (whose rows
-are totals kept in Python) also give them as ready CSV lines written by ClickHouse
-(``csv_lines``, see ``csv_sql.py``), the fast path of the CSV export.
+are totals kept in Python) also give them as ready lines written by ClickHouse (``text_lines``
+with ``csv_sql.csv_lines_sql`` or ``json_sql.json_lines_sql``), the fast path of the CSV, NDJSON
+and JSON exports.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ from cartlytics.common.money import average
 from cartlytics.common.storage import Row, Storage
 from cartlytics.metrics.orders import DUPLICATED_ORDERS
 
-from .csv_sql import csv_lines_sql
 from .formats import Column, Kind
 from .request import ExportPlan
 
@@ -56,9 +56,14 @@ class Source(Protocol):
     def batches(self) -> AsyncGenerator[Batch, None]: ...
 
 
-class CsvSource(Source, Protocol):
-    def csv_lines(self, zone: str) -> AsyncGenerator[bytes, None]:
-        """The export's rows as CSV lines (``\\r\\n`` after each), without the header."""
+LineWriter = Callable[[str, Sequence[Column], Sequence[str], str], str]
+"""SQL that writes each row of a query as one line of text (``csv_sql.csv_lines_sql``,
+``json_sql.json_lines_sql``): (inner SQL, columns, value expressions, zone) -> SQL."""
+
+
+class LineSource(Source, Protocol):
+    def text_lines(self, zone: str, writer: LineWriter) -> AsyncGenerator[bytes, None]:
+        """The export's rows as lines ClickHouse wrote with ``writer`` (``\\n`` after each)."""
         ...
 
 
@@ -381,7 +386,7 @@ async def page_blocks(
                 yield block
 
 
-async def page_csv(
+async def page_lines(
     storage: Storage,
     scope: Scope,
     table: str,
@@ -389,11 +394,12 @@ async def page_csv(
     columns: Sequence[Column],
     values: Sequence[str],
     zone: str,
+    writer: LineWriter,
     **extra: str,
 ) -> AsyncGenerator[bytes, None]:
-    """The CSV lines of ``template``'s rows over the scope, page after page."""
+    """The lines ``writer`` makes of ``template``'s rows over the scope, page after page."""
     for page in await pages(storage, scope, table):
-        sql = csv_lines_sql(page.sql(template, **extra), columns, values, zone)
+        sql = writer(page.sql(template, **extra), columns, values, zone)
         async with storage.stream_text(sql, page.params) as blocks:
             async for block in blocks:
                 yield block
@@ -442,9 +448,9 @@ class OrdersSource:
                 async for block in rows:
                     yield lambda block=block: shape(block)  # type: ignore[misc]
 
-    async def csv_lines(self, zone: str) -> AsyncGenerator[bytes, None]:
+    async def text_lines(self, zone: str, writer: LineWriter) -> AsyncGenerator[bytes, None]:
         async for sql, page in self._pages():
-            lines = csv_lines_sql(sql, self.columns, ORDERS_VALUES, zone)
+            lines = writer(sql, self.columns, ORDERS_VALUES, zone)
             async with self._storage.stream_text(lines, page.params) as blocks:
                 async for block in blocks:
                     yield block
@@ -474,8 +480,8 @@ class OrderItemsSource:
             async for block in rows:
                 yield lambda block=block: shape(block)  # type: ignore[misc]
 
-    async def csv_lines(self, zone: str) -> AsyncGenerator[bytes, None]:
-        lines = page_csv(
+    async def text_lines(self, zone: str, writer: LineWriter) -> AsyncGenerator[bytes, None]:
+        lines = page_lines(
             self._storage,
             self._scope,
             "orders",
@@ -483,6 +489,7 @@ class OrderItemsSource:
             self.columns,
             ORDER_ITEMS_VALUES,
             zone,
+            writer,
             names=LINE_NAMES,
         )
         async with aclosing(lines) as blocks:
@@ -594,9 +601,9 @@ class EventsSource:
                 async for block in rows:
                     yield lambda block=block: block  # type: ignore[misc]
 
-    async def csv_lines(self, zone: str) -> AsyncGenerator[bytes, None]:
+    async def text_lines(self, zone: str, writer: LineWriter) -> AsyncGenerator[bytes, None]:
         async for sql, _, values in self._pages():
-            lines = csv_lines_sql(sql, self.columns, EVENTS_VALUES, zone)
+            lines = writer(sql, self.columns, EVENTS_VALUES, zone)
             async with self._storage.stream_text(lines, values) as blocks:
                 async for block in blocks:
                     yield block
@@ -623,8 +630,8 @@ class CustomersSource:
             async for block in rows:
                 yield lambda block=block: shape(block)  # type: ignore[misc]
 
-    async def csv_lines(self, zone: str) -> AsyncGenerator[bytes, None]:
-        sql = csv_lines_sql(self._scope.sql(CUSTOMERS_SQL), self.columns, CUSTOMERS_VALUES, zone)
+    async def text_lines(self, zone: str, writer: LineWriter) -> AsyncGenerator[bytes, None]:
+        sql = writer(self._scope.sql(CUSTOMERS_SQL), self.columns, CUSTOMERS_VALUES, zone)
         async with self._storage.stream_text(sql, self._scope.params) as blocks:
             async for block in blocks:
                 yield block
