@@ -1,10 +1,12 @@
 """An export, start to end: a source's rows through a format's encoder, out in ~64 KB chunks.
 
 Plain domain code (no gRPC): ``Exporter.export`` is an async iterator of bytes that a servicer,
-a test or a script can consume. Memory stays flat: a block of rows is read, turned into output
-rows and encoded (off the event loop, in a worker thread) before the next one is asked for, and
-the bytes leave in chunks as they come. Nothing is sent before the first block has been read, so
-a failing query is still a proper error status rather than a truncated file.
+a test or a script can consume. Memory stays flat: CSV, NDJSON and JSON come from ClickHouse
+as ready lines (csv_sql.py, json_sql.py) that are only framed here; for XLSX (and products) a
+block of rows is read, turned into output rows and encoded (off the event loop, in a worker
+thread) before the next one is asked for. The bytes leave in chunks as they come. Nothing is
+sent before the first block has been read, so a failing query is still a proper error status
+rather than a truncated file.
 """
 
 from __future__ import annotations
