@@ -137,18 +137,15 @@ class Storage:
 
     def migrate(self, migrations: tuple[Migration, ...] = MIGRATIONS) -> list[int]:
         """Apply every migration not yet recorded; return the versions applied now."""
-        check_unique(migrations)
         self.backend.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations "
             "(version UInt32, name String, applied_at DateTime('UTC')) "
             "ENGINE = MergeTree ORDER BY version"
         )
-        done = {
-            int(row[0]) for row in self.backend.execute("SELECT version FROM schema_migrations")
-        }
+        pending = set(self.pending_migrations(migrations))
         applied = []
         for migration in migrations:
-            if migration.version in done:
+            if migration.version not in pending:
                 continue
             for statement in migration.render(self.backend.types):
                 self.backend.execute(statement)

@@ -22,13 +22,9 @@ during the repair itself) finds nothing missing.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-
-import structlog
+from dataclasses import dataclass
 
 from .backends import Backend
-
-log = structlog.get_logger(__name__)
 
 WINDOW_SECONDS = 300
 """Events received this long before the newest one are rebuilt. An INSERT in flight at the stop
@@ -311,7 +307,6 @@ class RepairReport:
     orders: int = 0
     buckets: int = 0
     seconds: float = 0.0
-    steps: list[str] = field(default_factory=list)
 
 
 def repair_rollups(backend: Backend, window_seconds: int = WINDOW_SECONDS) -> RepairReport:
@@ -328,7 +323,6 @@ def repair_rollups(backend: Backend, window_seconds: int = WINDOW_SECONDS) -> Re
                         "$window_ids", WINDOW_IDS
                     )
                 )
-            report.steps.append(name)
             if name == "scope":
                 report.window_events = _count(backend, "repair_window")
                 report.buckets = _count(backend, "repair_buckets")
