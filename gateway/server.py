@@ -75,6 +75,9 @@ FORWARDED_RESPONSE_HEADERS = frozenset({"content-disposition", "retry-after", "x
 """Initial/trailing metadata keys passed back to the client as response headers."""
 _SUCCESS_CODE_KEY = "x-http-code"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_STATUS_TEXT = re.compile(r"[0-9]{3}")  # not str.isdigit(), which takes "²" and "٣"
+# The gateway's own GET endpoints (not in the route table), for the 405's `Allow`.
+_OWN_PATHS: dict[str, list[str]] = {"/healthz": ["GET"], "/metrics": ["GET"]}
 _HEALTH_TIMEOUT_S = 2.0
 _Metadata = Iterable[tuple[str, str | bytes]]
 
@@ -155,6 +158,7 @@ class _Gateway:
         except GatewayError as exc:
             outcome.code = exc.code
             response = _json_error(exc.http_status, error_body(exc.code, exc.message), request_id)
+            response.headers.update(exc.headers)
             if exc.http_status in (408, 413):
                 # Not kept alive: the rest of the body is unwanted (aiohttp discards what is
                 # already on its way, at most lingering_time, so the client reads the error).
@@ -180,6 +184,18 @@ class _Gateway:
         match = self._routes.match(request.method, request.rel_url.raw_path)
         if match is None:
             shown = request.rel_url.raw_path[:200]
+            allowed = _OWN_PATHS.get(request.rel_url.raw_path) or self._routes.allowed_methods(
+                request.rel_url.raw_path
+            )
+            if allowed:
+                # A path that exists, asked with another method: 405 and `Allow` (RFC 9110),
+                # with grpc-gateway's code for it, UNIMPLEMENTED. Envoy answers 404 (envoy.md).
+                raise GatewayError(
+                    grpc.StatusCode.UNIMPLEMENTED,
+                    f"{request.method} is not allowed on {shown}; allowed: {', '.join(allowed)}",
+                    http_status=405,
+                    headers={"Allow": ", ".join(allowed)},
+                )
             raise GatewayError(
                 grpc.StatusCode.NOT_FOUND, f"no method is bound to {request.method} {shown}"
             )
@@ -330,8 +346,9 @@ class _Gateway:
                 await response.write(b"]")
             await response.write_eof()
             return response
-        except ConnectionResetError:
-            outcome.code = grpc.StatusCode.CANCELLED  # the client went away mid-stream
+        except ConnectionError:  # reset, or aiohttp's "Connection lost" while draining
+            # The client went away mid-stream: routine. The service logs the cancelled call.
+            outcome.code = grpc.StatusCode.CANCELLED
             return outcome.stream if outcome.stream is not None else web.Response(status=499)
         finally:
             call.cancel()  # a no-op once the RPC is done; stops the service when we stop reading
@@ -349,6 +366,15 @@ class _Gateway:
             retry_after = retry_after_from_rpc(trailing)
             if retry_after is not None:
                 headers["Retry-After"] = retry_after
+        retry = any(key.lower() == "retry-after" for key in headers)
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED and not retry:
+            # Not one of our refusals (rate limit, export slots: each says when to retry) but
+            # gRPC's own limits on this hop (a message or trailers too large): retrying cannot
+            # help, so not a 429 (docs/abuse.md).
+            _log.error("gateway.transport_limit", grpc_message=err.details(), request_id=request_id)
+            return _json_error(
+                500, error_body(grpc.StatusCode.INTERNAL, "internal error"), request_id
+            )
         return web.Response(status=http_status_for(code), body=body, headers=headers)
 
     def _callable(self, route: Route) -> Any:
@@ -620,7 +646,7 @@ def _response_headers(request_id: str, *metadata: _Metadata | None) -> dict[str,
 def _success_status(initial: _Metadata | None) -> int:
     """200, or the 2xx the service asked for with `x-http-code` (Envoy's Lua filter does this)."""
     for key, value in initial or ():
-        if key == _SUCCESS_CODE_KEY and isinstance(value, str) and value.isdigit():
+        if key == _SUCCESS_CODE_KEY and isinstance(value, str) and _STATUS_TEXT.fullmatch(value):
             code = int(value)
             if 200 <= code <= 299:
                 return code

@@ -55,14 +55,23 @@ _DETAILS_KEY = "grpc-status-details-bin"
 class GatewayError(Exception):
     """A request the gateway answers itself (bad input, unknown route, body too large).
 
-    `http_status` overrides the usual mapping of `code` (413 has no gRPC equivalent).
+    `http_status` overrides the usual mapping of `code` (413 and 405 have no gRPC equivalent);
+    `headers` are added to the response (`Allow` on a 405).
     """
 
-    def __init__(self, code: grpc.StatusCode, message: str, *, http_status: int = 0) -> None:
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        *,
+        http_status: int = 0,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.http_status = http_status or http_status_for(code)
+        self.headers = dict(headers or {})
 
 
 def http_status_for(code: grpc.StatusCode) -> int:

@@ -180,6 +180,19 @@ class RouteTable:
                 return RouteMatch(route, bindings)
         return None
 
+    def allowed_methods(self, raw_path: str) -> list[str]:
+        """The HTTP methods bound to a path (empty when no route has it): a request with another
+        method is a 405 listing these in `Allow`, not a 404 for a path that exists."""
+        parts = split_path(raw_path)
+        allowed: set[str] = set()
+        for route in self._routes:
+            try:
+                if route.template.match(parts) is not None:
+                    allowed.add(route.http_method)
+            except UnicodeDecodeError:
+                raise GatewayError(_INVALID, "path is not valid UTF-8 once decoded") from None
+        return sorted(allowed)
+
 
 def default_descriptor_set_path() -> Path:
     """`analytics.pb`, next to the generated code (written by `make gen`)."""
@@ -465,10 +478,62 @@ def _bind_body(message: Message, route: Route, body: bytes, content_type: str | 
         raise GatewayError(_INVALID, "request body must be a JSON object")
     for fd in reversed(route.body_fields):
         value = {fd.json_name: value}
+    _check_ascii_numbers(value, route.method.input_type, "")
     try:
         json_format.ParseDict(value, message)
     except (json_format.ParseError, ValueError, TypeError, RecursionError) as exc:
         raise GatewayError(_INVALID, f"invalid request body: {_first_line(exc)}") from None
+
+
+# Fields whose JSON string form protobuf's Python parser reads with int(), float() or strptime:
+# those take any script's digits ("٣٣") and `_` separators ("1_0"), which Envoy's C++ parser
+# refuses. Such strings are refused here too, naming the field.
+_NUMERIC_KINDS = frozenset({*_INT_RANGES, _T.TYPE_DOUBLE, _T.TYPE_FLOAT})
+_NUMERIC_TEXT_TYPES = frozenset(
+    {"google.protobuf.Timestamp", "google.protobuf.Duration"}
+    | {w for w in _WRAPPER_TYPES if w not in ("google.protobuf.StringValue",
+                                              "google.protobuf.BytesValue",
+                                              "google.protobuf.BoolValue")}
+)  # fmt: skip
+
+
+def _check_ascii_numbers(value: Any, descriptor: Descriptor, where: str) -> None:
+    """Refuse a number, time or duration written as a JSON string with non-ASCII digits or `_`."""
+    if not isinstance(value, dict):
+        return  # not an object: ParseDict says what is wrong
+    fields = {**descriptor.fields_by_name, **{fd.json_name: fd for fd in descriptor.fields}}
+    for key, item in value.items():
+        fd = fields.get(key) if isinstance(key, str) else None
+        if fd is None:
+            continue  # unknown field: ParseDict refuses it
+        name = f"{where}.{fd.json_name}" if where else fd.json_name
+        entry = fd.message_type
+        if entry is not None and _is_map(fd):
+            key_fd, value_fd = entry.fields_by_name["key"], entry.fields_by_name["value"]
+            if isinstance(item, dict):
+                for map_key, map_value in item.items():
+                    _check_ascii_value(key_fd, map_key, f"{name}[{map_key!r}]")
+                    _check_ascii_value(value_fd, map_value, f"{name}[{map_key!r}]")
+        elif fd.is_repeated and isinstance(item, list):
+            for index, element in enumerate(item):
+                _check_ascii_value(fd, element, f"{name}[{index}]")
+        else:
+            _check_ascii_value(fd, item, name)
+
+
+def _check_ascii_value(fd: FieldDescriptor, value: Any, where: str) -> None:
+    message_type = fd.message_type
+    if message_type is not None and message_type.full_name not in _NUMERIC_TEXT_TYPES:
+        if _is_plain_message_type(message_type):
+            _check_ascii_numbers(value, message_type, where)
+        return  # Struct, Value, Any, FieldMask...: no number is read from text
+    if message_type is None and fd.type not in _NUMERIC_KINDS:
+        return
+    if isinstance(value, str) and (not value.isascii() or "_" in value):
+        shown = value if len(value) <= 64 else value[:61] + "..."
+        raise GatewayError(
+            _INVALID, f"invalid value {shown!r} for field {where}: write numbers with ASCII digits"
+        )
 
 
 def _is_plain_message_type(descriptor: Descriptor) -> bool:

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tests.rest import call
+from tests.servers import System
 
 PRODUCTS = [
     # (productId, name, category, price in minor units)
@@ -214,24 +215,27 @@ def build(
     return data
 
 
+# Keyed by the system's identity (its data folder), never by its URL: systems listen on port 0,
+# so a module's system may get the port of an earlier module's stopped one, and a URL key then
+# said "already loaded" to an empty system (issue 12, item 9).
 _LOADED: dict[tuple[str, int], Dataset] = {}
 
 
-def load(http_url: str, key: str, seed: int = 7) -> Dataset:
+def load(system: System, seed: int = 7) -> Dataset:
     """Send the dataset once per running system (REST batches); return it."""
-    cached = _LOADED.get((http_url, seed))
+    cached = _LOADED.get((system.identity, seed))
     if cached is not None:
         return cached
     data = build(seed)
     for start in range(0, len(data.sent), 400):
         reply = call(
             "POST",
-            f"{http_url}/analytics/event/batch",
-            key,
+            f"{system.http_url}/analytics/event/batch",
+            system.key,
             {"events": data.sent[start : start + 400]},
             timeout=120,
         )
         assert reply.status == 200, reply.body
         assert reply.json()["rejectedCount"] == 0, reply.body
-    _LOADED[(http_url, seed)] = data
+    _LOADED[(system.identity, seed)] = data
     return data

@@ -260,8 +260,8 @@ def iso(ts: datetime) -> str:
 
 def stored_events(system: System) -> list[Event]:
     """Every distinct event the system holds: the shared dataset and this module's extras."""
-    data = dataset.load(system.http_url, system.key)
-    return data.events + _EXTRA.get(system.http_url, [])
+    data = dataset.load(system)
+    return data.events + _EXTRA.get(system.identity, [])
 
 
 def send(system: System, events: list[Event]) -> None:
@@ -270,7 +270,7 @@ def send(system: System, events: list[Event]) -> None:
     reply = call("POST", f"{system.http_url}/analytics/event/batch", system.key, {"events": events})
     assert reply.status == 200, reply.body
     assert reply.json()["rejectedCount"] == 0, reply.body
-    extra = _EXTRA.setdefault(system.http_url, [])
+    extra = _EXTRA.setdefault(system.identity, [])
     known = {e["id"] for e in extra}
     for event in events:
         if event["id"] not in known:

@@ -112,6 +112,13 @@ class System:
     data_dir: Path
     log_path: Path
 
+    @property
+    def identity(self) -> str:
+        """What the tests' per-system caches are keyed by: the data folder, which each system
+        gets fresh (a restart on it is the same system). Never the URL: ports are assigned by
+        the OS, and a system started after another stopped may be given the same one."""
+        return str(self.data_dir.resolve())
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         if self.process.poll() is None:
             self.process.send_signal(sig)

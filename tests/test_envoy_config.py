@@ -528,6 +528,29 @@ def test_declared_success_codes_are_ones_the_lua_filter_applies() -> None:
         assert grpc_path in API.http_methods, f"{grpc_path}: a success code without a REST path"
 
 
+def test_raw_json_bodies_are_http_bodies_envoy_passes_through() -> None:
+    """A method whose REST body the service parses itself (per-event leniency: Envoy's transcoder
+    would refuse a whole batch for one unknown field) binds `body:` to a singular
+    google.api.HttpBody field: Envoy then passes the bytes and Content-Type on untouched
+    ("sending arbitrary content"), for any Content-Type."""
+    messages = {f".{f.package}.{m.name}": m for f in API.files for m in f.message_type if f.package}
+    raw_json: list[str] = []
+    for file in API.files:
+        for service in file.service:
+            for method in service.method:
+                schema: str = method.options.Extensions[options_pb2.json_body_schema]  # type: ignore[index]
+                if not schema:
+                    continue
+                raw_json.append(method.name)
+                rule = method.options.Extensions[annotations_pb2.http]
+                request = messages[method.input_type]
+                (body,) = [f for f in request.field if f.name == rule.body]
+                assert body.type_name == ".google.api.HttpBody", method.name
+                assert body.label != body.LABEL_REPEATED, method.name
+                assert f".{schema}" in messages, f"{method.name}: {schema} is not in the set"
+    assert sorted(raw_json) == ["BatchTrackEventsJson", "TrackEventJson"]
+
+
 def test_error_detail_types_are_in_the_descriptor_set() -> None:
     # Envoy adds google.rpc.Status and google.protobuf.Any itself; any type packed in
     # Status.details must be in the descriptor set, or the JSON conversion fails as a whole.

@@ -140,15 +140,15 @@ _EXTRA: dict[str, list[dict[str, Any]]] = {}
 
 def _events(system: System) -> list[dict[str, Any]]:
     """Every distinct event the system holds: the shared dataset and the hostile ones."""
-    data = dataset.load(system.http_url, system.key)
-    if system.http_url not in _EXTRA:
+    data = dataset.load(system)
+    if system.identity not in _EXTRA:
         extra = _hostile(data.now)
         url = f"{system.http_url}/analytics/event/batch"
         reply = call("POST", url, system.key, {"events": extra})
         assert reply.status == 200, reply.body
         assert reply.json()["rejectedCount"] == 0, reply.body
-        _EXTRA[system.http_url] = extra
-    return data.events + _EXTRA[system.http_url]
+        _EXTRA[system.identity] = extra
+    return data.events + _EXTRA[system.identity]
 
 
 def _export(system: System, **params: str) -> Reply:
@@ -263,7 +263,7 @@ def test_orders_in_a_range_currency_and_zone(
     system: System, fmt: str, params: dict[str, str]
 ) -> None:
     events = _events(system)
-    now = dataset.load(system.http_url, system.key).now
+    now = dataset.load(system).now
     zone = ZoneInfo(params["timezone"])
     start_day = (now - timedelta(days=60)).astimezone(zone).date()
     end_day = (now - timedelta(days=5)).astimezone(zone).date()
@@ -282,7 +282,7 @@ def test_orders_in_a_range_currency_and_zone(
 
 def test_orders_between_rfc3339_instants(system: System) -> None:
     events = _events(system)
-    now = dataset.load(system.http_url, system.key).now
+    now = dataset.load(system).now
     start = (now - timedelta(days=40, hours=3)).replace(microsecond=0)
     end = (now - timedelta(days=3, minutes=7)).replace(microsecond=0)
     start_text = start.astimezone(ZoneInfo("Asia/Kolkata")).isoformat()  # +05:30
@@ -331,7 +331,7 @@ def test_customers_match_oracle(system: System, fmt: str, currency: str) -> None
 @pytest.mark.parametrize(("fmt", "currency"), [("ndjson", ""), ("csv", "SEK")])
 def test_events_match_oracle(system: System, fmt: str, currency: str) -> None:
     events = _events(system)
-    now = dataset.load(system.http_url, system.key).now
+    now = dataset.load(system).now
     start, end = now - timedelta(days=20), now - timedelta(days=1)
     reply = _export(
         system,

@@ -121,22 +121,24 @@ class MetricsEcho(metrics_pb2_grpc.MetricsServiceServicer):  # type: ignore[misc
 
 
 class IngestEcho(ingest_pb2_grpc.IngestServiceServicer):  # type: ignore[misc]
-    async def TrackEvent(self, request: Any, context: Any) -> Any:
-        if request.event.event == "forbidden":
+    """The REST ingest methods take the raw body (google.api.HttpBody): echo its content type
+    and bytes (hex) back, so a test sees exactly what the gateway passed on."""
+
+    async def TrackEventJson(self, request: Any, context: Any) -> Any:
+        if b"forbidden" in request.body.data:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "key lacks scope ingest")
         await context.send_initial_metadata((("x-http-code", "201"),))
-        response = ingest_pb2.TrackEventResponse(
-            id=request.event.id or "evt_server", event=request.event.event
+        echo = ingest_pb2.TrackEventResponse(
+            id=request.body.content_type, event=request.body.data.hex()
         )
-        response.timestamp.CopyFrom(request.event.timestamp)
-        return response
+        return ingest_pb2.TrackEventJsonResponse(result=echo)
 
-    async def BatchTrackEvents(self, request: Any, context: Any) -> Any:
-        accepted = [
-            ingest_pb2.AcceptedEvent(index=i, id=e.id, event=e.event)
-            for i, e in enumerate(request.events)
-        ]
-        return ingest_pb2.BatchTrackEventsResponse(accepted_count=len(accepted), accepted=accepted)
+    async def BatchTrackEventsJson(self, request: Any, context: Any) -> Any:
+        echo = ingest_pb2.AcceptedEvent(
+            index=0, id=request.body.content_type, event=request.body.data.hex()
+        )
+        result = ingest_pb2.BatchTrackEventsResponse(accepted_count=1, accepted=[echo])
+        return ingest_pb2.BatchTrackEventsJsonResponse(result=result)
 
 
 class ExportEcho(export_pb2_grpc.ExportServiceServicer):  # type: ignore[misc]
@@ -270,8 +272,11 @@ def test_routes_come_from_the_annotations() -> None:
         "GET /analytics/ping",
     }  # the admin service has no HTTP bindings: never on the public gateway
     track = labels["POST /analytics/event"]
-    assert track.grpc_path == "/analytics.ingest.v1.IngestService/TrackEvent"
-    assert (track.body, track.success_code) == ("event", 201)
+    assert track.grpc_path == "/analytics.ingest.v1.IngestService/TrackEventJson"
+    assert (track.body, track.response_body, track.success_code) == ("body", "result", 201)
+    batch = labels["POST /analytics/event/batch"]
+    assert batch.grpc_path == "/analytics.ingest.v1.IngestService/BatchTrackEventsJson"
+    assert (batch.body, batch.response_body, batch.success_code) == ("body", "result", 0)
     assert labels["POST /analytics/query"].body == "*"
     export = labels["GET /analytics/export"]
     assert export.server_streaming and export.returns_http_body
@@ -330,11 +335,35 @@ def test_unknown_path_is_404_status_json(stack: Stack) -> None:
 
 
 @pytest.mark.parametrize(
-    ("method", "path"), [("POST", "/analytics/sales"), ("GET", "/analytics/event")]
+    ("method", "path", "allowed"),
+    [
+        ("POST", "/analytics/sales", "GET"),
+        ("GET", "/analytics/event", "POST"),
+        ("DELETE", "/analytics/query", "POST"),
+        ("PUT", "/analytics/event/batch", "POST"),
+        ("OPTIONS", "/analytics/export", "GET"),
+        ("POST", "/healthz", "GET"),
+        ("PATCH", "/metrics", "GET"),
+    ],
 )
-def test_known_path_with_wrong_method_is_404(stack: Stack, method: str, path: str) -> None:
+def test_known_path_with_wrong_method_is_405_with_allow(
+    stack: Stack, method: str, path: str, allowed: str
+) -> None:
+    """RFC 9110: a path that exists, asked with another method, is a 405 whose `Allow` lists the
+    methods bound to it (it was a 404 as if the path did not exist); the usual JSON error body,
+    with grpc-gateway's code for it (UNIMPLEMENTED)."""
     reply = stack.request(method, path)
-    assert_status_error(reply, 404, 5)
+    assert_status_error(reply, 405, 12, method, allowed)
+    assert reply.headers["Allow"] == allowed
+    head = stack.request("HEAD", path)  # HEAD is not bound either; no body, the same headers
+    assert (head.status, head.headers["Allow"], head.body) == (405, allowed, b"")
+
+
+def test_unknown_paths_stay_404_without_allow(stack: Stack) -> None:
+    for method, path in (("GET", "/analytics/nope"), ("POST", "/analytics/sales/x"), ("GET", "/")):
+        reply = stack.request(method, path)
+        assert_status_error(reply, 404, 5)
+        assert "Allow" not in reply.headers
 
 
 def test_trailing_slash_matches_like_envoy(stack: Stack) -> None:
@@ -344,32 +373,36 @@ def test_trailing_slash_matches_like_envoy(stack: Stack) -> None:
 # --------------------------------------------------------------------------- bodies
 
 
-def test_body_field_binding_and_201_from_x_http_code(stack: Stack) -> None:
-    event = {
-        "id": "evt_abc",
-        "event": "order_completed",
-        "timestamp": "2024-05-01T12:30:00Z",
-        "properties": {"orderId": "o1", "total": 6578},
-    }
-    reply = stack.post("/analytics/event", event)
+def test_http_body_binding_passes_the_raw_body_and_201_from_x_http_code(stack: Stack) -> None:
+    # Unknown fields and odd values are the service's to judge: the gateway passes the bytes on.
+    raw = b'{"event": "x", "messageId": "m1", "properties": "oops", "n": 1e400}'
+    reply = stack.post("/analytics/event", raw)
     assert reply.status == 201, reply.body
-    assert reply.json() == {
-        "id": "evt_abc",
-        "event": "order_completed",
-        "timestamp": "2024-05-01T12:30:00Z",
-    }
+    # response_body "result": the wrapped TrackEventResponse is the whole JSON answer.
+    assert reply.json() == {"id": "application/json", "event": raw.hex()}
     assert "x-http-code" not in reply.headers
 
 
-def test_body_star_binding(stack: Stack) -> None:
-    events = {"events": [{"id": "evt_1", "event": "page_view"}, {"event": "search"}]}
-    reply = stack.post("/analytics/event/batch", events)
+@pytest.mark.parametrize(
+    ("raw", "headers", "content_type"),
+    [
+        (
+            b"\xff\xfe not JSON",
+            {"Content-Type": "text/plain;charset=UTF-8"},
+            "text/plain;charset=UTF-8",
+        ),
+        (b"", {}, "application/json"),
+        (b'{"events": [1, {"x": NaN}], "extra": 1}', {}, "application/json"),
+    ],
+    ids=["bytes-as-text-plain", "empty", "odd-json"],
+)
+def test_http_body_batch_gets_any_bytes_and_their_content_type(
+    stack: Stack, raw: bytes, headers: dict[str, str], content_type: str
+) -> None:
+    reply = stack.post("/analytics/event/batch", raw, headers=headers)
     assert reply.status == 200, reply.body
-    body = reply.json()
-    assert body["acceptedCount"] == 2
-    assert body["rejectedCount"] == 0
-    assert body["rejected"] == []
-    assert [a["event"] for a in body["accepted"]] == ["page_view", "search"]
+    [echo] = reply.json()["accepted"]
+    assert (echo["id"], bytes.fromhex(echo["event"])) == (content_type, raw)
 
 
 def test_body_star_binds_maps_and_numbers(stack: Stack) -> None:
@@ -387,16 +420,16 @@ def test_body_star_binds_maps_and_numbers(stack: Stack) -> None:
 
 
 def test_empty_body_is_an_empty_message(stack: Stack) -> None:
-    reply = stack.post("/analytics/event/batch", b"")
+    reply = stack.post("/analytics/query", b"")
     assert reply.status == 200, reply.body
-    assert reply.json()["acceptedCount"] == 0
+    assert reply.json()["rows"][0]["metrics"] == []
 
 
 @pytest.mark.parametrize(
     ("path", "body", "field"),
     [
-        ("/analytics/event", {"event": "x", "colour": "red"}, '"colour"'),
-        ("/analytics/event/batch", {"events": [], "extra": 1}, '"extra"'),
+        ("/analytics/query", {"metrics": ["orders"], "colour": "red"}, '"colour"'),
+        ("/analytics/query", {"metrics": [], "extra": {"a": 1}}, '"extra"'),
     ],
 )
 def test_unknown_json_field_is_400_naming_it(
@@ -408,14 +441,13 @@ def test_unknown_json_field_is_400_naming_it(
 @pytest.mark.parametrize(
     ("path", "body", "fragment"),
     [
-        ("/analytics/event", b"{not json", "not valid JSON"),
-        ("/analytics/event", b'{"event": NaN}', "not valid JSON"),
-        ("/analytics/event", b"\xff\xfe", "UTF-8"),
-        ("/analytics/event", b'"a string"', "JSON object"),
-        ("/analytics/event/batch", b"[1, 2]", "JSON object"),
-        ("/analytics/event/batch", b'{"events": 5}', "events"),
+        ("/analytics/query", b"{not json", "not valid JSON"),
+        ("/analytics/query", b'{"limit": NaN}', "not valid JSON"),
+        ("/analytics/query", b"\xff\xfe", "UTF-8"),
+        ("/analytics/query", b'"a string"', "JSON object"),
+        ("/analytics/query", b"[1, 2]", "JSON object"),
+        ("/analytics/query", b'{"metrics": 5}', "metrics"),
         ("/analytics/query", b'{"limit": "many"}', "limit"),
-        ("/analytics/event", b'{"timestamp": "yesterday"}', "timestamp"),
     ],
 )
 def test_malformed_body_is_400_not_500(stack: Stack, path: str, body: bytes, fragment: str) -> None:
@@ -747,8 +779,10 @@ def test_additional_binding_literals_first_and_custom_verb(books: RouteTable) ->
     request: Any = build_request(update, "", b'{"name": "n", "ratios": [2]}')
     assert (request.shelf, request.inner.name, list(request.inner.ratios)) == ("s9", "n", [2.0])
     assert books.match("PATCH", "/v1/shelves/s9") is None
-    with pytest.raises(GatewayError):
-        build_request(update, "", b'{"name": "n", "bogus": 1}')
+    for bad in (b'{"name": "n", "bogus": 1}', b'{"at": "yesterday"}'):
+        with pytest.raises(GatewayError) as caught:
+            build_request(update, "", bad)
+        assert caught.value.http_status == 400
 
 
 def test_response_body_selects_a_field(books: RouteTable) -> None:

@@ -59,6 +59,12 @@ def test_grpc_calls_need_a_key_and_get_rich_errors(system: System) -> None:
         metadata = (("authorization", f"Bearer {system.key}"),)
         reply, call_ = stub.TrackEvent.with_call(request, metadata=metadata, timeout=5)
         assert reply.id.startswith("evt_")
+        # The typed TrackEvent is gRPC only; its REST twin (TrackEventJson) declares the 201.
+        assert "x-http-code" not in [m.key for m in call_.initial_metadata()]
+        body = ingest_pb2.TrackEventJsonRequest()
+        body.body.data = b'{"event": "search", "userId": "u", "properties": {"query": "q"}}'
+        json_reply, call_ = stub.TrackEventJson.with_call(body, metadata=metadata, timeout=5)
+        assert json_reply.result.id.startswith("evt_")
         assert ("x-http-code", "201") in [(m.key, m.value) for m in call_.initial_metadata()]
         bad = ingest_pb2.TrackEventRequest(event=_order("o_grpc_2", 100, "usd"))
         with pytest.raises(grpc.RpcError) as refused:

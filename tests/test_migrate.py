@@ -67,3 +67,72 @@ def test_replicas_that_only_check_start_once_the_job_migrated(
         assert "migrations_applied=[]" in system.log()
     finally:
         system.stop()
+
+
+# Migration 7 on a store holding orders of release 6 (Int64 revenue in sales_15m), with a write by
+# "another replica" between the view's drop and its creation (run as an INSERT inside the
+# migration): afterwards the revenue column is Decimal128, every order counts once, new orders
+# reach the rollup, and sums past Int64 are exact.
+MIGRATE_7_SCRIPT = """
+import asyncio, sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from cartlytics.common.storage import open_storage
+from cartlytics.common.storage.migrations import MIGRATIONS, Migration
+from cartlytics.metrics.sales import SalesQuery, SalesReader
+
+storage = open_storage(sys.argv[1], Path(sys.argv[2]))
+now = datetime.now(UTC).replace(microsecond=0)
+at = now - timedelta(hours=1)
+columns = ["project_id", "event_id", "event", "ts", "received_at", "visitor_id", "order_id",
+           "total", "currency"]
+
+def order(n, total):
+    return ("p", f"e{n}", "order_completed", at, at, "v", f"o{n}", total, "SEK")
+
+def revenue():
+    report = asyncio.run(
+        SalesReader(storage, "USD", lambda: now).sales("p", SalesQuery("7d", "day", "SEK")))
+    return report.revenue, report.orders
+
+assert storage.migrate(MIGRATIONS[:6]) == [1, 2, 3, 4, 5, 6]
+storage.insert_sync("events", columns, [order(1, 4 * 10**18), order(2, 4 * 10**18)])
+print("before", *revenue())
+seven = MIGRATIONS[6]
+drop, *rest = seven.statements
+gap = ("INSERT INTO events (project_id, event_id, event, ts, received_at, visitor_id, order_id,"
+       " total, currency) SELECT 'p', 'e3', 'order_completed', now() - 3600, now() - 3600, 'v',"
+       " 'o3', toInt64(4000000000000000000), 'SEK'")
+in_the_gap = Migration(7, seven.name, (drop, gap, *rest), repair_after=seven.repair_after)
+assert storage.migrate((*MIGRATIONS[:6], in_the_gap)) == [7]
+print("type", storage.query_sync(
+    "SELECT type FROM system.columns WHERE database = currentDatabase()"
+    " AND table = 'sales_15m' AND name = 'revenue'")[0][0])
+storage.query_sync("OPTIMIZE TABLE sales_15m FINAL")  # merge the bucket's rows: an Int64 wraps
+print("after", *revenue())
+storage.insert_sync("events", columns, [order(4, 5)])
+print("new", *revenue())
+storage.close()
+"""
+
+
+def test_migration_7_makes_revenue_exact_and_keeps_every_order(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    url = _clickhouse_url(backend, request)
+    if url:
+        url = url.rsplit("/", 1)[0] + "/migrate_" + uuid.uuid4().hex[:8]
+    script = tmp_path / "migrate7.py"
+    script.write_text(MIGRATE_7_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script), url, str(tmp_path / "data")],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines() if " " in line)
+    assert lines["before"] == f"{8 * 10**18} 2"
+    assert lines["type"] == "Decimal(38, 0)"
+    assert lines["after"] == f"{12 * 10**18} 3"  # the gap's order included, by the repair
+    assert lines["new"] == f"{12 * 10**18 + 5} 4"

@@ -110,6 +110,9 @@ def test_responses_and_errors() -> None:
         else:
             schema = responses[success]["content"]["application/json"]["schema"]
             output = route.method.output_type
+            selected = route.response_fields[-1].message_type if route.response_fields else None
+            if selected is not None:  # `response_body`: the client sees that field only
+                output = selected
             assert _schema(document, schema)["properties"].keys() == {
                 f.json_name for f in output.fields
             }
@@ -118,6 +121,32 @@ def test_responses_and_errors() -> None:
         )
         scope = options_pb2.Scope.Name(options.Extensions[options_pb2.required_scope])
         assert operation["x-required-scope"] == scope.removeprefix("SCOPE_").lower()
+
+
+def test_raw_json_bodies_are_documented_as_the_message_they_hold() -> None:
+    """The REST ingest methods take a raw google.api.HttpBody that the service parses as JSON;
+    `(analytics.options.v1.json_body_schema)` names the message the body is the JSON form of."""
+    document = _document()
+    raw_json = {}
+    for route in load_routes():
+        options: Any = descriptor_pb2.MethodOptions.FromString(
+            route.method.GetOptions().SerializeToString()
+        )
+        shape = options.Extensions[options_pb2.json_body_schema]
+        if shape:
+            body_type = route.body_fields[-1].message_type
+            assert body_type is not None and body_type.full_name == "google.api.HttpBody"
+            operation = document["paths"][_path(route)][route.http_method.lower()]
+            body = operation["requestBody"]["content"]
+            assert body == {
+                "application/json": {"schema": {"$ref": f"#/components/schemas/{shape}"}}
+            }
+            raw_json[route.label] = shape
+    assert raw_json == {
+        "POST /analytics/event": "analytics.ingest.v1.Event",
+        "POST /analytics/event/batch": "analytics.ingest.v1.BatchTrackEventsRequest",
+    }
+    assert "google.api.HttpBody" not in document["components"]["schemas"]
 
 
 def test_well_known_types_have_their_json_forms() -> None:

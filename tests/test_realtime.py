@@ -1021,3 +1021,221 @@ def test_oracle_midnight_is_what_the_zone_says() -> None:
         2024, 9, 8, 4, 0, tzinfo=UTC
     )
     assert date(2024, 1, 15) == midnight(now, "Etc/GMT+12").date()
+
+
+# --- issue 12: revenue cannot overflow, data errors stay per command, counters rebuilt -----------
+
+MAX_AMOUNT = 10**12  # the largest total ingestion accepts (validation: MAX_AMOUNT)
+INT64_MAX = 2**63 - 1
+
+
+def test_a_bucket_at_the_int64_limit_takes_more_max_orders_exactly(valkey_url: str) -> None:
+    """Before the split, one ``r<q>`` field held a quarter hour's whole revenue: 9,223,372
+    orders of 10^12 left it 36,854,775,807 below 2^63 and the next one overflowed HINCRBY (a
+    script error). Such a bucket, as that version left it, takes 10 more and reads exactly."""
+    clock = Clock(T0)  # 12:00 UTC: quarter hour 48
+    pid = project()
+    day_key = f"rt:{{{pid}}}:orders:20240501:USD"
+    before = INT64_MAX // MAX_AMOUNT  # 9,223,372 orders
+
+    async def body(client: aioredis.Redis) -> RealtimeSnapshot:
+        counters = RealtimeCounters(client, clock)
+        await client.hset(day_key, mapping={"c48": before, "r48": before * MAX_AMOUNT})
+        await client.expire(day_key, 3600)
+        await counters.record(pid, [order(T0, f"max-{i}", MAX_AMOUNT) for i in range(10)])
+        return await snap(counters, pid)
+
+    s = run(valkey_url, body)
+    assert s.orders_today == 9_223_382
+    assert s.revenue_today == 9_223_382_000_000_000_000  # past 2^63 - 1, exact
+    assert s.revenue_today > INT64_MAX
+
+
+def test_max_orders_into_one_quarter_hour_and_out_again_stay_exact(valkey_url: str) -> None:
+    """3,000 orders of about 10^12 in one quarter hour (every low part carries), then an earlier
+    duplicate of every third one moves it to another quarter (every take-out borrows)."""
+    clock = Clock(T0)
+    pid = project()
+    n = 3000
+    firsts = [order(T0 - timedelta(minutes=1), f"o{i}", MAX_AMOUNT - i % 3) for i in range(n)]
+    earlier = [order(T0 - timedelta(hours=3), f"o{i}", i + 1) for i in range(0, n, 3)]
+    batches = [firsts[i : i + 500] for i in range(0, n, 500)]
+    batches += [earlier[i : i + 500] for i in range(0, len(earlier), 500)]
+
+    async def body(client: aioredis.Redis) -> list[RealtimeSnapshot]:
+        counters = RealtimeCounters(client, clock)
+        seen = []
+        for batch in batches:
+            await counters.record(pid, batch)
+            seen.append(await snap(counters, pid))
+        return seen
+
+    seen = run(valkey_url, body)
+    oracle = OrderOracle()
+    expected = []
+    for batch in batches:
+        oracle.record(T0, batch)
+        expected.append(oracle.today(T0, UTC_ZONE, "USD"))
+    assert [(s.orders_today, s.revenue_today) for s in seen] == expected
+    # By hand: 1000 orders each of 10^12, 10^12 - 1 and 10^12 - 2; then the 1000 of 10^12 move
+    # to 09:00 at totals 1, 4, ..., 2998 (i + 1 for i = 0, 3, ..., 2997).
+    assert expected[5] == (3000, 3000 * MAX_AMOUNT - 1000 - 2000)
+    assert expected[-1] == (3000, 2000 * MAX_AMOUNT - 3000 + sum(range(1, 3000, 3)))
+
+
+def test_a_data_error_is_one_commands_failure_not_an_outage(valkey_url: str) -> None:
+    from cartlytics.common.redis_guard import Failure, RedisGuard
+
+    async def body(client: aioredis.Redis) -> tuple[list[int], bool, list[Failure], int]:
+        outages: list[int] = []
+        guard = RedisGuard(client, cooldown=60, on_unavailable=lambda: outages.append(1))
+        failures: list[Failure] = []
+        key = "guard:" + uuid.uuid4().hex
+        await client.set(key + ":text", "x")
+        await client.hset(key + ":hash", "f", INT64_MAX)
+
+        async def wrong_type(c: aioredis.Redis) -> int:
+            return int(await c.hincrby(key + ":text", "f", 1))
+
+        async def overflow(c: aioredis.Redis) -> int:
+            return int(await c.hincrby(key + ":hash", "f", 1))
+
+        async def script_error(c: aioredis.Redis) -> int:
+            return int(await c.eval("return redis.error_reply('bad data')", 0))
+
+        async def fine(c: aioredis.Redis) -> int:
+            return int(await c.incr(key + ":n"))
+
+        results = [
+            await guard.run(call, -1, failures.append)
+            for call in (wrong_type, overflow, script_error, fine)
+        ]
+        return results, guard.available, failures, len(outages)
+
+    results, available, failures, outages = run(valkey_url, body)
+    assert results == [-1, -1, -1, 1]  # the call after three data errors still went to Redis
+    assert available and outages == 0
+    assert failures == [Failure.DATA] * 3
+
+
+def test_an_unreachable_redis_is_an_outage_with_a_cooldown() -> None:
+    from cartlytics.common.redis_guard import Failure, RedisGuard
+
+    url = f"redis://127.0.0.1:{_free_port()}/0"  # nothing listens there
+
+    async def body(client: aioredis.Redis) -> tuple[list[int], bool, list[Failure], int]:
+        outages: list[int] = []
+        guard = RedisGuard(client, cooldown=60, on_unavailable=lambda: outages.append(1))
+        failures: list[Failure] = []
+
+        async def ping(c: aioredis.Redis) -> int:
+            return int(await c.ping())
+
+        results = [await guard.run(ping, -1, failures.append) for _ in range(2)]
+        return results, guard.available, failures, len(outages)
+
+    results, available, failures, outages = run(url, body)
+    assert results == [-1, -1] and not available and outages == 1
+    assert failures == [Failure.UNAVAILABLE, Failure.SKIPPED]  # the second never went out
+
+
+def test_counters_known_to_be_behind_are_not_served(valkey_url: str) -> None:
+    from cartlytics.common.realtime import EPOCH_KEY, STALE_KEY
+
+    clock = Clock(T0)
+    one, two = project(), project()
+
+    async def body(client: aioredis.Redis) -> list[RealtimeSnapshot | None]:
+        counters = RealtimeCounters(client, clock)
+        await counters.record(one, [order(T0, "a", 7, visitor="x")])
+        await counters.record(two, [order(T0, "b", 9, visitor="y")])
+        zone = ZoneInfo("UTC")
+        seen = []
+        await client.delete(EPOCH_KEY)  # as after FLUSHALL: nothing vouches for the counters
+        seen.append(await counters.current_snapshot(one, zone, "USD"))
+        await client.set(EPOCH_KEY, "some run id")
+        seen.append(await counters.current_snapshot(one, zone, "USD"))
+        await client.hset(STALE_KEY, one, "replay 1")  # one awaits a rebuild, two does not
+        seen.append(await counters.current_snapshot(one, zone, "USD"))
+        seen.append(await counters.current_snapshot(two, zone, "USD"))
+        await client.hdel(STALE_KEY, one)
+        await client.delete(EPOCH_KEY)
+        return seen
+
+    seen = run(valkey_url, body)
+    assert seen == [
+        None,
+        RealtimeSnapshot(1, 1, 7, []),
+        None,
+        RealtimeSnapshot(1, 1, 9, []),
+    ]
+
+
+EVENT_COLUMNS = (
+    "project_id", "event_id", "event", "ts", "received_at", "visitor_id", "page", "order_id",
+    "total", "currency",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("reset", [False, True])
+def test_a_rebuild_replays_clickhouse_into_the_counters(
+    valkey_url: str, storage: Any, reset: bool
+) -> None:
+    """Events stored but never recorded (or recorded into keys a bad write broke) come back:
+    the figures equal the oracle over everything stored."""
+    from cartlytics.common.realtime_rebuild import RealtimeRecovery
+
+    # Whole seconds: a clickhouse-server without DateTime64 stores seconds.
+    now = datetime.now(UTC).replace(microsecond=0)
+    clock = Clock(now)
+    pid = project()
+
+    def ago(**delta: float) -> datetime:
+        return now - timedelta(**delta)
+
+    stored = [
+        order(ago(hours=2), "o1", 500, visitor="buyer1", event_id="evt_o1_first"),
+        order(ago(hours=1), "o1", 9, visitor="buyer1", event_id="evt_o1_again"),  # not counted
+        order(ago(hours=50), "o2", 70, visitor="old", event_id="evt_o2_first"),  # too old
+        order(ago(hours=3), "o2", 80, visitor="old", event_id="evt_o2_again"),  # not its first
+        order(ago(minutes=30), "o3", MAX_AMOUNT - 1, visitor="buyer3"),
+        order(ago(minutes=31), "o4", 12, "EUR", visitor="buyer4"),
+        view(ago(minutes=1), "v1", "/home"),
+        view(ago(minutes=2), "v2", "/home"),
+        view(ago(minutes=4), "v2", "/cart"),
+        view(ago(minutes=20), "v3", "/gone"),  # outside the window
+        ev("add_to_cart", ago(minutes=3), visitor="v4"),
+        order(ago(minutes=2), "o5", 3, visitor="v5"),
+    ]
+    rows = [
+        (pid, e.event_id, e.event, e.ts, e.ts, e.visitor_id, e.page, e.order_id, e.total,
+         e.currency)
+        for e in stored
+    ]  # fmt: skip
+    storage.insert_sync("events", EVENT_COLUMNS, rows)
+
+    async def body(client: aioredis.Redis) -> tuple[RealtimeSnapshot, RealtimeSnapshot, bool]:
+        counters = RealtimeCounters(client, clock)
+        await counters.record(pid, stored[:1])  # only the first was recorded live
+        if reset:  # and a bad write broke a key of the project
+            await client.delete(f"rt:{{{pid}}}:visitors")
+            await client.set(f"rt:{{{pid}}}:visitors", "not a sorted set")
+        recovery = RealtimeRecovery(client, counters, storage, clock=clock)
+        await recovery.rebuild(pid, reset=reset)
+        first = await snap(counters, pid)
+        before = await dump(client, pid)
+        await recovery.rebuild(pid)  # a second replay changes nothing
+        return first, await snap(counters, pid), before == await dump(client, pid)
+
+    first, again, unchanged = run(valkey_url, body)
+    orders = OrderOracle()
+    orders.record(now, stored)
+    count, revenue = orders.today(now, UTC_ZONE, "USD")
+    assert first == RealtimeSnapshot(
+        active_visitors=oracle_active(stored, now),
+        orders_today=count,
+        revenue_today=revenue,
+        top_pages=oracle_top_pages(stored, now),
+    )
+    assert first.active_visitors == 4 and first.top_pages == [("/home", 2), ("/cart", 1)]
+    assert again == first and unchanged

@@ -36,8 +36,8 @@ def _order_event(order: oracle.Order, user: str, send_id: bool = True) -> dict[s
 
 def _dataset(system: System) -> list[oracle.Order]:
     """Send a seeded dataset once per system; return the orders the oracle should know about."""
-    if system.http_url in _SENT:
-        return _SENT[system.http_url]
+    if system.identity in _SENT:
+        return _SENT[system.identity]
     rng = random.Random(20240115)
     now = datetime.now(UTC)
     orders: list[oracle.Order] = []
@@ -89,7 +89,7 @@ def _dataset(system: System) -> list[oracle.Order]:
         )  # fmt: skip
         assert reply.status == 200, reply.body
         assert reply.json()["rejectedCount"] == 0, reply.body
-    _SENT[system.http_url] = orders
+    _SENT[system.identity] = orders
     return orders
 
 

@@ -6,8 +6,10 @@ Nothing here is written per endpoint: the paths are the REST gateway's own route
 from the `google.api.http` annotations by `cartlytics.gateway.transcoding`, so the document
 exposes exactly what the gateway serves), and every schema is derived from the message
 descriptors: JSON names, scalar types and ranges, repeated fields, maps, enums, optional fields,
-the well-known types (Struct, Value, Timestamp, wrappers, ...) and google.api.HttpBody, with
-the comments of the .proto files as descriptions. Errors are the google.rpc.Status body the
+the well-known types (Struct, Value, Timestamp, wrappers, ...) and google.api.HttpBody (a raw
+request body that the service parses as JSON names its message with the
+`(analytics.options.v1.json_body_schema)` method option), with the comments of the .proto files
+as descriptions. Errors are the google.rpc.Status body the
 gateway answers (see `gateway/status.py`).
 """
 
@@ -284,19 +286,24 @@ class Builder:
         return {"description": doc} if doc else {}
 
     def request_body(self, route: Route) -> dict[str, Any]:
-        target = route.body_fields[-1].message_type if route.body_fields else None
-        if route.body_fields and route.body_fields[-1].is_repeated:
-            schema = self.field_schema(route.body_fields[-1], with_doc=False)
-        elif route.body_fields:
-            schema = self.single_schema(route.body_fields[-1])
+        last = route.body_fields[-1] if route.body_fields else None
+        target = route.method.input_type if last is None else last.message_type
+        if target is not None and target.full_name == HTTP_BODY and not (last and last.is_repeated):
+            shape = json_body_schema(route)
+            if not shape:
+                return {
+                    "required": True,
+                    "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+                }
+            # A raw body the service parses itself, as the JSON form of the message named.
+            schema = self.ref(self.routes.pool.FindMessageTypeByName(shape))
+        elif last is None:
+            schema = self.ref(route.method.input_type)
+        elif last.is_repeated:
+            schema = self.field_schema(last, with_doc=False)
         else:
-            target = route.method.input_type
-            schema = self.ref(target)
-        if target is not None and target.full_name == HTTP_BODY:
-            content = {"*/*": {"schema": {"type": "string", "format": "binary"}}}
-        else:
-            content = {"application/json": {"schema": schema}}
-        return {"required": True, "content": content}
+            schema = self.single_schema(last)
+        return {"required": True, "content": {"application/json": {"schema": schema}}}
 
     def success_response(self, route: Route) -> dict[str, Any]:
         output: Descriptor = route.method.output_type
@@ -307,7 +314,10 @@ class Builder:
                 "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
             }
         if route.response_fields:
-            schema = self.field_schema(route.response_fields[-1], with_doc=False)
+            selected = route.response_fields[-1]
+            schema = self.field_schema(selected, with_doc=False)
+            if selected.message_type is not None and not selected.is_repeated:
+                output = selected.message_type  # what the client sees is described
         else:
             schema = self.ref(output)
         if route.server_streaming:  # the gateway sends every message, as one JSON array
@@ -391,11 +401,19 @@ def enum_schema(enum: EnumDescriptor, doc: str) -> dict[str, Any]:
     return schema
 
 
-def required_scope(route: Route) -> str:
+def _extensions(route: Route) -> Any:
     # Re-parse the options: extensions read from a fresh pool can come back as unknown fields.
     options = descriptor_pb2.MethodOptions.FromString(route.method.GetOptions().SerializeToString())
-    extensions: Any = options.Extensions
-    number = int(extensions[options_pb2.required_scope])
+    return options.Extensions
+
+
+def json_body_schema(route: Route) -> str:
+    """`(analytics.options.v1.json_body_schema)`: the message a raw JSON body has the form of."""
+    return str(_extensions(route)[options_pb2.json_body_schema])
+
+
+def required_scope(route: Route) -> str:
+    number = int(_extensions(route)[options_pb2.required_scope])
     if not number:
         return ""
     return str(options_pb2.Scope.Name(number)).removeprefix("SCOPE_").lower()

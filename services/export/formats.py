@@ -290,6 +290,9 @@ class JsonEncoder(NdjsonEncoder):
         yield b"\n]\n" if self._rows else b"[]\n"
 
 
+MAX_EXACT_CELL = 2**53 - 1
+
+
 class XlsxEncoder(Encoder):
     content_type = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
     extension = "xlsx"
@@ -336,7 +339,11 @@ class XlsxEncoder(Encoder):
                 if value is None or value == "":
                     continue  # a blank cell
                 if kind is Kind.INT:
-                    sheet.write_number(r, i, value)
+                    number = int(value)
+                    if -MAX_EXACT_CELL <= number <= MAX_EXACT_CELL:
+                        sheet.write_number(r, i, number)
+                    else:  # an Excel number is a double: beyond 2^53 it would be rounded
+                        sheet.write_string(r, i, str(number))
                 elif kind is Kind.TIME:
                     sheet.write_datetime(r, i, naive(value), date)
                 else:  # TEXT, JSON (XlsxWriter writes a carriage return as OOXML's _x000D_)

@@ -22,9 +22,11 @@ TYPES = ("orders", "order_items", "events", "products", "customers")
 FORMATS = ("csv", "json", "ndjson", "xlsx")
 DEFAULT_FORMAT = "csv"
 
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+# [0-9], not \d: \d also matches other scripts' digits.
+_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 _RFC3339 = re.compile(
-    r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?)([Zz]|[+-]\d{2}:\d{2})$"
+    r"^([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt ]([0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,9})?)"
+    r"([Zz]|[+-][0-9]{2}:[0-9]{2})$"
 )
 _EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 _LATEST = datetime(2106, 1, 1, tzinfo=UTC)  # ClickHouse DateTime's range ends in 2106
@@ -62,7 +64,16 @@ class ExportPlan:
 
     @property
     def content_disposition(self) -> str:
-        return f"attachment; filename={self.filename}"
+        """RFC 6266: the name as a bare token when it is one; else an ASCII fallback in quotes
+        and the exact name as RFC 5987 ``filename*``. A header value must be ASCII whatever the
+        request held (gRPC metadata refuses anything else: a non-ASCII name was a 500)."""
+        from urllib.parse import quote
+
+        name = self.filename
+        if re.fullmatch(r"[A-Za-z0-9._+-]+", name):
+            return f"attachment; filename={name}"
+        fallback = re.sub(r"[^A-Za-z0-9._+-]", "_", name)
+        return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
 def _choice(value: str, choices: tuple[str, ...], field: str, default: str = "") -> str:

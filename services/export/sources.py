@@ -40,6 +40,7 @@ from typing import Any, Protocol
 
 from cartlytics.common.money import average
 from cartlytics.common.storage import Row, Storage
+from cartlytics.common.storage.sql import decimal_text
 from cartlytics.metrics.orders import DUPLICATED_ORDERS
 
 from .formats import Column, Kind
@@ -241,12 +242,13 @@ ORDERS_VALUES = (
 )  # fmt: skip
 ORDER_ITEMS_VALUES = (
     "order_id", "t", "visitor", "cur", "line + 1", "product", "product_name", "product_category",
-    "unit_price", "qty", "unit_price * qty", "event_id",
+    "unit_price", "qty", decimal_text("toDecimal128(unit_price, 0) * qty"), "event_id",
 )  # fmt: skip
 
 # Per customer (the order's visitor) and currency: the window's distinct orders.
 CUSTOMERS_SQL = Template("""
-    SELECT visitor, cur, count() AS orders, sum(amount) AS revenue, min($order_ts) AS first_t,
+    SELECT visitor, cur, count() AS orders, sum(toDecimal128(amount, 0)) AS revenue,
+           min($order_ts) AS first_t,
            max($order_ts) AS last_t
     FROM ($page_orders)
     GROUP BY visitor, cur
@@ -254,10 +256,13 @@ CUSTOMERS_SQL = Template("""
 """)
 
 # revenue / orders rounded half away from zero, as money.average.
+# Revenue is a Decimal128 sum (it cannot wrap), written as exact text.
 CUSTOMERS_VALUES = (
-    "visitor", "cur", "orders", "revenue",
-    "if(revenue >= 0, intDiv(revenue * 2 + toInt64(orders), toInt64(orders) * 2),"
-    " -intDiv(-revenue * 2 + toInt64(orders), toInt64(orders) * 2))",
+    "visitor", "cur", "orders", decimal_text("revenue"),
+    decimal_text(
+        "if(revenue >= 0, intDiv(revenue * 2 + toInt64(orders), toInt64(orders) * 2),"
+        " -intDiv(-revenue * 2 + toInt64(orders), toInt64(orders) * 2))"
+    ),
     "first_t", "last_t",
 )  # fmt: skip
 

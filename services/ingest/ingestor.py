@@ -16,7 +16,8 @@ from typing import Any
 
 from cartlytics.common.errors import FieldViolation
 from cartlytics.common.realtime import RealtimeCounters, RealtimeEvent
-from cartlytics.common.redis_guard import RedisGuard
+from cartlytics.common.realtime_rebuild import RealtimeRecovery
+from cartlytics.common.redis_guard import Failure, RedisGuard
 from cartlytics.common.storage.group_commit import GroupCommitter, TableSpec
 
 from .enrichment import Enrichment, enrich
@@ -185,6 +186,7 @@ class Ingestor:
         limits: IngestLimits | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         new_id: Callable[[], str] = new_event_id,
+        recovery: RealtimeRecovery | None = None,
     ) -> None:
         self._committer = committer
         self._storage = committer.storage
@@ -195,6 +197,7 @@ class Ingestor:
         self._limits = limits or IngestLimits()
         self._clock = clock
         self._new_id = new_id
+        self._recovery = recovery
 
     async def ingest(
         self, project_id: str, events: Sequence[IncomingEvent], client_ip: str = ""
@@ -239,7 +242,13 @@ class Ingestor:
         await self._window.confirm(project_id, [acks[i] for i in claimed])
         if self._realtime is not None and to_store:
             counters, batch = self._realtime, [_realtime(e) for e in to_store]
-            await self._guard.run(lambda _: counters.record(project_id, batch), None)
+
+            def behind(failure: Failure) -> None:
+                # Stored but not counted: the project's counters are rebuilt from ClickHouse.
+                if self._recovery is not None:
+                    self._recovery.record_failed(project_id, failure)
+
+            await self._guard.run(lambda _: counters.record(project_id, batch), None, behind)
 
         refused = {r.index for r in result.rejected}
         for index, event in valid:

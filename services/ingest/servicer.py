@@ -6,16 +6,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 import grpc
-from google.protobuf import json_format
+from google.protobuf import struct_pb2
 from grpc import aio
 
 from cartlytics.common.auth import current_principal
 from cartlytics.common.errors import ApiError, FieldViolation, invalid_argument
 from cartlytics.gen.analytics.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 
+from . import json_events
 from .idempotency import Ack
-from .ingestor import IN_FLIGHT, Ingestor
+from .ingestor import IN_FLIGHT, Ingestor, IngestResult
 from .validation import IncomingEvent
+
+_SAFE_INTEGER = 2**53
 
 
 def _incoming(message: ingest_pb2.Event) -> IncomingEvent:
@@ -28,8 +31,8 @@ def _incoming(message: ingest_pb2.Event) -> IncomingEvent:
         session_id=message.session_id,
         timestamp=_time(message, "timestamp", "timestamp", problems),
         sent_at=_time(message, "sent_at", "sentAt", problems),
-        properties=_plain(json_format.MessageToDict(message.properties)),
-        context=_plain(json_format.MessageToDict(message.context)),
+        properties=_struct(message.properties),
+        context=_struct(message.context),
         decode_violations=problems,
     )
 
@@ -48,15 +51,29 @@ def _time(
         return None
 
 
-def _plain(value: Any) -> Any:
-    """JSON numbers arrive as doubles; whole ones become ints so amounts stay integers."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
+def _struct(struct: struct_pb2.Struct) -> dict[str, Any]:
+    """A Struct as plain Python, read directly: json_format.MessageToDict raises on an inf or NaN
+    number (a gRPC client can send one: validation refuses it by path), and is slower."""
+    return {key: _value(value) for key, value in struct.fields.items()}
+
+
+def _value(value: struct_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        # Numbers arrive as doubles; whole ones become ints so that amounts stay integers.
+        number = value.number_value
+        if number.is_integer() and -_SAFE_INTEGER < number < _SAFE_INTEGER:
+            return int(number)
+        return number
+    if kind == "string_value":
+        return value.string_value
+    if kind == "struct_value":
+        return _struct(value.struct_value)
+    if kind == "list_value":
+        return [_value(item) for item in value.list_value.values]
+    if kind == "bool_value":
+        return value.bool_value
+    return None  # null_value, or no kind set (protobuf's JSON printer also gives null)
 
 
 def _client_ip(context: aio.ServicerContext[Any, Any]) -> str:
@@ -79,25 +96,57 @@ def _fill(target: Any, ack: Ack) -> None:
     target.timestamp.FromDatetime(ack.timestamp)
 
 
+def _fill_single(target: ingest_pb2.TrackEventResponse, result: IngestResult) -> None:
+    """The acknowledgement of a one-event request, or the error its refusal is."""
+    if result.rejected:
+        violations = result.rejected[0].violations
+        if violations[0].description == IN_FLIGHT:
+            raise ApiError(IN_FLIGHT, "EVENT_IN_FLIGHT", grpc.StatusCode.ABORTED)
+        raise invalid_argument(violations)
+    _fill(target, result.accepted[0][1])
+
+
+def _fill_batch(target: ingest_pb2.BatchTrackEventsResponse, result: IngestResult) -> None:
+    target.accepted_count = len(result.accepted)
+    target.rejected_count = len(result.rejected)
+    for index, ack in result.accepted:
+        _fill(target.accepted.add(index=index), ack)
+    for rejected in result.rejected:
+        for violation in rejected.violations:
+            target.rejected.add(
+                index=rejected.index, field=violation.field, description=violation.description
+            )
+
+
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     def __init__(self, ingestor: Ingestor, max_batch_events: int, max_batch_bytes: int) -> None:
         self._ingestor = ingestor
         self._max_events = max_batch_events
         self._max_bytes = max_batch_bytes
 
+    async def _ingest(
+        self, events: list[IncomingEvent], context: aio.ServicerContext[Any, Any]
+    ) -> IngestResult:
+        if not events:
+            return IngestResult()
+        project_id = current_principal.get().project_id
+        return await self._ingestor.ingest(project_id, events, _client_ip(context))
+
     async def TrackEvent(
         self, request: ingest_pb2.TrackEventRequest, context: aio.ServicerContext[Any, Any]
     ) -> ingest_pb2.TrackEventResponse:
-        result = await self._ingestor.ingest(
-            current_principal.get().project_id, [_incoming(request.event)], _client_ip(context)
-        )
-        if result.rejected:
-            violations = result.rejected[0].violations
-            if violations[0].description == IN_FLIGHT:
-                raise ApiError(IN_FLIGHT, "EVENT_IN_FLIGHT", grpc.StatusCode.ABORTED)
-            raise invalid_argument(violations)
         response = ingest_pb2.TrackEventResponse()
-        _fill(response, result.accepted[0][1])
+        _fill_single(response, await self._ingest([_incoming(request.event)], context))
+        return response
+
+    async def TrackEventJson(
+        self, request: ingest_pb2.TrackEventJsonRequest, context: aio.ServicerContext[Any, Any]
+    ) -> ingest_pb2.TrackEventJsonResponse:
+        body = request.body
+        batch = json_events.parse_single(body.data, body.content_type, self._max_bytes)
+        result = json_events.finish(await self._ingest(batch.events, context), batch)
+        response = ingest_pb2.TrackEventJsonResponse()
+        _fill_single(response.result, result)
         return response
 
     async def Ping(
@@ -120,19 +169,21 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             raise invalid_argument(
                 [FieldViolation("events", f"must be at most {self._max_bytes} bytes in all")]
             )
-        result = await self._ingestor.ingest(
-            current_principal.get().project_id,
-            [_incoming(e) for e in request.events],
-            _client_ip(context),
+        result = await self._ingest([_incoming(e) for e in request.events], context)
+        response = ingest_pb2.BatchTrackEventsResponse()
+        _fill_batch(response, result)
+        return response
+
+    async def BatchTrackEventsJson(
+        self,
+        request: ingest_pb2.BatchTrackEventsJsonRequest,
+        context: aio.ServicerContext[Any, Any],
+    ) -> ingest_pb2.BatchTrackEventsJsonResponse:
+        body = request.body
+        batch = json_events.parse_batch(
+            body.data, body.content_type, self._max_events, self._max_bytes
         )
-        response = ingest_pb2.BatchTrackEventsResponse(
-            accepted_count=len(result.accepted), rejected_count=len(result.rejected)
-        )
-        for index, ack in result.accepted:
-            _fill(response.accepted.add(index=index), ack)
-        for rejected in result.rejected:
-            for violation in rejected.violations:
-                response.rejected.add(
-                    index=rejected.index, field=violation.field, description=violation.description
-                )
+        result = json_events.finish(await self._ingest(batch.events, context), batch)
+        response = ingest_pb2.BatchTrackEventsJsonResponse()
+        _fill_batch(response.result, result)
         return response

@@ -7,6 +7,7 @@ Plain Python over plain data, so the rules are testable without gRPC. Every refu
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +19,19 @@ from cartlytics.common.money import is_currency
 
 CUSTOM_EVENT = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 CLIENT_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
-MAX_AMOUNT = 10**15  # minor units; well inside a double's exact integers
+# Numeric limits (docs/semantics.md "Numbers"), chosen with the storage and wire types:
+# - an amount (total, price) is at most 10^12 minor units (10 billion USD, 1 trillion JPY), so a
+#   line's price * quantity (at most 10^18) fits Int64 and sums of a real shop's amounts stay far
+#   below 2^53, the largest whole number a JSON number (a double) holds exactly. Sums are done in
+#   Decimal128 anyway and a figure above 2^53 is an explicit error, never a rounded double.
+# - a line's quantity is at most 10^6 (order_items.quantity is UInt32);
+# - counts a store reports (items, itemCount, resultCount) fit an int32;
+# - any other number must be finite, and a whole one within +-(2^53 - 1): every number travels
+#   as a double (google.protobuf.Struct) and is stored as JSON text.
+MAX_AMOUNT = 10**12
+MAX_QUANTITY = 10**6
+MAX_COUNT = 2**31 - 1
+MAX_SAFE_INTEGER = 2**53 - 1
 MAX_ID_LENGTH = 256
 MAX_EVENT_BYTES = 32 * 1024
 MAX_FUTURE = timedelta(hours=1)
@@ -103,7 +116,13 @@ class _Checker:
         return value
 
     def integer(
-        self, key: str, *, minimum: int, required: bool = False, base: str = "properties"
+        self,
+        key: str,
+        *,
+        minimum: int,
+        maximum: int = MAX_COUNT,
+        required: bool = False,
+        base: str = "properties",
     ) -> int | None:
         value = self.props.get(key)
         name = f"{base}.{key}"
@@ -114,6 +133,9 @@ class _Checker:
         if isinstance(value, bool) or not isinstance(value, int | float):
             self.fail(name, "must be a number")
             return None
+        if isinstance(value, float) and not math.isfinite(value):
+            self.fail(name, "must be a finite number")
+            return None
         if isinstance(value, float) and not value.is_integer():
             self.fail(name, "must be a whole number")
             return None
@@ -121,15 +143,15 @@ class _Checker:
         if number < minimum:
             self.fail(name, f"must be at least {minimum}")
             return None
-        if number > MAX_AMOUNT:
-            self.fail(name, f"must be at most {MAX_AMOUNT}")
+        if number > maximum:
+            self.fail(name, f"must be at most {maximum}")
             return None
         return number
 
     def amount(self, key: str, required: bool = False) -> int | None:
         """Money: a non-negative whole number of minor units (cents)."""
         before = len(self.violations)
-        value = self.integer(key, minimum=0, required=required)
+        value = self.integer(key, minimum=0, maximum=MAX_AMOUNT, required=required)
         if len(self.violations) > before and self.violations[-1].description.startswith("must be"):
             last = self.violations.pop()
             self.fail(last.field, f"{last.description} (an amount in minor units, e.g. 2999)")
@@ -163,8 +185,10 @@ def _line_items(checker: _Checker) -> tuple[LineItem, ...]:
         product_id = sub.string("productId", required=True, base=base)
         name = sub.string("name", base=base)
         category = sub.string("category", base=base)
-        price = sub.integer("price", minimum=0, required=True, base=base)
-        quantity = sub.integer("quantity", minimum=1, required=True, base=base)
+        price = sub.integer("price", minimum=0, maximum=MAX_AMOUNT, required=True, base=base)
+        quantity = sub.integer(
+            "quantity", minimum=1, maximum=MAX_QUANTITY, required=True, base=base
+        )
         checker.violations.extend(sub.violations)
         if not sub.violations and price is not None and quantity is not None:
             items.append(LineItem(product_id, name, category, price, quantity))
@@ -188,14 +212,14 @@ def _product_view(c: _Checker, ctx: dict[str, Any]) -> None:
 def _add_to_cart(c: _Checker, ctx: dict[str, Any]) -> None:
     c.string("productId", required=True)
     c.string("variantId")
-    c.integer("quantity", minimum=1)
+    c.integer("quantity", minimum=1, maximum=MAX_QUANTITY)
     c.amount("price")
     c.currency("currency")
 
 
 def _remove_from_cart(c: _Checker, ctx: dict[str, Any]) -> None:
     c.string("productId", required=True)
-    c.integer("quantity", minimum=1)
+    c.integer("quantity", minimum=1, maximum=MAX_QUANTITY)
 
 
 def _checkout_started(c: _Checker, ctx: dict[str, Any]) -> None:
@@ -226,6 +250,35 @@ STANDARD_EVENTS: dict[str, Callable[[_Checker, dict[str, Any]], None]] = {
     "order_completed": _order_completed,
     "search": _search,
 }
+
+
+NUMBER_RULE = (
+    f"must be a finite number between -{MAX_SAFE_INTEGER} and {MAX_SAFE_INTEGER} "
+    "(beyond, a JSON number is not exact)"
+)
+MAX_NUMBER_VIOLATIONS = 10
+
+
+def _check_numbers(base: str, value: Any, violations: list[FieldViolation]) -> None:
+    """Every number anywhere in ``value`` (properties or context) is finite and within
+    +-(2^53 - 1): numbers travel as doubles and are stored as JSON text, so nothing beyond is
+    exact, and an infinity or NaN has no JSON form at all. Iterative: nesting depth is the
+    client's choice."""
+    found = 0
+    stack: list[tuple[str, Any]] = [(base, value)]
+    while stack and found < MAX_NUMBER_VIOLATIONS:
+        path, item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend((f"{path}.{key}", child) for key, child in reversed(item.items()))
+        elif isinstance(item, list):
+            stack.extend((f"{path}[{i}]", child) for i, child in reversed(list(enumerate(item))))
+        elif (
+            isinstance(item, float | int)
+            and not isinstance(item, bool)
+            and not (math.isfinite(item) and -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER)
+        ):
+            violations.append(FieldViolation(path, NUMBER_RULE))
+            found += 1
 
 
 def _check_identity(incoming: IncomingEvent, violations: list[FieldViolation]) -> None:
@@ -297,6 +350,12 @@ def validate(
         rules(checker, incoming.context)
     line_items = _line_items(checker) if name == "order_completed" else ()
     violations.extend(checker.violations)
+    # The general number rule, for the fields the event's own rules did not already refuse.
+    numbers: list[FieldViolation] = []
+    _check_numbers("properties", incoming.properties, numbers)
+    _check_numbers("context", incoming.context, numbers)
+    named = {v.field for v in checker.violations}
+    violations.extend(v for v in numbers if v.field not in named)
     if violations:
         return violations
     props = incoming.properties

@@ -43,7 +43,7 @@ EARLIER_VISITORS = """
 
 # Without duplicated orderIds: each order's single row is its winner.
 PLAIN_CUSTOMERS = """
-    SELECT visitor_id AS customer, count() AS orders, sum(total) AS revenue,
+    SELECT visitor_id AS customer, count() AS orders, sum(toDecimal128(total, 0)) AS revenue,
            customer IN ({earlier}) AS returning, 0 AS unsure
     FROM orders
     WHERE project_id = {project} AND currency = {currency} AND ts >= {start} AND ts < {end}
@@ -85,7 +85,8 @@ CUSTOMERS_WITH_DUPLICATES = (
     + """)) AS returning,
            dup_other AND NOT dup_winner AS unsure
     FROM (
-        SELECT order_visitor AS customer, count() AS orders, sum(order_total) AS revenue
+        SELECT order_visitor AS customer, count() AS orders,
+               sum(toDecimal128(order_total, 0)) AS revenue
         FROM ("""
     + PERIOD_ORDERS
     + """)
@@ -98,7 +99,9 @@ CUSTOMERS_WITH_DUPLICATES = (
 )
 
 # Customers, repeat customers, returning and unsure ones, revenue, the first {limit} customers by
-# revenue descending then customer id, and whether the project has duplicated orderIds.
+# revenue descending then customer id, and whether the project has duplicated orderIds. Revenue
+# enters the array as text (exact) and as a double (the sort key, exact wherever the figure can be
+# answered at all: up to 2^53): ClickHouse 18.16 crashes on a Decimal128 inside groupArray.
 SUMMARY = (
     """
     SELECT count(),
@@ -107,7 +110,10 @@ SUMMARY = (
            countIf(unsure),
            sum(revenue),
            arraySlice(
-               arraySort(x -> (-x.3, x.1), groupArray((customer, orders, revenue))), 1, {limit}),
+               arraySort(
+                   x -> (-x.4, x.1),
+                   groupArray((customer, orders, toString(revenue), toFloat64(revenue)))),
+               1, {limit}),
            """
     + DUPLICATE_COUNT
     + """
@@ -163,7 +169,7 @@ class CustomersReader(OrdersReader):
             revenue_per_customer=average(revenue, total),
             top_customers=[
                 CustomerRow(customer_id=str(customer), orders=int(orders), revenue=int(revenue))
-                for customer, orders, revenue in summary[5]
+                for customer, orders, revenue, _ in summary[5]
             ],
         )
 

@@ -59,7 +59,8 @@ CHECK = (
 TOP = """
     SELECT 'top' AS kind,
            assumeNotNull(item_product) AS product,
-           toInt64(sum(assumeNotNull(item_price) * assumeNotNull(item_quantity))) AS revenue,
+           sum(toDecimal128(assumeNotNull(item_price), 0) * assumeNotNull(item_quantity))
+               AS revenue,
            toInt64(sum(assumeNotNull(item_quantity))) AS units,
            toUInt64(uniqExact(visitor_id)) AS buyers
     FROM ({lines})
@@ -103,7 +104,7 @@ TOP_SELLERS_WITH_DUPLICATES = (
 FROM_ORDER_ITEMS = (
     """
     SELECT item_product,
-           sum(item_price * item_quantity) AS revenue,
+           sum(toDecimal128(item_price, 0) * item_quantity) AS revenue,
            sum(item_quantity) AS units,
            uniqExact(item_visitor) AS buyers
     FROM (

@@ -1,15 +1,19 @@
 """GET /analytics/realtime: from the Redis counters kept at ingest, or from ClickHouse when Redis
-is unavailable (slower, same definitions)."""
+is unavailable or its counters are known to be behind, until rebuilt (common/realtime_rebuild.py)
+(slower, same definitions)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+from redis.asyncio import Redis
+
 from cartlytics.common.money import parse_currency
 from cartlytics.common.periods import parse_timezone
-from cartlytics.common.realtime import RealtimeCounters
-from cartlytics.common.redis_guard import RedisGuard
+from cartlytics.common.realtime import RealtimeCounters, RealtimeSnapshot
+from cartlytics.common.realtime_rebuild import RealtimeRecovery
+from cartlytics.common.redis_guard import Failure, RedisGuard
 from cartlytics.common.storage import Storage
 
 from .orders import FIRST_ORDERS
@@ -28,7 +32,7 @@ TOP_PAGES = """
     GROUP BY page ORDER BY visitors DESC, page ASC LIMIT 10
 """
 ORDERS_TODAY = """
-    SELECT count(), sum(order_total) FROM ({first_orders})
+    SELECT count(), sum(toDecimal128(order_total, 0)) FROM ({first_orders})
     WHERE order_currency = {currency} AND first_ts >= {midnight}
 """
 
@@ -41,21 +45,34 @@ class RealtimeReader:
         guard: RedisGuard,
         default_currency: str,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        recovery: RealtimeRecovery | None = None,
     ) -> None:
+        """With ``recovery``, counters known to be behind ClickHouse are never served."""
         self._storage = storage
         self._counters = counters
         self._guard = guard
         self._default_currency = default_currency
         self._clock = clock
+        self._recovery = recovery
 
     async def realtime(self, project_id: str, timezone: str, currency: str) -> RealtimeReport:
         zone = parse_timezone(timezone)
         code = parse_currency(currency, self._default_currency)
-        if self._counters is not None:
+        recovery = self._recovery
+        if self._counters is not None and not (recovery and recovery.behind(project_id)):
             counters = self._counters
-            snapshot = await self._guard.run(
-                lambda _: counters.snapshot(project_id, zone, code), None
-            )
+
+            def failed(failure: Failure) -> None:
+                if recovery is not None and failure is Failure.DATA:
+                    recovery.record_failed(project_id, failure)  # e.g. WRONGTYPE: reset them
+
+            async def read(_: Redis) -> RealtimeSnapshot | None:
+                if recovery is None:
+                    return await counters.snapshot(project_id, zone, code)
+                # None while the counters are behind (Redis lost data, or a rebuild pending).
+                return await counters.current_snapshot(project_id, zone, code)
+
+            snapshot = await self._guard.run(read, None, failed)
             if snapshot is not None:
                 return RealtimeReport(
                     snapshot.active_visitors,

@@ -37,7 +37,8 @@ ROLLUP = """
 # The partial buckets at "now" and at "now" a period ago, from the order rows themselves;
 # orders with duplicates are left to the correction below.
 EDGES = """
-    SELECT if(ts >= {start}, {ts_key}, 'previous') AS key, count() AS orders, sum(total) AS revenue
+    SELECT if(ts >= {start}, {ts_key}, 'previous') AS key, count() AS orders,
+           sum(toDecimal128(total, 0)) AS revenue
     FROM orders
     WHERE project_id = {project} AND currency = {currency}
       AND ((ts >= {end_q} AND ts < {end}) OR (ts >= {prev_end_q} AND ts < {prev_end}))

@@ -8,6 +8,7 @@ from typing import Any, Protocol, TypeAlias
 from grpc import aio
 
 from cartlytics.common.auth import current_principal
+from cartlytics.common.figures import exact, int32
 from cartlytics.gen.analytics.metrics.v1 import metrics_pb2, metrics_pb2_grpc
 
 from .reports import (
@@ -78,12 +79,16 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
         )
         response = metrics_pb2.GetSalesResponse(
             period=report.period,
-            revenue=report.revenue,
-            orders=report.orders,
-            average_order_value=report.average_order_value,
+            revenue=exact("revenue", report.revenue),
+            orders=int32("orders", report.orders),
+            average_order_value=exact("averageOrderValue", report.average_order_value),
             currency=report.currency,
             series=[
-                metrics_pb2.SalesBucket(date=b.date, revenue=b.revenue, orders=b.orders)
+                metrics_pb2.SalesBucket(
+                    date=b.date,
+                    revenue=exact("series.revenue", b.revenue),
+                    orders=int32("series.orders", b.orders),
+                )
                 for b in report.series
             ],
         )
@@ -106,8 +111,8 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
                 metrics_pb2.ProductPerformance(
                     product_id=p.product_id,
                     name=p.name,
-                    revenue=p.revenue,
-                    units_sold=p.units_sold,
+                    revenue=exact("topSellers.revenue", p.revenue),
+                    units_sold=exact("topSellers.unitsSold", p.units_sold),
                     conversion_rate=p.conversion_rate,
                 )
                 for p in report.top_sellers
@@ -124,14 +129,16 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
         return metrics_pb2.GetCustomersResponse(
             period=report.period,
             currency=report.currency,
-            total_customers=report.total_customers,
-            new_customers=report.new_customers,
-            returning_customers=report.returning_customers,
+            total_customers=int32("totalCustomers", report.total_customers),
+            new_customers=int32("newCustomers", report.new_customers),
+            returning_customers=int32("returningCustomers", report.returning_customers),
             repeat_purchase_rate=report.repeat_purchase_rate,
-            revenue_per_customer=report.revenue_per_customer,
+            revenue_per_customer=exact("revenuePerCustomer", report.revenue_per_customer),
             top_customers=[
                 metrics_pb2.CustomerValue(
-                    customer_id=c.customer_id, orders=c.orders, revenue=c.revenue
+                    customer_id=c.customer_id,
+                    orders=int32("topCustomers.orders", c.orders),
+                    revenue=exact("topCustomers.revenue", c.revenue),
                 )
                 for c in report.top_customers
             ],
@@ -146,7 +153,9 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
         )
         return metrics_pb2.GetFunnelResponse(
             stages=[
-                metrics_pb2.FunnelStage(name=s.name, count=s.count, rate=s.rate)
+                metrics_pb2.FunnelStage(
+                    name=s.name, count=int32("stages.count", s.count), rate=s.rate
+                )
                 for s in report.stages
             ],
             conversion_rate=report.conversion_rate,
@@ -157,11 +166,11 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
     ) -> metrics_pb2.GetRealtimeResponse:
         report = await self._r.realtime.realtime(_project(), request.timezone, request.currency)
         return metrics_pb2.GetRealtimeResponse(
-            active_visitors=report.active_visitors,
-            orders_today=report.orders_today,
-            revenue_today=report.revenue_today,
+            active_visitors=int32("activeVisitors", report.active_visitors),
+            orders_today=int32("ordersToday", report.orders_today),
+            revenue_today=exact("revenueToday", report.revenue_today),
             top_pages=[
-                metrics_pb2.PageVisitors(page=page, visitors=visitors)
+                metrics_pb2.PageVisitors(page=page, visitors=int32("topPages.visitors", visitors))
                 for page, visitors in report.top_pages
             ],
         )
@@ -181,5 +190,10 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
         )
         response = metrics_pb2.RunQueryResponse()
         for row in report.rows:
-            response.rows.add().update(row)
+            response.rows.add().update(
+                {
+                    name: exact(name, value) if isinstance(value, int) else value
+                    for name, value in row.items()
+                }
+            )
         return response

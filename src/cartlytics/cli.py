@@ -44,8 +44,10 @@ def _run(args: argparse.Namespace, config: Config) -> int:
 
 
 def _migrate(args: argparse.Namespace, config: Config) -> int:
+    from cartlytics.common.datadir import secure_data_dir
     from cartlytics.common.storage import open_storage
 
+    secure_data_dir(config.data_dir)  # the embedded store is made here on a first migrate
     storage = open_storage(config.clickhouse_url, config.data_dir)
     try:
         if args.check:

@@ -20,20 +20,22 @@ import structlog
 from aiohttp import web
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 from redis.asyncio import Redis
 
 from cartlytics.common import catalog
 from cartlytics.common.auth import ALL_SCOPES, KeyRing, load_bootstrap_key, load_secret
 from cartlytics.common.config import Config
+from cartlytics.common.datadir import secure_data_dir
 from cartlytics.common.interceptors import ServiceInterceptor
-from cartlytics.common.redis_server import EmbeddedRedis, connect
+from cartlytics.common.redis_server import EmbeddedRedis, RedisSupervisor, connect
+from cartlytics.common.reflection import enable_reflection
 from cartlytics.common.storage import SchemaBehind, Storage, open_storage
 from cartlytics.common.storage.repair import repair_rollups
 
 if TYPE_CHECKING:
     from cartlytics.common.keys import KeyRefresher
+    from cartlytics.common.realtime_rebuild import RealtimeRecovery
 
 log = structlog.get_logger("cartlytics")
 
@@ -119,6 +121,9 @@ class Runtime:
     storage: Storage | None = None
     redis: Redis | None = None
     embedded_redis: EmbeddedRedis | None = None
+    redis_serving: bool = True  # False while the embedded valkey-server is down (restarting)
+    realtime_recovery: RealtimeRecovery | None = None  # one per process; see _recovery()
+    health_names: list[str] = field(default_factory=list)  # what serve-grpc reports SERVING
     keyring: KeyRing = field(default_factory=KeyRing)
     bootstrap_key: str = ""
     key_refresher: KeyRefresher | None = None
@@ -173,13 +178,62 @@ class Runtime:
             url = embedded.url
         self.redis = connect(url)
         client, embedded_server = self.redis, self.embedded_redis
+        supervisor: asyncio.Task[None] | None = None
+        if embedded_server:
+            # Restarted whenever it dies; health says NOT_SERVING meanwhile (docs/faults.md).
+            watch = RedisSupervisor(
+                embedded_server, self._redis_health, backoff=self.config.redis_restart_backoff
+            )
+            supervisor = asyncio.get_running_loop().create_task(watch.run())
 
         async def stop() -> None:
+            if supervisor:
+                supervisor.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await supervisor
             await client.aclose()
             if embedded_server:
                 await asyncio.to_thread(embedded_server.stop)
 
         self.stoppers.append(stop)
+
+    async def _redis_health(self, up: bool) -> None:
+        """The embedded Redis died (False) or is back (True): report it through gRPC health,
+        and distrust the realtime counters until checked (it may have missed writes)."""
+        self.redis_serving = up
+        if self.realtime_recovery is not None:
+            self.realtime_recovery.unavailable()
+            if up:
+                self.realtime_recovery.wake()
+        if self.health is not None:
+            answer = health_pb2.HealthCheckResponse
+            status = answer.SERVING if up else answer.NOT_SERVING
+            for name in self.health_names:
+                await self.health.set(name, status)
+
+    def _recovery(self) -> RealtimeRecovery | None:
+        """The process's realtime keeper (``realtime_rebuild.py``), started on first use."""
+        from cartlytics.common.realtime import RealtimeCounters
+        from cartlytics.common.realtime_rebuild import RealtimeRecovery
+
+        if self.realtime_recovery is not None or self.redis is None or self.storage is None:
+            return self.realtime_recovery
+        recovery = RealtimeRecovery(
+            self.redis,
+            RealtimeCounters(self.redis),
+            self.storage,
+            interval=self.config.realtime_check_seconds,
+        )
+        self.realtime_recovery = recovery
+        task = asyncio.get_running_loop().create_task(recovery.run())
+
+        async def stop() -> None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        self.stoppers.append(stop)
+        return recovery
 
     async def init_auth(self) -> None:
         from cartlytics.common.keys import KeyRefresher, KeyStore
@@ -232,7 +286,8 @@ class Runtime:
 
         server, storage = self._require()
         config = self.config
-        guard = RedisGuard(self.redis)
+        recovery = self._recovery()
+        guard = RedisGuard(self.redis, on_unavailable=recovery.unavailable if recovery else None)
         salt, _ = load_secret(
             config.ip_salt, config.data_dir, "ip_salt", lambda: secrets.token_hex(32)
         )
@@ -244,6 +299,7 @@ class Runtime:
             guard,
             ip_salt=salt.encode(),
             limits=IngestLimits(max_event_bytes=config.max_event_bytes, ip_mode=config.ip_mode),
+            recovery=recovery,
         )
         servicer = IngestServicer(ingestor, config.max_batch_events, config.max_body_bytes)
         ingest_pb2_grpc.add_IngestServiceServicer_to_server(servicer, server)
@@ -264,12 +320,14 @@ class Runtime:
         server, storage = self._require()
         currency = self.config.default_currency
         counters = RealtimeCounters(self.redis) if self.redis is not None else None
+        recovery = self._recovery()
+        guard = RedisGuard(self.redis, on_unavailable=recovery.unavailable if recovery else None)
         readers = Readers(
             sales=SalesReader(storage, currency),
             products=ProductsReader(storage, currency),
             customers=CustomersReader(storage, currency),
             funnel=FunnelReader(storage, currency),
-            realtime=RealtimeReader(storage, counters, RedisGuard(self.redis), currency),
+            realtime=RealtimeReader(storage, counters, guard, currency, recovery=recovery),
             query=QueryRunner(storage, currency),
         )
         metrics_pb2_grpc.add_MetricsServiceServicer_to_server(MetricsServicer(readers), server)
@@ -277,10 +335,12 @@ class Runtime:
     async def init_export(self) -> None:
         from cartlytics.export.exporter import Exporter
         from cartlytics.export.servicer import ExportServicer
+        from cartlytics.export.slots import ExportLimits, ExportSlots
         from cartlytics.gen.analytics.export.v1 import export_pb2_grpc
 
         server, storage = self._require()
-        servicer = ExportServicer(Exporter(storage))
+        limits = ExportLimits(self.config.export_max_concurrent, self.config.export_max_per_key)
+        servicer = ExportServicer(Exporter(storage), ExportSlots(limits))
         export_pb2_grpc.add_ExportServiceServicer_to_server(servicer, server)
 
     async def init_admin(self) -> None:
@@ -301,17 +361,19 @@ class Runtime:
             for svc in catalog.services()
             if svc.full_name.split(".")[1] in self.started_services
         ]
-        reflection.enable_server_reflection(
-            [*served, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME],
-            server,
-        )  # fmt: skip
+        # Reflection v1 and v1alpha (grpcio-reflection has only v1alpha; common/reflection.py).
+        enable_reflection(
+            [*served, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name], server
+        )
         address = f"{self.config.grpc_host}:{self.config.grpc_port}"
         self.grpc_port = server.add_insecure_port(address)
         await server.start()
-        for name in served:
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        # NOT_SERVING if the embedded Redis died while starting; its supervisor flips it back.
+        self.health_names = [*served, ""]
+        answer = health_pb2.HealthCheckResponse
+        status = answer.SERVING if self.redis_serving else answer.NOT_SERVING
+        for name in self.health_names:
+            await health_servicer.set(name, status)
         log.info(
             "grpc serving", address=f"{self.config.grpc_host}:{self.grpc_port}", services=served
         )
@@ -382,6 +444,8 @@ class Runtime:
     # Lifecycle ---------------------------------------------------------------------------------
 
     async def start(self, targets: list[str]) -> None:
+        # Before anything writes there: secrets and stored events are owner-only (datadir.py).
+        secure_data_dir(self.config.data_dir)
         if self.config.prometheus_port:
             start_http_server(self.config.prometheus_port)
         for module in resolve(targets):

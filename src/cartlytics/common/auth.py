@@ -111,7 +111,7 @@ def load_secret(
     path = data_dir / name
     if path.exists():
         return path.read_text().strip(), False
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     secret = make()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:

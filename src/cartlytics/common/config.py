@@ -13,6 +13,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from .money import READABLE as READABLE_CURRENCIES
+
 
 class ConfigError(ValueError):
     """A setting in the environment has a value that cannot be used."""
@@ -54,7 +56,8 @@ SETTINGS: dict[str, Setting] = {
         "ANALYTICS_DATA_DIR",
         str,
         "./data",
-        "Where the embedded ClickHouse, Redis and the bootstrap key live.",
+        "Where the embedded ClickHouse, Redis and the bootstrap key live (owner-only: 0700/0600,"
+        " tightened at start).",
     ),
     "http_host": Setting("ANALYTICS_HTTP_HOST", str, "127.0.0.1", "REST gateway listen address."),
     "http_port": Setting("ANALYTICS_HTTP_PORT", _positive_int, "8080", "REST gateway port."),
@@ -71,6 +74,20 @@ SETTINGS: dict[str, Setting] = {
         str,
         "",
         "Empty: a valkey-server started by the process under the data dir. Else redis://host:6379/0.",
+    ),
+    "redis_restart_backoff": Setting(
+        "ANALYTICS_REDIS_RESTART_BACKOFF",
+        _float,
+        "0.5",
+        "Seconds before restarting the embedded valkey-server when it dies; doubled while it "
+        "keeps dying young, up to 30.",
+    ),
+    "realtime_check_seconds": Setting(
+        "ANALYTICS_REALTIME_CHECK_SECONDS",
+        _float,
+        "1",
+        "How often each process checks that Redis still holds the realtime counters (else they "
+        "are rebuilt from ClickHouse) and rebuilds those known to be behind.",
     ),
     "bootstrap_key": Setting(
         "ANALYTICS_BOOTSTRAP_KEY",
@@ -230,6 +247,20 @@ SETTINGS: dict[str, Setting] = {
         "20",
         "Admin requests one API key may make at once (>= 1).",
     ),
+    "export_max_concurrent": Setting(
+        "ANALYTICS_EXPORT_MAX_CONCURRENT",
+        _positive_int,
+        "8",
+        "Exports one process streams at once (>= 1); one more is 429 with Retry-After. Bounds "
+        "the memory exports take (docs/export.md).",
+    ),
+    "export_max_per_key": Setting(
+        "ANALYTICS_EXPORT_MAX_PER_KEY",
+        _positive_int,
+        "2",
+        "Exports one API key may stream at once from one process (>= 1); one more is 429 with "
+        "Retry-After.",
+    ),
     "log_level": Setting("ANALYTICS_LOG_LEVEL", str, "info", "debug, info, warning or error."),
     "log_format": Setting(
         "ANALYTICS_LOG_FORMAT", str, "console", "console (human) or json (one object per line)."
@@ -253,6 +284,8 @@ class Config:
     grpc_port: int
     clickhouse_url: str
     redis_url: str
+    redis_restart_backoff: float
+    realtime_check_seconds: float
     bootstrap_key: str
     default_project: str
     key_refresh_seconds: float
@@ -280,6 +313,8 @@ class Config:
     rate_limit_read_burst: int
     rate_limit_admin: float
     rate_limit_admin_burst: int
+    export_max_concurrent: int
+    export_max_per_key: int
     log_level: str
     log_format: str
     migrate_on_start: bool
@@ -297,6 +332,10 @@ class Config:
                 raise ConfigError(f"{setting.env}={raw!r}: {exc}") from exc
         # Absolute, so child processes (valkey-server chdirs into its folder) agree on paths.
         values["data_dir"] = Path(values["data_dir"]).expanduser().resolve()
+        if not 0 < values["realtime_check_seconds"] <= 60:
+            raise ConfigError("ANALYTICS_REALTIME_CHECK_SECONDS must be more than 0 and at most 60")
+        if not 0 < values["redis_restart_backoff"] <= 30:
+            raise ConfigError("ANALYTICS_REDIS_RESTART_BACKOFF must be more than 0 and at most 30")
         if not 0 < values["key_refresh_seconds"] <= 60:
             raise ConfigError("ANALYTICS_KEY_REFRESH_SECONDS must be more than 0 and at most 60")
         for name in ("http_max_url_bytes", "http_max_header_bytes", "http_max_headers"):
@@ -321,7 +360,10 @@ class Config:
             if values[f"rate_limit_{scope}"] > 0 and values[f"rate_limit_{scope}_burst"] < 1:
                 env_name = SETTINGS[f"rate_limit_{scope}_burst"].env
                 raise ConfigError(f"{env_name} must be at least 1 (a bucket must hold one call)")
-        if len(values["default_currency"]) != 3 or not values["default_currency"].isupper():
+        for name in ("export_max_concurrent", "export_max_per_key"):
+            if values[name] < 1:
+                raise ConfigError(f"{SETTINGS[name].env} must be at least 1")
+        if values["default_currency"] not in READABLE_CURRENCIES:
             raise ConfigError("ANALYTICS_DEFAULT_CURRENCY must be an ISO 4217 code such as USD")
         return cls(**values)
 

@@ -2,14 +2,22 @@
 
 Order inside one call: time it -> authenticate and authorize (from the proto's declared scope) ->
 take a token from the key's rate-limit bucket for that scope (``ratelimit.py``) ->
-run the handler with the caller's Principal in a contextvar -> map ``ApiError`` to a rich status,
-anything else to a bare INTERNAL -> log one line and count it.
+run the handler with the caller's Principal in a contextvar -> map ``ApiError`` to a rich status
+(bounded: errors.build_status), anything else to a bare INTERNAL -> log one line and count it.
+
+Server-streaming handlers are driven here with ``context.write`` rather than handed to gRPC as
+generators: a client that hangs up mid-stream (an abandoned export) then ends the handler's
+generator at once (its ``finally`` and ``with`` blocks release what it holds) and is logged as
+one INFO line. Left to gRPC, the generator was only closed by the garbage collector, and a write
+racing the cancellation was logged by gRPC as an ERROR with a traceback.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 from typing import Any
 
 import grpc
@@ -19,7 +27,7 @@ from prometheus_client import Counter, Histogram
 
 from .auth import KeyRing, current_principal
 from .catalog import MethodInfo, methods
-from .errors import INTERNAL_STATUS, ApiError, unavailable
+from .errors import INTERNAL_STATUS, ApiError, bounded, unavailable
 from .ratelimit import RateLimiter, retry_after_header
 from .storage import StorageUnavailable
 
@@ -48,12 +56,16 @@ def _metadata(context: aio.ServicerContext[Any, Any], key: str) -> str | None:
 
 
 async def _abort(context: aio.ServicerContext[Any, Any], error: ApiError | None) -> None:
-    status = error.to_status() if error else INTERNAL_STATUS
+    status = bounded(error.to_status()) if error else INTERNAL_STATUS
     code = error.code if error else grpc.StatusCode.INTERNAL
     trailing: list[tuple[str, str | bytes]] = [(STATUS_DETAILS_KEY, status.SerializeToString())]
     if error is not None and error.retry_after_seconds is not None:
         trailing.append((RETRY_AFTER_KEY, retry_after_header(error.retry_after_seconds)))
     await context.abort(code, status.message, trailing_metadata=tuple(trailing))
+
+
+class _ClientGone(Exception):
+    """A response message could not be sent: the call is over on the client's side."""
 
 
 def _storage_down() -> ApiError:
@@ -106,7 +118,10 @@ class ServiceInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         elapsed = time.perf_counter() - started
         RPC_TOTAL.labels(info.path, code).inc()
         RPC_SECONDS.labels(info.path).observe(elapsed)
-        if isinstance(error, StorageUnavailable):
+        if code == "CANCELLED":
+            # The client hung up (or its deadline passed, or the server is stopping): routine.
+            log.info("rpc cancelled", method=info.path, ms=round(elapsed * 1000, 2))
+        elif isinstance(error, StorageUnavailable):
             log.warning("rpc failed: storage unavailable", method=info.path, error=str(error))
         elif error is not None and not isinstance(error, ApiError):
             log.error("rpc failed", method=info.path, exc_info=error)
@@ -121,6 +136,9 @@ class ServiceInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
                 response = await behavior(request, context)
             except aio.AbortError:
                 self._finish(info, started, "ABORTED_BY_HANDLER", None)
+                raise
+            except asyncio.CancelledError:
+                self._finish(info, started, "CANCELLED", None)
                 raise
             except ApiError as exc:
                 self._finish(info, started, exc.code.name, exc)
@@ -137,17 +155,25 @@ class ServiceInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         return handle
 
     def _wrap_stream(self, info: MethodInfo, behavior: Any) -> Any:
-        async def handle(
-            request: Any, context: aio.ServicerContext[Any, Any]
-        ) -> AsyncIterator[Any]:
+        async def handle(request: Any, context: aio.ServicerContext[Any, Any]) -> None:
             started = time.perf_counter()
             try:
                 await self._enter(info, context)
-                async for item in behavior(request, context):
-                    yield item
+                async with aclosing(behavior(request, context)) as items:
+                    async for item in items:
+                        try:
+                            await context.write(item)
+                        except (aio.AbortError, aio.UsageError):
+                            raise
+                        except Exception as exc:  # gRPC's ExecuteBatchError: the peer is gone
+                            raise _ClientGone from exc
             except aio.AbortError:
                 self._finish(info, started, "ABORTED_BY_HANDLER", None)
                 raise
+            except (asyncio.CancelledError, _ClientGone):
+                self._finish(info, started, "CANCELLED", None)
+                # gRPC takes a cancelled handler as the client's hang-up and logs it at DEBUG.
+                raise asyncio.CancelledError from None
             except ApiError as exc:
                 self._finish(info, started, exc.code.name, exc)
                 await _abort(context, exc)

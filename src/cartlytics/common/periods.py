@@ -7,27 +7,53 @@ length, in wall-clock time of the requested zone, so both cover the same elapsed
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from importlib import resources
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .errors import invalid_field
 
 DEFAULT_PERIOD = "30d"
-_PERIOD = re.compile(r"^(\d{1,3})([dm])$")
+# [0-9], not \d: Python's \d and int() also read other scripts' digits ("٣٣d" was 33 days).
+_PERIOD = re.compile(r"^([0-9]{1,3})([dm])$")
 GRANULARITIES = ("hour", "day", "week", "month")
+
+_ZONE_NAME = re.compile(r"[A-Za-z0-9_+\-/]{1,64}")
+# In the tz database's list but not a place: "Factory" is the "-00" placeholder zone.
+_NOT_PLACES = frozenset({"Factory"})
+ZONE_RULE = (
+    "must be an IANA time zone name such as Europe/Paris or UTC (names of the tz database;"
+    " not right/*, posix/*, posixrules, localtime or Factory)"
+)
+
+
+@functools.cache
+def known_timezones() -> frozenset[str]:
+    """The zone names a request may use: the IANA tz database's names, as the pinned ``tzdata``
+    package lists them, less placeholders.
+
+    Not Python's ``available_timezones()``, which depends on the machine's files and whose
+    ``ZoneInfo`` also opens ``right/UTC``, ``posix/...``, ``posixrules`` or ``localtime``: zones
+    that ClickHouse refuses (a 500) or that mean something else on each host. Every name here
+    runs on chdb and on clickhouse-server 18.16 (tests/test_timezones.py).
+    """
+    listed = resources.files("tzdata").joinpath("zones").read_text(encoding="ascii")
+    return frozenset(listed.split()) - _NOT_PLACES
 
 
 def parse_timezone(name: str, field: str = "timezone") -> ZoneInfo:
     if not name:
         return ZoneInfo("UTC")
-    if len(name) > 64 or not re.fullmatch(r"[A-Za-z0-9_+\-/]+", name) or name.startswith("/"):
-        raise invalid_field(field, "must be an IANA time zone name such as Europe/Paris")
+    if not _ZONE_NAME.fullmatch(name) or name not in known_timezones():
+        shown = f" {name!r}" if _ZONE_NAME.fullmatch(name) else ""
+        raise invalid_field(field, f"unknown time zone{shown}: {ZONE_RULE}")
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise invalid_field(field, f"unknown IANA time zone {name!r}") from exc
+    except (ZoneInfoNotFoundError, ValueError) as exc:  # listed, but no data on this machine
+        raise invalid_field(field, f"unknown time zone {name!r}: {ZONE_RULE}") from exc
 
 
 def _add_months(day: date, months: int) -> date:
@@ -63,7 +89,7 @@ class Window:
 
 def resolve_period(period: str, zone: ZoneInfo, now: datetime, field: str = "period") -> Window:
     label = period or DEFAULT_PERIOD
-    match = _PERIOD.match(label)
+    match = _PERIOD.fullmatch(label)  # not match(): its $ also matches before a final "\n"
     if not match:
         raise invalid_field(field, "must be Nd (N from 1 to 366) or Nm (N from 1 to 24), e.g. 30d")
     count, unit = int(match.group(1)), match.group(2)

@@ -22,8 +22,19 @@ hash tag, so all of a project's keys share one slot and one Lua script may touch
 - ``rt:{p}:order:<blake2b(orderId)>`` hash, the order's claim: its current winner's time ``t``
   (epoch ms), event id ``e``, total ``v`` and currency ``c``, and where it was counted: day hash key
   ``h`` and quarter ``q`` (both empty when the winner is not counted, see ``record``). 3 days.
-- ``rt:{p}:orders:<YYYYMMDD>:<CUR>`` hash: ``c<q>`` orders and ``r<q>`` revenue (minor units) of
-  quarter hour ``q`` (0..95) of that UTC day, in that currency. 4 days.
+- ``rt:{p}:orders:<YYYYMMDD>:<CUR>`` hash: ``c<q>`` orders of quarter hour ``q`` (0..95) of that
+  UTC day, in that currency, and their revenue in minor units, split so that no field can
+  overflow: ``R<q>`` * 10^12 + ``r<q>``, the script keeping ``0 <= r<q> < 10^12`` (it carries the
+  excess into ``R<q>``, exactly, by decimal digits). An order adds at most 10^12 - 1 to ``r<q>``
+  and total // 10^12 + 1 to ``R<q>`` (2 at the 10^12 cap), so ``R<q>`` reaches 2^63 only after
+  more than 2^62 orders in one quarter hour: never. A bucket written before the split (all of
+  the revenue in ``r<q>``) reads the same, and is split on its next write. 4 days.
+
+Two keys outside any project say whether the counters can be trusted (``realtime_rebuild.py``;
+the tag ``{.meta}`` cannot be a project id, which is ``[A-Za-z0-9_-]``): ``rt:{.meta}:epoch``
+(the ``run_id`` of the Redis server whose data we vouch for; absent: lost or never built) and
+``rt:{.meta}:stale`` (hash: project -> pending rebuild). ``current_snapshot`` reads them in the
+same round trip as the counters and answers None when the project's counters are behind.
 
 Writes are one server-side Lua script per batch: one round trip, atomic (an order's claim and
 its increments, or the move of its counts to an earlier winner, cannot be separated by a crash or
@@ -80,6 +91,12 @@ TOP_PAGES = 10
 # these 1000, an approximation bounded in cost: one ZCOUNT each, pipelined.
 MAX_CANDIDATE_PAGES = 1000
 MAX_PAGE_CHARS = 512
+# Revenue is kept as R * REVENUE_BASE + r (see the module docstring). A power of ten so that the
+# script splits any decimal total exactly by its digits; 10^12 is also the largest amount.
+REVENUE_DIGITS = 12
+REVENUE_BASE = 10**REVENUE_DIGITS
+EPOCH_KEY = "rt:{.meta}:epoch"
+STALE_KEY = "rt:{.meta}:stale"
 
 
 @dataclass(frozen=True)
@@ -105,12 +122,12 @@ class RealtimeSnapshot:
 
 
 # KEYS: visitors, pages index, then one set per page, one claim per order, one hash per day.
-# ARGV: horizon, window TTL, claim TTL, buckets TTL, #pages, #orders, then
+# ARGV: horizon, window TTL, claim TTL, buckets TTL, #pages, #orders, revenue digits, then
 #   visitors:  n, then n pairs (score, visitor)
 #   index:     n, then n pairs (score, page)           (n = #pages)
 #   per page:  n, then n pairs (score, visitor)
 #   per order: day-hash index (1-based among the hash keys; 0: too old to count), time (epoch ms),
-#              event id, total, currency, quarter
+#              event id, total, currency, quarter, total % 10^12, total // 10^12
 # Returns the number of claims written: orders newly counted, or moved to an earlier event.
 _RECORD_LUA = """
 local horizon = ARGV[1]
@@ -119,7 +136,8 @@ local claim_ttl = tonumber(ARGV[3])
 local buckets_ttl = tonumber(ARGV[4])
 local n_pages = tonumber(ARGV[5])
 local n_orders = tonumber(ARGV[6])
-local at = 7
+local DIGITS = tonumber(ARGV[7])
+local at = 8
 
 local function pairs_arg()
   local n = tonumber(ARGV[at])
@@ -158,6 +176,33 @@ local function earlier(t1, e1, t2, e2)
   return #e1 < #e2
 end
 
+-- Revenue is R<q> * 10^12 + r<q>. Bring r<q> back into [0, 10^12): a borrow after taking an
+-- order out, or a carry of every digit above the low twelve -- by string, so exactly, whatever
+-- the size (a bucket from before the split holds all of its revenue in r<q>). Arguments to
+-- HINCRBY are always strings: Lua numbers would be formatted as floats.
+local function settle(day_key, quarter)
+  local r = 'r' .. quarter
+  local low = redis.call('HGET', day_key, r)
+  if not low then return end
+  local n = tonumber(low)
+  if n < 0 then
+    redis.call('HINCRBY', day_key, r, '1' .. string.rep('0', DIGITS))
+    redis.call('HINCRBY', day_key, 'R' .. quarter, '-1')
+  elseif #low > DIGITS then
+    local high = string.sub(low, 1, -DIGITS - 1)
+    redis.call('HINCRBY', day_key, r, '-' .. high .. string.rep('0', DIGITS))
+    redis.call('HINCRBY', day_key, 'R' .. quarter, high)
+  end
+end
+
+local function put_in(day_key, quarter, low, high)
+  settle(day_key, quarter)
+  redis.call('HINCRBY', day_key, 'c' .. quarter, 1)
+  redis.call('HINCRBY', day_key, 'r' .. quarter, low)
+  if high ~= '0' then redis.call('HINCRBY', day_key, 'R' .. quarter, high) end
+  settle(day_key, quarter)
+end
+
 -- Take a counted order out of its bucket. Guarded so that a bucket lost early (eviction, manual
 -- deletion) is neither recreated without a TTL nor driven negative.
 local function take_out(day_key, quarter, total)
@@ -165,14 +210,20 @@ local function take_out(day_key, quarter, total)
   local count = tonumber(redis.call('HGET', day_key, c))
   if not count or count < 1 then return end
   if count == 1 then
-    redis.call('HDEL', day_key, c, r)
-  else
-    redis.call('HINCRBY', day_key, c, -1)
-    if total ~= '0' then
-      local minus = string.sub(total, 1, 1) == '-' and string.sub(total, 2) or '-' .. total
-      redis.call('HINCRBY', day_key, r, minus)
-    end
+    redis.call('HDEL', day_key, c, r, 'R' .. quarter)
+    return
   end
+  redis.call('HINCRBY', day_key, c, '-1')
+  if string.sub(total, 1, 1) == '-' then
+    redis.call('HINCRBY', day_key, r, string.sub(total, 2))
+  else
+    -- total = high * 10^12 + low, read off its decimal digits
+    local low = tonumber(string.sub(total, -DIGITS))
+    local high = string.sub(total, 1, -DIGITS - 1)
+    if low ~= 0 then redis.call('HINCRBY', day_key, r, string.format('-%d', low)) end
+    if high ~= '' then redis.call('HINCRBY', day_key, 'R' .. quarter, '-' .. high) end
+  end
+  settle(day_key, quarter)
 end
 
 local hashes = 2 + n_pages + n_orders
@@ -181,7 +232,8 @@ for o = 1, n_orders do
   local claim = KEYS[2 + n_pages + o]
   local index, t, e, total = tonumber(ARGV[at]), ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
   local currency, quarter = ARGV[at + 4], ARGV[at + 5]
-  at = at + 6
+  local low, high = ARGV[at + 6], ARGV[at + 7]
+  at = at + 8
   -- A string here is a claim written before claims were hashes: it holds no time to compare,
   -- so it is left to win, as it did then, until it expires.
   local old = redis.pcall('HMGET', claim, 't', 'e', 'h', 'q', 'v')
@@ -195,8 +247,7 @@ for o = 1, n_orders do
       local day_key = ''
       if index > 0 then
         day_key = KEYS[hashes + index]
-        redis.call('HINCRBY', day_key, 'c' .. quarter, 1)
-        redis.call('HINCRBY', day_key, 'r' .. quarter, total)
+        put_in(day_key, quarter, low, high)
         redis.call('EXPIRE', day_key, buckets_ttl)
       else
         quarter = ''
@@ -262,6 +313,12 @@ def _quarter(moment: datetime) -> tuple[date, int]:
     """The UTC day and quarter-hour index (0..95) a moment falls in."""
     utc = moment.astimezone(UTC)
     return utc.date(), (utc.hour * 60 + utc.minute) // 15
+
+
+def project_key_pattern(project_id: str) -> str:
+    """A SCAN pattern matching every counter key of the project (and no other project's)."""
+    prefix = _Keys(project_id).prefix
+    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in prefix) + "*"
 
 
 class _Keys:
@@ -356,8 +413,9 @@ class RealtimeCounters:
             if order.ts >= earliest:
                 day_key = keys.orders(day, order.currency)
                 index = day_keys.setdefault(day_key, len(day_keys) + 1)
+            high, low = divmod(order.total, REVENUE_BASE)
             order_args += [index, _millis(order.ts), _member(order.event_id), order.total]
-            order_args += [order.currency, quarter]
+            order_args += [order.currency, quarter, low, high]
 
         args: list[str | bytes | int | float] = [
             horizon,
@@ -366,6 +424,7 @@ class RealtimeCounters:
             ORDER_BUCKETS_TTL_SECONDS,
             len(page_list),
             len(orders),
+            REVENUE_DIGITS,
         ]
         args += _pairs(visitors)
         args += _pairs({page: max(pages[page].values()) for page in page_list})
@@ -384,6 +443,21 @@ class RealtimeCounters:
         Two pipelined round trips: the visitor count, the order buckets and the candidate pages;
         then the visitor count of each candidate page.
         """
+        snapshot = await self._snapshot(project_id, zone, currency, check=False)
+        assert snapshot is not None
+        return snapshot
+
+    async def current_snapshot(
+        self, project_id: str, zone: ZoneInfo, currency: str
+    ) -> RealtimeSnapshot | None:
+        """``snapshot``, or None when the counters are known to be behind ClickHouse: Redis lost
+        its data (no epoch key) or the project awaits a rebuild (in the stale hash). Checked
+        in the first round trip, with the counters."""
+        return await self._snapshot(project_id, zone, currency, check=True)
+
+    async def _snapshot(
+        self, project_id: str, zone: ZoneInfo, currency: str, check: bool
+    ) -> RealtimeSnapshot | None:
         keys = _Keys(project_id)
         now = self._clock()
         since = f"({_epoch(now) - ACTIVE_WINDOW.total_seconds()!r}"
@@ -400,12 +474,20 @@ class RealtimeCounters:
         )
         for day, names in fields.items():
             pipe.hmget(keys.orders(day, currency), names)
+        if check:
+            pipe.exists(EPOCH_KEY)
+            pipe.hexists(STALE_KEY, project_id)
         active, candidates, *buckets = await pipe.execute()
+        if check:
+            *buckets, epoch, stale = buckets
+            if not epoch or stale:
+                return None
 
         orders = revenue = 0
-        for values in buckets:  # HMGET answers in request order: c<q>, r<q>, c<q+1>, ...
-            orders += sum(int(value) for value in values[0::2] if value is not None)
-            revenue += sum(int(value) for value in values[1::2] if value is not None)
+        for values in buckets:  # HMGET answers in request order: c<q>, r<q>, R<q>, c<q+1>, ...
+            orders += sum(int(value) for value in values[0::3] if value is not None)
+            revenue += sum(int(value) for value in values[1::3] if value is not None)
+            revenue += REVENUE_BASE * sum(int(v) for v in values[2::3] if v is not None)
 
         pages = [_text(page) for page in candidates]
         counts: list[int] = []
@@ -438,7 +520,7 @@ def _bucket_fields(start: datetime, now: datetime) -> dict[date, list[str]]:
     fields: dict[date, list[str]] = {}
     while moment <= now:
         day, quarter = _quarter(moment)
-        fields.setdefault(day, []).extend((f"c{quarter}", f"r{quarter}"))
+        fields.setdefault(day, []).extend((f"c{quarter}", f"r{quarter}", f"R{quarter}"))
         moment += BUCKET
     return fields
 

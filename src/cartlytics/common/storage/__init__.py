@@ -22,6 +22,7 @@ import structlog
 
 from .backends import Backend, StorageError, StorageUnavailable, open_backend
 from .migrations import MIGRATIONS, Migration, check_unique
+from .repair import repair_rollups
 from .sql import Row, literal, render
 
 __all__ = [
@@ -149,6 +150,9 @@ class Storage:
                 continue
             for statement in migration.render(self.backend.types):
                 self.backend.execute(statement)
+            if migration.repair_after and pending != {m.version for m in migrations}:
+                # Not on a new store (nothing to repair); see Migration.repair_after.
+                repair_rollups(self.backend, only=migration.repair_after)
             self.backend.insert(
                 "schema_migrations",
                 ["version", "name", "applied_at"],

@@ -102,7 +102,7 @@ class ChdbBackend:
     def __init__(self, path: Path, database: str = "analytics") -> None:
         from chdb import session  # imported here: the server backend must not need it
 
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)  # owner-only (datadir.py)
         self._path, self._database = str(path), database
         # Present while a process has the folder open: found at start, the last one never
         # closed it (killed, crashed), and a write may have been cut between `events` and its

@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 
 from .backends import Backend
+from .sql import exact_sum
 
 WINDOW_SECONDS = 300
 """Events received this long before the newest one are rebuilt. An INSERT in flight at the stop
@@ -204,10 +205,10 @@ STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
                 "sales_15m",
                 ("orders", "revenue"),
                 f"SELECT project_id, currency, {BUCKET} AS bucket, toInt64(count()) AS orders,"
-                f" toInt64(sum(total)) AS revenue FROM orders WHERE {IN_BUCKETS}"
+                f" {exact_sum('total')} AS revenue FROM orders WHERE {IN_BUCKETS}"
                 " GROUP BY project_id, currency, bucket",
                 "SELECT project_id, currency, bucket, toInt64(sum(orders)) AS orders,"
-                " toInt64(sum(revenue)) AS revenue FROM sales_15m"
+                f" {exact_sum('revenue')} AS revenue FROM sales_15m"
                 " WHERE (project_id, currency, bucket) IN (SELECT * FROM repair_buckets)"
                 " GROUP BY project_id, currency, bucket",
             ),
@@ -309,14 +310,19 @@ class RepairReport:
     seconds: float = 0.0
 
 
-def repair_rollups(backend: Backend, window_seconds: int = WINDOW_SECONDS) -> RepairReport:
+def repair_rollups(
+    backend: Backend, window_seconds: int = WINDOW_SECONDS, only: tuple[str, ...] = ()
+) -> RepairReport:
     """Make every table derived from ``events`` whole again for the events received in the
-    last ``window_seconds`` before the newest one (blocking; run before serving)."""
+    last ``window_seconds`` before the newest one (blocking; run before serving). ``only``: just
+    these steps (after the scope), e.g. the one rollup a migration rebuilt the view of."""
     started = time.monotonic()
     report = RepairReport()
     _drop_scratch(backend)
     try:
         for name, statements in STEPS:
+            if only and name != "scope" and name not in only:
+                continue
             for statement in statements:
                 backend.execute(
                     statement.replace("{window}", str(int(window_seconds))).replace(

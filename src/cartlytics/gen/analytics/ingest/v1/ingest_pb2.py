@@ -24,11 +24,12 @@ _sym_db = _symbol_database.Default()
 
 from cartlytics.gen.analytics.options.v1 import options_pb2 as analytics_dot_options_dot_v1_dot_options__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n analytics/ingest/v1/ingest.proto\x12\x13\x61nalytics.ingest.v1\x1a\"analytics/options/v1/options.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\r\n\x0bPingRequest\"\x0e\n\x0cPingResponse\"\x90\x02\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65vent\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x14\n\x0c\x61nonymous_id\x18\x04 \x01(\t\x12\x12\n\nsession_id\x18\x05 \x01(\t\x12-\n\ttimestamp\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07sent_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\nproperties\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12(\n\x07\x63ontext\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\">\n\x11TrackEventRequest\x12)\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1a.analytics.ingest.v1.Event\"^\n\x12TrackEventResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65vent\x18\x02 \x01(\t\x12-\n\ttimestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"E\n\x17\x42\x61tchTrackEventsRequest\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1a.analytics.ingest.v1.Event\"h\n\rAcceptedEvent\x12\r\n\x05index\x18\x01 \x01(\x05\x12\n\n\x02id\x18\x02 \x01(\t\x12\r\n\x05\x65vent\x18\x03 \x01(\t\x12-\n\ttimestamp\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"B\n\rRejectedEvent\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"\xb6\x01\n\x18\x42\x61tchTrackEventsResponse\x12\x16\n\x0e\x61\x63\x63\x65pted_count\x18\x01 \x01(\x05\x12\x16\n\x0erejected_count\x18\x02 \x01(\x05\x12\x34\n\x08\x61\x63\x63\x65pted\x18\x03 \x03(\x0b\x32\".analytics.ingest.v1.AcceptedEvent\x12\x34\n\x08rejected\x18\x04 \x03(\x0b\x32\".analytics.ingest.v1.RejectedEvent2\x9c\x03\n\rIngestService\x12\x87\x01\n\nTrackEvent\x12&.analytics.ingest.v1.TrackEventRequest\x1a\'.analytics.ingest.v1.TrackEventResponse\"(\xc8\xf3\x18\x01\xd0\xf3\x18\xc9\x01\x82\xd3\xe4\x93\x02\x19\"\x10/analytics/event:\x05\x65vent\x12\x96\x01\n\x10\x42\x61tchTrackEvents\x12,.analytics.ingest.v1.BatchTrackEventsRequest\x1a-.analytics.ingest.v1.BatchTrackEventsResponse\"%\xc8\xf3\x18\x01\x82\xd3\xe4\x93\x02\x1b\"\x16/analytics/event/batch:\x01*\x12h\n\x04Ping\x12 .analytics.ingest.v1.PingRequest\x1a!.analytics.ingest.v1.PingResponse\"\x1b\xc8\xf3\x18\x01\x82\xd3\xe4\x93\x02\x11\x12\x0f/analytics/pingBFZDgithub.com/cartlytics/cartlytics/gen/go/analytics/ingest/v1;ingestv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n analytics/ingest/v1/ingest.proto\x12\x13\x61nalytics.ingest.v1\x1a\"analytics/options/v1/options.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x19google/api/httpbody.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\r\n\x0bPingRequest\"\x0e\n\x0cPingResponse\"\x90\x02\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65vent\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x14\n\x0c\x61nonymous_id\x18\x04 \x01(\t\x12\x12\n\nsession_id\x18\x05 \x01(\t\x12-\n\ttimestamp\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07sent_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\nproperties\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12(\n\x07\x63ontext\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\">\n\x11TrackEventRequest\x12)\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1a.analytics.ingest.v1.Event\"^\n\x12TrackEventResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65vent\x18\x02 \x01(\t\x12-\n\ttimestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"E\n\x17\x42\x61tchTrackEventsRequest\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1a.analytics.ingest.v1.Event\"h\n\rAcceptedEvent\x12\r\n\x05index\x18\x01 \x01(\x05\x12\n\n\x02id\x18\x02 \x01(\t\x12\r\n\x05\x65vent\x18\x03 \x01(\t\x12-\n\ttimestamp\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"B\n\rRejectedEvent\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"\xb6\x01\n\x18\x42\x61tchTrackEventsResponse\x12\x16\n\x0e\x61\x63\x63\x65pted_count\x18\x01 \x01(\x05\x12\x16\n\x0erejected_count\x18\x02 \x01(\x05\x12\x34\n\x08\x61\x63\x63\x65pted\x18\x03 \x03(\x0b\x32\".analytics.ingest.v1.AcceptedEvent\x12\x34\n\x08rejected\x18\x04 \x03(\x0b\x32\".analytics.ingest.v1.RejectedEvent\";\n\x15TrackEventJsonRequest\x12\"\n\x04\x62ody\x18\x01 \x01(\x0b\x32\x14.google.api.HttpBody\"Q\n\x16TrackEventJsonResponse\x12\x37\n\x06result\x18\x01 \x01(\x0b\x32\'.analytics.ingest.v1.TrackEventResponse\"A\n\x1b\x42\x61tchTrackEventsJsonRequest\x12\"\n\x04\x62ody\x18\x01 \x01(\x0b\x32\x14.google.api.HttpBody\"]\n\x1c\x42\x61tchTrackEventsJsonResponse\x12=\n\x06result\x18\x01 \x01(\x0b\x32-.analytics.ingest.v1.BatchTrackEventsResponse2\xee\x05\n\rIngestService\x12\x63\n\nTrackEvent\x12&.analytics.ingest.v1.TrackEventRequest\x1a\'.analytics.ingest.v1.TrackEventResponse\"\x04\xc8\xf3\x18\x01\x12u\n\x10\x42\x61tchTrackEvents\x12,.analytics.ingest.v1.BatchTrackEventsRequest\x1a-.analytics.ingest.v1.BatchTrackEventsResponse\"\x04\xc8\xf3\x18\x01\x12\xb7\x01\n\x0eTrackEventJson\x12*.analytics.ingest.v1.TrackEventJsonRequest\x1a+.analytics.ingest.v1.TrackEventJsonResponse\"L\xc8\xf3\x18\x01\xd0\xf3\x18\xc9\x01\xda\xf3\x18\x19\x61nalytics.ingest.v1.Event\x82\xd3\xe4\x93\x02 \"\x10/analytics/event:\x04\x62odyb\x06result\x12\xdc\x01\n\x14\x42\x61tchTrackEventsJson\x12\x30.analytics.ingest.v1.BatchTrackEventsJsonRequest\x1a\x31.analytics.ingest.v1.BatchTrackEventsJsonResponse\"_\xc8\xf3\x18\x01\xda\xf3\x18+analytics.ingest.v1.BatchTrackEventsRequest\x82\xd3\xe4\x93\x02&\"\x16/analytics/event/batch:\x04\x62odyb\x06result\x12h\n\x04Ping\x12 .analytics.ingest.v1.PingRequest\x1a!.analytics.ingest.v1.PingResponse\"\x1b\xc8\xf3\x18\x01\x82\xd3\xe4\x93\x02\x11\x12\x0f/analytics/pingBFZDgithub.com/cartlytics/cartlytics/gen/go/analytics/ingest/v1;ingestv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,29 +38,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'ZDgithub.com/cartlytics/cartlytics/gen/go/analytics/ingest/v1;ingestv1'
   _globals['_INGESTSERVICE'].methods_by_name['TrackEvent']._loaded_options = None
-  _globals['_INGESTSERVICE'].methods_by_name['TrackEvent']._serialized_options = b'\310\363\030\001\320\363\030\311\001\202\323\344\223\002\031\"\020/analytics/event:\005event'
+  _globals['_INGESTSERVICE'].methods_by_name['TrackEvent']._serialized_options = b'\310\363\030\001'
   _globals['_INGESTSERVICE'].methods_by_name['BatchTrackEvents']._loaded_options = None
-  _globals['_INGESTSERVICE'].methods_by_name['BatchTrackEvents']._serialized_options = b'\310\363\030\001\202\323\344\223\002\033\"\026/analytics/event/batch:\001*'
+  _globals['_INGESTSERVICE'].methods_by_name['BatchTrackEvents']._serialized_options = b'\310\363\030\001'
+  _globals['_INGESTSERVICE'].methods_by_name['TrackEventJson']._loaded_options = None
+  _globals['_INGESTSERVICE'].methods_by_name['TrackEventJson']._serialized_options = b'\310\363\030\001\320\363\030\311\001\332\363\030\031analytics.ingest.v1.Event\202\323\344\223\002 \"\020/analytics/event:\004bodyb\006result'
+  _globals['_INGESTSERVICE'].methods_by_name['BatchTrackEventsJson']._loaded_options = None
+  _globals['_INGESTSERVICE'].methods_by_name['BatchTrackEventsJson']._serialized_options = b'\310\363\030\001\332\363\030+analytics.ingest.v1.BatchTrackEventsRequest\202\323\344\223\002&\"\026/analytics/event/batch:\004bodyb\006result'
   _globals['_INGESTSERVICE'].methods_by_name['Ping']._loaded_options = None
   _globals['_INGESTSERVICE'].methods_by_name['Ping']._serialized_options = b'\310\363\030\001\202\323\344\223\002\021\022\017/analytics/ping'
-  _globals['_PINGREQUEST']._serialized_start=186
-  _globals['_PINGREQUEST']._serialized_end=199
-  _globals['_PINGRESPONSE']._serialized_start=201
-  _globals['_PINGRESPONSE']._serialized_end=215
-  _globals['_EVENT']._serialized_start=218
-  _globals['_EVENT']._serialized_end=490
-  _globals['_TRACKEVENTREQUEST']._serialized_start=492
-  _globals['_TRACKEVENTREQUEST']._serialized_end=554
-  _globals['_TRACKEVENTRESPONSE']._serialized_start=556
-  _globals['_TRACKEVENTRESPONSE']._serialized_end=650
-  _globals['_BATCHTRACKEVENTSREQUEST']._serialized_start=652
-  _globals['_BATCHTRACKEVENTSREQUEST']._serialized_end=721
-  _globals['_ACCEPTEDEVENT']._serialized_start=723
-  _globals['_ACCEPTEDEVENT']._serialized_end=827
-  _globals['_REJECTEDEVENT']._serialized_start=829
-  _globals['_REJECTEDEVENT']._serialized_end=895
-  _globals['_BATCHTRACKEVENTSRESPONSE']._serialized_start=898
-  _globals['_BATCHTRACKEVENTSRESPONSE']._serialized_end=1080
-  _globals['_INGESTSERVICE']._serialized_start=1083
-  _globals['_INGESTSERVICE']._serialized_end=1495
+  _globals['_PINGREQUEST']._serialized_start=213
+  _globals['_PINGREQUEST']._serialized_end=226
+  _globals['_PINGRESPONSE']._serialized_start=228
+  _globals['_PINGRESPONSE']._serialized_end=242
+  _globals['_EVENT']._serialized_start=245
+  _globals['_EVENT']._serialized_end=517
+  _globals['_TRACKEVENTREQUEST']._serialized_start=519
+  _globals['_TRACKEVENTREQUEST']._serialized_end=581
+  _globals['_TRACKEVENTRESPONSE']._serialized_start=583
+  _globals['_TRACKEVENTRESPONSE']._serialized_end=677
+  _globals['_BATCHTRACKEVENTSREQUEST']._serialized_start=679
+  _globals['_BATCHTRACKEVENTSREQUEST']._serialized_end=748
+  _globals['_ACCEPTEDEVENT']._serialized_start=750
+  _globals['_ACCEPTEDEVENT']._serialized_end=854
+  _globals['_REJECTEDEVENT']._serialized_start=856
+  _globals['_REJECTEDEVENT']._serialized_end=922
+  _globals['_BATCHTRACKEVENTSRESPONSE']._serialized_start=925
+  _globals['_BATCHTRACKEVENTSRESPONSE']._serialized_end=1107
+  _globals['_TRACKEVENTJSONREQUEST']._serialized_start=1109
+  _globals['_TRACKEVENTJSONREQUEST']._serialized_end=1168
+  _globals['_TRACKEVENTJSONRESPONSE']._serialized_start=1170
+  _globals['_TRACKEVENTJSONRESPONSE']._serialized_end=1251
+  _globals['_BATCHTRACKEVENTSJSONREQUEST']._serialized_start=1253
+  _globals['_BATCHTRACKEVENTSJSONREQUEST']._serialized_end=1318
+  _globals['_BATCHTRACKEVENTSJSONRESPONSE']._serialized_start=1320
+  _globals['_BATCHTRACKEVENTSJSONRESPONSE']._serialized_end=1413
+  _globals['_INGESTSERVICE']._serialized_start=1416
+  _globals['_INGESTSERVICE']._serialized_end=2166
 # @@protoc_insertion_point(module_scope)

@@ -2,6 +2,7 @@ import datetime
 
 from cartlytics.gen.analytics.options.v1 import options_pb2 as _options_pb2
 from google.api import annotations_pb2 as _annotations_pb2
+from google.api import httpbody_pb2 as _httpbody_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -97,3 +98,27 @@ class BatchTrackEventsResponse(_message.Message):
     accepted: _containers.RepeatedCompositeFieldContainer[AcceptedEvent]
     rejected: _containers.RepeatedCompositeFieldContainer[RejectedEvent]
     def __init__(self, accepted_count: _Optional[int] = ..., rejected_count: _Optional[int] = ..., accepted: _Optional[_Iterable[_Union[AcceptedEvent, _Mapping]]] = ..., rejected: _Optional[_Iterable[_Union[RejectedEvent, _Mapping]]] = ...) -> None: ...
+
+class TrackEventJsonRequest(_message.Message):
+    __slots__ = ("body",)
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    body: _httpbody_pb2.HttpBody
+    def __init__(self, body: _Optional[_Union[_httpbody_pb2.HttpBody, _Mapping]] = ...) -> None: ...
+
+class TrackEventJsonResponse(_message.Message):
+    __slots__ = ("result",)
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    result: TrackEventResponse
+    def __init__(self, result: _Optional[_Union[TrackEventResponse, _Mapping]] = ...) -> None: ...
+
+class BatchTrackEventsJsonRequest(_message.Message):
+    __slots__ = ("body",)
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    body: _httpbody_pb2.HttpBody
+    def __init__(self, body: _Optional[_Union[_httpbody_pb2.HttpBody, _Mapping]] = ...) -> None: ...
+
+class BatchTrackEventsJsonResponse(_message.Message):
+    __slots__ = ("result",)
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    result: BatchTrackEventsResponse
+    def __init__(self, result: _Optional[_Union[BatchTrackEventsResponse, _Mapping]] = ...) -> None: ...

@@ -45,6 +45,16 @@ class IngestServiceStub:
                 request_serializer=analytics_dot_ingest_dot_v1_dot_ingest__pb2.BatchTrackEventsRequest.SerializeToString,
                 response_deserializer=analytics_dot_ingest_dot_v1_dot_ingest__pb2.BatchTrackEventsResponse.FromString,
                 _registered_method=True)
+        self.TrackEventJson = channel.unary_unary(
+                '/analytics.ingest.v1.IngestService/TrackEventJson',
+                request_serializer=analytics_dot_ingest_dot_v1_dot_ingest__pb2.TrackEventJsonRequest.SerializeToString,
+                response_deserializer=analytics_dot_ingest_dot_v1_dot_ingest__pb2.TrackEventJsonResponse.FromString,
+                _registered_method=True)
+        self.BatchTrackEventsJson = channel.unary_unary(
+                '/analytics.ingest.v1.IngestService/BatchTrackEventsJson',
+                request_serializer=analytics_dot_ingest_dot_v1_dot_ingest__pb2.BatchTrackEventsJsonRequest.SerializeToString,
+                response_deserializer=analytics_dot_ingest_dot_v1_dot_ingest__pb2.BatchTrackEventsJsonResponse.FromString,
+                _registered_method=True)
         self.Ping = channel.unary_unary(
                 '/analytics.ingest.v1.IngestService/Ping',
                 request_serializer=analytics_dot_ingest_dot_v1_dot_ingest__pb2.PingRequest.SerializeToString,
@@ -57,14 +67,33 @@ class IngestServiceServicer:
     """
 
     def TrackEvent(self, request, context):
-        """Track one event. Answers 201 with the stored event's id and timestamp.
+        """Track one event (gRPC only: typed clients). Over REST, `POST /analytics/event` is
+        TrackEventJson.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def BatchTrackEvents(self, request, context):
-        """Track up to a configured number of events in one request.
+        """Track up to a configured number of events in one request (gRPC only: typed clients). Over
+        REST, `POST /analytics/event/batch` is BatchTrackEventsJson.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TrackEventJson(self, request, context):
+        """Track one event. Answers 201 with the stored event's id and timestamp. The body is an Event
+        as JSON; unknown fields are ignored, and Segment's `messageId` is the id when `id` is absent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchTrackEventsJson(self, request, context):
+        """Track up to a configured number of events in one request. The body is
+        `{"events": [Event, ...]}` as JSON; each event is parsed on its own, so an event that cannot
+        be parsed is refused by index (`rejected`) like any invalid one, and the others are stored.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -91,6 +120,16 @@ def add_IngestServiceServicer_to_server(servicer, server):
                     servicer.BatchTrackEvents,
                     request_deserializer=analytics_dot_ingest_dot_v1_dot_ingest__pb2.BatchTrackEventsRequest.FromString,
                     response_serializer=analytics_dot_ingest_dot_v1_dot_ingest__pb2.BatchTrackEventsResponse.SerializeToString,
+            ),
+            'TrackEventJson': grpc.unary_unary_rpc_method_handler(
+                    servicer.TrackEventJson,
+                    request_deserializer=analytics_dot_ingest_dot_v1_dot_ingest__pb2.TrackEventJsonRequest.FromString,
+                    response_serializer=analytics_dot_ingest_dot_v1_dot_ingest__pb2.TrackEventJsonResponse.SerializeToString,
+            ),
+            'BatchTrackEventsJson': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchTrackEventsJson,
+                    request_deserializer=analytics_dot_ingest_dot_v1_dot_ingest__pb2.BatchTrackEventsJsonRequest.FromString,
+                    response_serializer=analytics_dot_ingest_dot_v1_dot_ingest__pb2.BatchTrackEventsJsonResponse.SerializeToString,
             ),
             'Ping': grpc.unary_unary_rpc_method_handler(
                     servicer.Ping,
@@ -153,6 +192,60 @@ class IngestService:
             '/analytics.ingest.v1.IngestService/BatchTrackEvents',
             analytics_dot_ingest_dot_v1_dot_ingest__pb2.BatchTrackEventsRequest.SerializeToString,
             analytics_dot_ingest_dot_v1_dot_ingest__pb2.BatchTrackEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TrackEventJson(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/analytics.ingest.v1.IngestService/TrackEventJson',
+            analytics_dot_ingest_dot_v1_dot_ingest__pb2.TrackEventJsonRequest.SerializeToString,
+            analytics_dot_ingest_dot_v1_dot_ingest__pb2.TrackEventJsonResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchTrackEventsJson(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/analytics.ingest.v1.IngestService/BatchTrackEventsJson',
+            analytics_dot_ingest_dot_v1_dot_ingest__pb2.BatchTrackEventsJsonRequest.SerializeToString,
+            analytics_dot_ingest_dot_v1_dot_ingest__pb2.BatchTrackEventsJsonResponse.FromString,
             options,
             channel_credentials,
             insecure,

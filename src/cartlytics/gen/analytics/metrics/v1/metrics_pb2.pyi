@@ -79,9 +79,9 @@ class ProductPerformance(_message.Message):
     product_id: str
     name: str
     revenue: float
-    units_sold: int
+    units_sold: float
     conversion_rate: float
-    def __init__(self, product_id: _Optional[str] = ..., name: _Optional[str] = ..., revenue: _Optional[float] = ..., units_sold: _Optional[int] = ..., conversion_rate: _Optional[float] = ...) -> None: ...
+    def __init__(self, product_id: _Optional[str] = ..., name: _Optional[str] = ..., revenue: _Optional[float] = ..., units_sold: _Optional[float] = ..., conversion_rate: _Optional[float] = ...) -> None: ...
 
 class GetProductsResponse(_message.Message):
     __slots__ = ("top_sellers",)

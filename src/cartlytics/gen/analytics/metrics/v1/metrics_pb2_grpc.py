@@ -28,7 +28,9 @@ if _version_not_supported:
 class MetricsServiceStub:
     """MetricsService answers dashboards: sales, products, customers, funnel, realtime and custom
     queries. Every amount is an integer number of the currency's minor units, carried in a double
-    (exact up to 2^53) so that it prints as a JSON number.
+    so that it prints as a JSON number. A figure is exact: one beyond 2^53 - 1, where a double
+    stops holding every whole number, is refused with OUT_OF_RANGE (reason FIGURE_TOO_LARGE), never
+    rounded.
     """
 
     def __init__(self, channel):
@@ -72,7 +74,9 @@ class MetricsServiceStub:
 class MetricsServiceServicer:
     """MetricsService answers dashboards: sales, products, customers, funnel, realtime and custom
     queries. Every amount is an integer number of the currency's minor units, carried in a double
-    (exact up to 2^53) so that it prints as a JSON number.
+    so that it prints as a JSON number. A figure is exact: one beyond 2^53 - 1, where a double
+    stops holding every whole number, is refused with OUT_OF_RANGE (reason FIGURE_TOO_LARGE), never
+    rounded.
     """
 
     def GetSales(self, request, context):
@@ -161,7 +165,9 @@ def add_MetricsServiceServicer_to_server(servicer, server):
 class MetricsService:
     """MetricsService answers dashboards: sales, products, customers, funnel, realtime and custom
     queries. Every amount is an integer number of the currency's minor units, carried in a double
-    (exact up to 2^53) so that it prints as a JSON number.
+    so that it prints as a JSON number. A figure is exact: one beyond 2^53 - 1, where a double
+    stops holding every whole number, is refused with OUT_OF_RANGE (reason FIGURE_TOO_LARGE), never
+    rounded.
     """
 
     @staticmethod

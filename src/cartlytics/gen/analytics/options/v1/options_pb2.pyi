@@ -19,3 +19,5 @@ REQUIRED_SCOPE_FIELD_NUMBER: _ClassVar[int]
 required_scope: _descriptor.FieldDescriptor
 HTTP_SUCCESS_CODE_FIELD_NUMBER: _ClassVar[int]
 http_success_code: _descriptor.FieldDescriptor
+JSON_BODY_SCHEMA_FIELD_NUMBER: _ClassVar[int]
+json_body_schema: _descriptor.FieldDescriptor
