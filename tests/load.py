@@ -69,6 +69,12 @@ class Load:
     ``acked`` holds the ids an answer acknowledged, ``sent`` every id ever sent; ``latencies``
     (end time, seconds) each acknowledged request; ``refusals`` each retryable failure; ``errors``
     anything a client must never see (a 500, an unknown rejection).
+
+    ``shutdown_at`` (monotonic) is when the test began stopping the server the load calls over
+    gRPC. From then on a CANCELLED is the server's, not ours: gRPC core ends the calls it had
+    received but not yet handed to a handler with CANCELLED when shutdown starts (not
+    UNAVAILABLE; grpc/grpc#41785), and a busy event loop leaves more of them queued. Nothing of
+    such a call ran, so it is retried like UNAVAILABLE; a CANCELLED at any other time is an error.
     """
 
     target: str
@@ -82,6 +88,7 @@ class Load:
     errors: list[str] = field(default_factory=list)
     latencies: list[tuple[float, float]] = field(default_factory=list)
     refusals: list[Refusal] = field(default_factory=list)
+    shutdown_at: float | None = None
     stop: threading.Event = field(default_factory=threading.Event)
     threads: list[threading.Thread] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -108,8 +115,12 @@ class Load:
             try:
                 accepted, in_flight = self._send(sender, pending)
             except Retry as retry:
+                at = time.monotonic()
+                if retry.code == "CANCELLED" and not (self.shutdown_at and at >= self.shutdown_at):
+                    self.errors.append("CANCELLED while no shutdown was under way")
+                    return
                 with self.lock:
-                    self.refusals.append(Refusal(time.monotonic(), retry.code, retry.hint))
+                    self.refusals.append(Refusal(at, retry.code, retry.hint))
                 time.sleep(0.1)
                 continue
             except Exception as exc:  # anything else is a finding, not a retry
@@ -202,7 +213,7 @@ class Stream(Load):
             reply = sender[1].BatchTrackEvents(request, metadata=metadata, timeout=10)
         except grpc.RpcError as error:
             code = error.code()
-            if code in RETRY_GRPC:
+            if code in RETRY_GRPC or code == grpc.StatusCode.CANCELLED:  # see Load.shutdown_at
                 raise Retry(code.name, _retry_info(error.trailing_metadata())) from None
             raise AssertionError(f"{code}: {error.details()}") from None
         accepted = {a.id.removeprefix("evt_") for a in reply.accepted}

@@ -118,7 +118,7 @@ def _shown(name: str) -> str:
 )
 def test_a_status_is_bounded_whatever_it_is_given(count: int, field: str, description: str) -> None:
     violations = [FieldViolation(field.format(i=i), description) for i in range(count)]
-    status = invalid_argument(violations, metadata={"big": "v" * 100_000}).to_status()
+    status = invalid_argument(violations).to_status()
     status = status_pb2.Status.FromString(status.SerializeToString())  # as it travels
     assert _trailer_bytes(status) <= BUDGET
     bad = error_details_pb2.BadRequest()
@@ -132,6 +132,17 @@ def test_a_status_is_bounded_whatever_it_is_given(count: int, field: str, descri
     if count <= LISTED and len(description) < 100:
         assert shown == count  # short violations all fit
     assert len(status.message.encode()) <= 512
+
+
+def test_metadata_and_messages_of_any_size_fit_too() -> None:
+    violations = [FieldViolation(f"f{i}", "short") for i in range(LISTED)]
+    error = invalid_argument(violations, metadata={"big": "v" * 100_000, "small": "s"})
+    error.message = "\U0001f600" * 100_000
+    status = error.to_status()
+    assert _trailer_bytes(status) <= BUDGET
+    info = error_details_pb2.ErrorInfo()
+    assert any(d.Unpack(info) for d in status.details)
+    assert info.metadata["small"] == "s" and len(info.metadata["big"]) <= 512
 
 
 # ------------------------------------------------------------------------------ REST

@@ -56,7 +56,18 @@ def _create_read_key(system: System) -> str:
         stub = admin_pb2_grpc.AdminServiceStub(channel)
         reply = stub.CreateKey(request, metadata=_auth(system.key), timeout=30)
     secret: str = reply.secret
+    # Usable at once, but a periodic key refresh that read the table just before the insert can
+    # still replace the key ring without it for one interval (2 s): wait until it is in for good.
+    for _ in range(2):
+        _eventually(lambda: _authenticated(system, secret), "the new key accepted")
+        time.sleep(2.5)
+    _eventually(lambda: _authenticated(system, secret), "the new key accepted")
     return secret
+
+
+def _authenticated(system: System, key: str) -> bool | None:
+    reply = call("GET", f"{system.http_url}/analytics/realtime", key)
+    return True if reply.status == 200 else None
 
 
 def _auth(key: str) -> tuple[tuple[str, str]]:

@@ -259,8 +259,6 @@ def test_field_paths_are_bounded() -> None:
         (b'{"events": {"event": "x"}}', JSON, "events", "must be an array of events"),
         (b'{"events": [1, 2, 3, 4]}', JSON, "events", "must hold at most 3 events"),
         (b'{"events": [1]}' + b" " * LIMIT, JSON, "events", f"at most {LIMIT} bytes in all"),
-        (b'{"events": [{}]}', "application/x-www-form-urlencoded", "body", "Content-Type"),
-        (b'{"events": [{}]}', "multipart/form-data; boundary=x", "body", "Content-Type"),
     ],
 )
 def test_what_cannot_be_a_batch_is_refused_whole(
@@ -275,7 +273,14 @@ def test_what_cannot_be_a_batch_is_refused_whole(
 
 
 @pytest.mark.parametrize(
-    "content_type", ["", JSON, "application/json; charset=utf-8", "text/plain;charset=UTF-8"]
+    "content_type",
+    [
+        "",
+        JSON,
+        "application/json; charset=utf-8",
+        "text/plain;charset=UTF-8",
+        "application/x-www-form-urlencoded",  # what `curl -d` sends without -H
+    ],
 )
 def test_json_text_plain_and_no_content_type_are_read(content_type: str) -> None:
     batch = parse_batch(b'{"events": [{"event": "x", "userId": "u"}]}', content_type, 3, LIMIT)
@@ -597,8 +602,7 @@ def test_single_event_endpoint_answers_as_before(api: System) -> None:
          "timestamp"),
         ("/analytics/event", b'{"event": "search", "userId": "\\ud800"}', JSON, "userId"),
         ("/analytics/event", b'{"event": "search", "userId": "u", "n": 1e400', JSON, "body"),
-        ("/analytics/event", b'{"event": "x", "userId": "u"}', "application/x-www-form-urlencoded",
-         "body"),
+        ("/analytics/event", b'event=x&userId=u', "application/x-www-form-urlencoded", "body"),
         ("/analytics/event/batch", b'{"events": [{"n": NaN}]}', JSON, "body"),
         ("/analytics/event/batch", b'[{"event": "x"}]', JSON, "body"),
         ("/analytics/event/batch", b'{"events": {"event": "x"}}', JSON, "events"),

@@ -259,11 +259,34 @@ NUMBER_RULE = (
 MAX_NUMBER_VIOLATIONS = 10
 
 
+def _bad_number(item: Any) -> bool:
+    return (
+        isinstance(item, float | int)
+        and not isinstance(item, bool)
+        and not (math.isfinite(item) and -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER)
+    )
+
+
+def _any_bad_number(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif _bad_number(item):
+            return True
+    return False
+
+
 def _check_numbers(base: str, value: Any, violations: list[FieldViolation]) -> None:
     """Every number anywhere in ``value`` (properties or context) is finite and within
     +-(2^53 - 1): numbers travel as doubles and are stored as JSON text, so nothing beyond is
     exact, and an infinity or NaN has no JSON form at all. Iterative: nesting depth is the
     client's choice."""
+    if not _any_bad_number(value):
+        return  # the usual case: no path strings built
     found = 0
     stack: list[tuple[str, Any]] = [(base, value)]
     while stack and found < MAX_NUMBER_VIOLATIONS:
@@ -272,11 +295,7 @@ def _check_numbers(base: str, value: Any, violations: list[FieldViolation]) -> N
             stack.extend((f"{path}.{key}", child) for key, child in reversed(item.items()))
         elif isinstance(item, list):
             stack.extend((f"{path}[{i}]", child) for i, child in reversed(list(enumerate(item))))
-        elif (
-            isinstance(item, float | int)
-            and not isinstance(item, bool)
-            and not (math.isfinite(item) and -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER)
-        ):
+        elif _bad_number(item):
             violations.append(FieldViolation(path, NUMBER_RULE))
             found += 1
 
