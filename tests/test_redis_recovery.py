@@ -128,7 +128,7 @@ def redis_figures(client: redis.Redis, project: str, currency: str = "USD") -> t
     orders = revenue = 0
     for key in client.scan_iter(match=f"rt:{{{project}}}:orders:*:{currency}", count=1000):
         for name, value in client.hgetall(key).items():
-            field = name.decode()
+            field = name.decode() if isinstance(name, bytes) else str(name)
             if field.startswith("c"):
                 orders += int(value)
             elif field.startswith("r"):

@@ -105,5 +105,5 @@ def _refused(subject: str, quota: str) -> ApiError:
         reason=REASON,
         code=grpc.StatusCode.RESOURCE_EXHAUSTED,
         retry_after_seconds=RETRY_AFTER_SECONDS,
-        quota=[(subject, quota)],
+        quota_violations=[(subject, quota)],
     )

@@ -250,7 +250,7 @@ SETTINGS: dict[str, Setting] = {
     "export_max_concurrent": Setting(
         "ANALYTICS_EXPORT_MAX_CONCURRENT",
         _positive_int,
-        "8",
+        "4",
         "Exports one process streams at once (>= 1); one more is 429 with Retry-After. Bounds "
         "the memory exports take (docs/export.md).",
     ),

@@ -68,19 +68,19 @@ class ApiError(Exception):
     # ErrorInfo.metadata: what a client may act on (a catalogue of accepted names, a limit).
     metadata: dict[str, str] = field(default_factory=dict)
     # google.rpc.QuotaFailure violations: (subject, description).
-    quota: list[tuple[str, str]] = field(default_factory=list)
+    quota_violations: list[tuple[str, str]] = field(default_factory=list)
 
     def __str__(self) -> str:
         return self.message
 
     def to_status(self) -> status_pb2.Status:
         extra: list[Message] = []
-        if self.quota:
+        if self.quota_violations:
             extra.append(
                 error_details_pb2.QuotaFailure(
                     violations=[
                         error_details_pb2.QuotaFailure.Violation(subject=s, description=d)
-                        for s, d in self.quota
+                        for s, d in self.quota_violations
                     ]
                 )
             )
@@ -110,7 +110,7 @@ def trailer_bytes(status: status_pb2.Status) -> int:
     """What ``status`` takes in gRPC trailers: its message percent-encoded (grpc-message) plus
     the serialized Status in base64 (grpc-status-details-bin)."""
     message = sum(1 if 0x20 <= b <= 0x7E and b != 0x25 else 3 for b in status.message.encode())
-    return message + 4 * math.ceil(status.ByteSize() / 3)
+    return message + 4 * math.ceil(int(status.ByteSize()) / 3)
 
 
 def build_status(
