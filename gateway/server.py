@@ -357,6 +357,18 @@ class _Gateway:
         self, err: grpc.aio.AioRpcError, outcome: _Outcome, request_id: str
     ) -> web.Response:
         code: grpc.StatusCode = err.code()
+        if code == grpc.StatusCode.CANCELLED:
+            # Our own cancellations (the HTTP client left) never get here; this one is the
+            # service's: a server shutting down ends the calls it had not started with CANCELLED
+            # (grpc/grpc#41785). They never ran, so the client may send them again: a 503 with
+            # Retry-After, as for UNAVAILABLE, not a 499 a client would not retry.
+            outcome.code = grpc.StatusCode.UNAVAILABLE
+            return _json_error(
+                503,
+                error_body(grpc.StatusCode.UNAVAILABLE, "the service is restarting; retry"),
+                request_id,
+                retry_after="1",
+            )
         outcome.code = code
         trailing = err.trailing_metadata()
         body = status_from_rpc(code, err.details() or "", trailing, self._routes.pool)
@@ -653,12 +665,13 @@ def _success_status(initial: _Metadata | None) -> int:
     return 200
 
 
-def _json_error(status: int, body: bytes, request_id: str) -> web.Response:
-    return web.Response(
-        status=status,
-        body=body,
-        headers={"Content-Type": JSON_CONTENT_TYPE, "x-request-id": request_id},
-    )
+def _json_error(
+    status: int, body: bytes, request_id: str, retry_after: str | None = None
+) -> web.Response:
+    headers = {"Content-Type": JSON_CONTENT_TYPE, "x-request-id": request_id}
+    if retry_after is not None:
+        headers["Retry-After"] = retry_after
+    return web.Response(status=status, body=body, headers=headers)
 
 
 def _abort(request: web.Request) -> None:

@@ -482,7 +482,9 @@ def _bind_body(message: Message, route: Route, body: bytes, content_type: str | 
     try:
         json_format.ParseDict(value, message)
     except (json_format.ParseError, ValueError, TypeError, RecursionError) as exc:
-        raise GatewayError(_INVALID, f"invalid request body: {_first_line(exc)}") from None
+        raise GatewayError(
+            _INVALID, f"invalid request body: {_body_problem(exc, route.method.input_type)}"
+        ) from None
 
 
 # Fields whose JSON string form protobuf's Python parser reads with int(), float() or strptime:
@@ -534,6 +536,46 @@ def _check_ascii_value(fd: FieldDescriptor, value: Any, where: str) -> None:
         raise GatewayError(
             _INVALID, f"invalid value {shown!r} for field {where}: write numbers with ASCII digits"
         )
+
+
+_NO_FIELD = re.compile(r'has no field named "([^"]*)"')
+_BAD_FIELD = re.compile(r"Failed to parse (\w+) field")
+_JSON_KINDS = {
+    _T.TYPE_STRING: "a string",
+    _T.TYPE_BOOL: "true or false",
+    _T.TYPE_DOUBLE: "a number",
+    _T.TYPE_FLOAT: "a number",
+    _T.TYPE_BYTES: "base64 text",
+    _T.TYPE_ENUM: "an enum name",
+    _T.TYPE_MESSAGE: "an object",
+}
+
+
+def _body_problem(exc: BaseException, descriptor: Descriptor) -> str:
+    """What protobuf's JSON parser refused, in the API's words: the field as the client named
+    it and the JSON it takes. Never its own text, which names internal message types and
+    Python's (``invalid literal for int()``, ``expected string or bytes-like object``)."""
+    text = str(exc)
+    unknown = _NO_FIELD.search(text)
+    if unknown:
+        return f'unknown field "{unknown.group(1)[:64]}"'
+    bad = _BAD_FIELD.search(text)
+    name = bad.group(1) if bad else ""
+    leaf = descriptor.fields_by_name.get(name) or _by_json_name(descriptor, name)
+    if leaf is None:
+        return "a field has a value of the wrong type"
+    if leaf.type in _INT_RANGES:
+        low, high, _ = _INT_RANGES[leaf.type]
+        expected = f"an integer from {low} to {high}"
+    else:
+        expected = _JSON_KINDS.get(leaf.type, "a value of its type")
+    if _is_map(leaf) and leaf.message_type is not None:
+        value = leaf.message_type.fields_by_name["value"]
+        kind = _JSON_KINDS.get(value.type, "a value").removeprefix("a ").removeprefix("an ")
+        expected = f"an object of {kind}s"
+    elif leaf.is_repeated:
+        expected = f"a list of {expected.removeprefix('a ').removeprefix('an ')}s"
+    return f'field "{leaf.json_name}" must be {expected}'
 
 
 def _is_plain_message_type(descriptor: Descriptor) -> bool:

@@ -312,3 +312,42 @@ def test_resource_exhausted_without_a_delay_is_not_a_429() -> None:
     assert ours.status == 429, ours
     assert _lower(ours.headers)["retry-after"] == "3"
     assert _details(ours.json())["RetryInfo"]["retryDelay"] == "3s"
+
+
+class _Restarting(metrics_pb2_grpc.MetricsServiceServicer):  # type: ignore[misc]
+    """What a server shutting down does to the calls it had not started (grpc/grpc#41785)."""
+
+    async def GetRealtime(self, request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.CANCELLED, "server shutting down")
+
+
+def test_a_call_the_service_cancelled_is_a_503_to_retry() -> None:
+    """The gateway cancels a call only when its HTTP client left (then nobody reads the answer);
+    a CANCELLED from the service means the call never ran: 503 with Retry-After, not 499."""
+
+    async def scenario() -> Reply:
+        server = grpc.aio.server()
+        metrics_pb2_grpc.add_MetricsServiceServicer_to_server(_Restarting(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        runner = aiohttp.web.AppRunner(create_app(channel))
+        await runner.setup()
+        site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        host, bound = runner.addresses[0][:2]
+        try:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"http://{host}:{bound}/analytics/realtime") as resp,
+            ):
+                return Reply(resp.status, dict(resp.headers), await resp.read())
+        finally:
+            await runner.cleanup()
+            await channel.close()
+            await server.stop(None)
+
+    reply = asyncio.run(scenario())
+    assert reply.status == 503, reply
+    assert _lower(reply.headers)["retry-after"] == "1"
+    assert reply.json()["code"] == code_pb2.UNAVAILABLE

@@ -311,3 +311,25 @@ def test_a_world_readable_data_dir_is_tightened_at_start(
     finally:
         system.stop()
     assert _loose(data_dir) == []
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ({"metrics": ["revenue"], "foo": 1}, 'unknown field "foo"'),
+        ({"metrics": ["revenue"], "limit": "x"}, 'field "limit" must be an integer'),
+        ({"metrics": 5}, 'field "metrics" must be a list of strings'),
+        ({"metrics": ["revenue"], "filters": {"period": 7}}, 'field "filters" must be an object'),
+    ],
+)
+def test_a_body_protobuf_refuses_is_explained_in_the_apis_words(
+    system: System, body: dict[str, Any], expected: str
+) -> None:
+    """Schemathesis found `POST /analytics/query` answering protobuf's own text (the internal
+    message type, Python's `invalid literal for int()`)."""
+    reply = call("POST", f"{system.http_url}/analytics/query", system.key, body)
+    assert reply.status == 400, reply.body
+    message = reply.json()["message"]
+    assert expected in message, message
+    for internal in ("analytics.metrics", "RunQueryRequest", "int()", "bytes-like", "Traceback"):
+        assert internal not in message, message
