@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TOOLS_STAMP := .tools/.installed
 
-.PHONY: run test lint typecheck unit gen docs venv clean bench bench-ingest bench-metrics
+.PHONY: run test lint typecheck unit gen docs venv tools clean bench bench-ingest bench-metrics
 
 venv: $(STAMP)
 
@@ -29,7 +30,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) $(TOOLS_STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 ## bench: every benchmark with its references, on chdb and (when on PATH) clickhouse-server, into
@@ -49,9 +50,21 @@ bench-metrics: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/python tools/update_readme_config.py
 
-## gen: regenerate Python code, type stubs, the descriptor set and docs/openapi.json from proto/
-gen: $(STAMP)
+## tools: the code generators and client toolchains, pinned in clients/go/go.mod (`tool`) and
+## clients/js/package-lock.json: protoc-gen-go(-grpc) into .tools/bin, npm packages of clients/js
+tools: $(TOOLS_STAMP)
+
+$(TOOLS_STAMP): clients/go/go.mod clients/go/go.sum clients/js/package-lock.json
+	cd clients/go && GOBIN=$(CURDIR)/.tools/bin go install \
+		google.golang.org/protobuf/cmd/protoc-gen-go google.golang.org/grpc/cmd/protoc-gen-go-grpc
+	cd clients/go && go mod download
+	cd clients/js && npm ci --no-audit --no-fund
+	@mkdir -p .tools && touch $(TOOLS_STAMP)
+
+## gen: regenerate Python, Go and TypeScript code, the descriptor set and docs/openapi.json from
+## proto/ (buf.gen.yaml)
+gen: $(STAMP) $(TOOLS_STAMP)
 	$(BIN)/python tools/gen_protos.py
 
 clean:
-	rm -rf $(VENV) data
+	rm -rf $(VENV) data .tools clients/js/node_modules

@@ -26,14 +26,14 @@ from cartlytics.gen.analytics.options.v1 import options_pb2 as analytics_dot_opt
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x61nalytics/admin/v1/admin.proto\x12\x12\x61nalytics.admin.v1\x1a\"analytics/options/v1/options.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xda\x01\n\x06\x41piKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x12\n\nproject_id\x18\x02 \x01(\t\x12+\n\x06scopes\x18\x03 \x03(\x0e\x32\x1b.analytics.options.v1.Scope\x12\x0c\n\x04name\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07revoked\x18\x06 \x01(\x08\x12/\n\x0brevoke_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"a\n\x10\x43reateKeyRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12+\n\x06scopes\x18\x02 \x03(\x0e\x32\x1b.analytics.options.v1.Scope\x12\x0c\n\x04name\x18\x03 \x01(\t\"L\n\x11\x43reateKeyResponse\x12\'\n\x03key\x18\x01 \x01(\x0b\x32\x1a.analytics.admin.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"%\n\x0fListKeysRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\"<\n\x10ListKeysResponse\x12(\n\x04keys\x18\x01 \x03(\x0b\x32\x1a.analytics.admin.v1.ApiKey\"\"\n\x10RevokeKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"<\n\x11RevokeKeyResponse\x12\'\n\x03key\x18\x01 \x01(\x0b\x32\x1a.analytics.admin.v1.ApiKey2\xab\x02\n\x0c\x41\x64minService\x12^\n\tCreateKey\x12$.analytics.admin.v1.CreateKeyRequest\x1a%.analytics.admin.v1.CreateKeyResponse\"\x04\xc8\xf3\x18\x03\x12[\n\x08ListKeys\x12#.analytics.admin.v1.ListKeysRequest\x1a$.analytics.admin.v1.ListKeysResponse\"\x04\xc8\xf3\x18\x03\x12^\n\tRevokeKey\x12$.analytics.admin.v1.RevokeKeyRequest\x1a%.analytics.admin.v1.RevokeKeyResponse\"\x04\xc8\xf3\x18\x03\x42\x44ZBgithub.com/cartlytics/cartlytics/gen/go/analytics/admin/v1;adminv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x61nalytics/admin/v1/admin.proto\x12\x12\x61nalytics.admin.v1\x1a\"analytics/options/v1/options.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9b\x02\n\x06\x41piKey\x12\x15\n\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x1d\n\nproject_id\x18\x02 \x01(\tR\tprojectId\x12\x33\n\x06scopes\x18\x03 \x03(\x0e\x32\x1b.analytics.options.v1.ScopeR\x06scopes\x12\x12\n\x04name\x18\x04 \x01(\tR\x04name\x12;\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ncreateTime\x12\x18\n\x07revoked\x18\x06 \x01(\x08R\x07revoked\x12;\n\x0brevoke_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nrevokeTime\"z\n\x10\x43reateKeyRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId\x12\x33\n\x06scopes\x18\x02 \x03(\x0e\x32\x1b.analytics.options.v1.ScopeR\x06scopes\x12\x12\n\x04name\x18\x03 \x01(\tR\x04name\"Y\n\x11\x43reateKeyResponse\x12,\n\x03key\x18\x01 \x01(\x0b\x32\x1a.analytics.admin.v1.ApiKeyR\x03key\x12\x16\n\x06secret\x18\x02 \x01(\tR\x06secret\"0\n\x0fListKeysRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId\"B\n\x10ListKeysResponse\x12.\n\x04keys\x18\x01 \x03(\x0b\x32\x1a.analytics.admin.v1.ApiKeyR\x04keys\")\n\x10RevokeKeyRequest\x12\x15\n\x06key_id\x18\x01 \x01(\tR\x05keyId\"A\n\x11RevokeKeyResponse\x12,\n\x03key\x18\x01 \x01(\x0b\x32\x1a.analytics.admin.v1.ApiKeyR\x03key2\xab\x02\n\x0c\x41\x64minService\x12^\n\tCreateKey\x12$.analytics.admin.v1.CreateKeyRequest\x1a%.analytics.admin.v1.CreateKeyResponse\"\x04\xc8\xf3\x18\x03\x12[\n\x08ListKeys\x12#.analytics.admin.v1.ListKeysRequest\x1a$.analytics.admin.v1.ListKeysResponse\"\x04\xc8\xf3\x18\x03\x12^\n\tRevokeKey\x12$.analytics.admin.v1.RevokeKeyRequest\x1a%.analytics.admin.v1.RevokeKeyResponse\"\x04\xc8\xf3\x18\x03\x42LZJgithub.com/cartlytics/cartlytics/clients/go/gen/analytics/admin/v1;adminv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'analytics.admin.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
-  _globals['DESCRIPTOR']._serialized_options = b'ZBgithub.com/cartlytics/cartlytics/gen/go/analytics/admin/v1;adminv1'
+  _globals['DESCRIPTOR']._serialized_options = b'ZJgithub.com/cartlytics/cartlytics/clients/go/gen/analytics/admin/v1;adminv1'
   _globals['_ADMINSERVICE'].methods_by_name['CreateKey']._loaded_options = None
   _globals['_ADMINSERVICE'].methods_by_name['CreateKey']._serialized_options = b'\310\363\030\003'
   _globals['_ADMINSERVICE'].methods_by_name['ListKeys']._loaded_options = None
@@ -41,19 +41,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ADMINSERVICE'].methods_by_name['RevokeKey']._loaded_options = None
   _globals['_ADMINSERVICE'].methods_by_name['RevokeKey']._serialized_options = b'\310\363\030\003'
   _globals['_APIKEY']._serialized_start=124
-  _globals['_APIKEY']._serialized_end=342
-  _globals['_CREATEKEYREQUEST']._serialized_start=344
-  _globals['_CREATEKEYREQUEST']._serialized_end=441
-  _globals['_CREATEKEYRESPONSE']._serialized_start=443
-  _globals['_CREATEKEYRESPONSE']._serialized_end=519
-  _globals['_LISTKEYSREQUEST']._serialized_start=521
-  _globals['_LISTKEYSREQUEST']._serialized_end=558
-  _globals['_LISTKEYSRESPONSE']._serialized_start=560
-  _globals['_LISTKEYSRESPONSE']._serialized_end=620
-  _globals['_REVOKEKEYREQUEST']._serialized_start=622
-  _globals['_REVOKEKEYREQUEST']._serialized_end=656
-  _globals['_REVOKEKEYRESPONSE']._serialized_start=658
-  _globals['_REVOKEKEYRESPONSE']._serialized_end=718
-  _globals['_ADMINSERVICE']._serialized_start=721
-  _globals['_ADMINSERVICE']._serialized_end=1020
+  _globals['_APIKEY']._serialized_end=407
+  _globals['_CREATEKEYREQUEST']._serialized_start=409
+  _globals['_CREATEKEYREQUEST']._serialized_end=531
+  _globals['_CREATEKEYRESPONSE']._serialized_start=533
+  _globals['_CREATEKEYRESPONSE']._serialized_end=622
+  _globals['_LISTKEYSREQUEST']._serialized_start=624
+  _globals['_LISTKEYSREQUEST']._serialized_end=672
+  _globals['_LISTKEYSRESPONSE']._serialized_start=674
+  _globals['_LISTKEYSRESPONSE']._serialized_end=740
+  _globals['_REVOKEKEYREQUEST']._serialized_start=742
+  _globals['_REVOKEKEYREQUEST']._serialized_end=783
+  _globals['_REVOKEKEYRESPONSE']._serialized_start=785
+  _globals['_REVOKEKEYRESPONSE']._serialized_end=850
+  _globals['_ADMINSERVICE']._serialized_start=853
+  _globals['_ADMINSERVICE']._serialized_end=1152
 # @@protoc_insertion_point(module_scope)

@@ -27,18 +27,18 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n analytics/export/v1/export.proto\x12\x13\x61nalytics.export.v1\x1a\"analytics/options/v1/options.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x19google/api/httpbody.proto\"\x7f\n\x11\x45xportDataRequest\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0e\n\x06period\x18\x02 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x03 \x01(\t\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12\x10\n\x08timezone\x18\x05 \x01(\t\x12\x0c\n\x04\x66rom\x18\x06 \x01(\t\x12\n\n\x02to\x18\x07 \x01(\t2|\n\rExportService\x12k\n\nExportData\x12&.analytics.export.v1.ExportDataRequest\x1a\x14.google.api.HttpBody\"\x1d\xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02\x13\x12\x11/analytics/export0\x01\x42\x46ZDgithub.com/cartlytics/cartlytics/gen/go/analytics/export/v1;exportv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n analytics/export/v1/export.proto\x12\x13\x61nalytics.export.v1\x1a\"analytics/options/v1/options.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x19google/api/httpbody.proto\"\xb3\x01\n\x11\x45xportDataRequest\x12\x12\n\x04type\x18\x01 \x01(\tR\x04type\x12\x16\n\x06period\x18\x02 \x01(\tR\x06period\x12\x16\n\x06\x66ormat\x18\x03 \x01(\tR\x06\x66ormat\x12\x1a\n\x08\x63urrency\x18\x04 \x01(\tR\x08\x63urrency\x12\x1a\n\x08timezone\x18\x05 \x01(\tR\x08timezone\x12\x12\n\x04\x66rom\x18\x06 \x01(\tR\x04\x66rom\x12\x0e\n\x02to\x18\x07 \x01(\tR\x02to2|\n\rExportService\x12k\n\nExportData\x12&.analytics.export.v1.ExportDataRequest\x1a\x14.google.api.HttpBody\"\x1d\xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02\x13\x12\x11/analytics/export0\x01\x42NZLgithub.com/cartlytics/cartlytics/clients/go/gen/analytics/export/v1;exportv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'analytics.export.v1.export_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
-  _globals['DESCRIPTOR']._serialized_options = b'ZDgithub.com/cartlytics/cartlytics/gen/go/analytics/export/v1;exportv1'
+  _globals['DESCRIPTOR']._serialized_options = b'ZLgithub.com/cartlytics/cartlytics/clients/go/gen/analytics/export/v1;exportv1'
   _globals['_EXPORTSERVICE'].methods_by_name['ExportData']._loaded_options = None
   _globals['_EXPORTSERVICE'].methods_by_name['ExportData']._serialized_options = b'\310\363\030\002\202\323\344\223\002\023\022\021/analytics/export'
-  _globals['_EXPORTDATAREQUEST']._serialized_start=150
-  _globals['_EXPORTDATAREQUEST']._serialized_end=277
-  _globals['_EXPORTSERVICE']._serialized_start=279
-  _globals['_EXPORTSERVICE']._serialized_end=403
+  _globals['_EXPORTDATAREQUEST']._serialized_start=151
+  _globals['_EXPORTDATAREQUEST']._serialized_end=330
+  _globals['_EXPORTSERVICE']._serialized_start=332
+  _globals['_EXPORTSERVICE']._serialized_end=456
 # @@protoc_insertion_point(module_scope)

@@ -29,14 +29,14 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n analytics/ingest/v1/ingest.proto\x12\x13\x61nalytics.ingest.v1\x1a\"analytics/options/v1/options.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x19google/api/httpbody.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\r\n\x0bPingRequest\"\x0e\n\x0cPingResponse\"\x90\x02\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65vent\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x14\n\x0c\x61nonymous_id\x18\x04 \x01(\t\x12\x12\n\nsession_id\x18\x05 \x01(\t\x12-\n\ttimestamp\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07sent_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\nproperties\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12(\n\x07\x63ontext\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\">\n\x11TrackEventRequest\x12)\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1a.analytics.ingest.v1.Event\"^\n\x12TrackEventResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65vent\x18\x02 \x01(\t\x12-\n\ttimestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"E\n\x17\x42\x61tchTrackEventsRequest\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1a.analytics.ingest.v1.Event\"h\n\rAcceptedEvent\x12\r\n\x05index\x18\x01 \x01(\x05\x12\n\n\x02id\x18\x02 \x01(\t\x12\r\n\x05\x65vent\x18\x03 \x01(\t\x12-\n\ttimestamp\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"B\n\rRejectedEvent\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"\xb6\x01\n\x18\x42\x61tchTrackEventsResponse\x12\x16\n\x0e\x61\x63\x63\x65pted_count\x18\x01 \x01(\x05\x12\x16\n\x0erejected_count\x18\x02 \x01(\x05\x12\x34\n\x08\x61\x63\x63\x65pted\x18\x03 \x03(\x0b\x32\".analytics.ingest.v1.AcceptedEvent\x12\x34\n\x08rejected\x18\x04 \x03(\x0b\x32\".analytics.ingest.v1.RejectedEvent\";\n\x15TrackEventJsonRequest\x12\"\n\x04\x62ody\x18\x01 \x01(\x0b\x32\x14.google.api.HttpBody\"Q\n\x16TrackEventJsonResponse\x12\x37\n\x06result\x18\x01 \x01(\x0b\x32\'.analytics.ingest.v1.TrackEventResponse\"A\n\x1b\x42\x61tchTrackEventsJsonRequest\x12\"\n\x04\x62ody\x18\x01 \x01(\x0b\x32\x14.google.api.HttpBody\"]\n\x1c\x42\x61tchTrackEventsJsonResponse\x12=\n\x06result\x18\x01 \x01(\x0b\x32-.analytics.ingest.v1.BatchTrackEventsResponse2\xee\x05\n\rIngestService\x12\x63\n\nTrackEvent\x12&.analytics.ingest.v1.TrackEventRequest\x1a\'.analytics.ingest.v1.TrackEventResponse\"\x04\xc8\xf3\x18\x01\x12u\n\x10\x42\x61tchTrackEvents\x12,.analytics.ingest.v1.BatchTrackEventsRequest\x1a-.analytics.ingest.v1.BatchTrackEventsResponse\"\x04\xc8\xf3\x18\x01\x12\xb7\x01\n\x0eTrackEventJson\x12*.analytics.ingest.v1.TrackEventJsonRequest\x1a+.analytics.ingest.v1.TrackEventJsonResponse\"L\xc8\xf3\x18\x01\xd0\xf3\x18\xc9\x01\xda\xf3\x18\x19\x61nalytics.ingest.v1.Event\x82\xd3\xe4\x93\x02 \"\x10/analytics/event:\x04\x62odyb\x06result\x12\xdc\x01\n\x14\x42\x61tchTrackEventsJson\x12\x30.analytics.ingest.v1.BatchTrackEventsJsonRequest\x1a\x31.analytics.ingest.v1.BatchTrackEventsJsonResponse\"_\xc8\xf3\x18\x01\xda\xf3\x18+analytics.ingest.v1.BatchTrackEventsRequest\x82\xd3\xe4\x93\x02&\"\x16/analytics/event/batch:\x04\x62odyb\x06result\x12h\n\x04Ping\x12 .analytics.ingest.v1.PingRequest\x1a!.analytics.ingest.v1.PingResponse\"\x1b\xc8\xf3\x18\x01\x82\xd3\xe4\x93\x02\x11\x12\x0f/analytics/pingBFZDgithub.com/cartlytics/cartlytics/gen/go/analytics/ingest/v1;ingestv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n analytics/ingest/v1/ingest.proto\x12\x13\x61nalytics.ingest.v1\x1a\"analytics/options/v1/options.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x19google/api/httpbody.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\r\n\x0bPingRequest\"\x0e\n\x0cPingResponse\"\xe3\x02\n\x05\x45vent\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n\x05\x65vent\x18\x02 \x01(\tR\x05\x65vent\x12\x17\n\x07user_id\x18\x03 \x01(\tR\x06userId\x12!\n\x0c\x61nonymous_id\x18\x04 \x01(\tR\x0b\x61nonymousId\x12\x1d\n\nsession_id\x18\x05 \x01(\tR\tsessionId\x12\x38\n\ttimestamp\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ttimestamp\x12\x33\n\x07sent_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x06sentAt\x12\x37\n\nproperties\x18\x08 \x01(\x0b\x32\x17.google.protobuf.StructR\nproperties\x12\x31\n\x07\x63ontext\x18\t \x01(\x0b\x32\x17.google.protobuf.StructR\x07\x63ontext\"E\n\x11TrackEventRequest\x12\x30\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1a.analytics.ingest.v1.EventR\x05\x65vent\"t\n\x12TrackEventResponse\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n\x05\x65vent\x18\x02 \x01(\tR\x05\x65vent\x12\x38\n\ttimestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ttimestamp\"M\n\x17\x42\x61tchTrackEventsRequest\x12\x32\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1a.analytics.ingest.v1.EventR\x06\x65vents\"\x85\x01\n\rAcceptedEvent\x12\x14\n\x05index\x18\x01 \x01(\x05R\x05index\x12\x0e\n\x02id\x18\x02 \x01(\tR\x02id\x12\x14\n\x05\x65vent\x18\x03 \x01(\tR\x05\x65vent\x12\x38\n\ttimestamp\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ttimestamp\"]\n\rRejectedEvent\x12\x14\n\x05index\x18\x01 \x01(\x05R\x05index\x12\x14\n\x05\x66ield\x18\x02 \x01(\tR\x05\x66ield\x12 \n\x0b\x64\x65scription\x18\x03 \x01(\tR\x0b\x64\x65scription\"\xe8\x01\n\x18\x42\x61tchTrackEventsResponse\x12%\n\x0e\x61\x63\x63\x65pted_count\x18\x01 \x01(\x05R\racceptedCount\x12%\n\x0erejected_count\x18\x02 \x01(\x05R\rrejectedCount\x12>\n\x08\x61\x63\x63\x65pted\x18\x03 \x03(\x0b\x32\".analytics.ingest.v1.AcceptedEventR\x08\x61\x63\x63\x65pted\x12>\n\x08rejected\x18\x04 \x03(\x0b\x32\".analytics.ingest.v1.RejectedEventR\x08rejected\"A\n\x15TrackEventJsonRequest\x12(\n\x04\x62ody\x18\x01 \x01(\x0b\x32\x14.google.api.HttpBodyR\x04\x62ody\"Y\n\x16TrackEventJsonResponse\x12?\n\x06result\x18\x01 \x01(\x0b\x32\'.analytics.ingest.v1.TrackEventResponseR\x06result\"G\n\x1b\x42\x61tchTrackEventsJsonRequest\x12(\n\x04\x62ody\x18\x01 \x01(\x0b\x32\x14.google.api.HttpBodyR\x04\x62ody\"e\n\x1c\x42\x61tchTrackEventsJsonResponse\x12\x45\n\x06result\x18\x01 \x01(\x0b\x32-.analytics.ingest.v1.BatchTrackEventsResponseR\x06result2\xee\x05\n\rIngestService\x12\x63\n\nTrackEvent\x12&.analytics.ingest.v1.TrackEventRequest\x1a\'.analytics.ingest.v1.TrackEventResponse\"\x04\xc8\xf3\x18\x01\x12u\n\x10\x42\x61tchTrackEvents\x12,.analytics.ingest.v1.BatchTrackEventsRequest\x1a-.analytics.ingest.v1.BatchTrackEventsResponse\"\x04\xc8\xf3\x18\x01\x12\xb7\x01\n\x0eTrackEventJson\x12*.analytics.ingest.v1.TrackEventJsonRequest\x1a+.analytics.ingest.v1.TrackEventJsonResponse\"L\xc8\xf3\x18\x01\xd0\xf3\x18\xc9\x01\xda\xf3\x18\x19\x61nalytics.ingest.v1.Event\x82\xd3\xe4\x93\x02 \"\x10/analytics/event:\x04\x62odyb\x06result\x12\xdc\x01\n\x14\x42\x61tchTrackEventsJson\x12\x30.analytics.ingest.v1.BatchTrackEventsJsonRequest\x1a\x31.analytics.ingest.v1.BatchTrackEventsJsonResponse\"_\xc8\xf3\x18\x01\xda\xf3\x18+analytics.ingest.v1.BatchTrackEventsRequest\x82\xd3\xe4\x93\x02&\"\x16/analytics/event/batch:\x04\x62odyb\x06result\x12h\n\x04Ping\x12 .analytics.ingest.v1.PingRequest\x1a!.analytics.ingest.v1.PingResponse\"\x1b\xc8\xf3\x18\x01\x82\xd3\xe4\x93\x02\x11\x12\x0f/analytics/pingBNZLgithub.com/cartlytics/cartlytics/clients/go/gen/analytics/ingest/v1;ingestv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'analytics.ingest.v1.ingest_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
-  _globals['DESCRIPTOR']._serialized_options = b'ZDgithub.com/cartlytics/cartlytics/gen/go/analytics/ingest/v1;ingestv1'
+  _globals['DESCRIPTOR']._serialized_options = b'ZLgithub.com/cartlytics/cartlytics/clients/go/gen/analytics/ingest/v1;ingestv1'
   _globals['_INGESTSERVICE'].methods_by_name['TrackEvent']._loaded_options = None
   _globals['_INGESTSERVICE'].methods_by_name['TrackEvent']._serialized_options = b'\310\363\030\001'
   _globals['_INGESTSERVICE'].methods_by_name['BatchTrackEvents']._loaded_options = None
@@ -52,27 +52,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PINGRESPONSE']._serialized_start=228
   _globals['_PINGRESPONSE']._serialized_end=242
   _globals['_EVENT']._serialized_start=245
-  _globals['_EVENT']._serialized_end=517
-  _globals['_TRACKEVENTREQUEST']._serialized_start=519
-  _globals['_TRACKEVENTREQUEST']._serialized_end=581
-  _globals['_TRACKEVENTRESPONSE']._serialized_start=583
-  _globals['_TRACKEVENTRESPONSE']._serialized_end=677
-  _globals['_BATCHTRACKEVENTSREQUEST']._serialized_start=679
-  _globals['_BATCHTRACKEVENTSREQUEST']._serialized_end=748
-  _globals['_ACCEPTEDEVENT']._serialized_start=750
-  _globals['_ACCEPTEDEVENT']._serialized_end=854
-  _globals['_REJECTEDEVENT']._serialized_start=856
-  _globals['_REJECTEDEVENT']._serialized_end=922
-  _globals['_BATCHTRACKEVENTSRESPONSE']._serialized_start=925
-  _globals['_BATCHTRACKEVENTSRESPONSE']._serialized_end=1107
-  _globals['_TRACKEVENTJSONREQUEST']._serialized_start=1109
-  _globals['_TRACKEVENTJSONREQUEST']._serialized_end=1168
-  _globals['_TRACKEVENTJSONRESPONSE']._serialized_start=1170
-  _globals['_TRACKEVENTJSONRESPONSE']._serialized_end=1251
-  _globals['_BATCHTRACKEVENTSJSONREQUEST']._serialized_start=1253
-  _globals['_BATCHTRACKEVENTSJSONREQUEST']._serialized_end=1318
-  _globals['_BATCHTRACKEVENTSJSONRESPONSE']._serialized_start=1320
-  _globals['_BATCHTRACKEVENTSJSONRESPONSE']._serialized_end=1413
-  _globals['_INGESTSERVICE']._serialized_start=1416
-  _globals['_INGESTSERVICE']._serialized_end=2166
+  _globals['_EVENT']._serialized_end=600
+  _globals['_TRACKEVENTREQUEST']._serialized_start=602
+  _globals['_TRACKEVENTREQUEST']._serialized_end=671
+  _globals['_TRACKEVENTRESPONSE']._serialized_start=673
+  _globals['_TRACKEVENTRESPONSE']._serialized_end=789
+  _globals['_BATCHTRACKEVENTSREQUEST']._serialized_start=791
+  _globals['_BATCHTRACKEVENTSREQUEST']._serialized_end=868
+  _globals['_ACCEPTEDEVENT']._serialized_start=871
+  _globals['_ACCEPTEDEVENT']._serialized_end=1004
+  _globals['_REJECTEDEVENT']._serialized_start=1006
+  _globals['_REJECTEDEVENT']._serialized_end=1099
+  _globals['_BATCHTRACKEVENTSRESPONSE']._serialized_start=1102
+  _globals['_BATCHTRACKEVENTSRESPONSE']._serialized_end=1334
+  _globals['_TRACKEVENTJSONREQUEST']._serialized_start=1336
+  _globals['_TRACKEVENTJSONREQUEST']._serialized_end=1401
+  _globals['_TRACKEVENTJSONRESPONSE']._serialized_start=1403
+  _globals['_TRACKEVENTJSONRESPONSE']._serialized_end=1492
+  _globals['_BATCHTRACKEVENTSJSONREQUEST']._serialized_start=1494
+  _globals['_BATCHTRACKEVENTSJSONREQUEST']._serialized_end=1565
+  _globals['_BATCHTRACKEVENTSJSONRESPONSE']._serialized_start=1567
+  _globals['_BATCHTRACKEVENTSJSONRESPONSE']._serialized_end=1668
+  _globals['_INGESTSERVICE']._serialized_start=1671
+  _globals['_INGESTSERVICE']._serialized_end=2421
 # @@protoc_insertion_point(module_scope)

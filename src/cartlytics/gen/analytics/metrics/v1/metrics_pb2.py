@@ -27,14 +27,14 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"analytics/metrics/v1/metrics.proto\x12\x14\x61nalytics.metrics.v1\x1a\"analytics/options/v1/options.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\"Z\n\x0fGetSalesRequest\x12\x0e\n\x06period\x18\x01 \x01(\t\x12\x13\n\x0bgranularity\x18\x02 \x01(\t\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12\x10\n\x08timezone\x18\x04 \x01(\t\"J\n\x06Growth\x12\x14\n\x07revenue\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x13\n\x06orders\x18\x02 \x01(\x01H\x01\x88\x01\x01\x42\n\n\x08_revenueB\t\n\x07_orders\"<\n\x0bSalesBucket\x12\x0c\n\x04\x64\x61te\x18\x01 \x01(\t\x12\x0f\n\x07revenue\x18\x02 \x01(\x01\x12\x0e\n\x06orders\x18\x03 \x01(\x05\"\xd3\x01\n\x10GetSalesResponse\x12\x0e\n\x06period\x18\x01 \x01(\t\x12\x0f\n\x07revenue\x18\x02 \x01(\x01\x12\x0e\n\x06orders\x18\x03 \x01(\x05\x12\x1b\n\x13\x61verage_order_value\x18\x04 \x01(\x01\x12\x10\n\x08\x63urrency\x18\x05 \x01(\t\x12,\n\x06growth\x18\x06 \x01(\x0b\x32\x1c.analytics.metrics.v1.Growth\x12\x31\n\x06series\x18\x07 \x03(\x0b\x32!.analytics.metrics.v1.SalesBucket\"W\n\x12GetProductsRequest\x12\x0e\n\x06period\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12\x10\n\x08timezone\x18\x04 \x01(\t\"t\n\x12ProductPerformance\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07revenue\x18\x03 \x01(\x01\x12\x12\n\nunits_sold\x18\x04 \x01(\x01\x12\x17\n\x0f\x63onversion_rate\x18\x05 \x01(\x01\"T\n\x13GetProductsResponse\x12=\n\x0btop_sellers\x18\x01 \x03(\x0b\x32(.analytics.metrics.v1.ProductPerformance\"X\n\x13GetCustomersRequest\x12\x0e\n\x06period\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12\x10\n\x08timezone\x18\x04 \x01(\t\"E\n\rCustomerValue\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x0e\n\x06orders\x18\x02 \x01(\x05\x12\x0f\n\x07revenue\x18\x03 \x01(\x01\"\xfd\x01\n\x14GetCustomersResponse\x12\x0e\n\x06period\x18\x01 \x01(\t\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\x12\x17\n\x0ftotal_customers\x18\x03 \x01(\x05\x12\x15\n\rnew_customers\x18\x04 \x01(\x05\x12\x1b\n\x13returning_customers\x18\x05 \x01(\x05\x12\x1c\n\x14repeat_purchase_rate\x18\x06 \x01(\x01\x12\x1c\n\x14revenue_per_customer\x18\x07 \x01(\x01\x12:\n\rtop_customers\x18\x08 \x03(\x0b\x32#.analytics.metrics.v1.CustomerValue\"S\n\x10GetFunnelRequest\x12\x0e\n\x06period\x18\x01 \x01(\t\x12\r\n\x05steps\x18\x02 \x03(\t\x12\x0e\n\x06window\x18\x03 \x01(\x05\x12\x10\n\x08timezone\x18\x04 \x01(\t\"8\n\x0b\x46unnelStage\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\x12\x0c\n\x04rate\x18\x03 \x01(\x01\"_\n\x11GetFunnelResponse\x12\x31\n\x06stages\x18\x01 \x03(\x0b\x32!.analytics.metrics.v1.FunnelStage\x12\x17\n\x0f\x63onversion_rate\x18\x02 \x01(\x01\"8\n\x12GetRealtimeRequest\x12\x10\n\x08timezone\x18\x01 \x01(\t\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\".\n\x0cPageVisitors\x12\x0c\n\x04page\x18\x01 \x01(\t\x12\x10\n\x08visitors\x18\x02 \x01(\x05\"\x92\x01\n\x13GetRealtimeResponse\x12\x17\n\x0f\x61\x63tive_visitors\x18\x01 \x01(\x05\x12\x14\n\x0corders_today\x18\x02 \x01(\x05\x12\x15\n\rrevenue_today\x18\x03 \x01(\x01\x12\x35\n\ttop_pages\x18\x04 \x03(\x0b\x32\".analytics.metrics.v1.PageVisitors\"\xcc\x01\n\x0fRunQueryRequest\x12\x0f\n\x07metrics\x18\x01 \x03(\t\x12\x12\n\ndimensions\x18\x02 \x03(\t\x12\x43\n\x07\x66ilters\x18\x03 \x03(\x0b\x32\x32.analytics.metrics.v1.RunQueryRequest.FiltersEntry\x12\x10\n\x08order_by\x18\x04 \x01(\t\x12\r\n\x05limit\x18\x05 \x01(\x05\x1a.\n\x0c\x46iltersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"9\n\x10RunQueryResponse\x12%\n\x04rows\x18\x01 \x03(\x0b\x32\x17.google.protobuf.Struct2\x98\x06\n\x0eMetricsService\x12w\n\x08GetSales\x12%.analytics.metrics.v1.GetSalesRequest\x1a&.analytics.metrics.v1.GetSalesResponse\"\x1c\xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02\x12\x12\x10/analytics/sales\x12\x83\x01\n\x0bGetProducts\x12(.analytics.metrics.v1.GetProductsRequest\x1a).analytics.metrics.v1.GetProductsResponse\"\x1f\xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02\x15\x12\x13/analytics/products\x12\x87\x01\n\x0cGetCustomers\x12).analytics.metrics.v1.GetCustomersRequest\x1a*.analytics.metrics.v1.GetCustomersResponse\" \xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02\x16\x12\x14/analytics/customers\x12{\n\tGetFunnel\x12&.analytics.metrics.v1.GetFunnelRequest\x1a\'.analytics.metrics.v1.GetFunnelResponse\"\x1d\xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02\x13\x12\x11/analytics/funnel\x12\x83\x01\n\x0bGetRealtime\x12(.analytics.metrics.v1.GetRealtimeRequest\x1a).analytics.metrics.v1.GetRealtimeResponse\"\x1f\xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02\x15\x12\x13/analytics/realtime\x12z\n\x08RunQuery\x12%.analytics.metrics.v1.RunQueryRequest\x1a&.analytics.metrics.v1.RunQueryResponse\"\x1f\xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02\x15\"\x10/analytics/query:\x01*BHZFgithub.com/cartlytics/cartlytics/gen/go/analytics/metrics/v1;metricsv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"analytics/metrics/v1/metrics.proto\x12\x14\x61nalytics.metrics.v1\x1a\"analytics/options/v1/options.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\"\x83\x01\n\x0fGetSalesRequest\x12\x16\n\x06period\x18\x01 \x01(\tR\x06period\x12 \n\x0bgranularity\x18\x02 \x01(\tR\x0bgranularity\x12\x1a\n\x08\x63urrency\x18\x03 \x01(\tR\x08\x63urrency\x12\x1a\n\x08timezone\x18\x04 \x01(\tR\x08timezone\"[\n\x06Growth\x12\x1d\n\x07revenue\x18\x01 \x01(\x01H\x00R\x07revenue\x88\x01\x01\x12\x1b\n\x06orders\x18\x02 \x01(\x01H\x01R\x06orders\x88\x01\x01\x42\n\n\x08_revenueB\t\n\x07_orders\"S\n\x0bSalesBucket\x12\x12\n\x04\x64\x61te\x18\x01 \x01(\tR\x04\x64\x61te\x12\x18\n\x07revenue\x18\x02 \x01(\x01R\x07revenue\x12\x16\n\x06orders\x18\x03 \x01(\x05R\x06orders\"\x99\x02\n\x10GetSalesResponse\x12\x16\n\x06period\x18\x01 \x01(\tR\x06period\x12\x18\n\x07revenue\x18\x02 \x01(\x01R\x07revenue\x12\x16\n\x06orders\x18\x03 \x01(\x05R\x06orders\x12.\n\x13\x61verage_order_value\x18\x04 \x01(\x01R\x11\x61verageOrderValue\x12\x1a\n\x08\x63urrency\x18\x05 \x01(\tR\x08\x63urrency\x12\x34\n\x06growth\x18\x06 \x01(\x0b\x32\x1c.analytics.metrics.v1.GrowthR\x06growth\x12\x39\n\x06series\x18\x07 \x03(\x0b\x32!.analytics.metrics.v1.SalesBucketR\x06series\"z\n\x12GetProductsRequest\x12\x16\n\x06period\x18\x01 \x01(\tR\x06period\x12\x14\n\x05limit\x18\x02 \x01(\x05R\x05limit\x12\x1a\n\x08\x63urrency\x18\x03 \x01(\tR\x08\x63urrency\x12\x1a\n\x08timezone\x18\x04 \x01(\tR\x08timezone\"\xa9\x01\n\x12ProductPerformance\x12\x1d\n\nproduct_id\x18\x01 \x01(\tR\tproductId\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n\x07revenue\x18\x03 \x01(\x01R\x07revenue\x12\x1d\n\nunits_sold\x18\x04 \x01(\x01R\tunitsSold\x12\'\n\x0f\x63onversion_rate\x18\x05 \x01(\x01R\x0e\x63onversionRate\"`\n\x13GetProductsResponse\x12I\n\x0btop_sellers\x18\x01 \x03(\x0b\x32(.analytics.metrics.v1.ProductPerformanceR\ntopSellers\"{\n\x13GetCustomersRequest\x12\x16\n\x06period\x18\x01 \x01(\tR\x06period\x12\x14\n\x05limit\x18\x02 \x01(\x05R\x05limit\x12\x1a\n\x08\x63urrency\x18\x03 \x01(\tR\x08\x63urrency\x12\x1a\n\x08timezone\x18\x04 \x01(\tR\x08timezone\"b\n\rCustomerValue\x12\x1f\n\x0b\x63ustomer_id\x18\x01 \x01(\tR\ncustomerId\x12\x16\n\x06orders\x18\x02 \x01(\x05R\x06orders\x12\x18\n\x07revenue\x18\x03 \x01(\x01R\x07revenue\"\xf7\x02\n\x14GetCustomersResponse\x12\x16\n\x06period\x18\x01 \x01(\tR\x06period\x12\x1a\n\x08\x63urrency\x18\x02 \x01(\tR\x08\x63urrency\x12\'\n\x0ftotal_customers\x18\x03 \x01(\x05R\x0etotalCustomers\x12#\n\rnew_customers\x18\x04 \x01(\x05R\x0cnewCustomers\x12/\n\x13returning_customers\x18\x05 \x01(\x05R\x12returningCustomers\x12\x30\n\x14repeat_purchase_rate\x18\x06 \x01(\x01R\x12repeatPurchaseRate\x12\x30\n\x14revenue_per_customer\x18\x07 \x01(\x01R\x12revenuePerCustomer\x12H\n\rtop_customers\x18\x08 \x03(\x0b\x32#.analytics.metrics.v1.CustomerValueR\x0ctopCustomers\"t\n\x10GetFunnelRequest\x12\x16\n\x06period\x18\x01 \x01(\tR\x06period\x12\x14\n\x05steps\x18\x02 \x03(\tR\x05steps\x12\x16\n\x06window\x18\x03 \x01(\x05R\x06window\x12\x1a\n\x08timezone\x18\x04 \x01(\tR\x08timezone\"K\n\x0b\x46unnelStage\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n\x05\x63ount\x18\x02 \x01(\x05R\x05\x63ount\x12\x12\n\x04rate\x18\x03 \x01(\x01R\x04rate\"w\n\x11GetFunnelResponse\x12\x39\n\x06stages\x18\x01 \x03(\x0b\x32!.analytics.metrics.v1.FunnelStageR\x06stages\x12\'\n\x0f\x63onversion_rate\x18\x02 \x01(\x01R\x0e\x63onversionRate\"L\n\x12GetRealtimeRequest\x12\x1a\n\x08timezone\x18\x01 \x01(\tR\x08timezone\x12\x1a\n\x08\x63urrency\x18\x02 \x01(\tR\x08\x63urrency\">\n\x0cPageVisitors\x12\x12\n\x04page\x18\x01 \x01(\tR\x04page\x12\x1a\n\x08visitors\x18\x02 \x01(\x05R\x08visitors\"\xc7\x01\n\x13GetRealtimeResponse\x12\'\n\x0f\x61\x63tive_visitors\x18\x01 \x01(\x05R\x0e\x61\x63tiveVisitors\x12!\n\x0corders_today\x18\x02 \x01(\x05R\x0bordersToday\x12#\n\rrevenue_today\x18\x03 \x01(\x01R\x0crevenueToday\x12?\n\ttop_pages\x18\x04 \x03(\x0b\x32\".analytics.metrics.v1.PageVisitorsR\x08topPages\"\x86\x02\n\x0fRunQueryRequest\x12\x18\n\x07metrics\x18\x01 \x03(\tR\x07metrics\x12\x1e\n\ndimensions\x18\x02 \x03(\tR\ndimensions\x12L\n\x07\x66ilters\x18\x03 \x03(\x0b\x32\x32.analytics.metrics.v1.RunQueryRequest.FiltersEntryR\x07\x66ilters\x12\x19\n\x08order_by\x18\x04 \x01(\tR\x07orderBy\x12\x14\n\x05limit\x18\x05 \x01(\x05R\x05limit\x1a:\n\x0c\x46iltersEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"?\n\x10RunQueryResponse\x12+\n\x04rows\x18\x01 \x03(\x0b\x32\x17.google.protobuf.StructR\x04rows2\x98\x06\n\x0eMetricsService\x12w\n\x08GetSales\x12%.analytics.metrics.v1.GetSalesRequest\x1a&.analytics.metrics.v1.GetSalesResponse\"\x1c\xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02\x12\x12\x10/analytics/sales\x12\x83\x01\n\x0bGetProducts\x12(.analytics.metrics.v1.GetProductsRequest\x1a).analytics.metrics.v1.GetProductsResponse\"\x1f\xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02\x15\x12\x13/analytics/products\x12\x87\x01\n\x0cGetCustomers\x12).analytics.metrics.v1.GetCustomersRequest\x1a*.analytics.metrics.v1.GetCustomersResponse\" \xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02\x16\x12\x14/analytics/customers\x12{\n\tGetFunnel\x12&.analytics.metrics.v1.GetFunnelRequest\x1a\'.analytics.metrics.v1.GetFunnelResponse\"\x1d\xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02\x13\x12\x11/analytics/funnel\x12\x83\x01\n\x0bGetRealtime\x12(.analytics.metrics.v1.GetRealtimeRequest\x1a).analytics.metrics.v1.GetRealtimeResponse\"\x1f\xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02\x15\x12\x13/analytics/realtime\x12z\n\x08RunQuery\x12%.analytics.metrics.v1.RunQueryRequest\x1a&.analytics.metrics.v1.RunQueryResponse\"\x1f\xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02\x15\"\x10/analytics/query:\x01*BPZNgithub.com/cartlytics/cartlytics/clients/go/gen/analytics/metrics/v1;metricsv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'analytics.metrics.v1.metrics_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
-  _globals['DESCRIPTOR']._serialized_options = b'ZFgithub.com/cartlytics/cartlytics/gen/go/analytics/metrics/v1;metricsv1'
+  _globals['DESCRIPTOR']._serialized_options = b'ZNgithub.com/cartlytics/cartlytics/clients/go/gen/analytics/metrics/v1;metricsv1'
   _globals['_RUNQUERYREQUEST_FILTERSENTRY']._loaded_options = None
   _globals['_RUNQUERYREQUEST_FILTERSENTRY']._serialized_options = b'8\001'
   _globals['_METRICSSERVICE'].methods_by_name['GetSales']._loaded_options = None
@@ -49,44 +49,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_METRICSSERVICE'].methods_by_name['GetRealtime']._serialized_options = b'\310\363\030\002\202\323\344\223\002\025\022\023/analytics/realtime'
   _globals['_METRICSSERVICE'].methods_by_name['RunQuery']._loaded_options = None
   _globals['_METRICSSERVICE'].methods_by_name['RunQuery']._serialized_options = b'\310\363\030\002\202\323\344\223\002\025\"\020/analytics/query:\001*'
-  _globals['_GETSALESREQUEST']._serialized_start=156
-  _globals['_GETSALESREQUEST']._serialized_end=246
-  _globals['_GROWTH']._serialized_start=248
-  _globals['_GROWTH']._serialized_end=322
-  _globals['_SALESBUCKET']._serialized_start=324
-  _globals['_SALESBUCKET']._serialized_end=384
-  _globals['_GETSALESRESPONSE']._serialized_start=387
-  _globals['_GETSALESRESPONSE']._serialized_end=598
-  _globals['_GETPRODUCTSREQUEST']._serialized_start=600
-  _globals['_GETPRODUCTSREQUEST']._serialized_end=687
-  _globals['_PRODUCTPERFORMANCE']._serialized_start=689
-  _globals['_PRODUCTPERFORMANCE']._serialized_end=805
-  _globals['_GETPRODUCTSRESPONSE']._serialized_start=807
-  _globals['_GETPRODUCTSRESPONSE']._serialized_end=891
-  _globals['_GETCUSTOMERSREQUEST']._serialized_start=893
-  _globals['_GETCUSTOMERSREQUEST']._serialized_end=981
-  _globals['_CUSTOMERVALUE']._serialized_start=983
-  _globals['_CUSTOMERVALUE']._serialized_end=1052
-  _globals['_GETCUSTOMERSRESPONSE']._serialized_start=1055
-  _globals['_GETCUSTOMERSRESPONSE']._serialized_end=1308
-  _globals['_GETFUNNELREQUEST']._serialized_start=1310
-  _globals['_GETFUNNELREQUEST']._serialized_end=1393
-  _globals['_FUNNELSTAGE']._serialized_start=1395
-  _globals['_FUNNELSTAGE']._serialized_end=1451
-  _globals['_GETFUNNELRESPONSE']._serialized_start=1453
-  _globals['_GETFUNNELRESPONSE']._serialized_end=1548
-  _globals['_GETREALTIMEREQUEST']._serialized_start=1550
-  _globals['_GETREALTIMEREQUEST']._serialized_end=1606
-  _globals['_PAGEVISITORS']._serialized_start=1608
-  _globals['_PAGEVISITORS']._serialized_end=1654
-  _globals['_GETREALTIMERESPONSE']._serialized_start=1657
-  _globals['_GETREALTIMERESPONSE']._serialized_end=1803
-  _globals['_RUNQUERYREQUEST']._serialized_start=1806
-  _globals['_RUNQUERYREQUEST']._serialized_end=2010
-  _globals['_RUNQUERYREQUEST_FILTERSENTRY']._serialized_start=1964
-  _globals['_RUNQUERYREQUEST_FILTERSENTRY']._serialized_end=2010
-  _globals['_RUNQUERYRESPONSE']._serialized_start=2012
-  _globals['_RUNQUERYRESPONSE']._serialized_end=2069
-  _globals['_METRICSSERVICE']._serialized_start=2072
-  _globals['_METRICSSERVICE']._serialized_end=2864
+  _globals['_GETSALESREQUEST']._serialized_start=157
+  _globals['_GETSALESREQUEST']._serialized_end=288
+  _globals['_GROWTH']._serialized_start=290
+  _globals['_GROWTH']._serialized_end=381
+  _globals['_SALESBUCKET']._serialized_start=383
+  _globals['_SALESBUCKET']._serialized_end=466
+  _globals['_GETSALESRESPONSE']._serialized_start=469
+  _globals['_GETSALESRESPONSE']._serialized_end=750
+  _globals['_GETPRODUCTSREQUEST']._serialized_start=752
+  _globals['_GETPRODUCTSREQUEST']._serialized_end=874
+  _globals['_PRODUCTPERFORMANCE']._serialized_start=877
+  _globals['_PRODUCTPERFORMANCE']._serialized_end=1046
+  _globals['_GETPRODUCTSRESPONSE']._serialized_start=1048
+  _globals['_GETPRODUCTSRESPONSE']._serialized_end=1144
+  _globals['_GETCUSTOMERSREQUEST']._serialized_start=1146
+  _globals['_GETCUSTOMERSREQUEST']._serialized_end=1269
+  _globals['_CUSTOMERVALUE']._serialized_start=1271
+  _globals['_CUSTOMERVALUE']._serialized_end=1369
+  _globals['_GETCUSTOMERSRESPONSE']._serialized_start=1372
+  _globals['_GETCUSTOMERSRESPONSE']._serialized_end=1747
+  _globals['_GETFUNNELREQUEST']._serialized_start=1749
+  _globals['_GETFUNNELREQUEST']._serialized_end=1865
+  _globals['_FUNNELSTAGE']._serialized_start=1867
+  _globals['_FUNNELSTAGE']._serialized_end=1942
+  _globals['_GETFUNNELRESPONSE']._serialized_start=1944
+  _globals['_GETFUNNELRESPONSE']._serialized_end=2063
+  _globals['_GETREALTIMEREQUEST']._serialized_start=2065
+  _globals['_GETREALTIMEREQUEST']._serialized_end=2141
+  _globals['_PAGEVISITORS']._serialized_start=2143
+  _globals['_PAGEVISITORS']._serialized_end=2205
+  _globals['_GETREALTIMERESPONSE']._serialized_start=2208
+  _globals['_GETREALTIMERESPONSE']._serialized_end=2407
+  _globals['_RUNQUERYREQUEST']._serialized_start=2410
+  _globals['_RUNQUERYREQUEST']._serialized_end=2672
+  _globals['_RUNQUERYREQUEST_FILTERSENTRY']._serialized_start=2614
+  _globals['_RUNQUERYREQUEST_FILTERSENTRY']._serialized_end=2672
+  _globals['_RUNQUERYRESPONSE']._serialized_start=2674
+  _globals['_RUNQUERYRESPONSE']._serialized_end=2737
+  _globals['_METRICSSERVICE']._serialized_start=2740
+  _globals['_METRICSSERVICE']._serialized_end=3532
 # @@protoc_insertion_point(module_scope)

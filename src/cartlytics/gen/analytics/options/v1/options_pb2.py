@@ -25,14 +25,14 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"analytics/options/v1/options.proto\x12\x14\x61nalytics.options.v1\x1a google/protobuf/descriptor.proto*Q\n\x05Scope\x12\x15\n\x11SCOPE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSCOPE_INGEST\x10\x01\x12\x0e\n\nSCOPE_READ\x10\x02\x12\x0f\n\x0bSCOPE_ADMIN\x10\x03:U\n\x0erequired_scope\x12\x1e.google.protobuf.MethodOptions\x18\xb9\x8e\x03 \x01(\x0e\x32\x1b.analytics.options.v1.Scope:;\n\x11http_success_code\x12\x1e.google.protobuf.MethodOptions\x18\xba\x8e\x03 \x01(\x05::\n\x10json_body_schema\x12\x1e.google.protobuf.MethodOptions\x18\xbb\x8e\x03 \x01(\tBHZFgithub.com/cartlytics/cartlytics/gen/go/analytics/options/v1;optionsv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"analytics/options/v1/options.proto\x12\x14\x61nalytics.options.v1\x1a google/protobuf/descriptor.proto*Q\n\x05Scope\x12\x15\n\x11SCOPE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSCOPE_INGEST\x10\x01\x12\x0e\n\nSCOPE_READ\x10\x02\x12\x0f\n\x0bSCOPE_ADMIN\x10\x03:d\n\x0erequired_scope\x12\x1e.google.protobuf.MethodOptions\x18\xb9\x8e\x03 \x01(\x0e\x32\x1b.analytics.options.v1.ScopeR\rrequiredScope:L\n\x11http_success_code\x12\x1e.google.protobuf.MethodOptions\x18\xba\x8e\x03 \x01(\x05R\x0fhttpSuccessCode:J\n\x10json_body_schema\x12\x1e.google.protobuf.MethodOptions\x18\xbb\x8e\x03 \x01(\tR\x0ejsonBodySchemaBPZNgithub.com/cartlytics/cartlytics/clients/go/gen/analytics/options/v1;optionsv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'analytics.options.v1.options_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
-  _globals['DESCRIPTOR']._serialized_options = b'ZFgithub.com/cartlytics/cartlytics/gen/go/analytics/options/v1;optionsv1'
+  _globals['DESCRIPTOR']._serialized_options = b'ZNgithub.com/cartlytics/cartlytics/clients/go/gen/analytics/options/v1;optionsv1'
   _globals['_SCOPE']._serialized_start=94
   _globals['_SCOPE']._serialized_end=175
 # @@protoc_insertion_point(module_scope)

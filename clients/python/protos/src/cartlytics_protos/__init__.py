@@ -1,0 +1,1 @@
+"""Generated from proto/ by tools/gen_protos.py (make gen). Do not edit."""
