@@ -40,6 +40,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from cartlytics.common.config import SETTINGS
 
 from . import metrics
+from .cors import CorsPolicy
 from .status import (
     GatewayError,
     error_body,
@@ -435,6 +436,7 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     upstreams: Mapping[str, grpc.aio.Channel] | None = None,
     limits: GatewayLimits | None = None,
+    cors: CorsPolicy | None = None,
 ) -> web.Application:
     """The gateway application over `channel` (routes default to the generated descriptor set).
 
@@ -449,6 +451,7 @@ def create_app(
     app.router.add_get("/healthz", gateway.healthz, allow_head=False)
     app.router.add_get("/metrics", gateway.metrics, allow_head=False)
     app.router.add_route("*", "/{tail:.*}", gateway.handle)
+    (cors if cors is not None else CorsPolicy.parse(_default("cors_origins"))).install(app)
     return app
 
 

@@ -32,6 +32,7 @@ import yaml
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2  # noqa: F401
+from envoy.extensions.filters.http.cors.v3 import cors_pb2
 from envoy.extensions.filters.http.grpc_json_transcoder.v3 import transcoder_pb2
 from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
@@ -651,7 +652,9 @@ def _drop_size_limit(raw: RawConfig) -> None:
 
 def _lua_after_transcoder(raw: RawConfig) -> None:
     filters = _hcm(raw)["http_filters"]
-    filters.insert(1, filters.pop(0))
+    names = [f["name"] for f in filters]
+    lua = filters.pop(names.index("envoy.filters.http.lua"))
+    filters.insert(names.index("envoy.filters.http.grpc_json_transcoder"), lua)
 
 
 def _router_first(raw: RawConfig) -> None:
@@ -749,3 +752,18 @@ def test_unknown_fields_are_refused(raw: RawConfig) -> None:
     _http_filter(broken, "GrpcJsonTranscoder")["typed_config"]["max_body_size"] = 1
     with pytest.raises(json_format.ParseError):
         load_gateway(broken)
+
+
+def test_cors_policy_is_the_in_process_gateways(gw: Gateway) -> None:
+    from cartlytics.gateway import cors
+
+    assert type(gw.filters[0]) is cors_pb2.Cors, "CORS must answer preflights before the rest"
+    (host,) = gw.hcm.route_config.virtual_hosts
+    policy = cors_pb2.CorsPolicy()
+    assert host.typed_per_filter_config["envoy.filters.http.cors"].Unpack(policy)
+    assert [m.safe_regex.regex for m in policy.allow_origin_string_match] == [".*"]
+    assert not policy.allow_credentials.value
+    assert policy.allow_methods == cors.ALLOWED_METHODS
+    assert policy.allow_headers == cors.ALLOWED_HEADERS
+    assert policy.expose_headers == cors.EXPOSED_HEADERS
+    assert policy.max_age == cors.MAX_AGE_SECONDS

@@ -389,6 +389,7 @@ class Runtime:
         self.stoppers.append(stop)
 
     async def init_gateway(self) -> None:
+        from cartlytics.gateway.cors import CorsPolicy
         from cartlytics.gateway.server import GatewayLimits, GatewayRunner, create_app
 
         default, per_service = parse_upstreams(self.config.gateway_upstream)
@@ -415,7 +416,12 @@ class Runtime:
             header_timeout=config.http_header_timeout,
             body_timeout=config.http_body_timeout,
         )
-        app = create_app(channel, upstreams=upstreams, limits=limits)
+        app = create_app(
+            channel,
+            upstreams=upstreams,
+            limits=limits,
+            cors=CorsPolicy.parse(config.cors_origins),
+        )
         channels = [channel, *upstreams.values()]
         # The gateway stops first: it waits for its requests in flight up to the grace period
         # (aiohttp's default is 60 s); the gRPC server then drains with what is left of it.

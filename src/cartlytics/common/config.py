@@ -155,6 +155,13 @@ SETTINGS: dict[str, Setting] = {
         "8190",
         "Longest REST request header name or value; longer is 431.",
     ),
+    "cors_origins": Setting(
+        "ANALYTICS_CORS_ORIGINS",
+        str,
+        "*",
+        "Browser origins the REST gateway answers CORS for: * (any; keys are headers, never "
+        "cookies), or comma-separated origins such as https://shop.example; empty: no CORS.",
+    ),
     "http_max_headers": Setting(
         "ANALYTICS_HTTP_MAX_HEADERS",
         _positive_int,
@@ -292,6 +299,7 @@ class Config:
     admin_key: str
     default_currency: str
     gateway_upstream: str
+    cors_origins: str
     max_body_bytes: int
     max_batch_events: int
     max_event_bytes: int
