@@ -35,7 +35,7 @@ from cartlytics.gen.analytics.options.v1 import options_pb2
 
 from .servers import System, start_system
 
-LANGUAGES = ("go", "js", "python")
+LANGUAGES = ("go", "js", "python", "browser")
 
 THROTTLED_ENV = {
     "ANALYTICS_RATE_LIMIT_INGEST": "1",
