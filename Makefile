@@ -9,10 +9,15 @@ TOOLS_STAMP := .tools/.installed
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The Python SDK and its stubs distribution are installed beside the server (editable), so the
+# SDK's suite runs in the same venv; neither pins anything the top-level pyproject does not.
+CLIENT_PYPROJECTS := clients/python/protos/pyproject.toml clients/python/client/pyproject.toml
+
+$(STAMP): pyproject.toml $(CLIENT_PYPROJECTS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --no-deps -e clients/python/protos -e clients/python/client
 	@touch $(STAMP)
 
 ## run: start all services, the REST gateway (:8080) and gRPC (:50051) with embedded ClickHouse and Redis
@@ -23,8 +28,8 @@ run: $(STAMP)
 test: lint typecheck unit
 
 lint: $(STAMP)
-	$(BIN)/ruff check src services gateway tests tools bench
-	$(BIN)/ruff format --check src services gateway tests tools bench
+	$(BIN)/ruff check src services gateway tests tools bench clients/python/client
+	$(BIN)/ruff format --check src services gateway tests tools bench clients/python/client
 	$(BIN)/buf lint
 
 typecheck: $(STAMP)

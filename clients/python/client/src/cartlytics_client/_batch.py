@@ -1,0 +1,223 @@
+"""The batching mode's bookkeeping, shared by the thread (sync) and task (asyncio) senders.
+
+Events get a sequence number when queued. Batches are sent one at a time in queue order, so
+"every event up to seq N has had its outcome" is one number, ``done_seq``, which ``flush`` and
+``close`` wait on. Each queued event is *settled* once (success or failure, one callback),
+whoever settles it first: the sender, or ``close`` giving up on it.
+
+The core does no locking and no waiting: the sync sender calls it under its lock, the asyncio
+sender from its event loop.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+
+import grpc
+from cartlytics_protos.analytics.ingest.v1 import ingest_pb2
+
+from ._config import OnFailure, OnSuccess, Settings, call_safely
+from ._events import AcceptedEvent, Prepared
+from ._retry import IN_FLIGHT_TEXT
+from .errors import CartlyticsError, ClientClosed, QueueFull
+
+
+@dataclass(eq=False)
+class Queued:
+    prepared: Prepared
+    seq: int
+    settled: bool = False
+
+
+@dataclass
+class BatchOutcome:
+    """What the server answered for each event of a batch request."""
+
+    accepted: list[tuple[Queued, AcceptedEvent]] = field(default_factory=list)
+    refused: list[tuple[Queued, CartlyticsError]] = field(default_factory=list)
+    # Refused only because an earlier attempt with the same id is still being stored: sent again.
+    in_flight: list[Queued] = field(default_factory=list)
+    # Neither accepted nor refused (a server bug): failed.
+    missing: list[Queued] = field(default_factory=list)
+
+
+def _utc(stamp: object) -> datetime:
+    to_datetime = getattr(stamp, "ToDatetime", None)
+    if to_datetime is None:
+        return datetime.now(UTC)
+    value: datetime = to_datetime(tzinfo=UTC)
+    return value
+
+
+def batch_request(batch: list[Queued]) -> ingest_pb2.BatchTrackEventsRequest:
+    return ingest_pb2.BatchTrackEventsRequest(events=[q.prepared.message for q in batch])
+
+
+def stamp_sent_at(request: ingest_pb2.BatchTrackEventsRequest) -> None:
+    """``sent_at`` of every event: now (each attempt)."""
+    now = datetime.now(UTC)
+    for event in request.events:
+        event.sent_at.FromDatetime(now)
+
+
+def classify(batch: list[Queued], response: ingest_pb2.BatchTrackEventsResponse) -> BatchOutcome:
+    outcome = BatchOutcome()
+    accepted = {a.index: a for a in response.accepted if 0 <= a.index < len(batch)}
+    violations: dict[int, list[tuple[str, str]]] = {}
+    for rejected in response.rejected:
+        if 0 <= rejected.index < len(batch) and rejected.index not in accepted:
+            violations.setdefault(rejected.index, []).append((rejected.field, rejected.description))
+    for index, queued in enumerate(batch):
+        if index in accepted:
+            ack = accepted[index]
+            outcome.accepted.append(
+                (
+                    queued,
+                    AcceptedEvent(
+                        id=ack.id,
+                        event=ack.event,
+                        timestamp=_utc(ack.timestamp),
+                        source=queued.prepared.source,
+                    ),
+                )
+            )
+        elif index in violations:
+            broken = violations[index]
+            if all(f == "id" and IN_FLIGHT_TEXT in d for f, d in broken):
+                outcome.in_flight.append(queued)
+            else:
+                outcome.refused.append(
+                    (
+                        queued,
+                        CartlyticsError(
+                            grpc.StatusCode.INVALID_ARGUMENT,
+                            "event refused by the server",
+                            field_violations=broken,
+                        ),
+                    )
+                )
+        else:
+            outcome.missing.append(queued)
+    return outcome
+
+
+def missing_error() -> CartlyticsError:
+    return CartlyticsError(grpc.StatusCode.UNKNOWN, "the server answered nothing for this event")
+
+
+def in_flight_error() -> CartlyticsError:
+    return CartlyticsError(
+        grpc.StatusCode.ABORTED,
+        "an event with this id was still being stored by another request after every retry",
+        field_violations=[("id", IN_FLIGHT_TEXT)],
+        reason="EVENT_IN_FLIGHT",
+    )
+
+
+class QueueCore:
+    """The bounded FIFO queue and the outcome bookkeeping."""
+
+    def __init__(
+        self, settings: Settings, on_success: OnSuccess | None, on_failure: OnFailure | None
+    ) -> None:
+        self.settings = settings
+        self.on_success = on_success
+        self.on_failure = on_failure
+        self.queue: deque[Queued] = deque()
+        self.queue_bytes = 0
+        self.next_seq = 0  # seq of the last queued event
+        self.done_seq = 0  # every event with seq <= done_seq has had its outcome
+        self.force_seq = 0  # events with seq <= force_seq are sent whatever the thresholds
+        self.in_flight: list[Queued] = []  # the batch being sent
+        self.failed = 0  # events settled as failures so far
+        self.closed = False
+
+    def add(self, prepared: Prepared) -> None:
+        if self.closed:
+            raise ClientClosed()
+        s = self.settings
+        if len(self.queue) >= s.max_queue_events:
+            raise QueueFull(f"the event queue holds {len(self.queue)} events (max_queue_events)")
+        if self.queue_bytes + prepared.size > s.max_queue_bytes:
+            raise QueueFull(
+                f"the event queue holds {self.queue_bytes} bytes; this event would pass "
+                f"max_queue_bytes ({s.max_queue_bytes})"
+            )
+        self.next_seq += 1
+        self.queue.append(Queued(prepared, self.next_seq))
+        self.queue_bytes += prepared.size
+
+    def full(self) -> bool:
+        """A whole batch is waiting (flush_at events or max_batch_bytes)."""
+        s = self.settings
+        return len(self.queue) >= s.flush_at or self.queue_bytes >= s.max_batch_bytes
+
+    def ready(self) -> bool:
+        """A batch should be sent now."""
+        return bool(self.queue) and (self.force_seq >= self.queue[0].seq or self.full())
+
+    def force_all(self) -> int:
+        """Send everything queued so far whatever the thresholds; returns the seq to wait for."""
+        self.force_seq = max(self.force_seq, self.next_seq)
+        return self.next_seq
+
+    def take(self) -> list[Queued]:
+        """The next batch: at most flush_at events and max_batch_bytes (at least one event)."""
+        s = self.settings
+        batch: list[Queued] = []
+        size = 0
+        while self.queue and len(batch) < s.flush_at:
+            item_size = self.queue[0].prepared.size
+            if batch and size + item_size > s.max_batch_bytes:
+                break
+            batch.append(self.queue.popleft())
+            size += item_size
+        self.queue_bytes -= size
+        self.in_flight = batch
+        return batch
+
+    def finish(self, batch: list[Queued]) -> None:
+        """Every event of ``batch`` has had its outcome."""
+        if batch:
+            self.done_seq = max(self.done_seq, batch[-1].seq)
+        if self.in_flight is batch:
+            # Empty unless the sender was cancelled mid-batch: close settles what is left.
+            self.in_flight = [q for q in batch if not q.settled]
+
+    def resolve(
+        self,
+        successes: Sequence[tuple[Queued, AcceptedEvent]] = (),
+        failures: Sequence[tuple[list[Queued], CartlyticsError]] = (),
+    ) -> list[Callable[[], None]]:
+        """Settle events (those not settled yet); returns the callbacks to run, outside any
+        lock: on_success once with the accepted events, on_failure once per failure group."""
+        calls: list[Callable[[], None]] = []
+        accepted: list[AcceptedEvent] = []
+        for queued, ack in successes:
+            if not queued.settled:
+                queued.settled = True
+                accepted.append(ack)
+        if accepted:
+            calls.append(partial(call_safely, self.on_success, accepted))
+        for group, error in failures:
+            fresh = [q for q in group if not q.settled]
+            for queued in fresh:
+                queued.settled = True
+            if fresh:
+                self.failed += len(fresh)
+                events = [q.prepared.source for q in fresh]
+                calls.append(partial(call_safely, self.on_failure, events, error))
+        return calls
+
+    def abandon(self, error: ClientClosed) -> list[Callable[[], None]]:
+        """Give up on every event still queued or being sent (close's timeout)."""
+        left = [q for q in self.in_flight if not q.settled] + list(self.queue)
+        self.queue.clear()
+        self.queue_bytes = 0
+        self.in_flight = []
+        self.done_seq = self.next_seq
+        return self.resolve(failures=[(left, error)])
