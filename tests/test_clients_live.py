@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import os
 import re
 import shutil
@@ -224,3 +225,71 @@ def test_queued_events_are_sent_when_the_page_is_hidden(
             break
         time.sleep(0.5)
     assert rows == [{"event": name, "events": count}]
+
+
+def _readme_block(language: str, contains: str) -> str:
+    """The README's fenced ``language`` block that contains ``contains``."""
+    readme = (ROOT / "README.md").read_text()
+    blocks: list[str] = re.findall(rf"```{language}\n(.*?)```", readme, re.S)
+    matching = [block for block in blocks if contains in block]
+    assert len(matching) == 1, f"one README {language} block with {contains!r}: {len(matching)}"
+    return matching[0]
+
+
+@pytest.mark.timeout(300)
+def test_readme_javascript_example_runs_as_written(
+    client_stacks: ClientStacks, tmp_path: Path
+) -> None:
+    env = client_stacks.env("js")
+    code = _readme_block("js", "new Commerce(")
+    index = (JS / "dist" / "index.js").as_uri()
+    built_js()
+    # Only where the package lives, the key and the gateway change; the code is the README's.
+    script = (
+        code.replace("'@cartlytics/commerce'", f"'{index}'")
+        .replace("'your_key'", f"'{env['CARTLYTICS_TEST_KEY']}'")
+        .replace("'http://127.0.0.1:8080'", f"'{env['CARTLYTICS_TEST_HTTP']}'")
+    )
+    script += "console.log(JSON.stringify({sales, report}))\n"
+    (tmp_path / "example.mjs").write_text(script)
+    node = shutil.which("node")
+    assert node
+    out = _run([node, str(tmp_path / "example.mjs")], tmp_path, {})
+    answer = json.loads(out.strip().splitlines()[-1])
+    assert answer["sales"]["period"] == "30d" and "rows" in answer["report"], answer
+
+
+@pytest.mark.timeout(300)
+def test_readme_python_example_runs_as_written(client_stacks: ClientStacks, tmp_path: Path) -> None:
+    env = client_stacks.env("python")
+    code = _readme_block("python", "from cartlytics_client import Client")
+    script = f"key = {env['CARTLYTICS_TEST_KEY']!r}\n" + code.replace(
+        '"127.0.0.1:50051"', repr(env["CARTLYTICS_TEST_GRPC"])
+    )
+    script += "print(sales.period, len(report) >= 0)\n"
+    (tmp_path / "example.py").write_text(script)
+    out = _run([sys.executable, str(tmp_path / "example.py")], tmp_path, {})
+    assert out.split() == ["30d", "True"], out
+
+
+@pytest.mark.timeout(600)
+def test_go_quickstart_is_the_readme_example_and_runs(client_stacks: ClientStacks) -> None:
+    quickstart = ROOT / "clients" / "go" / "examples" / "quickstart" / "main.go"
+    source = quickstart.read_text()
+    for line in _readme_block("go", "sdk.NewClient(").splitlines():
+        # The quickstart reads the endpoint from the environment; the rest is the README's.
+        statement = line.split("//")[0].strip().replace('"127.0.0.1:50051"', "endpoint")
+        if statement and not statement.startswith("if err != nil"):
+            assert statement in source, f"README's Go line not in the quickstart: {line}"
+    env = client_stacks.env("go")
+    go = shutil.which("go")
+    assert go
+    out = _run(
+        [go, "run", "./examples/quickstart"],
+        ROOT / "clients" / "go",
+        {
+            "CARTLYTICS_API_KEY": env["CARTLYTICS_TEST_KEY"],
+            "CARTLYTICS_ENDPOINT": env["CARTLYTICS_TEST_GRPC"],
+        },
+    )
+    assert "sales over 30d:" in out, out
