@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
+from cartlytics_protos.analytics.ingest.v1 import ingest_pb2
 
 from cartlytics_client import AsyncClient, Client
 
@@ -196,3 +197,116 @@ class AsyncRecorder(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
             code = error.code()
         self.calls.append((_method(details), request, code))
         return call
+
+
+IN_FLIGHT = "an event with this id is being stored by another request; retry"
+
+
+def hold_in_flight(
+    response: ingest_pb2.BatchTrackEventsResponse, held: set[str]
+) -> ingest_pb2.BatchTrackEventsResponse:
+    """``response`` with each accepted event whose id is in ``held`` rewritten as the server's
+    refusal of an id in flight (field ``id``), as when an earlier attempt is still storing it."""
+    out = ingest_pb2.BatchTrackEventsResponse()
+    for accepted in response.accepted:
+        if accepted.id in held:
+            out.rejected.add(index=accepted.index, field="id", description=IN_FLIGHT)
+        else:
+            out.accepted.append(accepted)
+    out.rejected.extend(response.rejected)
+    out.accepted_count = len(out.accepted)
+    out.rejected_count = len({r.index for r in out.rejected})
+    return out
+
+
+class _Answered(grpc.Call, grpc.Future):  # type: ignore[misc]
+    """A completed unary call whose response a client interceptor replaced."""
+
+    def __init__(self, response: Any, call: Any) -> None:
+        self._response = response
+        self._call = call
+
+    def initial_metadata(self) -> Any:
+        return self._call.initial_metadata()
+
+    def trailing_metadata(self) -> Any:
+        return self._call.trailing_metadata()
+
+    def code(self) -> Any:
+        return self._call.code()
+
+    def details(self) -> Any:
+        return self._call.details()
+
+    def is_active(self) -> bool:
+        return False
+
+    def time_remaining(self) -> float | None:
+        return None
+
+    def cancel(self) -> bool:
+        return False
+
+    def cancelled(self) -> bool:
+        return False
+
+    def running(self) -> bool:
+        return False
+
+    def done(self) -> bool:
+        return True
+
+    def result(self, timeout: float | None = None) -> Any:
+        return self._response
+
+    def exception(self, timeout: float | None = None) -> Any:
+        return None
+
+    def traceback(self, timeout: float | None = None) -> Any:
+        return None
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        return False
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        fn(self)
+
+
+class HoldInFlight(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Rewrites, in every BatchTrackEvents answer, the accepted events whose id is in ``held``
+    as refused in flight (``hold_in_flight``); records the ids of each BatchTrackEvents
+    request."""
+
+    def __init__(self) -> None:
+        self.held: set[str] = set()
+        self.requests: list[list[str]] = []
+        self._lock = threading.Lock()
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        outcome = continuation(details, request)
+        if not _method(details).endswith("/BatchTrackEvents"):
+            return outcome
+        with self._lock:
+            self.requests.append([e.id for e in request.events])
+            held = set(self.held)
+        try:
+            response = outcome.result()
+        except grpc.RpcError:
+            return outcome
+        return _Answered(hold_in_flight(response, held), outcome)
+
+
+class AsyncHoldInFlight(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """``HoldInFlight`` for grpc.aio."""
+
+    def __init__(self) -> None:
+        self.held: set[str] = set()
+        self.requests: list[list[str]] = []
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        call = await continuation(details, request)
+        if not _method(details).endswith("/BatchTrackEvents"):
+            return call
+        self.requests.append([e.id for e in request.events])
+        response = await call  # an error propagates as is
+        return hold_in_flight(response, set(self.held))

@@ -15,6 +15,8 @@ import grpc
 import pytest
 from conftest import Stack
 from pyclient_support import (
+    IN_FLIGHT,
+    AsyncHoldInFlight,
     AsyncLoseFirstReply,
     AsyncRecorder,
     count_events_async,
@@ -253,6 +255,37 @@ def test_close_flushes_the_queue(stack: Stack) -> None:
             await client.analytics.track(name, user_id="user_close")
         async with _client(stack) as reader:
             assert await _settled_count(reader, name, 6) == 6
+
+    run(body())
+
+
+def test_an_event_in_flight_to_the_end_fails_after_the_batch_budget(stack: Stack) -> None:
+    async def body() -> None:
+        outcomes = Outcomes()
+        hold = AsyncHoldInFlight()
+        name = unique("sdk_py_ainflight")
+        async with _client(
+            stack,
+            interceptors=[hold],
+            max_retries=2,
+            min_backoff=0.01,
+            max_backoff=0.05,
+            flush_interval=60,
+            on_success=outcomes.on_success,
+            on_failure=outcomes.on_failure,
+        ) as client:
+            ids = [client.analytics.enqueue(name, {"i": i}, user_id="user_inf") for i in range(3)]
+            hold.held.add(ids[1])
+            assert await client.analytics.flush(timeout=120)
+            assert hold.requests == [ids, [ids[1]], [ids[1]]]
+            assert sorted(a.id for a in outcomes.accepted) == sorted([ids[0], ids[2]])
+            assert len(outcomes.failed) == 1
+            events, error = outcomes.failed[0]
+            assert [e.id for e in events] == [ids[1]]
+            assert error.code == grpc.StatusCode.ABORTED
+            assert error.reason == "EVENT_IN_FLIGHT"
+            assert error.field_violations == [("id", IN_FLIGHT)]
+            assert error.attempts == 3
 
     run(body())
 

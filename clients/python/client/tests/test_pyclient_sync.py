@@ -15,6 +15,8 @@ import grpc
 import pytest
 from conftest import Stack
 from pyclient_support import (
+    IN_FLIGHT,
+    HoldInFlight,
     LoseFirstReply,
     Recorder,
     count_events,
@@ -422,6 +424,37 @@ def test_a_batch_with_one_invalid_event(stack: Stack) -> None:
         assert error.code == grpc.StatusCode.INVALID_ARGUMENT
         assert "properties.productId" in [v.field for v in error.field_violations]
         assert _settled_count(client, name, 3) == 3
+
+
+def test_an_event_in_flight_to_the_end_fails_after_the_batch_budget(stack: Stack) -> None:
+    """The interceptor rewrites one accepted event as refused in flight at every attempt: it is
+    sent again within the batch's one budget, 1 + max_retries attempts, then fails ABORTED."""
+    outcomes = Outcomes()
+    hold = HoldInFlight()
+    name = unique("sdk_py_inflight")
+    with _client(
+        stack,
+        interceptors=[hold],
+        max_retries=2,
+        min_backoff=0.01,
+        max_backoff=0.05,
+        flush_interval=60,
+        on_success=outcomes.on_success,
+        on_failure=outcomes.on_failure,
+    ) as client:
+        ids = [client.analytics.enqueue(name, {"i": i}, user_id="user_inflight") for i in range(3)]
+        hold.held.add(ids[1])
+        assert client.analytics.flush(timeout=120)
+        assert hold.requests == [ids, [ids[1]], [ids[1]]]
+        assert sorted(a.id for a in outcomes.accepted) == sorted([ids[0], ids[2]])
+        assert len(outcomes.failed) == 1
+        events, error = outcomes.failed[0]
+        assert [e.id for e in events] == [ids[1]]
+        assert error.code == grpc.StatusCode.ABORTED
+        assert error.reason == "EVENT_IN_FLIGHT"
+        assert error.field_violations == [("id", IN_FLIGHT)]
+        assert error.attempts == 3
+    assert client.close() == 0
 
 
 def test_a_full_queue_refuses_at_once(stack: Stack) -> None:

@@ -16,15 +16,7 @@ from cartlytics_protos.analytics.ingest.v1 import ingest_pb2
 from cartlytics_protos.analytics.metrics.v1 import metrics_pb2
 
 from . import _requests as rq
-from ._batch import (
-    QueueCore,
-    Queued,
-    batch_request,
-    classify,
-    in_flight_error,
-    missing_error,
-    stamp_sent_at,
-)
+from ._batch import BatchSend, QueueCore, Queued
 from ._config import (
     DEFAULT_TARGET,
     OnFailure,
@@ -40,7 +32,6 @@ from ._retry import (
     FinalError,
     WriterError,
     attempt_timeout,
-    backoff,
     deadline_error,
     retry_delay,
 )
@@ -158,13 +149,14 @@ class AsyncClient:
         timeout: float | None,
         *,
         per_attempt: bool = True,
+        spent: int = 0,
     ) -> T:
         """As ``Client._run``, waiting with asyncio (a cancelled task stops at once)."""
         settings = self._settings
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         last: CartlyticsError | None = None
-        n = 0
+        n = spent
         while True:
             n += 1
             remaining = None if deadline is None else deadline - loop.time()
@@ -502,18 +494,17 @@ class _TaskBatcher:
             call()
 
     async def _send(self, batch: list[Queued]) -> None:
+        """Deliver one batch (``BatchSend``: one retry budget for its retries and resends).
+        Cancelled by close: the events not settled yet are close's to give up on."""
         client = self._client
-        settings = self._settings
-        pending = batch
-        round_ = 0
-        while pending:
-            round_ += 1
-            request = batch_request(pending)
+        send = BatchSend(self._core, batch)
+        while send.pending:
+            request = send.request()
 
             async def attempt(
                 limit: float | None, r: ingest_pb2.BatchTrackEventsRequest = request
             ) -> ingest_pb2.BatchTrackEventsResponse:
-                stamp_sent_at(r)
+                send.attempt(r)
                 method = client._ingest.BatchTrackEvents
                 response: ingest_pb2.BatchTrackEventsResponse = await method(
                     r, timeout=limit, metadata=client._metadata
@@ -521,20 +512,12 @@ class _TaskBatcher:
                 return response
 
             try:
-                answer = await client._run(attempt, None)
+                answer = await client._run(attempt, None, spent=send.attempts)
             except CartlyticsError as error:
-                self._resolve(failures=[(pending, error)])
-                return
-            outcome = classify(pending, answer)
-            failures: list[tuple[list[Queued], CartlyticsError]] = [
-                ([queued], error) for queued, error in outcome.refused
-            ]
-            if outcome.missing:
-                failures.append((outcome.missing, missing_error()))
-            self._resolve(successes=outcome.accepted, failures=failures)
-            pending = outcome.in_flight
-            if pending:
-                if round_ > settings.max_retries:
-                    self._resolve(failures=[(pending, in_flight_error())])
-                    return
-                await asyncio.sleep(backoff(round_, settings))
+                calls, wait = send.failed(error), None
+            else:
+                calls, wait = send.answered(answer)
+            for call in calls:
+                call()
+            if wait is not None:
+                await asyncio.sleep(wait)

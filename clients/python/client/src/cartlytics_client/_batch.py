@@ -22,7 +22,7 @@ from cartlytics_protos.analytics.ingest.v1 import ingest_pb2
 
 from ._config import OnFailure, OnSuccess, Settings, call_safely
 from ._events import AcceptedEvent, Prepared
-from ._retry import IN_FLIGHT_TEXT
+from ._retry import IN_FLIGHT_DESCRIPTION, IN_FLIGHT_TEXT, retry_delay
 from .errors import CartlyticsError, ClientClosed, QueueFull
 
 
@@ -64,7 +64,10 @@ def stamp_sent_at(request: ingest_pb2.BatchTrackEventsRequest) -> None:
         event.sent_at.FromDatetime(now)
 
 
-def classify(batch: list[Queued], response: ingest_pb2.BatchTrackEventsResponse) -> BatchOutcome:
+def classify(
+    batch: list[Queued], response: ingest_pb2.BatchTrackEventsResponse, attempts: int = 1
+) -> BatchOutcome:
+    """Sort the events of a request by the server's answer (attempts: the batch's so far)."""
     outcome = BatchOutcome()
     accepted = {a.index: a for a in response.accepted if 0 <= a.index < len(batch)}
     violations: dict[int, list[tuple[str, str]]] = {}
@@ -97,6 +100,7 @@ def classify(batch: list[Queued], response: ingest_pb2.BatchTrackEventsResponse)
                             grpc.StatusCode.INVALID_ARGUMENT,
                             "event refused by the server",
                             field_violations=broken,
+                            attempts=attempts,
                         ),
                     )
                 )
@@ -105,17 +109,94 @@ def classify(batch: list[Queued], response: ingest_pb2.BatchTrackEventsResponse)
     return outcome
 
 
-def missing_error() -> CartlyticsError:
-    return CartlyticsError(grpc.StatusCode.UNKNOWN, "the server answered nothing for this event")
+def missing_error(attempts: int = 1) -> CartlyticsError:
+    return CartlyticsError(
+        grpc.StatusCode.UNKNOWN, "the server answered nothing for this event", attempts=attempts
+    )
 
 
-def in_flight_error() -> CartlyticsError:
+def in_flight_error(attempts: int) -> CartlyticsError:
+    """The failure of events whose id was still in flight at the batch's last attempt: what
+    ``track`` answers for one (ABORTED, EVENT_IN_FLIGHT)."""
     return CartlyticsError(
         grpc.StatusCode.ABORTED,
-        "an event with this id was still being stored by another request after every retry",
-        field_violations=[("id", IN_FLIGHT_TEXT)],
+        "an event with this id was still being stored by another request",
+        field_violations=[("id", IN_FLIGHT_DESCRIPTION)],
         reason="EVENT_IN_FLIGHT",
+        attempts=attempts,
     )
+
+
+Calls = list[Callable[[], None]]
+
+
+class BatchSend:
+    """One batch's delivery, the I/O left to the sender (thread or task).
+
+    The batch goes in one request, retried by the rules; the events the server refused only
+    because their id is in flight are sent again (same ids, in a new request) after a backoff.
+    Retries and resends share the batch's one budget: at most ``1 + max_retries`` attempts in
+    all (as the Go SDK's ``send``); then the events still in flight fail with
+    ``in_flight_error``. The sender loops while ``pending``::
+
+        request = send.request()
+        answer = run(attempt, spent=send.attempts)  # each attempt calls send.attempt(request)
+        # an error: send.failed(error); else: calls, wait = send.answered(answer)
+        # wait is None: done; else sleep wait (closed meanwhile: send.closed())
+
+    Each method settles events through the core and returns the callbacks to run (the sync
+    sender calls the methods under its lock and runs the callbacks outside it).
+    """
+
+    def __init__(self, core: QueueCore, batch: list[Queued]) -> None:
+        self.core = core
+        self.pending = batch  # the events of the next request
+        self.attempts = 0  # the batch's attempts so far (requests and their retries)
+
+    def request(self) -> ingest_pb2.BatchTrackEventsRequest:
+        return batch_request(self.pending)
+
+    def attempt(self, request: ingest_pb2.BatchTrackEventsRequest) -> None:
+        """One attempt of ``request`` starts: counted, ``sent_at`` stamped."""
+        self.attempts += 1
+        stamp_sent_at(request)
+
+    def failed(self, error: CartlyticsError, *, closed: bool = False) -> Calls:
+        """The request failed for good (retries exhausted or not retryable): every pending
+        event fails with ``error`` (``ClientClosed`` caused by it when close gave up)."""
+        if closed:
+            gave_up = ClientClosed("the client was closed while these were being sent")
+            gave_up.__cause__ = error
+            error = gave_up
+        return self._fail(error)
+
+    def answered(self, response: ingest_pb2.BatchTrackEventsResponse) -> tuple[Calls, float | None]:
+        """Settle the request's accepted and refused events; returns the callbacks and, when
+        events in flight are to be sent again, the wait before their request (else None)."""
+        outcome = classify(self.pending, response, self.attempts)
+        failures = [([queued], error) for queued, error in outcome.refused]
+        if outcome.missing:
+            failures.append((outcome.missing, missing_error(self.attempts)))
+        calls = self.core.resolve(successes=outcome.accepted, failures=failures)
+        self.pending = outcome.in_flight
+        if not self.pending:
+            return calls, None
+        still = in_flight_error(self.attempts)
+        settings = self.core.settings
+        if self.attempts > settings.max_retries:
+            return calls + self._fail(still), None
+        wait = retry_delay(self.attempts, still, settings)
+        return calls, wait or 0.0
+
+    def closed(self) -> Calls:
+        """Close gave up while the events in flight waited to be sent again."""
+        gave_up = ClientClosed("the client was closed before these were sent again")
+        gave_up.__cause__ = in_flight_error(self.attempts)
+        return self._fail(gave_up)
+
+    def _fail(self, error: CartlyticsError) -> Calls:
+        pending, self.pending = self.pending, []
+        return self.core.resolve(failures=[(pending, error)])
 
 
 class QueueCore:

@@ -14,6 +14,7 @@ from .errors import CartlyticsError
 # field `id` with this description.
 IN_FLIGHT_REASON = "EVENT_IN_FLIGHT"
 IN_FLIGHT_TEXT = "is being stored by another request"
+IN_FLIGHT_DESCRIPTION = "an event with this id is being stored by another request; retry"
 
 
 class FinalError(Exception):

@@ -15,15 +15,7 @@ from cartlytics_protos.analytics.ingest.v1 import ingest_pb2
 from cartlytics_protos.analytics.metrics.v1 import metrics_pb2
 
 from . import _requests as rq
-from ._batch import (
-    QueueCore,
-    Queued,
-    batch_request,
-    classify,
-    in_flight_error,
-    missing_error,
-    stamp_sent_at,
-)
+from ._batch import BatchSend, QueueCore, Queued
 from ._config import (
     DEFAULT_TARGET,
     OnFailure,
@@ -40,7 +32,6 @@ from ._retry import (
     FinalError,
     WriterError,
     attempt_timeout,
-    backoff,
     deadline_error,
     retry_delay,
 )
@@ -185,14 +176,17 @@ class Client:
         *,
         per_attempt: bool = True,
         abort: threading.Event | None = None,
+        spent: int = 0,
     ) -> T:
         """Run ``attempt`` (given its timeout) with the retry rules of docs/clients.md: at most
         max_retries retries, backoff with full jitter, a 429's RetryInfo honoured, never past
-        ``timeout`` (the whole call's, seconds) nor after ``abort`` is set."""
+        ``timeout`` (the whole call's, seconds) nor after ``abort`` is set. ``spent``: the
+        attempts already made within the same budget (a batch's earlier requests), counted in
+        the retries and in the error's ``attempts``."""
         settings = self._settings
         deadline = None if timeout is None else time.monotonic() + timeout
         last: CartlyticsError | None = None
-        n = 0
+        n = spent
         while True:
             n += 1
             remaining = None if deadline is None else deadline - time.monotonic()
@@ -539,10 +533,13 @@ class _ThreadBatcher:
             call()
 
     def _attempt(
-        self, request: ingest_pb2.BatchTrackEventsRequest, limit: float | None
+        self,
+        send: BatchSend,
+        request: ingest_pb2.BatchTrackEventsRequest,
+        limit: float | None,
     ) -> ingest_pb2.BatchTrackEventsResponse:
         client = self._client
-        stamp_sent_at(request)
+        send.attempt(request)
         future = client._ingest.BatchTrackEvents.future(
             request, timeout=limit, metadata=client._metadata
         )
@@ -558,31 +555,23 @@ class _ThreadBatcher:
                 self._future = None
 
     def _send(self, batch: list[Queued]) -> None:
-        settings = self._settings
-        pending = batch
-        round_ = 0
-        while pending:
-            round_ += 1
-            request = batch_request(pending)
+        """Deliver one batch (``BatchSend``: one retry budget for its retries and resends)."""
+        send = BatchSend(self._core, batch)
+        while send.pending:
+            attempt = partial(self._attempt, send, send.request())
             try:
-                response = self._client._run(
-                    partial(self._attempt, request), None, abort=self._abort
-                )
+                response = self._client._run(attempt, None, abort=self._abort, spent=send.attempts)
             except CartlyticsError as error:
-                if self._abort.is_set():
-                    closed = ClientClosed("the client was closed while these were being sent")
-                    closed.__cause__ = error
-                    error = closed
-                self._resolve(failures=[(pending, error)])
-                return
-            outcome = classify(pending, response)
-            failures = [([queued], error) for queued, error in outcome.refused]
-            if outcome.missing:
-                failures.append((outcome.missing, missing_error()))
-            self._resolve(successes=outcome.accepted, failures=failures)
-            pending = outcome.in_flight
-            if pending and (
-                round_ > settings.max_retries or self._abort.wait(backoff(round_, settings))
-            ):
-                self._resolve(failures=[(pending, in_flight_error())])
-                return
+                with self._cond:
+                    calls = send.failed(error, closed=self._abort.is_set())
+                wait = None
+            else:
+                with self._cond:
+                    calls, wait = send.answered(response)
+            for call in calls:
+                call()
+            if wait is not None and self._abort.wait(wait):
+                with self._cond:
+                    calls = send.closed()
+                for call in calls:
+                    call()
