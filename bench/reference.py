@@ -29,8 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.ingest import make_event  # noqa: E402
 from cartlytics.common.storage import Storage, open_storage  # noqa: E402
-from cartlytics.ingest.enrichment import enrich  # noqa: E402
-from cartlytics.ingest.ingestor import (  # noqa: E402
+from services.ingest.enrichment import enrich  # noqa: E402
+from services.ingest.ingestor import (  # noqa: E402
     TABLES,
     _event_row,
     _item_rows,
@@ -38,7 +38,7 @@ from cartlytics.ingest.ingestor import (  # noqa: E402
     _order_lines_row,
     new_event_id,
 )
-from cartlytics.ingest.validation import IncomingEvent, ValidEvent, validate  # noqa: E402
+from services.ingest.validation import IncomingEvent, ValidEvent, validate  # noqa: E402
 
 PROJECT = "default"
 Rows = dict[str, list[tuple[Any, ...]]]

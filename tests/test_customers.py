@@ -11,8 +11,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from cartlytics.common.storage import Storage
-from cartlytics.metrics.customers import CustomersReader
-from cartlytics.metrics.reports import CustomersQuery
+from services.metrics.customers import CustomersReader
+from services.metrics.reports import CustomersQuery
 from tests import oracle_metrics as om
 from tests.servers import System
 

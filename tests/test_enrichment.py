@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cartlytics.ingest.enrichment import Enrichment, enrich
+from services.ingest.enrichment import Enrichment, enrich
 
 SALT = b"test-salt-0123456789"
 IP = "203.0.113.7"

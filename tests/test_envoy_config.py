@@ -755,7 +755,7 @@ def test_unknown_fields_are_refused(raw: RawConfig) -> None:
 
 
 def test_cors_policy_is_the_in_process_gateways(gw: Gateway) -> None:
-    from cartlytics.gateway import cors
+    from gateway import cors
 
     assert type(gw.filters[0]) is cors_pb2.Cors, "CORS must answer preflights before the rest"
     (host,) = gw.hcm.route_config.virtual_hosts

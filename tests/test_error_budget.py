@@ -26,8 +26,8 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from cartlytics.common.errors import FieldViolation, invalid_argument
-from cartlytics.gateway import create_app
 from cartlytics.gen.analytics.metrics.v1 import metrics_pb2, metrics_pb2_grpc
+from gateway import create_app
 from tests import oracle_query
 from tests.rest import Reply, call
 from tests.servers import System

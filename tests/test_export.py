@@ -25,11 +25,11 @@ import pytest
 
 from cartlytics.common.errors import ApiError
 from cartlytics.common.storage import Storage
-from cartlytics.export import formats
-from cartlytics.export.exporter import Exporter
-from cartlytics.export.formats import Column, Kind, LocalTime
-from cartlytics.export.request import ExportQuery, plan_export
-from cartlytics.ingest.ingestor import EVENTS, ORDER_ITEMS
+from services.export import formats
+from services.export.exporter import Exporter
+from services.export.formats import Column, Kind, LocalTime
+from services.export.request import ExportQuery, plan_export
+from services.ingest.ingestor import EVENTS, ORDER_ITEMS
 from tests import dataset
 from tests import oracle_export as ox
 from tests.rest import Reply, call
@@ -693,7 +693,7 @@ def test_exports_page_through_long_ranges(
     storage: Storage, project_id: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Pages of a few rows: every order once, in time order, across page boundaries."""
-    from cartlytics.export import sources
+    from services.export import sources
 
     monkeypatch.setattr(sources, "PAGE_ROWS", 3)
     monkeypatch.setattr(sources, "SERVER_PAGE_ROWS", 3)

@@ -20,12 +20,12 @@ from typing import Any
 import pytest
 
 from cartlytics.common.storage import Storage
-from cartlytics.export.csv_sql import csv_header
-from cartlytics.export.exporter import Exporter
-from cartlytics.export.formats import ENCODERS, LocalTime
-from cartlytics.export.request import ExportQuery
-from cartlytics.export.sources import SOURCES, Scope
-from cartlytics.ingest.ingestor import EVENTS, ORDER_ITEMS
+from services.export.csv_sql import csv_header
+from services.export.exporter import Exporter
+from services.export.formats import ENCODERS, LocalTime
+from services.export.request import ExportQuery
+from services.export.sources import SOURCES, Scope
+from services.ingest.ingestor import EVENTS, ORDER_ITEMS
 from tests.test_export import _event_row, _item_row
 
 TEXTS = [
@@ -206,8 +206,8 @@ def _lines_rows(storage: Storage, project_id: str) -> list[tuple[object, ...]]:
 def test_items_is_the_orders_own_count_else_its_line_items(
     storage: Storage, project_id: str, path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cartlytics.export.sources import OrdersSource
-    from cartlytics.ingest.ingestor import ORDER_LINES
+    from services.export.sources import OrdersSource
+    from services.ingest.ingestor import ORDER_LINES
 
     _load(storage, project_id)
     storage.insert_sync("order_lines", ORDER_LINES.columns, _lines_rows(storage, project_id))
@@ -234,8 +234,8 @@ def test_orders_from_order_lines_equal_orders_from_line_items(
 ) -> None:
     """Where every order event has its order_lines row, the orders export reads the arrays
     there; it must give what grouping order_items gives (including events stored twice)."""
-    from cartlytics.export.sources import OrdersSource
-    from cartlytics.ingest.ingestor import ORDER_LINES
+    from services.export.sources import OrdersSource
+    from services.ingest.ingestor import ORDER_LINES
 
     _load(storage, project_id)
     storage.insert_sync("order_lines", ORDER_LINES.columns, _lines_rows(storage, project_id))
@@ -258,8 +258,8 @@ def test_an_order_event_without_its_lines_row_reads_line_items(
     storage: Storage, project_id: str
 ) -> None:
     """A flush that stopped between `events` and `order_lines`: the page is not complete."""
-    from cartlytics.export.sources import OrdersSource
-    from cartlytics.ingest.ingestor import ORDER_LINES
+    from services.export.sources import OrdersSource
+    from services.ingest.ingestor import ORDER_LINES
 
     _load(storage, project_id)
     rows = _lines_rows(storage, project_id)

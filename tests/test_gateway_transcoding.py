@@ -26,13 +26,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from multidict import CIMultiDictProxy
 
-from cartlytics.gateway import RouteTable, create_app, load_routes, routes_from_descriptor_set
-from cartlytics.gateway.pathtemplate import PathTemplate, PathTemplateError, split_path
-from cartlytics.gateway.status import GatewayError
-from cartlytics.gateway.transcoding import build_request, render_json, whole_numbers_as_ints
 from cartlytics.gen.analytics.export.v1 import export_pb2_grpc
 from cartlytics.gen.analytics.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from cartlytics.gen.analytics.metrics.v1 import metrics_pb2, metrics_pb2_grpc
+from gateway import RouteTable, create_app, load_routes, routes_from_descriptor_set
+from gateway.pathtemplate import PathTemplate, PathTemplateError, split_path
+from gateway.status import GatewayError
+from gateway.transcoding import build_request, render_json, whole_numbers_as_ints
 
 T = TypeVar("T")
 

@@ -23,10 +23,10 @@ from hypothesis import strategies as st
 
 from cartlytics.common.errors import ApiError, FieldViolation
 from cartlytics.gen.analytics.ingest.v1 import ingest_pb2, ingest_pb2_grpc
-from cartlytics.ingest import json_events
-from cartlytics.ingest.idempotency import Ack
-from cartlytics.ingest.ingestor import IngestResult, Rejected
-from cartlytics.ingest.json_events import (
+from services.ingest import json_events
+from services.ingest.idempotency import Ack
+from services.ingest.ingestor import IngestResult, Rejected
+from services.ingest.json_events import (
     DEPTH_RULE,
     MAX_DEPTH,
     OBJECT_RULE,
@@ -39,8 +39,8 @@ from cartlytics.ingest.json_events import (
     parse_single,
     read_body,
 )
-from cartlytics.ingest.servicer import _struct
-from cartlytics.ingest.validation import IncomingEvent
+from services.ingest.servicer import _struct
+from services.ingest.validation import IncomingEvent
 from tests.rest import Reply, call
 from tests.servers import System
 

@@ -79,7 +79,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from cartlytics.common.storage import open_storage
 from cartlytics.common.storage.migrations import MIGRATIONS, Migration
-from cartlytics.metrics.sales import SalesQuery, SalesReader
+from services.metrics.sales import SalesQuery, SalesReader
 
 storage = open_storage(sys.argv[1], Path(sys.argv[2]))
 now = datetime.now(UTC).replace(microsecond=0)

@@ -25,9 +25,9 @@ import pytest
 from cartlytics.common import money
 from cartlytics.common.redis_guard import RedisGuard
 from cartlytics.common.storage import Storage
-from cartlytics.export.exporter import Exporter
-from cartlytics.export.request import ExportQuery
-from cartlytics.ingest.validation import (
+from services.export.exporter import Exporter
+from services.export.request import ExportQuery
+from services.ingest.validation import (
     MAX_AMOUNT,
     MAX_QUANTITY,
     NUMBER_RULE,
@@ -35,12 +35,12 @@ from cartlytics.ingest.validation import (
     ValidEvent,
     validate,
 )
-from cartlytics.metrics.customers import CustomersReader
-from cartlytics.metrics.products import ProductsReader
-from cartlytics.metrics.query import QueryRunner
-from cartlytics.metrics.realtime import RealtimeReader
-from cartlytics.metrics.reports import CustomersQuery, CustomQuery, ProductsQuery
-from cartlytics.metrics.sales import SalesQuery, SalesReader
+from services.metrics.customers import CustomersReader
+from services.metrics.products import ProductsReader
+from services.metrics.query import QueryRunner
+from services.metrics.realtime import RealtimeReader
+from services.metrics.reports import CustomersQuery, CustomQuery, ProductsQuery
+from services.metrics.sales import SalesQuery, SalesReader
 from tests.rest import call
 from tests.servers import System
 from tests.test_products import _store_order

@@ -16,8 +16,8 @@ from typing import Any
 from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import FieldDescriptor
 
-from cartlytics.gateway import Route, load_routes
 from cartlytics.gen.analytics.options.v1 import options_pb2
+from gateway import Route, load_routes
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENT = ROOT / "docs" / "openapi.json"

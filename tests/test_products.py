@@ -13,11 +13,11 @@ import pytest
 from cartlytics.common.redis_guard import RedisGuard
 from cartlytics.common.storage import Storage
 from cartlytics.common.storage.group_commit import GroupCommitter
-from cartlytics.ingest.idempotency import IdempotencyWindow
-from cartlytics.ingest.ingestor import ORDER_LINES, PRODUCT_NAMES, TABLES, Ingestor
-from cartlytics.ingest.validation import IncomingEvent
-from cartlytics.metrics.products import ProductsReader
-from cartlytics.metrics.reports import ProductsQuery
+from services.ingest.idempotency import IdempotencyWindow
+from services.ingest.ingestor import ORDER_LINES, PRODUCT_NAMES, TABLES, Ingestor
+from services.ingest.validation import IncomingEvent
+from services.metrics.products import ProductsReader
+from services.metrics.reports import ProductsQuery
 from tests import oracle_metrics as om
 from tests.servers import System
 

@@ -14,9 +14,9 @@ import pytest
 
 from cartlytics.common.errors import ApiError
 from cartlytics.common.storage import Storage, render
-from cartlytics.ingest.ingestor import DUPLICATE_ORDERS
-from cartlytics.metrics import query as q
-from cartlytics.metrics.reports import CustomQuery
+from services.ingest.ingestor import DUPLICATE_ORDERS
+from services.metrics import query as q
+from services.metrics.reports import CustomQuery
 from tests import oracle_query
 from tests.dataset import USER_AGENTS, load
 from tests.rest import Reply, call

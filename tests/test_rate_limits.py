@@ -30,9 +30,9 @@ from grpc_status import rpc_status
 from cartlytics.common.ratelimit import Limit, RateLimited, RateLimiter
 from cartlytics.common.redis_guard import RedisGuard
 from cartlytics.common.redis_server import connect
-from cartlytics.gateway.status import retry_after_from_rpc
 from cartlytics.gen.analytics.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from cartlytics.gen.analytics.options.v1 import options_pb2
+from gateway.status import retry_after_from_rpc
 from tests.rest import Reply, call
 from tests.servers import ClickHouseServer, RedisServer, System, free_port, start_system
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from cartlytics.common.errors import FieldViolation
-from cartlytics.ingest.validation import IncomingEvent, ValidEvent, validate
+from services.ingest.validation import IncomingEvent, ValidEvent, validate
 
 NOW = datetime(2024, 1, 15, 10, 36, tzinfo=UTC)
 

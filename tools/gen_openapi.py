@@ -3,7 +3,7 @@
 Usage: python tools/gen_openapi.py [OUT]   (default: docs/openapi.json; `-` prints it)
 
 Nothing here is written per endpoint: the paths are the REST gateway's own route table (built
-from the `google.api.http` annotations by `cartlytics.gateway.transcoding`, so the document
+from the `google.api.http` annotations by `gateway.transcoding`, so the document
 exposes exactly what the gateway serves), and every schema is derived from the message
 descriptors: JSON names, scalar types and ranges, repeated fields, maps, enums, optional fields,
 the well-known types (Struct, Value, Timestamp, wrappers, ...) and google.api.HttpBody (a raw
@@ -25,12 +25,12 @@ from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 
 import cartlytics
-from cartlytics.gateway.transcoding import (
+from cartlytics.gen.analytics.options.v1 import options_pb2
+from gateway.transcoding import (
     HTTP_BODY,
     Route,
     routes_from_descriptor_set,
 )
-from cartlytics.gen.analytics.options.v1 import options_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "docs" / "openapi.json"

@@ -41,7 +41,7 @@ from typing import Any, Protocol
 from cartlytics.common.money import average
 from cartlytics.common.storage import Row, Storage
 from cartlytics.common.storage.sql import decimal_text
-from cartlytics.metrics.orders import DUPLICATED_ORDERS
+from services.metrics.orders import DUPLICATED_ORDERS
 
 from .formats import Column, Kind
 from .request import ExportPlan

@@ -280,9 +280,9 @@ class Runtime:
         from cartlytics.common.redis_guard import RedisGuard
         from cartlytics.common.storage.group_commit import GroupCommitter
         from cartlytics.gen.analytics.ingest.v1 import ingest_pb2_grpc
-        from cartlytics.ingest.idempotency import IdempotencyWindow
-        from cartlytics.ingest.ingestor import TABLES, IngestLimits, Ingestor
-        from cartlytics.ingest.servicer import IngestServicer
+        from services.ingest.idempotency import IdempotencyWindow
+        from services.ingest.ingestor import TABLES, IngestLimits, Ingestor
+        from services.ingest.servicer import IngestServicer
 
         server, storage = self._require()
         config = self.config
@@ -309,13 +309,13 @@ class Runtime:
         from cartlytics.common.realtime import RealtimeCounters
         from cartlytics.common.redis_guard import RedisGuard
         from cartlytics.gen.analytics.metrics.v1 import metrics_pb2_grpc
-        from cartlytics.metrics.customers import CustomersReader
-        from cartlytics.metrics.funnel import FunnelReader
-        from cartlytics.metrics.products import ProductsReader
-        from cartlytics.metrics.query import QueryRunner
-        from cartlytics.metrics.realtime import RealtimeReader
-        from cartlytics.metrics.sales import SalesReader
-        from cartlytics.metrics.servicer import MetricsServicer, Readers
+        from services.metrics.customers import CustomersReader
+        from services.metrics.funnel import FunnelReader
+        from services.metrics.products import ProductsReader
+        from services.metrics.query import QueryRunner
+        from services.metrics.realtime import RealtimeReader
+        from services.metrics.sales import SalesReader
+        from services.metrics.servicer import MetricsServicer, Readers
 
         server, storage = self._require()
         currency = self.config.default_currency
@@ -333,10 +333,10 @@ class Runtime:
         metrics_pb2_grpc.add_MetricsServiceServicer_to_server(MetricsServicer(readers), server)
 
     async def init_export(self) -> None:
-        from cartlytics.export.exporter import Exporter
-        from cartlytics.export.servicer import ExportServicer
-        from cartlytics.export.slots import ExportLimits, ExportSlots
         from cartlytics.gen.analytics.export.v1 import export_pb2_grpc
+        from services.export.exporter import Exporter
+        from services.export.servicer import ExportServicer
+        from services.export.slots import ExportLimits, ExportSlots
 
         server, storage = self._require()
         limits = ExportLimits(self.config.export_max_concurrent, self.config.export_max_per_key)
@@ -344,9 +344,9 @@ class Runtime:
         export_pb2_grpc.add_ExportServiceServicer_to_server(servicer, server)
 
     async def init_admin(self) -> None:
-        from cartlytics.admin.manager import KeyManager
-        from cartlytics.admin.servicer import AdminServicer
         from cartlytics.gen.analytics.admin.v1 import admin_pb2_grpc
+        from services.admin.manager import KeyManager
+        from services.admin.servicer import AdminServicer
 
         server, _ = self._require()
         assert self.key_refresher is not None
@@ -389,8 +389,8 @@ class Runtime:
         self.stoppers.append(stop)
 
     async def init_gateway(self) -> None:
-        from cartlytics.gateway.cors import CorsPolicy
-        from cartlytics.gateway.server import GatewayLimits, GatewayRunner, create_app
+        from gateway.cors import CorsPolicy
+        from gateway.server import GatewayLimits, GatewayRunner, create_app
 
         default, per_service = parse_upstreams(self.config.gateway_upstream)
         if not default:
