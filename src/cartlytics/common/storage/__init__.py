@@ -23,13 +23,14 @@ import structlog
 from .backends import Backend, StorageError, StorageUnavailable, open_backend
 from .migrations import MIGRATIONS, Migration, check_unique
 from .repair import repair_rollups
-from .sql import Row, literal, render
+from .sql import Row, Sql, literal, render
 
 __all__ = [
     "Blocks",
     "Row",
     "RowBlocks",
     "SchemaBehind",
+    "Sql",
     "Storage",
     "StorageError",
     "StorageUnavailable",
@@ -77,10 +78,10 @@ class Storage:
         """Whether time columns are DateTime64 here (so constants must be too)."""
         return self.backend.types["DateTime"].startswith("DateTime64")
 
-    def render(self, sql: str, params: Mapping[str, Any] | None = None) -> str:
+    def render(self, sql: Sql | str, params: Mapping[str, Any] | None = None) -> str:
         return render(sql, params, self.datetime64)
 
-    def query_sync(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Row]:
+    def query_sync(self, sql: Sql | str, params: Mapping[str, Any] | None = None) -> list[Row]:
         return self.backend.execute(self.render(sql, params))
 
     def insert_sync(
@@ -94,7 +95,7 @@ class Storage:
 
     # Asynchronous API (servicers).
     async def query(
-        self, sql: str, params: Mapping[str, Any] | None = None, *, ingest: bool = False
+        self, sql: Sql | str, params: Mapping[str, Any] | None = None, *, ingest: bool = False
     ) -> list[Row]:
         """Rows of ``sql``; ``ingest=True`` for reads an acknowledgement waits on."""
         rendered = self.render(sql, params)
@@ -110,7 +111,7 @@ class Storage:
 
     def stream(
         self,
-        sql: str,
+        sql: Sql | str,
         params: Mapping[str, Any] | None = None,
         block_rows: int = STREAM_BLOCK_ROWS,
     ) -> RowBlocks:
@@ -126,7 +127,7 @@ class Storage:
 
     def stream_text(
         self,
-        sql: str,
+        sql: Sql | str,
         params: Mapping[str, Any] | None = None,
         block_rows: int = STREAM_BLOCK_ROWS,
     ) -> Blocks[bytes]:

@@ -1,17 +1,25 @@
-"""SQL text with named values: the only place where values are escaped into SQL.
+"""SQL composed one way: trusted ``Sql`` fragments with ``{name}`` slots, values as literals.
 
-Queries are fixed strings written in this codebase with ``{name}`` placeholders; values are
-rendered as ClickHouse literals here, so no string from a request ever becomes SQL text. The same
-rendering serves both backends (the 18.16 server has no server-side query parameters).
+Two kinds of thing go into a query, and they have different types:
+- ``Sql``: text written in this codebase (a query, a clause, a column expression from the
+  catalogue). Nothing from a request is ever wrapped in ``Sql``.
+- values (str, int, datetime, tuple, ...): whatever a request supplies; ``render`` writes each as a
+  ClickHouse literal, escaped here and only here.
+
+``render(query, params)`` fills every ``{name}`` slot of ``query``: a ``Sql`` parameter is inlined
+(its own slots filled from the same ``params``), any other parameter is rendered as a literal. So
+optional clauses and shared sub-queries are ``Sql`` parameters, never ``str.replace`` or
+``string.Template`` on SQL text. The same rendering serves both backends (the 18.16 server has no
+server-side query parameters).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, Final
 
 _PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
 _ESCAPES = {
@@ -26,6 +34,53 @@ _ESCAPES = {
     "\a": "\\a",
     "\v": "\\v",
 }
+
+
+class Sql:
+    """A piece of SQL written in this codebase, with ``{name}`` slots for ``render`` to fill.
+
+    Compose with ``+``, ``Sql.join`` and ``Sql`` parameters; never from request text.
+    """
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __add__(self, other: Sql) -> Sql:
+        if not isinstance(other, Sql):
+            return NotImplemented
+        return Sql(self.text + other.text)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sql) and other.text == self.text
+
+    def __hash__(self) -> int:
+        return hash(self.text)
+
+    def __repr__(self) -> str:
+        return f"Sql({self.text!r})"
+
+    def __bool__(self) -> bool:
+        return bool(self.text.strip())
+
+    @staticmethod
+    def join(separator: str, parts: Iterable[Sql]) -> Sql:
+        """``parts`` joined by the fixed ``separator`` (", ", " AND ", ...)."""
+        return Sql(separator.join(part.text for part in parts))
+
+    def slots(self) -> set[str]:
+        """The names of this fragment's own ``{name}`` slots."""
+        return set(_PLACEHOLDER.findall(self.text))
+
+
+EMPTY: Final = Sql("")
+"""The fragment for an optional clause that does not apply."""
+
+
+def when(condition: bool, fragment: Sql) -> Sql:
+    """``fragment`` if ``condition``, else nothing: an optional clause."""
+    return fragment if condition else EMPTY
 
 
 def exact_sum(expression: str) -> str:
@@ -86,18 +141,34 @@ def literal(value: Any, datetime64: bool = False) -> str:
     raise TypeError(f"cannot render {type(value).__name__} as SQL")
 
 
-def render(sql: str, params: Mapping[str, Any] | None = None, datetime64: bool = False) -> str:
-    """Substitute every ``{name}`` in ``sql`` with the literal of ``params[name]``."""
+_MAX_DEPTH = 16  # fragments nest a few levels; deeper means a fragment that contains itself
+
+
+def render(
+    sql: Sql | str, params: Mapping[str, Any] | None = None, datetime64: bool = False
+) -> str:
+    """The text of ``sql`` with every ``{name}`` slot filled from ``params``: a ``Sql`` value
+    inlined (its slots filled in turn), any other value as its literal. A slot without a
+    parameter is an error, as is a value slot's text being read as a slot (it never is: literals
+    are not scanned again)."""
     values = params or {}
 
-    def substitute(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name not in values:
-            raise KeyError(f"no value for SQL parameter {name!r}")
-        return literal(values[name], datetime64)
+    def fill(text: str, depth: int) -> str:
+        if depth > _MAX_DEPTH:
+            raise ValueError("SQL fragments nest too deep (a fragment containing itself?)")
 
-    return _PLACEHOLDER.sub(substitute, sql)
+        def substitute(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in values:
+                raise KeyError(f"no value for SQL parameter {name!r}")
+            value = values[name]
+            if isinstance(value, Sql):
+                return fill(value.text, depth + 1)
+            return literal(value, datetime64)
+
+        return _PLACEHOLDER.sub(substitute, text)
+
+    return fill(sql.text if isinstance(sql, Sql) else sql, 0)
 
 
 Row = tuple[Any, ...]
-Rows = Sequence[Row]
