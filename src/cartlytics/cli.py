@@ -14,8 +14,9 @@ from typing import Any
 
 from cartlytics.common.config import Config, ConfigError, settings_table
 from cartlytics.common.logging import configure_logging
+from cartlytics.common.runtime import Runtime
 from cartlytics.common.storage import StorageError
-from cartlytics.modules import TARGETS, Runtime, run_until_signalled
+from cartlytics.modules import TARGETS, run_until_signalled
 
 
 def _print_ready(runtime: Runtime) -> None:

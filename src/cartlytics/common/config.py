@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -375,10 +375,12 @@ class Config:
             raise ConfigError("ANALYTICS_DEFAULT_CURRENCY must be an ISO 4217 code such as USD")
         return cls(**values)
 
-    def with_overrides(self, **changes: Any) -> Config:
-        current = {f.name: getattr(self, f.name) for f in fields(self)}
-        current.update(changes)
-        return Config(**current)
+
+def grpc_message_options(config: Config) -> list[tuple[str, int]]:
+    """The largest gRPC message, both ways, for servers and the gateway's channels (gRPC's
+    defaults are 4 MB in and unlimited out; a deliberate bound both ways)."""
+    size = config.grpc_max_message_bytes
+    return [("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)]
 
 
 def settings_table() -> str:

@@ -1,0 +1,106 @@
+"""The REST gateway's module (``cartlytics run --target gateway``): the in-process REST/JSON
+gateway, in front of this process's gRPC server or of the services' own processes
+(``ANALYTICS_GATEWAY_UPSTREAM``).
+
+It depends on nothing: run alone it needs the upstream addresses; run beside services it starts
+after the process's gRPC server (``after``) and calls it, and at shutdown stops first, draining
+its requests in flight. Registered by the app (``cartlytics/modules.py``); the machinery is
+``cartlytics.common.runtime``.
+"""
+
+from __future__ import annotations
+
+import structlog
+
+from cartlytics.common.config import grpc_message_options
+from cartlytics.common.runtime import Module, Runtime, Stop
+
+log = structlog.get_logger("cartlytics")
+
+ROUTED = ("ingest", "metrics", "export")  # the services behind the gateway (admin is gRPC only)
+
+# The gateway finds a restarted service again within a second. gRPC's default reconnect backoff
+# grows to 120 s, and while it waits every call fails at once: a service back after a crash
+# stayed 503 through the gateway for that long (tests/test_faults.py).
+GATEWAY_RECONNECT_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
+def parse_upstreams(value: str) -> tuple[str, dict[str, str]]:
+    """``host:port`` or ``ingest=host:port,metrics=...`` -> (default address, per service)."""
+    default, per_service = "", {}
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        name, sep, address = part.partition("=")
+        if not sep:
+            default = part
+        elif name in ROUTED and address:
+            per_service[name] = address
+        else:
+            raise ValueError(f"ANALYTICS_GATEWAY_UPSTREAM: cannot read {part!r}")
+    return default, per_service
+
+
+async def start(runtime: Runtime) -> Stop:
+    from aiohttp import web
+    from grpc import aio
+
+    from cartlytics.common import catalog
+
+    from .cors import CorsPolicy
+    from .server import GatewayLimits, GatewayRunner, create_app
+
+    config = runtime.config
+    default, per_service = parse_upstreams(config.gateway_upstream)
+    if not default:
+        if not runtime.grpc_port and len(per_service) < len(ROUTED):
+            raise ValueError("the gateway target alone needs ANALYTICS_GATEWAY_UPSTREAM")
+        default = f"127.0.0.1:{runtime.grpc_port}" if runtime.grpc_port else per_service["ingest"]
+    options = [*grpc_message_options(config), *GATEWAY_RECONNECT_OPTIONS]
+    channel = aio.insecure_channel(default, options=options)
+    upstreams = {
+        svc.full_name: aio.insecure_channel(
+            per_service[svc.full_name.split(".")[1]], options=options
+        )
+        for svc in catalog.services()
+        if svc.full_name.split(".")[1] in per_service
+    }
+    limits = GatewayLimits(
+        max_body_bytes=config.max_body_bytes,
+        max_url_bytes=config.http_max_url_bytes,
+        max_query_params=config.http_max_query_params,
+        max_header_bytes=config.http_max_header_bytes,
+        max_headers=config.http_max_headers,
+        header_timeout=config.http_header_timeout,
+        body_timeout=config.http_body_timeout,
+    )
+    app = create_app(
+        channel, upstreams=upstreams, limits=limits, cors=CorsPolicy.parse(config.cors_origins)
+    )
+    channels = [channel, *upstreams.values()]
+    # The gateway stops first: it waits for its requests in flight up to the grace period
+    # (aiohttp's default is 60 s); the gRPC server then drains with what is left of it.
+    runner = GatewayRunner(
+        app, access_log=None, handle_signals=False, shutdown_timeout=config.shutdown_grace
+    )
+
+    async def stop() -> None:
+        await runner.cleanup()
+        for open_channel in channels:
+            await open_channel.close()
+
+    try:
+        await runner.setup()
+        await web.TCPSite(runner, config.http_host, config.http_port).start()
+    except BaseException:
+        await stop()
+        raise
+    addresses = runner.addresses  # (host, port, ...) of each bound socket
+    runtime.gateway_port = int(addresses[0][1]) if addresses else config.http_port
+    log.info("rest gateway serving", address=f"{config.http_host}:{runtime.gateway_port}")
+    return stop
+
+
+MODULE = Module("gateway", after=("grpc-server",), start=start, target=True)
