@@ -12,9 +12,8 @@ import pytest
 
 from cartlytics.common.redis_guard import RedisGuard
 from cartlytics.common.storage import Storage
-from cartlytics.common.storage.group_commit import GroupCommitter
 from services.ingest.idempotency import IdempotencyWindow
-from services.ingest.ingestor import ORDER_LINES, PRODUCT_NAMES, TABLES, Ingestor
+from services.ingest.ingestor import ORDER_LINES, PRODUCT_NAMES, Ingestor
 from services.ingest.validation import IncomingEvent
 from services.metrics.products import ProductsReader
 from services.metrics.reports import ProductsQuery
@@ -371,9 +370,7 @@ def test_ingest_writes_order_lines_and_names(storage: Storage, project_id: str) 
     now = datetime.now(UTC).replace(microsecond=0)
     at = now - timedelta(hours=5)
     guard = RedisGuard(None)
-    ingestor = Ingestor(
-        GroupCommitter(storage, TABLES), IdempotencyWindow(guard), None, guard, ip_salt=b"s"
-    )
+    ingestor = Ingestor(storage, IdempotencyWindow(guard), None, guard, ip_salt=b"s")
 
     def order(n: int, products: list[dict[str, Any]]) -> IncomingEvent:
         total = sum(p["price"] * p["quantity"] for p in products)

@@ -18,6 +18,7 @@ from cartlytics.common.errors import FieldViolation
 from cartlytics.common.realtime import RealtimeCounters, RealtimeEvent
 from cartlytics.common.realtime_rebuild import RealtimeRecovery
 from cartlytics.common.redis_guard import Failure, RedisGuard
+from cartlytics.common.storage import Storage
 from cartlytics.common.storage.group_commit import GroupCommitter, TableSpec
 
 from .enrichment import Enrichment, enrich
@@ -71,8 +72,16 @@ def new_event_id() -> str:
 
 @dataclass(frozen=True)
 class Rejected:
+    """An event of the request not stored: why (``violations``), and whether only because
+    another request is storing an event of the same id (``in_flight``: the caller may retry)."""
+
     index: int
     violations: list[FieldViolation]
+    in_flight: bool = False
+
+    @classmethod
+    def being_stored(cls, index: int) -> Rejected:
+        return cls(index, [FieldViolation("id", IN_FLIGHT)], in_flight=True)
 
 
 @dataclass
@@ -176,9 +185,12 @@ def _realtime(e: ValidEvent) -> RealtimeEvent:
 
 
 class Ingestor:
+    """Stores events through its own group committer (``close`` stops it), and reads and writes
+    ``storage`` directly for the duplicate orders, once their rows are committed."""
+
     def __init__(
         self,
-        committer: GroupCommitter,
+        storage: Storage,
         window: IdempotencyWindow,
         realtime: RealtimeCounters | None,
         redis_guard: RedisGuard,
@@ -188,8 +200,8 @@ class Ingestor:
         new_id: Callable[[], str] = new_event_id,
         recovery: RealtimeRecovery | None = None,
     ) -> None:
-        self._committer = committer
-        self._storage = committer.storage
+        self._storage = storage
+        self._committer = GroupCommitter(storage, TABLES)
         self._window = window
         self._realtime = realtime
         self._guard = redis_guard
@@ -198,6 +210,9 @@ class Ingestor:
         self._clock = clock
         self._new_id = new_id
         self._recovery = recovery
+
+    async def close(self) -> None:
+        await self._committer.close()
 
     async def ingest(
         self, project_id: str, events: Sequence[IncomingEvent], client_ip: str = ""
@@ -228,7 +243,7 @@ class Ingestor:
             if claim is not None and claim.ack is not None:
                 acks[event.id] = claim.ack
             elif claim is not None and claim.in_flight:
-                result.rejected.append(Rejected(index, [FieldViolation("id", IN_FLIGHT)]))
+                result.rejected.append(Rejected.being_stored(index))
             else:
                 to_store.append(event)
         claimed = [e.id for e in to_store if e.client_id]
@@ -257,7 +272,7 @@ class Ingestor:
             if event.id in acks:
                 result.accepted.append((index, acks[event.id]))
             else:  # a repeat, in this request, of an id another request is storing
-                result.rejected.append(Rejected(index, [FieldViolation("id", IN_FLIGHT)]))
+                result.rejected.append(Rejected.being_stored(index))
         result.rejected.sort(key=lambda r: r.index)
         return result
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -302,7 +302,7 @@ def finish(result: IngestResult, batch: Batch) -> IngestResult:
                 for v in violations
             ]
         if remap or violations is not entry.violations:
-            entry = Rejected(index, violations)
+            entry = replace(entry, index=index, violations=violations)
         rejected.append(entry)
     if batch.refused:
         rejected.sort(key=lambda r: r.index)

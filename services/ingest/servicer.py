@@ -99,10 +99,10 @@ def _fill(target: Any, ack: Ack) -> None:
 def _fill_single(target: ingest_pb2.TrackEventResponse, result: IngestResult) -> None:
     """The acknowledgement of a one-event request, or the error its refusal is."""
     if result.rejected:
-        violations = result.rejected[0].violations
-        if violations[0].description == IN_FLIGHT:
+        rejected = result.rejected[0]
+        if rejected.in_flight:
             raise ApiError(IN_FLIGHT, "EVENT_IN_FLIGHT", grpc.StatusCode.ABORTED)
-        raise invalid_argument(violations)
+        raise invalid_argument(rejected.violations)
     _fill(target, result.accepted[0][1])
 
 
