@@ -5,7 +5,7 @@ this package answers the same REST API the same way, from the same `google.api.h
 annotations, so the embedded mode and the tests exercise the real contract.
 """
 
-from .server import create_app, serve_gateway
+from .server import create_app
 from .transcoding import Route, RouteMatch, RouteTable, load_routes, routes_from_descriptor_set
 
 __all__ = [
@@ -15,5 +15,4 @@ __all__ = [
     "create_app",
     "load_routes",
     "routes_from_descriptor_set",
-    "serve_gateway",
 ]

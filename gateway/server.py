@@ -63,7 +63,6 @@ __all__ = [
     "GatewayLimits",
     "GatewayRunner",
     "create_app",
-    "serve_gateway",
 ]
 
 _log = structlog.get_logger(__name__)
@@ -453,24 +452,6 @@ def create_app(
     app.router.add_route("*", "/{tail:.*}", gateway.handle)
     (cors if cors is not None else CorsPolicy.parse(_default("cors_origins"))).install(app)
     return app
-
-
-async def serve_gateway(
-    host: str,
-    port: int,
-    channel: grpc.aio.Channel,
-    *,
-    routes: RouteTable | None = None,
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-) -> web.AppRunner:
-    """Start the gateway on host:port; `await runner.cleanup()` stops it.
-
-    With port 0 the bound address is in `runner.addresses`.
-    """
-    runner = GatewayRunner(create_app(channel, routes=routes, max_body_bytes=max_body_bytes))
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    return runner
 
 
 class GatewayRunner(web.AppRunner):

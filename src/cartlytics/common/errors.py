@@ -1,13 +1,17 @@
 """The errors a service may answer with, and their one mapping to gRPC rich status (AIP-193).
 
-    ApiError
-    ├── InvalidArgument     INVALID_ARGUMENT  (HTTP 400) + google.rpc.BadRequest field violations
-    ├── Unauthenticated     UNAUTHENTICATED   (HTTP 401)
-    ├── PermissionDenied    PERMISSION_DENIED (HTTP 403)
-    ├── NotFound            NOT_FOUND         (HTTP 404)
-    ├── ResourceExhausted   RESOURCE_EXHAUSTED (HTTP 429) + google.rpc.RetryInfo
-    ├── Unimplemented       UNIMPLEMENTED     (HTTP 501)
-    └── Unavailable         UNAVAILABLE       (HTTP 503)
+One exception type, ``ApiError``: a gRPC code, a stable ``reason``, a message, and what the
+status carries besides (field violations, RetryInfo, ErrorInfo metadata, quota violations). It
+is made by the helpers here or where the error belongs, for instance:
+
+    invalid_argument / invalid_field   INVALID_ARGUMENT   (HTTP 400) + google.rpc.BadRequest
+    unauthenticated                    UNAUTHENTICATED    (HTTP 401)
+    permission_denied                  PERMISSION_DENIED  (HTTP 403)
+    unavailable                        UNAVAILABLE        (HTTP 503) + google.rpc.RetryInfo
+    RateLimited (ratelimit.py)         RESOURCE_EXHAUSTED (HTTP 429) + RetryInfo, QuotaFailure
+
+and the rarer ones as ``ApiError(message, reason, code)`` where they arise (NOT_FOUND for a key,
+OUT_OF_RANGE for a figure too large, ABORTED for an event another request is storing, ...).
 
 Domain code raises these; the server interceptor turns them into a status with an ErrorInfo
 (stable ``reason``, domain ``cartlytics``). Anything else becomes INTERNAL with no detail, so no
@@ -244,14 +248,6 @@ def unauthenticated(message: str) -> ApiError:
 
 def permission_denied(message: str) -> ApiError:
     return ApiError(message, "PERMISSION_DENIED", grpc.StatusCode.PERMISSION_DENIED)
-
-
-def unimplemented(method: str, issue: str) -> ApiError:
-    return ApiError(
-        f"{method} is not implemented yet ({issue})",
-        "NOT_IMPLEMENTED",
-        grpc.StatusCode.UNIMPLEMENTED,
-    )
 
 
 def unavailable(message: str, reason: str = "BACKEND_UNAVAILABLE") -> ApiError:
