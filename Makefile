@@ -31,6 +31,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src services gateway tests tools bench clients/python/client
 	$(BIN)/ruff format --check src services gateway tests tools bench clients/python/client
 	$(BIN)/buf lint
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
