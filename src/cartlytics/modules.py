@@ -23,6 +23,7 @@ gateway declares that it starts after the gRPC server when both run (``after``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -89,16 +90,12 @@ async def init_redis(runtime: Runtime) -> Stop:
     if not url:
         embedded = EmbeddedRedis(runtime.config.data_dir / "redis")
         await asyncio.to_thread(embedded.start)
-        runtime.embedded_redis = embedded
         url = embedded.url
     client = runtime.redis = connect(url)
     supervisor: Stop | None = None
     if embedded:
         # Restarted whenever it dies; health says NOT_SERVING meanwhile (docs/faults.md).
-
-        async def report(up: bool) -> None:
-            await _redis_health(runtime, up)
-
+        report = functools.partial(_redis_health, runtime)
         watch = RedisSupervisor(embedded, report, backoff=runtime.config.redis_restart_backoff)
         supervisor = cancelling(asyncio.get_running_loop().create_task(watch.run()))
 

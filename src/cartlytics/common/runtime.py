@@ -47,7 +47,6 @@ if TYPE_CHECKING:
 
     from .keys import KeyRefresher
     from .realtime_rebuild import RealtimeRecovery
-    from .redis_server import EmbeddedRedis
     from .storage import Storage
 
 log = structlog.get_logger("cartlytics")
@@ -136,7 +135,6 @@ class Runtime:
     config: Config
     storage: Storage | None = None
     redis: Redis | None = None
-    embedded_redis: EmbeddedRedis | None = None
     redis_serving: bool = True  # False while the embedded valkey-server is down (restarting)
     keyring: KeyRing = field(default_factory=KeyRing)
     bootstrap_key: str = ""
