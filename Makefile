@@ -31,7 +31,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src services gateway tests tools bench clients/python/client
 	$(BIN)/ruff format --check src services gateway tests tools bench clients/python/client
 	$(BIN)/buf lint
-	$(BIN)/lint-imports
+	$(BIN)/lint-imports --no-logo --no-cache
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
