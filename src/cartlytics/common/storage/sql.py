@@ -9,8 +9,10 @@ Two kinds of thing go into a query, and they have different types:
 ``render(query, params)`` fills every ``{name}`` slot of ``query``: a ``Sql`` parameter is inlined
 (its own slots filled from the same ``params``), any other parameter is rendered as a literal. So
 optional clauses and shared sub-queries are ``Sql`` parameters, never ``str.replace`` or
-``string.Template`` on SQL text. The same rendering serves both backends (the 18.16 server has no
-server-side query parameters).
+``string.Template`` on SQL text. ``Sql.fill(name=fragment)`` puts fragments into slots ahead of
+``render`` (only fragments: values wait for ``render``), for a definition used in several places
+with different pieces (the commerce model's order rule over two tables, say). The same
+rendering serves both backends (the 18.16 server has no server-side query parameters).
 """
 
 from __future__ import annotations
@@ -69,9 +71,31 @@ class Sql:
         """``parts`` joined by the fixed ``separator`` (", ", " AND ", ...)."""
         return Sql(separator.join(part.text for part in parts))
 
+    def __contains__(self, text: str) -> bool:
+        """Whether ``text`` occurs in this fragment's text (for checks and tests)."""
+        return text in self.text
+
     def slots(self) -> set[str]:
         """The names of this fragment's own ``{name}`` slots."""
         return set(_PLACEHOLDER.findall(self.text))
+
+    def fill(self, **parts: Sql) -> Sql:
+        """This fragment with the named slots filled by other fragments now (the others stay,
+        for ``render``): how one definition is used in several places with different pieces,
+        e.g. the same order rule over two tables. Only ``Sql`` fills a slot here; a value waits
+        for ``render``. Naming a slot the fragment does not have is an error (a typo)."""
+        for name, part in parts.items():
+            if not isinstance(part, Sql):
+                raise TypeError(f"slot {name!r} takes a Sql fragment, not {type(part).__name__}")
+        missing = set(parts) - self.slots()
+        if missing:
+            raise KeyError(f"no slot {sorted(missing)} in this fragment")
+
+        def substitute(match: re.Match[str]) -> str:
+            part = parts.get(match.group(1))
+            return match.group(0) if part is None else part.text
+
+        return Sql(_PLACEHOLDER.sub(substitute, self.text))
 
 
 EMPTY: Final = Sql("")
