@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -79,6 +80,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from cartlytics.common.storage import open_storage
 from cartlytics.common.storage.migrations import MIGRATIONS, Migration
+from cartlytics.common.storage.sql import Sql
 from services.metrics.sales import SalesQuery, SalesReader
 
 storage = open_storage(sys.argv[1], Path(sys.argv[2]))
@@ -100,7 +102,7 @@ storage.insert_sync("events", columns, [order(1, 4 * 10**18), order(2, 4 * 10**1
 print("before", *revenue())
 seven = MIGRATIONS[6]
 drop, *rest = seven.statements
-gap = ("INSERT INTO events (project_id, event_id, event, ts, received_at, visitor_id, order_id,"
+gap = Sql("INSERT INTO events (project_id, event_id, event, ts, received_at, visitor_id, order_id,"
        " total, currency) SELECT 'p', 'e3', 'order_completed', now() - 3600, now() - 3600, 'v',"
        " 'o3', toInt64(4000000000000000000), 'SEK'")
 in_the_gap = Migration(7, seven.name, (drop, gap, *rest), repair_after=seven.repair_after)
@@ -136,3 +138,114 @@ def test_migration_7_makes_revenue_exact_and_keeps_every_order(
     assert lines["type"] == "Decimal(38, 0)"
     assert lines["after"] == f"{12 * 10**18} 3"  # the gap's order included, by the repair
     assert lines["new"] == f"{12 * 10**18 + 5} 4"
+
+
+# Backward and forward again: a fresh store, every migration applied, then run backward to the
+# lowest version reachable (1 has no backward: its tables hold the events themselves), then
+# forward again. The schema must be a fresh store's again (SHOW CREATE of every table and view),
+# the rollups must hold what they held (rebuilt from `events` by the backfills), and a store
+# asked to go below 1 must refuse before changing anything.
+ROUND_TRIP_SCRIPT = """
+import json, sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from cartlytics.common.storage import open_storage
+from cartlytics.common.storage.migrations import Irreversible
+
+storage = open_storage(sys.argv[1], Path(sys.argv[2]))
+q = storage.query_sync
+out = {"applied": storage.migrate()}
+
+def schema():
+    names = [r[0] for r in q("SELECT name FROM system.tables WHERE database = currentDatabase()"
+                             " AND name != 'schema_migrations' ORDER BY name")]
+    return {name: q("SHOW CREATE TABLE " + name)[0][0] for name in names}
+
+at = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
+events = [
+    ("p", f"e{n}", "order_completed" if n % 3 else "product_view", at + timedelta(minutes=7 * n),
+     at, f"v{n % 4}", f"o{n}" if n % 3 else "", 100 * n, "SEK", f"p{n % 5}")
+    for n in range(40)
+]
+storage.insert_sync("events", ["project_id", "event_id", "event", "ts", "received_at",
+                               "visitor_id", "order_id", "total", "currency", "product_id"], events)
+items = [("p", e[6], e[1], 0, e[3], "name " + e[1], e[9], 5, 1) for e in events if e[6]]
+storage.insert_sync("order_items", ["project_id", "order_id", "event_id", "line", "ts", "name",
+                                    "product_id", "price", "quantity"], items)
+# What ingest writes beside them: the line items' names (their view keeps the latest).
+storage.insert_sync("product_names", ["project_id", "product_id", "name", "ts", "event_id",
+                                      "line"], [(i[0], i[6], i[5], i[4], i[2], 0) for i in items])
+READS = [
+    "SELECT * FROM orders ORDER BY event_id",
+    "SELECT * FROM order_index ORDER BY event_id",
+    "SELECT currency, bucket, sum(orders), toString(sum(revenue)) FROM sales_15m"
+    " GROUP BY currency, bucket ORDER BY bucket",
+    "SELECT visitor_id, minMerge(first_ts) FROM customer_first GROUP BY visitor_id"
+    " ORDER BY visitor_id",
+    "SELECT * FROM product_views ORDER BY ts",
+    "SELECT product_id, argMaxMerge(latest) FROM product_names_latest GROUP BY product_id"
+    " ORDER BY product_id",
+]
+def rollups():
+    return [[[str(v) for v in row] for row in q(read)] for read in READS]
+
+fresh, kept = schema(), rollups()
+try:
+    storage.migrate_down(0)
+except Irreversible as e:
+    out["refused"] = [e.version, storage.pending_migrations(), schema() == fresh]
+out["undone"] = storage.migrate_down(1)
+out["at_1"] = [sorted(schema()), storage.pending_migrations()]
+out["again"] = storage.migrate()
+out["same_schema"] = schema() == fresh
+out["same_rollups"] = rollups() == kept
+out["rows"] = [len(rows) for rows in kept]
+if not out["same_schema"]:
+    out["diff"] = {k: [fresh.get(k), v] for k, v in schema().items() if fresh.get(k) != v}
+storage.close()
+print(json.dumps(out))
+"""
+
+
+def test_every_migration_runs_backward_and_forward_again_to_a_fresh_schema(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    url = _clickhouse_url(backend, request)
+    if url:
+        url = url.rsplit("/", 1)[0] + "/migrate_" + uuid.uuid4().hex[:8]
+    script = tmp_path / "round_trip.py"
+    script.write_text(ROUND_TRIP_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script), url, str(tmp_path / "data")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.splitlines()[-1])
+    assert out["applied"] == ALL_VERSIONS
+    # Below 1 is refused up front: nothing undone, the schema untouched.
+    assert out["refused"] == [1, [], True]
+    assert out["undone"] == ALL_VERSIONS[:0:-1]
+    assert out["at_1"] == [["events", "order_items"], ALL_VERSIONS[1:]]
+    assert out["again"] == ALL_VERSIONS[1:]
+    assert out["same_schema"], out.get("diff")
+    assert all(out["rows"]), out["rows"]  # every rollup held something to compare
+    assert out["same_rollups"]
+
+
+def test_each_migration_file_holds_its_version_and_name() -> None:
+    """One file per migration, ``mNNNN_<name>.py``, listed in order in the registry."""
+    import importlib
+    import pkgutil
+
+    from cartlytics.common.storage import migrations
+
+    files = sorted(
+        info.name for info in pkgutil.iter_modules(migrations.__path__) if info.name[0] == "m"
+    )
+    files.remove("migration")
+    assert [f"m{m.version:04d}_{m.name}" for m in MIGRATIONS] == files
+    for name, migration in zip(files, MIGRATIONS, strict=True):
+        module = importlib.import_module(f"{migrations.__name__}.{name}")
+        assert module.MIGRATION is migration

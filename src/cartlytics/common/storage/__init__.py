@@ -10,6 +10,7 @@ Results of any size are read with ``storage.stream(SQL, params)``: blocks of row
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for_futures
@@ -20,9 +21,9 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
 
+from . import migrations as schema
 from .backends import Backend, StorageError, StorageUnavailable, open_backend
-from .migrations import MIGRATIONS, Migration, check_unique
-from .repair import repair_rollups
+from .migrations import SCHEMA_MIGRATIONS, Irreversible, Migration, check_unique, type_slots
 from .sql import Row, Sql, literal, render
 
 __all__ = [
@@ -137,13 +138,11 @@ class Storage:
         rendered = self.render(sql, params)
         return Blocks(self._pool, lambda: self.backend.open_text_stream(rendered, block_rows))
 
-    def migrate(self, migrations: tuple[Migration, ...] = MIGRATIONS) -> list[int]:
-        """Apply every migration not yet recorded; return the versions applied now."""
-        self.backend.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations "
-            "(version UInt32, name String, applied_at DateTime('UTC')) "
-            "ENGINE = MergeTree ORDER BY version"
-        )
+    def migrate(self, migrations: tuple[Migration, ...] | None = None) -> list[int]:
+        """Apply every migration not yet recorded (of ``migrations``, by default all of them);
+        return the versions applied now."""
+        migrations = schema.MIGRATIONS if migrations is None else migrations
+        self.backend.execute(SCHEMA_MIGRATIONS.text)
         pending = set(self.pending_migrations(migrations))
         applied = []
         for migration in migrations:
@@ -153,6 +152,8 @@ class Storage:
                 self.backend.execute(statement)
             if migration.repair_after and pending != {m.version for m in migrations}:
                 # Not on a new store (nothing to repair); see Migration.repair_after.
+                from .repair import repair_rollups  # built from commerce's rollups, imported here
+
                 repair_rollups(self.backend, only=migration.repair_after)
             self.backend.insert(
                 "schema_migrations",
@@ -163,16 +164,64 @@ class Storage:
             applied.append(migration.version)
         return applied
 
-    def pending_migrations(self, migrations: tuple[Migration, ...] = MIGRATIONS) -> list[int]:
-        """The versions not applied yet (all of them on a store without schema_migrations)."""
+    def migrate_down(
+        self, to_version: int, migrations: tuple[Migration, ...] | None = None
+    ) -> list[int]:
+        """Run backward every applied migration above ``to_version``, newest first, and take
+        each off ``schema_migrations``; return the versions undone. Nothing runs if one of them
+        has no backward statements (``Irreversible``) or is unknown to this build. For an
+        operator with writers stopped: no repair runs, and a backward may drop data (each
+        migration's docstring says what)."""
+        migrations = schema.MIGRATIONS if migrations is None else migrations
         check_unique(migrations)
+        known = {m.version: m for m in migrations}
+        applied = sorted(self._applied_versions(), reverse=True)
+        undo = [version for version in applied if version > to_version]
+        unknown = [version for version in undo if version not in known]
+        if unknown:
+            raise RuntimeError(f"migrations {unknown} are applied but unknown to this build")
+        for version in undo:
+            if known[version].backward is None:
+                raise Irreversible(version)
+        undone = []
+        for version in undo:
+            migration = known[version]
+            for statement in migration.render_backward(self.backend.types):
+                self.backend.execute(statement)
+            self._forget(version)
+            log.info("migration undone", version=version, name=migration.name)
+            undone.append(version)
+        return undone
+
+    def _forget(self, version: int, timeout: float = 60) -> None:
+        """Delete ``version``'s row of schema_migrations and wait until it is gone (a mutation:
+        in the background on 18.16)."""
+        slots = {"version": version, **type_slots(self.backend.types)}
+        self.query_sync(
+            Sql("ALTER TABLE schema_migrations DELETE WHERE version = {version}{mutations_sync}"),
+            slots,
+        )
+        deadline = time.monotonic() + timeout
+        while version in self._applied_versions():
+            if time.monotonic() > deadline:
+                raise StorageError(f"schema_migrations still lists {version} after {timeout} s")
+            time.sleep(0.05)
+
+    def _applied_versions(self) -> set[int]:
+        """The versions schema_migrations lists (none on a store without it)."""
         try:
             rows = self.backend.execute("SELECT version FROM schema_migrations")
         except StorageUnavailable:
             raise
         except StorageError:  # no such table yet
             rows = []
-        done = {int(row[0]) for row in rows}
+        return {int(row[0]) for row in rows}
+
+    def pending_migrations(self, migrations: tuple[Migration, ...] | None = None) -> list[int]:
+        """The versions not applied yet (all of them on a store without schema_migrations)."""
+        migrations = schema.MIGRATIONS if migrations is None else migrations
+        check_unique(migrations)
+        done = self._applied_versions()
         return [m.version for m in migrations if m.version not in done]
 
     def close(self) -> None:

@@ -24,146 +24,180 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from cartlytics.common.commerce.rollups import (
+    BUCKET,
+    CUSTOMER_FIRST,
+    ITEM_NAMES,
+    ORDER_DUPS,
+    ORDER_EVENT,
+    ORDER_INDEX,
+    ORDER_LINE_COUNTS_EVENTS,
+    ORDER_LINE_COUNTS_LINES,
+    ORDERS,
+    PRODUCT_VIEWS,
+    SALES_15M,
+    STORED_ORDERS,
+    VIEW_NAMES,
+    Rollup,
+)
+
 from .backends import Backend
-from .sql import exact_sum
+from .sql import Sql, exact_sum, render
 
 WINDOW_SECONDS = 300
 """Events received this long before the newest one are rebuilt. An INSERT in flight at the stop
 holds the newest events (received_at is set as a request arrives, group commit flushes within a
 second, and a batch is at most 1,000 events); five minutes leaves a wide margin."""
 
-ORDER = "event = 'order_completed' AND order_id != ''"
-BUCKET = "toStartOfFifteenMinutes(ts)"
-
 # Scratch tables (Memory engine: gone with the process): what the repair works on, fixed once so
 # that every step sees the same keys however the tables merge meanwhile.
 SCRATCH = ("repair_window", "repair_orders", "repair_buckets")
-WINDOW_IDS = "(SELECT project_id, event_id FROM repair_window)"
+WINDOW_IDS = Sql("(SELECT project_id, event_id FROM repair_window)")
+
+# Slots of the statements below: {window} (seconds, a value) and {window_ids} (the subquery).
+IN_WINDOW = Sql("(project_id, event_id) IN {window_ids}")
+"""A row of an event received in the window."""
+IN_ORDERS = Sql("(project_id, order_id) IN (SELECT * FROM repair_orders)")
+"""A row of an orderId the window's events carry."""
+IN_BUCKETS = Sql(f"(project_id, currency, {BUCKET}) IN (SELECT * FROM repair_buckets)")
+"""A row in a 15-minute bucket of the window's orders."""
+EVENT_KEY = ("project_id", "event_id")
+LINES_COLUMNS = (
+    *("project_id", "order_id", "event_id", "ts", "currency", "visitor_id"),
+    *("product_ids", "prices", "quantities", "declared_items"),
+)
 
 
-def _add_missing(table: str, columns: str, key: str, source: str, target: str) -> str:
-    """SQL: insert into ``table`` the copies of each ``key`` that ``source`` (a subquery: the key
-    columns, the other ``columns`` and ``stored``, its number of stored copies) has more of than
-    ``target`` (a subquery: the key columns and ``kept``)."""
-    return f"""
-        INSERT INTO {table} ({columns})
+def _add_missing(
+    target: str, names: tuple[str, ...], key: tuple[str, ...], wanted: Sql, kept_where: Sql
+) -> Sql:
+    """SQL: insert into ``target`` (its columns ``names``) the copies of each ``key`` that
+    ``wanted`` (a subquery: the key columns, the other ``names`` and ``stored``, its number of
+    stored copies) has more of than ``target`` holds among its rows matching ``kept_where``."""
+    columns = ", ".join(names)
+    keys = ", ".join(key)
+    return (
+        Sql(f"""
+        INSERT INTO {target} ({columns})
         SELECT {columns} FROM (
             SELECT *,
                    arrayJoin(range(toUInt64(greatest(toInt64(stored) - toInt64(kept), 0))))
                        AS copy
-            FROM ({source}) AS wanted
-            ALL LEFT JOIN ({target}) AS present USING ({key})
+            FROM (""")
+        + wanted
+        + Sql(f""") AS wanted
+            ALL LEFT JOIN (
+                SELECT {keys}, count() AS kept FROM {target}
+                WHERE """)
+        + kept_where
+        + Sql(f"""
+                GROUP BY {keys}
+            ) AS present USING ({keys})
             WHERE stored > kept
         )
-    """
+        """)
+    )
 
 
-ORDER_COLUMNS = "project_id, order_id, event_id, ts, total, currency, visitor_id"
-LINES_COLUMNS = (
-    "project_id, order_id, event_id, ts, currency, visitor_id, product_ids, prices, quantities,"
-    " declared_items"
-)
-ORDER_EVENT = (
-    "any(order_id) AS order_id, any(ts) AS ts, any(total) AS total, "
-    "any(currency) AS currency, any(visitor_id) AS visitor_id"
-)
+def _copies(rollup: Rollup, key: tuple[str, ...], rows: Sql) -> Sql:
+    """SQL: per ``key``, ``rows`` (``rollup``'s SELECT over the rows concerned) as one row with
+    ``stored``, its number of copies (the other columns are the same in every copy)."""
+    keys = ", ".join(key)
+    others = "".join(f"any({name}) AS {name}, " for name in rollup.names if name not in key)
+    return (
+        Sql(f"SELECT {keys}, {others}count() AS stored FROM (") + rows + Sql(f") GROUP BY {keys}")
+    )
 
 
-def _delta(table: str, values: tuple[str, str], expected: str, current: str) -> str:
-    """SQL: add to the summing rollup ``table`` what makes each repaired bucket's sums equal to
-    ``expected`` (a subquery: project_id, currency, bucket and the two value columns), given
-    ``current`` (the same, as the rollup holds them now)."""
-    first, second = values
-    return f"""
-        INSERT INTO {table} (project_id, currency, bucket, {first}, {second})
-        SELECT project_id, currency, bucket,
-               wanted.{first} - present.{first}, wanted.{second} - present.{second}
-        FROM ({expected}) AS wanted
-        FULL OUTER JOIN ({current}) AS present USING (project_id, currency, bucket)
-        WHERE wanted.{first} != present.{first} OR wanted.{second} != present.{second}
-    """
+def _add_copies(rollup: Rollup, key: tuple[str, ...], rows: Sql, kept_where: Sql) -> Sql:
+    """SQL: insert into ``rollup``'s target the copies of ``rows`` (its SELECT over the rows
+    concerned) it lacks, by ``key``."""
+    return _add_missing(rollup.target, rollup.names, key, _copies(rollup, key, rows), kept_where)
 
 
-IN_BUCKETS = f"(project_id, currency, {BUCKET}) IN (SELECT * FROM repair_buckets)"
+def _delta(target: str, sums: dict[str, Sql], rows: tuple[Sql, ...]) -> Sql:
+    """SQL: add to the summing rollup ``target`` what makes each repaired bucket's ``sums``
+    (value column: its sum) equal to what they are over ``rows`` (its views' SELECTs over the
+    rows concerned, all of them with project_id, currency, bucket and the value columns)."""
+    key = "project_id, currency, bucket"
+    summed = Sql.join(", ", [expression + Sql(f" AS {name}") for name, expression in sums.items()])
+    differ = " OR ".join(f"wanted.{name} != present.{name}" for name in sums)
+    return (
+        Sql(f"\nINSERT INTO {target} ({key}, {', '.join(sums)})\nSELECT {key}, ")
+        + Sql(", ".join(f"wanted.{name} - present.{name}" for name in sums))
+        + Sql(f"\nFROM (SELECT {key}, ")
+        + summed
+        + Sql(" FROM (")
+        + Sql.join("\n    UNION ALL\n    ", rows)
+        + Sql(f") GROUP BY {key}) AS wanted\nFULL OUTER JOIN (SELECT {key}, ")
+        + summed
+        + Sql(f" FROM {target} WHERE ({key}) IN (SELECT * FROM repair_buckets)")
+        + Sql(f" GROUP BY {key}) AS present USING ({key})\nWHERE {differ}")
+    )
+
 
 # Every step only adds rows (no deletion, so no mutation: a delete of 10 rows among a million
 # orders took 6-8 s embedded): what is missing from a per-event table, the difference to what it
-# should sum to in a rollup. Tables only ever lack rows after a cut write, never hold extra ones:
-# each view writes a row for every `events` row, and `events` may merge its copies away later.
-STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+# should sum to in a rollup. Each rollup's rows are its definition's SELECT (commerce/rollups.py)
+# over the rows concerned. Tables only ever lack rows after a cut write, never hold extra ones:
+# each view writes a row for every `events` row, and `events` may merge its copies away later;
+# so the rollups after `orders` read the order rows from `orders` (STORED_ORDERS), which keeps
+# every copy written.
+STEPS: tuple[tuple[str, tuple[Sql, ...]], ...] = (
     (
         "scope",
         (
             # Every event id received in the window (its other stored copies come with it).
-            """
+            Sql("""
             CREATE TABLE repair_window ENGINE = Memory AS
             SELECT DISTINCT project_id, event_id FROM events
             WHERE received_at >= (SELECT max(received_at) FROM events)
                                  - INTERVAL {window} SECOND
-            """,
+            """),
             # The 15-minute buckets those events' orders fall in.
-            f"""
+            Sql(f"""
             CREATE TABLE repair_buckets ENGINE = Memory AS
             SELECT DISTINCT project_id, currency, {BUCKET} AS bucket FROM events
-            WHERE {ORDER} AND (project_id, event_id) IN $window_ids
-            """,
+            WHERE {ORDER_EVENT.text} AND (project_id, event_id) IN {{window_ids}}
+            """),
         ),
     ),
     (
         # One row per stored order event row (`events` unmerged: every copy an INSERT wrote).
         "orders",
         (
-            _add_missing(
-                "orders",
-                ORDER_COLUMNS,
-                "project_id, event_id",
-                f"SELECT project_id, event_id, {ORDER_EVENT}, count() AS stored FROM ("
-                f"SELECT {ORDER_COLUMNS} FROM events"
-                f" WHERE {ORDER} AND (project_id, event_id) IN $window_ids"
-                ") GROUP BY project_id, event_id",
-                "SELECT project_id, event_id, count() AS kept FROM orders"
-                " WHERE (project_id, event_id) IN $window_ids GROUP BY project_id, event_id",
-            ),
-            """
+            _add_copies(ORDERS, EVENT_KEY, ORDERS.select(where=IN_WINDOW), IN_WINDOW),
+            Sql("""
             CREATE TABLE repair_orders ENGINE = Memory AS
             SELECT DISTINCT project_id, order_id FROM orders
-            WHERE (project_id, event_id) IN $window_ids
-            """,
+            WHERE (project_id, event_id) IN {window_ids}
+            """),
         ),
     ),
     (
         # The same rows as `orders`, sorted by orderId.
         "order_index",
         (
-            _add_missing(
-                "order_index",
-                ORDER_COLUMNS,
-                "project_id, event_id",
-                f"SELECT project_id, event_id, {ORDER_EVENT}, count() AS stored FROM ("
-                f"SELECT {ORDER_COLUMNS} FROM orders WHERE (project_id, event_id) IN $window_ids"
-                ") GROUP BY project_id, event_id",
-                "SELECT project_id, event_id, count() AS kept FROM order_index"
-                " WHERE (project_id, order_id) IN (SELECT * FROM repair_orders)"
-                " AND (project_id, event_id) IN $window_ids GROUP BY project_id, event_id",
+            _add_copies(
+                ORDER_INDEX,
+                EVENT_KEY,
+                ORDER_INDEX.select(STORED_ORDERS, where=IN_WINDOW),
+                IN_ORDERS + Sql(" AND ") + IN_WINDOW,
             ),
         ),
     ),
     (
-        # Ingest writes an order's lines after its event: one row per stored event row, the
-        # lines from order_items (written before the event, so there).
+        # Ingest writes an order's lines after its event (no view): one row per stored event
+        # row, the lines from order_items (written before the event, so there).
         "order_lines",
         (
             _add_missing(
                 "order_lines",
                 LINES_COLUMNS,
-                "project_id, event_id",
-                f"""
-                SELECT * FROM (
-                    SELECT project_id, event_id, {ORDER_EVENT}, count() AS stored FROM (
-                        SELECT {ORDER_COLUMNS} FROM orders
-                        WHERE (project_id, event_id) IN $window_ids
-                    )
-                    GROUP BY project_id, event_id
+                EVENT_KEY,
+                Sql("SELECT * FROM (")
+                + _copies(ORDERS, EVENT_KEY, ORDERS.select(STORED_ORDERS, where=IN_WINDOW))
+                + Sql("""
                 ) AS stored_orders
                 ALL LEFT JOIN (
                     SELECT project_id, event_id,
@@ -178,7 +212,7 @@ STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
                                any(price) AS item_price,
                                any(quantity) AS item_quantity
                         FROM order_items
-                        WHERE (project_id, event_id) IN $window_ids
+                        WHERE (project_id, event_id) IN {window_ids}
                         GROUP BY project_id, event_id, line
                     )
                     GROUP BY project_id, event_id
@@ -189,12 +223,11 @@ STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
                                   toInt64(JSONExtractFloat(properties, 'items')), -1))
                                AS declared_items
                     FROM events
-                    WHERE (project_id, event_id) IN $window_ids
+                    WHERE (project_id, event_id) IN {window_ids}
                     GROUP BY project_id, event_id
                 ) AS event_declared USING (project_id, event_id)
-                """,
-                "SELECT project_id, event_id, count() AS kept FROM order_lines"
-                " WHERE (project_id, event_id) IN $window_ids GROUP BY project_id, event_id",
+                """),
+                IN_WINDOW,
             ),
         ),
     ),
@@ -203,14 +236,8 @@ STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
         (
             _delta(
                 "sales_15m",
-                ("orders", "revenue"),
-                f"SELECT project_id, currency, {BUCKET} AS bucket, toInt64(count()) AS orders,"
-                f" {exact_sum('total')} AS revenue FROM orders WHERE {IN_BUCKETS}"
-                " GROUP BY project_id, currency, bucket",
-                "SELECT project_id, currency, bucket, toInt64(sum(orders)) AS orders,"
-                f" {exact_sum('revenue')} AS revenue FROM sales_15m"
-                " WHERE (project_id, currency, bucket) IN (SELECT * FROM repair_buckets)"
-                " GROUP BY project_id, currency, bucket",
+                {"orders": Sql("toInt64(sum(orders))"), "revenue": Sql(exact_sum("revenue"))},
+                (SALES_15M.select(STORED_ORDERS, where=IN_BUCKETS),),
             ),
         ),
     ),
@@ -219,85 +246,43 @@ STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
         (
             _delta(
                 "order_line_counts",
-                ("event_rows", "line_rows"),
-                f"""
-                SELECT project_id, currency, bucket,
-                       toInt64(sum(events)) AS event_rows, toInt64(sum(lines)) AS line_rows
-                FROM (
-                    SELECT project_id, currency, {BUCKET} AS bucket, 1 AS events, 0 AS lines
-                    FROM orders WHERE {IN_BUCKETS}
-                    UNION ALL
-                    SELECT project_id, currency, {BUCKET} AS bucket, 0 AS events, 1 AS lines
-                    FROM order_lines WHERE {IN_BUCKETS}
-                )
-                GROUP BY project_id, currency, bucket
-                """,
-                "SELECT project_id, currency, bucket, toInt64(sum(event_rows)) AS event_rows,"
-                " toInt64(sum(line_rows)) AS line_rows FROM order_line_counts"
-                " WHERE (project_id, currency, bucket) IN (SELECT * FROM repair_buckets)"
-                " GROUP BY project_id, currency, bucket",
+                {
+                    "event_rows": Sql("toInt64(sum(event_rows))"),
+                    "line_rows": Sql("toInt64(sum(line_rows))"),
+                },
+                (
+                    ORDER_LINE_COUNTS_EVENTS.select(STORED_ORDERS, where=IN_BUCKETS),
+                    ORDER_LINE_COUNTS_LINES.select(where=IN_BUCKETS),
+                ),
             ),
         ),
     ),
     (
         # min() of times: adding what is already there changes nothing.
         "customer_first",
-        (
-            """
-            INSERT INTO customer_first (project_id, visitor_id, first_ts)
-            SELECT project_id, visitor_id, minState(ts) FROM orders
-            WHERE (project_id, event_id) IN $window_ids
-            GROUP BY project_id, visitor_id
-            """,
-        ),
+        (CUSTOMER_FIRST.backfill(STORED_ORDERS, where=IN_WINDOW),),
     ),
     (
         "product_views",
         (
-            _add_missing(
-                "product_views",
-                "project_id, product_id, visitor_id, ts",
-                "project_id, product_id, visitor_id, ts",
-                "SELECT project_id, product_id, visitor_id, ts, count() AS stored FROM events"
-                " WHERE event = 'product_view' AND (project_id, event_id) IN $window_ids"
-                " GROUP BY project_id, product_id, visitor_id, ts",
-                "SELECT project_id, product_id, visitor_id, ts, count() AS kept"
-                " FROM product_views WHERE (project_id, product_id, visitor_id, ts) IN ("
-                " SELECT project_id, product_id, visitor_id, ts FROM events"
-                " WHERE event = 'product_view' AND (project_id, event_id) IN $window_ids)"
-                " GROUP BY project_id, product_id, visitor_id, ts",
+            _add_copies(
+                PRODUCT_VIEWS,
+                PRODUCT_VIEWS.names,
+                PRODUCT_VIEWS.select(where=IN_WINDOW),
+                Sql("(project_id, product_id, visitor_id, ts) IN (")
+                + PRODUCT_VIEWS.select(where=IN_WINDOW)
+                + Sql(")"),
             ),
         ),
     ),
     (
         # The latest name per product (argMax): adding names already seen changes nothing.
         "product_names",
-        (
-            """
-            INSERT INTO product_names (project_id, product_id, name, ts, event_id, line)
-            SELECT project_id, product_id, name, ts, event_id, line FROM order_items
-            WHERE name != '' AND (project_id, event_id) IN $window_ids
-            """,
-            """
-            INSERT INTO product_names (project_id, product_id, name, ts, event_id, line)
-            SELECT project_id, product_id, JSONExtractString(properties, 'name') AS name,
-                   ts, event_id, toUInt16(0)
-            FROM events
-            WHERE event = 'product_view' AND name != ''
-              AND (project_id, event_id) IN $window_ids
-            """,
-        ),
+        (ITEM_NAMES.backfill(where=IN_WINDOW), VIEW_NAMES.backfill(where=IN_WINDOW)),
     ),
     (
         "order_dups",
-        (
-            """
-            INSERT INTO order_dups (project_id, order_id)
-            SELECT project_id, order_id FROM order_index
-            WHERE (project_id, order_id) IN (SELECT * FROM repair_orders)
-            GROUP BY project_id, order_id HAVING count() > 1
-            """,
-        ),
+        (ORDER_DUPS.backfill(where=IN_ORDERS),),
     ),
 )
 
@@ -318,17 +303,14 @@ def repair_rollups(
     these steps (after the scope), e.g. the one rollup a migration rebuilt the view of."""
     started = time.monotonic()
     report = RepairReport()
+    slots = {"window": int(window_seconds), "window_ids": WINDOW_IDS}
     _drop_scratch(backend)
     try:
         for name, statements in STEPS:
             if only and name != "scope" and name not in only:
                 continue
             for statement in statements:
-                backend.execute(
-                    statement.replace("{window}", str(int(window_seconds))).replace(
-                        "$window_ids", WINDOW_IDS
-                    )
-                )
+                backend.execute(render(statement, slots))
             if name == "scope":
                 report.window_events = _count(backend, "repair_window")
                 report.buckets = _count(backend, "repair_buckets")

@@ -1,0 +1,24 @@
+"""Every migration, in order: a new migration is a new file beside this one and a line here."""
+
+from __future__ import annotations
+
+from . import (
+    m0001_create_events_and_order_items,
+    m0002_add_enrichment_columns,
+    m0003_create_order_rollups,
+    m0004_create_product_and_customer_tables,
+    m0005_create_api_keys,
+    m0006_add_declared_items_to_order_lines,
+    m0007_exact_revenue_in_sales_15m,
+)
+from .migration import Migration
+
+MIGRATIONS: tuple[Migration, ...] = (
+    m0001_create_events_and_order_items.MIGRATION,
+    m0002_add_enrichment_columns.MIGRATION,
+    m0003_create_order_rollups.MIGRATION,
+    m0004_create_product_and_customer_tables.MIGRATION,
+    m0005_create_api_keys.MIGRATION,
+    m0006_add_declared_items_to_order_lines.MIGRATION,
+    m0007_exact_revenue_in_sales_15m.MIGRATION,
+)
