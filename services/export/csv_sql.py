@@ -22,34 +22,42 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cartlytics.common.storage import literal
+from cartlytics.common.storage import Sql
 
 from .formats import Column, Kind
 
 _FORMULA_FIRST = "('=', '+', '-', '@', '\\t', '\\r')"
 
+ZONE_SLOT = "export_zone"
+"""The parameter holding the export's time zone (a value, rendered as a literal): the lines'
+queries read it as ``{export_zone}``; the sources add it to their parameters."""
 
-def text_field(expr: str) -> str:
+
+def text_field(value: Sql) -> Sql:
     """SQL: a String as one CSV field, neutralised and quoted when needed."""
+    expr = value.text
     shown = f"if(substring({expr}, 1, 1) IN {_FORMULA_FIRST}, concat('''', {expr}), {expr})"
     quoted = f"concat('\"', replaceAll({shown}, '\"', '\"\"'), '\"')"
     # Four position() scans cost half of one match() with a character class (measured on 18.16).
     special = " OR ".join(f"position({expr}, {c}) > 0" for c in ("','", "'\"'", "'\\r'", "'\\n'"))
-    return f"if({special}, {quoted}, {shown})"
+    return Sql(f"if({special}, {quoted}, {shown})")
 
 
-def number_field(expr: str) -> str:
-    return f"toString({expr})"
+def number_field(expr: Sql) -> Sql:
+    return Sql("toString({expr})").fill(expr=expr)
 
 
 def _two_digits(expr: str) -> str:
     return f"substring(toString(100 + {expr}), 2, 2)"
 
 
-def time_field(millis: str, zone: str) -> str:
-    """SQL: epoch milliseconds (an Int64 expression) as RFC 3339 in ``zone``."""
+def time_field(value: Sql, zone: str) -> Sql:
+    """SQL: epoch milliseconds (an Int64 expression) as RFC 3339 in the zone of the
+    ``{export_zone}`` parameter; ``zone``, the same zone's name, only tells UTC (whose offset is
+    always +00:00) apart."""
+    millis = value.text
     moment = f"toDateTime(toUInt32(intDiv({millis}, 1000)))"
-    tz = literal(zone)
+    tz = "{" + ZONE_SLOT + "}"
     wall = f"formatDateTime({moment}, '%FT%T', {tz})"
     fraction = f"substring(toString(1000 + {millis} % 1000), 2, 3)"
     if zone == "UTC":
@@ -64,14 +72,15 @@ def time_field(millis: str, zone: str) -> str:
             f"concat(if({minutes} < 0, '-', '+'), {_two_digits(f'intDiv(abs({minutes}), 60)')},"
             f" ':', {_two_digits(f'abs({minutes}) % 60')})"
         )
-    return f"concat({wall}, '.', {fraction}, {offset})"
+    return Sql(f"concat({wall}, '.', {fraction}, {offset})")
 
 
-def csv_lines_sql(inner: str, columns: Sequence[Column], values: Sequence[str], zone: str) -> str:
+def csv_lines_sql(inner: Sql, columns: Sequence[Column], values: Sequence[Sql], zone: str) -> Sql:
     """SQL: one String per row of ``inner``, the CSV line of ``columns`` (ending in ``\\r``).
 
     ``values`` are SQL expressions over ``inner``'s columns, one per export column (times as
-    epoch milliseconds); the rows keep ``inner``'s order.
+    epoch milliseconds); the rows keep ``inner``'s order. Times are shown in ``zone``, which
+    the query reads from its ``{export_zone}`` parameter.
     """
     fields = []
     for column, value in zip(columns, values, strict=True):
@@ -81,8 +90,8 @@ def csv_lines_sql(inner: str, columns: Sequence[Column], values: Sequence[str], 
             fields.append(time_field(value, zone))
         else:
             fields.append(number_field(value))
-    line = ", ',', ".join(fields)
-    return f"SELECT concat({line}, '\\r') AS line FROM ({inner})"
+    line = Sql.join(", ',', ", fields)
+    return Sql("SELECT concat({line}, '\\r') AS line FROM ({inner})").fill(line=line, inner=inner)
 
 
 def csv_header(columns: Sequence[Column]) -> bytes:

@@ -6,15 +6,17 @@ and joins within the page, and its rows come in blocks (``Storage.stream``, on a
 its own). Sources yield *batches*: plain functions that turn one block into output rows, which
 the exporter runs off the event loop.
 
-Orders are the distinct orders of ``metrics/orders.py`` (FIRST_ORDERS): an orderId counts once,
-by its first ``order_completed`` by (timestamp, event id); its time, total, currency, visitor
-and line items are that event's. As in PERIOD_ORDERS, that is computed without grouping every
-order (which would hold them all in memory): an orderId that ``order_dups`` does not list has
-a single stored event, its winner; the few listed ones get theirs from DUPLICATED_ORDERS. Line
-items are the ``order_items`` rows of the winning event, each (event, line) once, joined to
-their order inside the page's query; the orders export reads them from ``order_lines`` instead
-(the event's lines as arrays, no grouping) on every page where ``order_line_counts`` shows that
-no order event lacks its row there.
+Orders, line items, customers and products are the commerce model's, the definitions metrics
+reads (``cartlytics.common.commerce``): an orderId counts once, by its first
+``order_completed`` by (timestamp, event id); its time, total, currency, visitor and line items
+are that event's. A page's orders are ``commerce.orders.orders_between`` for the page, computed
+without grouping every order (which would hold them all in memory): an orderId that
+``order_dups`` does not list has a single stored event, its winner; the few listed ones get
+theirs over all their rows. Line items are ``commerce.products.line_items`` of the winning
+events, each (event, line) once, joined to their order inside the page's query; the orders
+export reads them from ``order_lines`` instead (the event's lines as arrays, no grouping) on
+every page where ``order_line_counts`` shows that no order event lacks its row there. Customers'
+and products' figures are commerce's SQL (``customer_figures``, ``products.LINE_REVENUE``...).
 
 Events are deduplicated by event id: a retried event may be stored twice, at the same time or
 (when the server timed it) another one, possibly in another page; a first pass over the whole
@@ -23,9 +25,9 @@ event for it, not the ids) with the time of their earliest copy, and each page k
 only the copy at that time (once, if two copies share it).
 
 Every source gives its rows as batches for the encoders; the sources but products (whose rows
-are totals kept in Python) also give them as ready lines written by ClickHouse (``text_lines``
-with ``csv_sql.csv_lines_sql`` or ``json_sql.json_lines_sql``), the fast path of the CSV, NDJSON
-and JSON exports.
+are the pages' totals added up in Python) also give them as ready lines written by ClickHouse
+(``text_lines`` with ``csv_sql.csv_lines_sql`` or ``json_sql.json_lines_sql``), the fast path of
+the CSV, NDJSON and JSON exports.
 """
 
 from __future__ import annotations
@@ -35,14 +37,24 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time
-from string import Template
 from typing import Any, Protocol
 
+from cartlytics.common.commerce.customers import customer_figures
+from cartlytics.common.commerce.orders import orders_between
+from cartlytics.common.commerce.products import (
+    LATEST_CATEGORY,
+    LATEST_NAMES,
+    LINE_REVENUE,
+    ORDERS_LISTING,
+    UNITS_SOLD,
+    first_events_of,
+    line_items,
+)
 from cartlytics.common.money import average
 from cartlytics.common.storage import Row, Storage
-from cartlytics.common.storage.sql import decimal_text
-from services.metrics.orders import DUPLICATED_ORDERS
+from cartlytics.common.storage.sql import EMPTY, Sql, decimal_text, when
 
+from .csv_sql import ZONE_SLOT
 from .formats import Column, Kind
 from .request import ExportPlan
 
@@ -57,15 +69,11 @@ class Source(Protocol):
     def batches(self) -> AsyncGenerator[Batch, None]: ...
 
 
-LineWriter = Callable[[str, Sequence[Column], Sequence[str], str], str]
+LineWriter = Callable[[Sql, Sequence[Column], Sequence[Sql], str], Sql]
 """SQL that writes each row of a query as one line of text (``csv_sql.csv_lines_sql``,
-``json_sql.json_lines_sql``): (inner SQL, columns, value expressions, zone) -> SQL."""
-
-
-class LineSource(Source, Protocol):
-    def text_lines(self, zone: str, writer: LineWriter) -> AsyncGenerator[bytes, None]:
-        """The export's rows as lines ClickHouse wrote with ``writer`` (``\\n`` after each)."""
-        ...
+``json_sql.json_lines_sql``): (inner SQL, columns, value expressions, zone) -> SQL, whose
+``{export_zone}`` slot takes the zone (``csv_sql.ZONE_SLOT``). A source with ``text_lines(zone,
+writer)`` gives its rows as such lines (``\\n`` after each)."""
 
 
 # ------------------------------------------------------------------------------------ columns
@@ -104,64 +112,60 @@ CUSTOMERS_COLUMNS = _columns(
 
 
 # ---------------------------------------------------------------------------------------- SQL
-# $-placeholders are SQL text chosen here (never request data); {name} ones are values, rendered
-# as literals by the storage layer. $window and $currency bound a query to the page.
+# Every query is a Sql constant. Its {name} slots are filled by ``render`` from the page's
+# parameters (``Scope.params``): values (project, bounds, currency, zone, ...) as literals, and
+# the fragments that bound a query to the page, chosen here from fixed pieces (never request
+# text): {in_window} (the page's bounds on ``ts``), {in_currency}, the times as epoch
+# milliseconds ({ts_ms}, {order_ms}, {received_ms}), and the page's distinct orders
+# ({page_orders}) and line items ({page_lines}), both the commerce model's
+# (cartlytics.common.commerce).
 
-# The page's distinct orders (one row per orderId, its winning event): the single-event orderIds
-# as stored, then the winners of the listed ones (UNION ALL), both read in one snapshot.
-PAGE_ORDERS = Template(
-    """
-    SELECT order_id, event_id, ts AS order_ts, visitor_id AS visitor, total AS amount,
-           toString(currency) AS cur
-    FROM orders
-    WHERE project_id = {project}$window$currency
-      AND order_id NOT IN (SELECT order_id FROM order_dups WHERE project_id = {project})
-    UNION ALL
+ORDERS_TABLE = Sql("orders")
+EVENTS_TABLE = Sql("events")
+
+# The page's distinct orders (one row per orderId, its winning event), in the export's column
+# names; ``orders`` is commerce.orders.orders_between for the page.
+PAGE_ORDERS = Sql("""
     SELECT order_id, first_event_id AS event_id, first_ts AS order_ts, order_visitor AS visitor,
            order_total AS amount, toString(order_currency) AS cur
-    FROM ("""
-    + DUPLICATED_ORDERS.replace("$", "$$")
-    + """)
-    WHERE 1 = 1$first_window$first_currency
-"""
-)
+    FROM ({orders})
+""")
 
-# The page's line items, each (order, event, line) once (a retried event's lines may be stored
-# twice); names and categories only when shown ($names).
-PAGE_LINES = Template("""
-    SELECT order_id, event_id, line, any(product_id) AS product, any(price) AS unit_price,
-           any(quantity) AS qty$names
-    FROM order_items
-    WHERE project_id = {project}$window$currency
-    GROUP BY order_id, event_id, line
+# The page's line items (commerce.products.line_items: each (event, line) once, a retried
+# event's lines may be stored twice), in the export's column names.
+PAGE_LINES = Sql("""
+    SELECT item_order AS order_id, event_id, line, item_product AS product,
+           item_price AS unit_price, item_quantity AS qty, item_name AS product_name,
+           item_category AS product_category
+    FROM ({items})
 """)
 
 # type=orders: each distinct order with its lines summed up: count, units and
 # "prod_a x2 @ 2999; prod_b x1 @ 999" (in line order). `items` is the order's own
 # properties.items where its order_lines row has it (declared_items >= 0), else the line count;
 # a missing order_lines row joins as 0, hence the + 1 (0: not known here).
-ORDERS_SQL = Template("""
+ORDERS_SQL = Sql("""
     SELECT t, order_id, event_id, visitor, amount, cur,
            if(declared_plus_one > 0, declared_plus_one - 1, toInt64(line_count)) AS items,
            units, summary
     FROM (
-        SELECT $order_ts AS t, order_id, event_id, visitor, amount, cur, line_count, units,
+        SELECT {order_ms} AS t, order_id, event_id, visitor, amount, cur, line_count, units,
                summary
-        FROM ($page_orders) AS page_orders
+        FROM ({page_orders}) AS page_orders
         ANY LEFT JOIN (
             SELECT order_id, event_id, count() AS line_count, sum(qty) AS units,
                    arrayStringConcat(
                        arrayMap(x -> concat(x.2, ' x', toString(x.3), ' @ ', toString(x.4)),
                                 arraySort(groupArray((line, product, qty, unit_price)))),
                        '; ') AS summary
-            FROM ($page_lines)
+            FROM ({page_lines})
             GROUP BY order_id, event_id
         ) AS page_lines USING (order_id, event_id)
     ) AS with_lines
     ANY LEFT JOIN (
         SELECT order_id, event_id, any(declared_items) + 1 AS declared_plus_one
         FROM order_lines
-        WHERE project_id = {project}$window$currency
+        WHERE project_id = {project}{in_window}{in_currency}
         GROUP BY order_id, event_id
     ) AS declared USING (order_id, event_id)
     ORDER BY t, order_id, event_id
@@ -171,9 +175,9 @@ ORDERS_SQL = Template("""
 # order): no grouping of line items per page, the larger part of the query's cost. Used for a
 # page only when LINES_COMPLETE shows every order event row there has its order_lines row.
 # (The arrays are of Nullable only for chdb's Arrow insert; no element is NULL.)
-ORDERS_FROM_LINES_SQL = Template("""
-    SELECT $order_ts AS t, order_id, event_id, visitor, amount, cur, items, units, summary
-    FROM ($page_orders) AS page_orders
+ORDERS_FROM_LINES_SQL = Sql("""
+    SELECT {order_ms} AS t, order_id, event_id, visitor, amount, cur, items, units, summary
+    FROM ({page_orders}) AS page_orders
     ANY LEFT JOIN (
         SELECT order_id, event_id, if(declared >= 0, declared, toInt64(length(products))) AS items,
                arraySum(arrayMap(q -> assumeNotNull(q), quantities)) AS units,
@@ -187,7 +191,7 @@ ORDERS_FROM_LINES_SQL = Template("""
                    any(quantities) AS quantities, any(prices) AS unit_prices,
                    any(declared_items) AS declared
             FROM order_lines
-            WHERE project_id = {project}$window$currency
+            WHERE project_id = {project}{in_window}{in_currency}
             GROUP BY order_id, event_id
         )
     ) AS order_lines USING (order_id, event_id)
@@ -196,96 +200,121 @@ ORDERS_FROM_LINES_SQL = Template("""
 
 # (order event rows, order_lines rows) in the 15-minute buckets that cover a page: equal means
 # no order event there lacks its order_lines row (a flush that failed between the two).
-LINES_COMPLETE = Template("""
+LINES_COMPLETE = Sql("""
     SELECT toInt64(sum(event_rows)) AS events, toInt64(sum(line_rows)) AS lines
     FROM order_line_counts
-    WHERE project_id = {project}$buckets$currency
+    WHERE project_id = {project}{in_buckets}{in_currency}
 """)
 
-# type=order_items (and products): each line of a distinct order, with its order's fields.
-ORDER_ITEMS_SQL = Template("""
-    SELECT $order_ts AS t, order_id, event_id, visitor, cur, line, product, product_name,
+# type=order_items: each line of a distinct order, with its order's fields.
+ORDER_ITEMS_SQL = Sql("""
+    SELECT {order_ms} AS t, order_id, event_id, visitor, cur, line, product, product_name,
            product_category, unit_price, qty
-    FROM ($page_lines) AS page_lines
-    ALL INNER JOIN ($page_orders) AS page_orders USING (order_id, event_id)
+    FROM ({page_lines}) AS page_lines
+    ALL INNER JOIN ({page_orders}) AS page_orders USING (order_id, event_id)
     ORDER BY t, order_id, event_id, line
 """)
 
+# type=products, one page: per product and currency, the figures of the line items of the page's
+# distinct orders, as metrics computes them (commerce.products), and the latest non-empty
+# category there.
+PRODUCTS_PAGE_SQL = Sql("""
+    SELECT item_product, toString(item_currency) AS cur,
+           {orders_listing} AS orders, {units_sold} AS units, {line_revenue} AS revenue,
+           {latest_category} AS category
+    FROM ({items})
+    GROUP BY item_product, cur
+""").fill(
+    orders_listing=ORDERS_LISTING,
+    units_sold=UNITS_SOLD,
+    line_revenue=LINE_REVENUE,
+    latest_category=LATEST_CATEGORY,
+    items=line_items(Sql("{in_window}{in_currency}{of_page_orders}")),
+)
+
 # Event ids stored more than once in the window (as 64-bit hashes), with their earliest time.
-EVENT_DUPLICATES_SQL = Template("""
-    SELECT sipHash64(event_id) AS h, min($ts) AS first
+EVENT_DUPLICATES_SQL = Sql("""
+    SELECT sipHash64(event_id) AS h, min({ts_ms}) AS first
     FROM events
-    WHERE project_id = {project}$window$currency
+    WHERE project_id = {project}{in_window}{in_currency}
     GROUP BY h
     HAVING count() > 1
 """)
 
-# $first_copies keeps, of a duplicated id, the copies at its earliest time; LIMIT BY one of them.
-EVENTS_SQL = Template("""
-    SELECT event_id, toString(event) AS name, $ts AS t, $received AS r, user_id, anonymous_id,
-           session_id, page, product_id, order_id, total, toString(currency) AS cur,
+# {first_copy} keeps, of a duplicated id, the copies at its earliest time; {one_copy}: LIMIT BY
+# one of them. Both empty when no id is duplicated.
+EVENTS_SQL = Sql("""
+    SELECT event_id, toString(event) AS name, {ts_ms} AS t, {received_ms} AS r, user_id,
+           anonymous_id, session_id, page, product_id, order_id, total, toString(currency) AS cur,
            toString(device) AS dev, toString(browser) AS br, toString(os) AS sys,
            toString(country) AS cc, region, referrer_host, utm_source, utm_medium, utm_campaign,
            utm_term, utm_content, properties, context
     FROM events
-    WHERE project_id = {project}$window$currency$first_copies
-    ORDER BY ts, event_id$one_copy
+    WHERE project_id = {project}{in_window}{in_currency}{first_copy}
+    ORDER BY ts, event_id{one_copy}
 """)
-EVENTS_VALUES = (
+FIRST_COPY = Sql(
+    " AND (sipHash64(event_id) NOT IN {duplicates}"
+    " OR (sipHash64(event_id), {ts_ms}) IN {first_copies})"
+)
+ONE_COPY = Sql(" LIMIT 1 BY event_id")
+
+
+def _values(*names: str) -> tuple[Sql, ...]:
+    """Value expressions of the lines' queries: columns of the query they wrap."""
+    return tuple(Sql(name) for name in names)
+
+
+EVENTS_VALUES = _values(
     "event_id", "name", "t", "r", "user_id", "anonymous_id", "session_id", "page", "product_id",
     "order_id", "total", "cur", "dev", "br", "sys", "cc", "region", "referrer_host", "utm_source",
     "utm_medium", "utm_campaign", "utm_term", "utm_content", "properties", "context",
 )  # fmt: skip
 
-ORDERS_VALUES = (
+ORDERS_VALUES = _values(
     "order_id", "t", "visitor", "amount", "cur", "items", "units", "summary", "event_id",
 )  # fmt: skip
 ORDER_ITEMS_VALUES = (
-    "order_id", "t", "visitor", "cur", "line + 1", "product", "product_name", "product_category",
-    "unit_price", "qty", decimal_text("toDecimal128(unit_price, 0) * qty"), "event_id",
+    *_values("order_id", "t", "visitor", "cur", "line + 1", "product", "product_name",
+             "product_category", "unit_price", "qty"),
+    Sql(decimal_text("toDecimal128(unit_price, 0) * qty")),
+    Sql("event_id"),
 )  # fmt: skip
 
-# Per customer (the order's visitor) and currency: the window's distinct orders.
-CUSTOMERS_SQL = Template("""
-    SELECT visitor, cur, count() AS orders, sum(toDecimal128(amount, 0)) AS revenue,
-           min($order_ts) AS first_t,
-           max($order_ts) AS last_t
-    FROM ($page_orders)
-    GROUP BY visitor, cur
+# type=customers: per customer (the orders' visitor) and currency, the window's distinct orders,
+# as metrics computes them (commerce.customers.customer_figures).
+CUSTOMERS_SQL = Sql("""
+    SELECT customer AS visitor, toString(customer_currency) AS cur, orders, revenue,
+           {first_ms} AS first_t, {last_ms} AS last_t
+    FROM ({customers})
     ORDER BY cur, revenue DESC, visitor
 """)
 
 # revenue / orders rounded half away from zero, as money.average.
 # Revenue is a Decimal128 sum (it cannot wrap), written as exact text.
 CUSTOMERS_VALUES = (
-    "visitor", "cur", "orders", decimal_text("revenue"),
-    decimal_text(
+    *_values("visitor", "cur", "orders"),
+    Sql(decimal_text("revenue")),
+    Sql(decimal_text(
         "if(revenue >= 0, intDiv(revenue * 2 + toInt64(orders), toInt64(orders) * 2),"
         " -intDiv(-revenue * 2 + toInt64(orders), toInt64(orders) * 2))"
-    ),
-    "first_t", "last_t",
+    )),
+    *_values("first_t", "last_t"),
 )  # fmt: skip
 
 # Rows per UTC day of the range, to cut it into pages.
-DAYS_SQL = Template("""
+DAYS_SQL = Sql("""
     SELECT toString(toDate(ts)) AS day, count() AS n
-    FROM $table
-    WHERE project_id = {project}$window$currency
+    FROM {table}
+    WHERE project_id = {project}{in_window}{in_currency}
     GROUP BY day
     ORDER BY day
 """)
 
-PRODUCT_NAMES_SQL = """
-    SELECT product_id, argMaxMerge(latest) AS name
-    FROM product_names_latest
-    WHERE project_id = {project} AND product_id IN {products}
-    GROUP BY product_id
-"""
-
 
 @dataclass(frozen=True)
 class Scope:
-    """One export's project, bounds and currency, as SQL text fragments and values."""
+    """One export's project, bounds and currency: the values and the fragments of its queries."""
 
     project_id: str
     start: datetime | None
@@ -301,46 +330,45 @@ class Scope:
         """The same scope over [start, end) (within this one's bounds)."""
         return replace(self, start=start, end=end)
 
-    def millis(self, column: str) -> str:
-        """SQL: the column (a time) as milliseconds since the epoch, on either time type."""
+    def millis(self, column: str) -> Sql:
+        """SQL: the column (a time, one of this file's) as milliseconds since the epoch, on
+        either time type."""
         if self.datetime64:
-            return f"toUnixTimestamp64Milli({column})"
-        return f"toInt64(toUnixTimestamp({column})) * 1000"
+            return Sql(f"toUnixTimestamp64Milli({column})")
+        return Sql(f"toInt64(toUnixTimestamp({column})) * 1000")
 
-    def window(self, column: str) -> str:
-        return (f" AND {column} >= {{start}}" if self.start else "") + (
-            f" AND {column} < {{end}}" if self.end else ""
+    def window(self, column: str) -> Sql:
+        """`` AND column >= {start} AND column < {end}``, each bound only when there is one."""
+        return when(self.start is not None, Sql(f" AND {column} >= {{start}}")) + when(
+            self.end is not None, Sql(f" AND {column} < {{end}}")
         )
 
-    def currency_sql(self, column: str) -> str:
-        return f" AND {column} = {{currency}}" if self.currency else ""
-
-    def sql(self, template: Template, **extra: str) -> str:
-        """The query's text: time expressions, bounds and currency filled in (values stay
-        {placeholders} for the storage layer to render)."""
-        parts = {
-            "ts": self.millis("ts"),
-            "first_ts": self.millis("first_ts"),
-            "order_ts": self.millis("order_ts"),
-            "received": self.millis("received_at"),
-            "window": self.window("ts"),
-            "first_window": self.window("first_ts"),
-            "currency": self.currency_sql("currency"),
-            "first_currency": self.currency_sql("order_currency"),
-            "names": "",
-            **extra,
-        }
-        parts["page_orders"] = PAGE_ORDERS.substitute(parts)
-        parts["page_lines"] = PAGE_LINES.substitute(parts)
-        return template.substitute(parts)
+    def orders(self) -> Sql:
+        """The scope's distinct orders (commerce.orders: their first events in its bounds)."""
+        return orders_between(
+            start=self.start is not None, end=self.end is not None, by_currency=bool(self.currency)
+        )
 
     @property
     def params(self) -> dict[str, Any]:
+        """The values, and the fragments (``Sql``) that bound the queries to this scope."""
         values: dict[str, Any] = {"project": self.project_id, "currency": self.currency}
         if self.start:
             values["start"] = self.start
         if self.end:
             values["end"] = self.end
+        orders = self.orders()
+        bounds = self.window("ts") + when(bool(self.currency), Sql(" AND currency = {currency}"))
+        values.update(
+            in_window=self.window("ts"),
+            in_currency=when(bool(self.currency), Sql(" AND currency = {currency}")),
+            ts_ms=self.millis("ts"),
+            order_ms=self.millis("order_ts"),
+            received_ms=self.millis("received_at"),
+            page_orders=PAGE_ORDERS.fill(orders=orders),
+            page_lines=PAGE_LINES.fill(items=line_items(bounds)),
+            of_page_orders=first_events_of(orders),
+        )
         return values
 
 
@@ -356,14 +384,14 @@ tens of MB there). Fewer, larger pages: 1M orders as CSV in 2.8 s instead of 3.6
 18.16, in-process)."""
 
 
-async def pages(storage: Storage, scope: Scope, table: str) -> list[Scope]:
+async def pages(storage: Storage, scope: Scope, table: Sql) -> list[Scope]:
     """The scope cut into consecutive time ranges of about PAGE_ROWS (or SERVER_PAGE_ROWS) rows.
 
     Whole UTC days (a day with more rows is a page of its own), tiling the scope exactly: the
     first page starts at its start, each next one where the previous ended, the last ends at
     its end, so every row of the range is in exactly one page.
     """
-    counts = await storage.query(scope.sql(DAYS_SQL, table=table), scope.params)
+    counts = await storage.query(DAYS_SQL, {**scope.params, "table": table})
     page_rows = PAGE_ROWS if storage.backend_name == "chdb" else SERVER_PAGE_ROWS
     cuts: list[datetime] = []
     rows = 0
@@ -378,15 +406,13 @@ async def pages(storage: Storage, scope: Scope, table: str) -> list[Scope]:
 
 # ------------------------------------------------------------------------------------ sources
 
-LINE_NAMES = ", any(name) AS product_name, any(category) AS product_category"
-
 
 async def page_blocks(
-    storage: Storage, scope: Scope, table: str, template: Template, **extra: str
+    storage: Storage, scope: Scope, table: Sql, query: Sql
 ) -> AsyncGenerator[list[Row], None]:
-    """Every block of rows of ``template`` over the scope, page after page."""
+    """Every block of rows of ``query`` over the scope, page after page."""
     for page in await pages(storage, scope, table):
-        async with storage.stream(page.sql(template, **extra), page.params) as blocks:
+        async with storage.stream(query, page.params) as blocks:
             async for block in blocks:
                 yield block
 
@@ -394,18 +420,17 @@ async def page_blocks(
 async def page_lines(
     storage: Storage,
     scope: Scope,
-    table: str,
-    template: Template,
+    table: Sql,
+    query: Sql,
     columns: Sequence[Column],
-    values: Sequence[str],
+    values: Sequence[Sql],
     zone: str,
     writer: LineWriter,
-    **extra: str,
 ) -> AsyncGenerator[bytes, None]:
-    """The lines ``writer`` makes of ``template``'s rows over the scope, page after page."""
+    """The lines ``writer`` makes of ``query``'s rows over the scope, page after page."""
+    lines = writer(query, columns, values, zone)
     for page in await pages(storage, scope, table):
-        sql = writer(page.sql(template, **extra), columns, values, zone)
-        async with storage.stream_text(sql, page.params) as blocks:
+        async with storage.stream_text(lines, {**page.params, ZONE_SLOT: zone}) as blocks:
             async for block in blocks:
                 yield block
 
@@ -424,26 +449,27 @@ class OrdersSource:
         # t, order_id, event_id, visitor, amount, cur, items, units, summary
         return [(r[1], r[0], r[3], r[4], r[5], r[6], r[7], r[8], r[2]) for r in block]
 
-    async def _pages(self) -> AsyncGenerator[tuple[str, Scope], None]:
+    async def _pages(self) -> AsyncGenerator[tuple[Sql, Scope], None]:
         """(SQL, page) of each page: from order_lines where it is complete, else order_items."""
-        for page in await pages(self._storage, self._scope, "orders"):
+        for page in await pages(self._storage, self._scope, ORDERS_TABLE):
             complete = await self.lines_complete(page)
-            yield page.sql(ORDERS_FROM_LINES_SQL if complete else ORDERS_SQL), page
+            yield (ORDERS_FROM_LINES_SQL if complete else ORDERS_SQL), page
 
     async def lines_complete(self, page: Scope) -> bool:
         # Bucket bounds as whole seconds (the column is a DateTime on every server): from the
         # quarter holding the start to the first quarter at or after the end.
         quarter = 15 * 60
         values = dict(page.params)
-        buckets = ""
+        buckets = EMPTY
         if page.start:
             values["first_bucket"] = int(page.start.timestamp()) // quarter * quarter
-            buckets += " AND bucket >= toDateTime({first_bucket})"
+            buckets += Sql(" AND bucket >= toDateTime({first_bucket})")
         if page.end:
             end_ms = int(page.end.timestamp() * 1000)
             values["end_bucket"] = -(-end_ms // (quarter * 1000)) * quarter
-            buckets += " AND bucket < toDateTime({end_bucket})"
-        rows = await self._storage.query(page.sql(LINES_COMPLETE, buckets=buckets), values)
+            buckets += Sql(" AND bucket < toDateTime({end_bucket})")
+        values["in_buckets"] = buckets
+        rows = await self._storage.query(LINES_COMPLETE, values)
         return bool(rows) and int(rows[0][0]) == int(rows[0][1])
 
     async def batches(self) -> AsyncGenerator[Batch, None]:
@@ -456,7 +482,7 @@ class OrdersSource:
     async def text_lines(self, zone: str, writer: LineWriter) -> AsyncGenerator[bytes, None]:
         async for sql, page in self._pages():
             lines = writer(sql, self.columns, ORDERS_VALUES, zone)
-            async with self._storage.stream_text(lines, page.params) as blocks:
+            async with self._storage.stream_text(lines, {**page.params, ZONE_SLOT: zone}) as blocks:
                 async for block in blocks:
                     yield block
 
@@ -480,7 +506,7 @@ class OrderItemsSource:
 
     async def batches(self) -> AsyncGenerator[Batch, None]:
         shape = self.shape
-        lines = page_blocks(self._storage, self._scope, "orders", ORDER_ITEMS_SQL, names=LINE_NAMES)
+        lines = page_blocks(self._storage, self._scope, ORDERS_TABLE, ORDER_ITEMS_SQL)
         async with aclosing(lines) as rows:
             async for block in rows:
                 yield lambda block=block: shape(block)  # type: ignore[misc]
@@ -489,58 +515,29 @@ class OrderItemsSource:
         lines = page_lines(
             self._storage,
             self._scope,
-            "orders",
+            ORDERS_TABLE,
             ORDER_ITEMS_SQL,
             self.columns,
             ORDER_ITEMS_VALUES,
             zone,
             writer,
-            names=LINE_NAMES,
         )
         async with aclosing(lines) as blocks:
             async for block in blocks:
                 yield block
 
 
-class ProductTotals:
-    """Per (productId, currency): the figures of the lines of the distinct orders.
-
-    Held per product, never per order or line, so memory is the catalogue's size.
-    """
-
-    def __init__(self) -> None:
-        # (product, currency) -> [orders, units, revenue, category key, category, last order]
-        self.totals: dict[tuple[str, str], list[Any]] = {}
-
-    def add(self, block: list[Row]) -> None:
-        """Rows of ORDER_ITEMS_SQL (an order's lines are consecutive)."""
-        totals = self.totals
-        for t, order_id, event_id, _, cur, line, product, _, category, price, qty in block:
-            key = (product, cur)
-            entry = totals.get(key)
-            if entry is None:
-                entry = totals[key] = [0, 0, 0, None, "", None]
-            if entry[5] != order_id:  # a product on two lines of one order: one order
-                entry[5] = order_id
-                entry[0] += 1
-            entry[1] += qty
-            entry[2] += price * qty
-            if category:  # the latest non-empty category, by (time, event id, line)
-                seen = (t, event_id, line)
-                if entry[3] is None or seen > entry[3]:
-                    entry[3], entry[4] = seen, category
-
-    def rows(self, names: dict[str, str]) -> list[Row]:
-        """Ordered by currency, then revenue (highest first), then productId."""
-        ordered = sorted(self.totals.items(), key=lambda kv: (kv[0][1], -kv[1][2], kv[0][0]))
-        return [
-            (product, names.get(product, ""), entry[4], currency, entry[0], entry[1], entry[2])
-            for (product, currency), entry in ordered
-        ]
-
-
 class ProductsSource:
-    """type=products: per product and currency, from the distinct orders' line items."""
+    """type=products: per product and currency, the figures of the distinct orders' line items.
+
+    The figures are commerce.products' (the SQL metrics uses), computed by ClickHouse page by
+    page (PRODUCTS_PAGE_SQL). Not in one query over the whole range: counting each (event, line)
+    once and each order once needs per-line state for the whole range at once, where a page's
+    state is bounded (the memory bound of every export). A page's totals are exact for its
+    orders, and an order is in exactly one page (its first event's), so the range's figures are
+    the sums of the pages', added here; the latest category is the latest page's that has one
+    (pages are consecutive in time). Held per product, so memory is the catalogue's size.
+    """
 
     columns = PRODUCTS_COLUMNS
     NAMES_PER_QUERY = 1000
@@ -550,24 +547,32 @@ class ProductsSource:
         self._scope = scope
 
     async def batches(self) -> AsyncGenerator[Batch, None]:
-        totals = ProductTotals()
-
-        def add(block: list[Row]) -> list[Row]:
-            totals.add(block)
-            return []
-
-        lines = page_blocks(self._storage, self._scope, "orders", ORDER_ITEMS_SQL, names=LINE_NAMES)
-        async with aclosing(lines) as rows:
-            async for block in rows:
-                yield lambda block=block: add(block)  # type: ignore[misc]
-        products = sorted({product for product, _ in totals.totals})
+        # (product, currency) -> [orders, units, revenue, category]
+        totals: dict[tuple[str, str], list[Any]] = {}
+        for page in await pages(self._storage, self._scope, ORDERS_TABLE):
+            for product, cur, orders, units, revenue, category in await self._storage.query(
+                PRODUCTS_PAGE_SQL, page.params
+            ):
+                entry = totals.setdefault((str(product), str(cur)), [0, 0, 0, ""])
+                entry[0] += int(orders)
+                entry[1] += int(units)
+                entry[2] += int(revenue)
+                if category:
+                    entry[3] = str(category)
+        products = sorted({product for product, _ in totals})
         names: dict[str, str] = {}
         for start in range(0, len(products), self.NAMES_PER_QUERY):
             chunk = tuple(products[start : start + self.NAMES_PER_QUERY])
             params = {"project": self._scope.project_id, "products": chunk}
-            for product, name in await self._storage.query(PRODUCT_NAMES_SQL, params):
+            for product, name in await self._storage.query(LATEST_NAMES, params):
                 names[str(product)] = str(name)
-        yield lambda: totals.rows(names)
+        # Ordered by currency, then revenue (highest first), then productId.
+        ordered = sorted(totals.items(), key=lambda kv: (kv[0][1], -kv[1][2], kv[0][0]))
+        rows: list[Row] = [
+            (product, names.get(product, ""), entry[3], currency, entry[0], entry[1], entry[2])
+            for (product, currency), entry in ordered
+        ]
+        yield lambda: rows
 
 
 class EventsSource:
@@ -579,37 +584,32 @@ class EventsSource:
         self._storage = storage
         self._scope = scope
 
-    async def _pages(self) -> AsyncGenerator[tuple[str, Scope, dict[str, Any]], None]:
-        """(SQL, page, values) of each page's distinct events (the earliest copy of an id)."""
+    async def _pages(self) -> AsyncGenerator[dict[str, Any], None]:
+        """The parameters of each page's EVENTS_SQL (the earliest copy of each event id)."""
         storage, scope = self._storage, self._scope
         firsts: list[tuple[int, int]] = []
-        async for block in storage.stream(scope.sql(EVENT_DUPLICATES_SQL), scope.params):
+        async for block in storage.stream(EVENT_DUPLICATES_SQL, scope.params):
             firsts.extend((int(h), int(first)) for h, first in block)
-        extra = {"first_copies": "", "one_copy": ""}
-        values: dict[str, Any] = {}
+        values: dict[str, Any] = {"first_copy": EMPTY, "one_copy": EMPTY}
         if firsts:
-            hash_ = "sipHash64(event_id)"
-            extra["first_copies"] = (
-                f" AND ({hash_} NOT IN {{duplicates}} OR ({hash_}, {scope.millis('ts')})"
-                " IN {first_copies})"
-            )
-            extra["one_copy"] = " LIMIT 1 BY event_id"
+            values["first_copy"] = FIRST_COPY
+            values["one_copy"] = ONE_COPY
             values["duplicates"] = tuple(h for h, _ in firsts)
             # A sentinel pair, so that one pair still renders as a set of pairs, not as a pair.
             values["first_copies"] = (*firsts, (0, -1))
-        for page in await pages(storage, scope, "events"):
-            yield page.sql(EVENTS_SQL, **extra), page, {**page.params, **values}
+        for page in await pages(storage, scope, EVENTS_TABLE):
+            yield {**page.params, **values}
 
     async def batches(self) -> AsyncGenerator[Batch, None]:
-        async for sql, _, values in self._pages():
-            async with self._storage.stream(sql, values) as rows:
+        async for values in self._pages():
+            async with self._storage.stream(EVENTS_SQL, values) as rows:
                 async for block in rows:
                     yield lambda block=block: block  # type: ignore[misc]
 
     async def text_lines(self, zone: str, writer: LineWriter) -> AsyncGenerator[bytes, None]:
-        async for sql, _, values in self._pages():
-            lines = writer(sql, self.columns, EVENTS_VALUES, zone)
-            async with self._storage.stream_text(lines, values) as blocks:
+        lines = writer(EVENTS_SQL, self.columns, EVENTS_VALUES, zone)
+        async for values in self._pages():
+            async with self._storage.stream_text(lines, {**values, ZONE_SLOT: zone}) as blocks:
                 async for block in blocks:
                     yield block
 
@@ -623,6 +623,14 @@ class CustomersSource:
         self._storage = storage
         self._scope = scope
 
+    def _params(self) -> dict[str, Any]:
+        return {
+            **self._scope.params,
+            "customers": customer_figures(self._scope.orders()),
+            "first_ms": self._scope.millis("first_order_ts"),
+            "last_ms": self._scope.millis("last_order_ts"),
+        }
+
     async def batches(self) -> AsyncGenerator[Batch, None]:
         def shape(block: list[Row]) -> list[Row]:
             return [
@@ -630,14 +638,13 @@ class CustomersSource:
                 for v, cur, orders, revenue, first, last in block
             ]
 
-        sql = self._scope.sql(CUSTOMERS_SQL)
-        async with self._storage.stream(sql, self._scope.params) as rows:
+        async with self._storage.stream(CUSTOMERS_SQL, self._params()) as rows:
             async for block in rows:
                 yield lambda block=block: shape(block)  # type: ignore[misc]
 
     async def text_lines(self, zone: str, writer: LineWriter) -> AsyncGenerator[bytes, None]:
-        sql = writer(self._scope.sql(CUSTOMERS_SQL), self.columns, CUSTOMERS_VALUES, zone)
-        async with self._storage.stream_text(sql, self._scope.params) as blocks:
+        sql = writer(CUSTOMERS_SQL, self.columns, CUSTOMERS_VALUES, zone)
+        async with self._storage.stream_text(sql, {**self._params(), ZONE_SLOT: zone}) as blocks:
             async for block in blocks:
                 yield block
 

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from cartlytics.common.money import parse_currency
 from cartlytics.common.periods import Window, parse_timezone, resolve_period
 from cartlytics.common.storage import Storage
-
-from .orders import DuplicatedProjects
 
 
 class Reader:
@@ -31,6 +29,21 @@ class Reader:
         return parse_currency(value, self._default_currency)
 
 
+class DuplicatedProjects:
+    """Projects known to have duplicated orderIds. order_dups only grows, so once a project is
+    known to have some it always has: its queries take the duplicate-aware form at once. Others
+    run the plain form, whose result also says whether duplicates appeared (then it is rerun)."""
+
+    def __init__(self) -> None:
+        self._projects: set[str] = set()
+
+    def known(self, project_id: str) -> bool:
+        return project_id in self._projects
+
+    def add(self, project_id: str) -> None:
+        self._projects.add(project_id)
+
+
 class OrdersReader(Reader):
     """A reader of per-period orders, which remembers which projects have duplicated orderIds
     (so the exact duplicate-aware queries run only where they can matter)."""
@@ -43,3 +56,18 @@ class OrdersReader(Reader):
     ) -> None:
         super().__init__(storage, default_currency, clock)
         self._duplicated = DuplicatedProjects()
+
+
+QUARTER = timedelta(minutes=15)
+
+
+def quarter_floor(moment: datetime) -> datetime:
+    """The start of the 15-minute UTC bucket holding ``moment``."""
+    utc = moment.astimezone(UTC)
+    return utc.replace(minute=utc.minute - utc.minute % 15, second=0, microsecond=0)
+
+
+def quarter_ceil(moment: datetime) -> datetime:
+    """The end of the 15-minute UTC bucket holding ``moment`` (itself when it starts one)."""
+    floor = quarter_floor(moment)
+    return floor if floor == moment else floor + QUARTER

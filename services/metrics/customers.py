@@ -1,8 +1,8 @@
 """GET /analytics/customers: who bought in a period, how often, for how much.
 
 A customer is a visitor with at least one of the period's distinct orders in the currency (each
-order's first ``order_completed``, see orders.py; its visitor is that event's). docs/semantics.md
-defines each figure:
+order's first ``order_completed``, see cartlytics.common.commerce; its visitor is that event's).
+docs/semantics.md defines each figure:
 
 - totalCustomers: those visitors;
 - newCustomers: those whose first order ever (any currency, all time) is in the period;
@@ -19,15 +19,18 @@ order ever stored.
 
 from __future__ import annotations
 
-from cartlytics.common.money import average, percent
-from cartlytics.common.storage import Row
-
-from .base import OrdersReader
-from .orders import (
+from cartlytics.common.commerce.customers import customer_figures
+from cartlytics.common.commerce.orders import (
     DUPLICATE_COUNT,
     DUPLICATE_IDS,
     PERIOD_ORDERS,
+    first_events,
+    order_rows,
 )
+from cartlytics.common.money import average, percent
+from cartlytics.common.storage import Row, Sql
+
+from .base import OrdersReader
 from .products import parse_limit
 from .reports import CustomerRow, CustomersQuery, CustomersReport
 
@@ -36,21 +39,18 @@ from .reports import CustomerRow, CustomersQuery, CustomersReport
 # any kind, which is a winner unless its orderId is listed in order_dups (it may be a later
 # duplicate, or another visitor's order). So a customer with no row of a duplicated orderId
 # before {start} is returning exactly when customer_first has a row of it before {start}.
-EARLIER_VISITORS = """
+EARLIER_VISITORS = Sql("""
     SELECT visitor_id FROM customer_first
     WHERE project_id = {project} AND finalizeAggregation(first_ts) < {start}
-"""
+""")
 
-# Without duplicated orderIds: each order's single row is its winner.
-PLAIN_CUSTOMERS = """
-    SELECT visitor_id AS customer, count() AS orders, sum(toDecimal128(total, 0)) AS revenue,
-           customer IN ({earlier}) AS returning, 0 AS unsure
-    FROM orders
-    WHERE project_id = {project} AND currency = {currency} AND ts >= {start} AND ts < {end}
-    GROUP BY visitor_id
-""".replace("{earlier}", EARLIER_VISITORS)
+# Without duplicated orderIds: each order event row of the period is a distinct order.
+PLAIN_CUSTOMERS = Sql("""
+    SELECT customer, orders, revenue, customer IN ({earlier}) AS returning, 0 AS unsure
+    FROM ({period_customers})
+""").fill(earlier=EARLIER_VISITORS, period_customers=customer_figures(order_rows()))
 
-# With duplicated orderIds (see orders.py for PERIOD_ORDERS): the earliest row customer_first
+# With duplicated orderIds (PERIOD_ORDERS, commerce/orders.py): the earliest row customer_first
 # keeps may be a row that lost (a later duplicate). When the winner of that order is the same
 # visitor's, the winner is earlier still, so "customer_first before {start}" stays exact. Only
 # rows before {start} of a duplicated orderId whose winner is *another* visitor's break it.
@@ -59,51 +59,37 @@ PLAIN_CUSTOMERS = """
 # the latter only is unsure: returning when it has a row before {start} of an orderId not listed
 # (UNSURE_RETURNING reads `orders` for those; rare, as it takes an orderId reused by another
 # visitor).
-DUPLICATE_VISITORS_BEFORE = (
-    """
+DUPLICATE_VISITORS_BEFORE = Sql("""
     SELECT visitor AS customer,
-           max(visitor = winner) AS dup_winner,
-           max(visitor != winner) AS dup_other
-    FROM (
-        SELECT argMin(visitor_id, tuple(ts, event_id)) AS winner,
-               groupArrayIf(visitor_id, ts < {start}) AS visitors_before
-        FROM order_index
-        WHERE project_id = {project} AND order_id IN ("""
-    + DUPLICATE_IDS
-    + """)
-        GROUP BY order_id
-    )
+           max(visitor = order_visitor) AS dup_winner,
+           max(visitor != order_visitor) AS dup_other
+    FROM ({duplicated_orders})
     ARRAY JOIN visitors_before AS visitor
     GROUP BY visitor
-"""
+""").fill(
+    duplicated_orders=first_events(
+        Sql("order_index"),
+        Sql(" AND order_id IN ({duplicate_ids})").fill(duplicate_ids=DUPLICATE_IDS),
+        also=Sql(",\n           groupArrayIf(visitor_id, ts < {start}) AS visitors_before"),
+    )
 )
-CUSTOMERS_WITH_DUPLICATES = (
-    """
+CUSTOMERS_WITH_DUPLICATES = Sql("""
     SELECT customer, orders, revenue,
-           dup_winner OR (NOT dup_other AND customer IN ("""
-    + EARLIER_VISITORS
-    + """)) AS returning,
+           dup_winner OR (NOT dup_other AND customer IN ({earlier})) AS returning,
            dup_other AND NOT dup_winner AS unsure
-    FROM (
-        SELECT order_visitor AS customer, count() AS orders,
-               sum(toDecimal128(order_total, 0)) AS revenue
-        FROM ("""
-    + PERIOD_ORDERS
-    + """)
-        GROUP BY order_visitor
-    ) AS period_customers
-    ANY LEFT JOIN ("""
-    + DUPLICATE_VISITORS_BEFORE
-    + """) AS duplicates USING customer
-"""
+    FROM ({period_customers}) AS period_customers
+    ANY LEFT JOIN ({duplicate_visitors_before}) AS duplicates USING customer
+""").fill(
+    earlier=EARLIER_VISITORS,
+    period_customers=customer_figures(PERIOD_ORDERS),
+    duplicate_visitors_before=DUPLICATE_VISITORS_BEFORE,
 )
 
 # Customers, repeat customers, returning and unsure ones, revenue, the first {limit} customers by
 # revenue descending then customer id, and whether the project has duplicated orderIds. Revenue
 # enters the array as text (exact) and as a double (the sort key, exact wherever the figure can be
 # answered at all: up to 2^53): ClickHouse 18.16 crashes on a Decimal128 inside groupArray.
-SUMMARY = (
-    """
+_SUMMARY = Sql("""
     SELECT count(),
            countIf(orders >= 2),
            countIf(returning),
@@ -114,28 +100,23 @@ SUMMARY = (
                    x -> (-x.4, x.1),
                    groupArray((customer, orders, toString(revenue), toFloat64(revenue)))),
                1, {limit}),
-           """
-    + DUPLICATE_COUNT
-    + """
+           {duplicate_count}
     FROM ({customers})
-"""
-)
+""").fill(duplicate_count=DUPLICATE_COUNT)
+PLAIN_SUMMARY = _SUMMARY.fill(customers=PLAIN_CUSTOMERS)
+SUMMARY_WITH_DUPLICATES = _SUMMARY.fill(customers=CUSTOMERS_WITH_DUPLICATES)
 
-UNSURE_RETURNING = (
-    """
-    SELECT count() FROM ("""
-    + CUSTOMERS_WITH_DUPLICATES
-    + """)
+UNSURE_RETURNING = Sql("""
+    SELECT count() FROM ({customers})
     WHERE unsure AND customer IN (
         SELECT visitor_id FROM orders
         WHERE project_id = {project} AND ts < {start}
-          AND order_id NOT IN ("""
-    + DUPLICATE_IDS
-    + """)
-          AND visitor_id IN (SELECT customer FROM ("""
-    + DUPLICATE_VISITORS_BEFORE
-    + """) WHERE dup_other))
-"""
+          AND order_id NOT IN ({duplicate_ids})
+          AND visitor_id IN (SELECT customer FROM ({duplicate_visitors_before}) WHERE dup_other))
+""").fill(
+    customers=CUSTOMERS_WITH_DUPLICATES,
+    duplicate_ids=DUPLICATE_IDS,
+    duplicate_visitors_before=DUPLICATE_VISITORS_BEFORE,
 )
 
 
@@ -174,6 +155,7 @@ class CustomersReader(OrdersReader):
         )
 
     async def _summary(self, params: dict[str, object], duplicated: bool) -> Row:
-        customers = CUSTOMERS_WITH_DUPLICATES if duplicated else PLAIN_CUSTOMERS
-        rows = await self._storage.query(SUMMARY.replace("{customers}", customers), params)
+        rows = await self._storage.query(
+            SUMMARY_WITH_DUPLICATES if duplicated else PLAIN_SUMMARY, params
+        )
         return rows[0]

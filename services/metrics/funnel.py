@@ -18,6 +18,7 @@ import re
 
 from cartlytics.common.errors import invalid_field
 from cartlytics.common.money import percent
+from cartlytics.common.storage import Sql
 
 from .base import Reader
 from .reports import FunnelQuery, FunnelReport, FunnelStageRow
@@ -41,7 +42,7 @@ MAX_WINDOW = 30 * 86400
 
 # {s1}..{s8}: the steps, padded with '' (no event is named ''). The encoded time fits UInt32
 # (18.16's windowFunnel takes DateTime or UInt32): a period is at most 24 months.
-FUNNEL = """
+FUNNEL = Sql("""
     SELECT level, count()
     FROM (
         SELECT visitor_id,
@@ -57,7 +58,7 @@ FUNNEL = """
     )
     WHERE level > 0
     GROUP BY level
-"""
+""")
 
 
 def parse_steps(values: list[str], field: str = "steps") -> list[str]:

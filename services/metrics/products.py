@@ -1,10 +1,11 @@
 """GET /analytics/products: the top sellers of a period, from the line items of its orders.
 
 Per productId, over the line items of the period's distinct orders in the currency (each order's
-first ``order_completed``, see orders.py): revenue = sum(price * quantity), unitsSold =
-sum(quantity). conversionRate = distinct visitors who bought it (the visitors of those orders) /
-distinct visitors with a ``product_view`` of it in the period * 100, one decimal, 0 when nobody
-viewed it. name = the latest name seen for the product. docs/semantics.md defines each figure.
+first ``order_completed``, see cartlytics.common.commerce): revenue = sum(price * quantity),
+unitsSold = sum(quantity). conversionRate = distinct visitors who bought it (the visitors of
+those orders) / distinct visitors with a ``product_view`` of it in the period * 100, one
+decimal, 0 when nobody viewed it. name = the latest name seen for the product.
+docs/semantics.md defines each figure.
 
 How, usually in two queries (each reads only the period, or a few products):
 
@@ -15,25 +16,31 @@ How, usually in two queries (each reads only the period, or a few products):
    has at most one order_lines row, so equal counts mean none is missing; otherwise (a write that
    failed between the two) the figures are read from ``order_items`` (``FROM_ORDER_ITEMS``).
    Projects without duplicated orderIds take the single row of each order; others also pick the
-   winner of each duplicated orderId (orders.py).
+   winner of each duplicated orderId (commerce/orders.py).
 2. Viewers (``product_views``) and names (``product_names_latest``) of those products.
 """
 
 from __future__ import annotations
 
-from cartlytics.common.errors import invalid_field
-from cartlytics.common.money import percent
-from cartlytics.common.storage import Row
-
-from .base import OrdersReader
-from .orders import (
+from cartlytics.common.commerce.orders import (
     DUPLICATE_COUNT,
     DUPLICATE_IDS,
     PERIOD_DUPLICATED_ORDERS,
     PERIOD_ORDERS,
-    quarter_ceil,
-    quarter_floor,
 )
+from cartlytics.common.commerce.products import (
+    BUYERS,
+    LATEST_NAMES,
+    LINE_REVENUE,
+    UNITS_SOLD,
+    first_events_of,
+    line_items,
+)
+from cartlytics.common.errors import invalid_field
+from cartlytics.common.money import percent
+from cartlytics.common.storage import Row, Sql
+
+from .base import OrdersReader, quarter_ceil, quarter_floor
 from .reports import ProductRow, ProductsQuery, ProductsReport
 
 DEFAULT_LIMIT = 10
@@ -41,104 +48,93 @@ MAX_LIMIT = 100
 
 # The check row: (order event rows, order_lines rows) in the buckets covering the period, and the
 # number of duplicated orderIds of the project.
-CHECK = (
-    """
+CHECK = Sql("""
     SELECT 'check' AS kind, '' AS product,
            toInt64(sum(event_rows)) AS revenue,
            toInt64(sum(line_rows)) AS units,
-           toUInt64("""
-    + DUPLICATE_COUNT
-    + """) AS buyers
+           toUInt64({duplicate_count}) AS buyers
     FROM order_line_counts
     WHERE project_id = {project} AND currency = {currency}
       AND bucket >= {check_start} AND bucket < {check_end}
-"""
-)
+""").fill(duplicate_count=DUPLICATE_COUNT)
 
-# Per product over a set of order_lines rows ({lines}: visitor_id and the three arrays).
-TOP = """
+# Per product over a set of order_lines rows ({lines}: visitor_id and the three arrays), their
+# line items (commerce/products.py's figures). The arrays are of Nullable only for chdb's Arrow
+# insert; no element is NULL.
+_TOP = Sql("""
     SELECT 'top' AS kind,
-           assumeNotNull(item_product) AS product,
-           sum(toDecimal128(assumeNotNull(item_price), 0) * assumeNotNull(item_quantity))
-               AS revenue,
-           toInt64(sum(assumeNotNull(item_quantity))) AS units,
-           toUInt64(uniqExact(visitor_id)) AS buyers
-    FROM ({lines})
-    ARRAY JOIN product_ids AS item_product, prices AS item_price, quantities AS item_quantity
+           item_product AS product,
+           {line_revenue} AS revenue,
+           toInt64({units_sold}) AS units,
+           toUInt64({buyers}) AS buyers
+    FROM (
+        SELECT visitor_id AS item_visitor,
+               assumeNotNull(product_id) AS item_product,
+               assumeNotNull(price) AS item_price,
+               assumeNotNull(quantity) AS item_quantity
+        FROM ({lines})
+        ARRAY JOIN product_ids AS product_id, prices AS price, quantities AS quantity
+    )
     GROUP BY product
     ORDER BY revenue DESC, product ASC
     LIMIT {limit}
-"""
+""").fill(line_revenue=LINE_REVENUE, units_sold=UNITS_SOLD, buyers=BUYERS)
 
 # The order_lines rows of the period in the currency (each order's single row, when the project
 # has no duplicated orderId).
-PERIOD_LINES = """
+PERIOD_LINES = Sql("""
     SELECT visitor_id, product_ids, prices, quantities
     FROM order_lines
     WHERE project_id = {project} AND currency = {currency} AND ts >= {start} AND ts < {end}
-"""
+""")
 
 # The same when orderIds are duplicated: rows of orderIds not in order_dups, and the winning event
 # of each listed one whose first event is in the period and currency; each (order, event) once,
 # should an event be stored twice.
-PERIOD_LINES_WITH_DUPLICATES = (
-    PERIOD_LINES
-    + """
-      AND (order_id NOT IN ("""
-    + DUPLICATE_IDS
-    + """)
-           OR event_id IN (SELECT first_event_id FROM ("""
-    + PERIOD_DUPLICATED_ORDERS
-    + """)))
+PERIOD_LINES_WITH_DUPLICATES = PERIOD_LINES + Sql("""
+      AND (order_id NOT IN ({duplicate_ids})
+           OR event_id IN (SELECT first_event_id FROM ({period_duplicated_orders})))
     LIMIT 1 BY order_id, event_id
-"""
+""").fill(duplicate_ids=DUPLICATE_IDS, period_duplicated_orders=PERIOD_DUPLICATED_ORDERS)
+
+_TOP_SELLERS = Sql("{check} UNION ALL SELECT * FROM ({top})")
+TOP_SELLERS = _TOP_SELLERS.fill(check=CHECK, top=_TOP.fill(lines=PERIOD_LINES))
+TOP_SELLERS_WITH_DUPLICATES = _TOP_SELLERS.fill(
+    check=CHECK, top=_TOP.fill(lines=PERIOD_LINES_WITH_DUPLICATES)
 )
 
-TOP_SELLERS = CHECK + "UNION ALL SELECT * FROM (" + TOP.replace("{lines}", PERIOD_LINES) + ")"
-TOP_SELLERS_WITH_DUPLICATES = (
-    CHECK + "UNION ALL SELECT * FROM (" + TOP.replace("{lines}", PERIOD_LINES_WITH_DUPLICATES) + ")"
-)
-
-# The same figures from order_items, joined with the period's winning events (PERIOD_ORDERS),
-# once per (event, line) even when an event's lines were stored twice.
-FROM_ORDER_ITEMS = (
-    """
+# The same figures from order_items: the line items of the period's winning events
+# (PERIOD_ORDERS), once per (event, line) even when an event's lines were stored twice.
+FROM_ORDER_ITEMS = Sql("""
     SELECT item_product,
-           sum(toDecimal128(item_price, 0) * item_quantity) AS revenue,
-           sum(item_quantity) AS units,
-           uniqExact(item_visitor) AS buyers
-    FROM (
-        SELECT event_id, line,
-               any(product_id) AS item_product,
-               any(price) AS item_price,
-               any(quantity) AS item_quantity,
-               any(visitor_id) AS item_visitor
-        FROM order_items
-        WHERE project_id = {project} AND currency = {currency} AND ts >= {start} AND ts < {end}
-          AND event_id IN (SELECT first_event_id FROM ("""
-    + PERIOD_ORDERS
-    + """))
-        GROUP BY event_id, line
-    )
+           {line_revenue} AS revenue,
+           {units_sold} AS units,
+           {buyers} AS buyers
+    FROM ({items})
     GROUP BY item_product
     ORDER BY revenue DESC, item_product ASC
     LIMIT {limit}
-"""
+""").fill(
+    line_revenue=LINE_REVENUE,
+    units_sold=UNITS_SOLD,
+    buyers=BUYERS,
+    items=line_items(
+        Sql(" AND currency = {currency} AND ts >= {start} AND ts < {end}")
+        + first_events_of(PERIOD_ORDERS)
+    ),
 )
 
-# Per product: distinct visitors with a product_view in the period, and its latest name (the
-# product_names view keeps, per product, the name latest by (time, event id, line)).
-VIEWERS_AND_NAMES = """
+# Per product: distinct visitors with a product_view in the period, and its latest name
+# (commerce.products.LATEST_NAMES).
+VIEWERS_AND_NAMES = Sql("""
     SELECT 'viewers' AS kind, product_id, toString(uniqExact(visitor_id)) AS value
     FROM product_views
     WHERE project_id = {project} AND product_id IN {products} AND ts >= {start} AND ts < {end}
     GROUP BY product_id
     UNION ALL
-    SELECT 'name' AS kind, product_id, argMaxMerge(latest) AS value
-    FROM product_names_latest
-    WHERE project_id = {project} AND product_id IN {products}
-    GROUP BY product_id
-"""
+    SELECT 'name' AS kind, product_id, name AS value
+    FROM ({latest_names})
+""").fill(latest_names=LATEST_NAMES)
 
 
 def parse_limit(value: int, field: str = "limit") -> int:

@@ -9,32 +9,32 @@ from datetime import UTC, datetime, timedelta
 
 from redis.asyncio import Redis
 
+from cartlytics.common.commerce.orders import FIRST_ORDERS, ORDER_COUNT, ORDER_REVENUE
 from cartlytics.common.money import parse_currency
 from cartlytics.common.periods import parse_timezone
 from cartlytics.common.realtime import RealtimeCounters, RealtimeSnapshot
 from cartlytics.common.realtime_rebuild import RealtimeRecovery
 from cartlytics.common.redis_guard import Failure, RedisGuard
-from cartlytics.common.storage import Storage
+from cartlytics.common.storage import Sql, Storage
 
-from .orders import FIRST_ORDERS
 from .reports import RealtimeReport
 
 ACTIVE_WINDOW = timedelta(minutes=5)
 
-ACTIVE_VISITORS = """
+ACTIVE_VISITORS = Sql("""
     SELECT uniqExact(visitor_id) FROM events
     WHERE project_id = {project} AND ts >= {since} AND toDate(ts) >= toDate({since})
-"""
-TOP_PAGES = """
+""")
+TOP_PAGES = Sql("""
     SELECT page, uniqExact(visitor_id) AS visitors FROM events
     WHERE project_id = {project} AND event = 'page_view' AND page != ''
       AND ts >= {since} AND toDate(ts) >= toDate({since})
     GROUP BY page ORDER BY visitors DESC, page ASC LIMIT 10
-"""
-ORDERS_TODAY = """
-    SELECT count(), sum(toDecimal128(order_total, 0)) FROM ({first_orders})
+""")
+ORDERS_TODAY = Sql("""
+    SELECT {order_count}, {order_revenue} FROM ({first_orders})
     WHERE order_currency = {currency} AND first_ts >= {midnight}
-"""
+""").fill(order_count=ORDER_COUNT, order_revenue=ORDER_REVENUE, first_orders=FIRST_ORDERS)
 
 
 class RealtimeReader:
@@ -90,8 +90,7 @@ class RealtimeReader:
         params = {"project": project_id, "since": since, "currency": currency, "midnight": midnight}
         (active,) = (await self._storage.query(ACTIVE_VISITORS, params))[0]
         pages = await self._storage.query(TOP_PAGES, params)
-        orders_sql = ORDERS_TODAY.replace("{first_orders}", FIRST_ORDERS)
-        orders, revenue = (await self._storage.query(orders_sql, params))[0]
+        orders, revenue = (await self._storage.query(ORDERS_TODAY, params))[0]
         return RealtimeReport(
             active_visitors=int(active),
             orders_today=int(orders),

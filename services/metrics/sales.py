@@ -7,23 +7,23 @@ event id) wins, over all time, so a late duplicate of an old order never lands i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
+from cartlytics.common.commerce.orders import DUPLICATE_IDS
 from cartlytics.common.money import average, growth
 from cartlytics.common.periods import (
     bucket_sql,
     bucket_starts,
     parse_granularity,
 )
-from cartlytics.common.storage import Row
+from cartlytics.common.storage import Row, Sql
 
-from .base import Reader
+from .base import Reader, quarter_floor
 
 PREVIOUS = "previous"
-QUARTER = timedelta(minutes=15)
 
 # Whole 15-minute buckets of the window, from the rollup (every order event row counted).
-ROLLUP = """
+ROLLUP = Sql("""
     SELECT if(bucket >= {start}, {bucket_key}, 'previous') AS key,
            sum(orders) AS orders,
            sum(revenue) AS revenue
@@ -32,23 +32,23 @@ ROLLUP = """
       AND ((bucket >= {start} AND bucket < {end_q})
            OR (bucket >= {prev_start} AND bucket < {prev_end_q}))
     GROUP BY key
-"""
+""")
 
 # The partial buckets at "now" and at "now" a period ago, from the order rows themselves;
 # orders with duplicates are left to the correction below.
-EDGES = """
+EDGES = Sql("""
     SELECT if(ts >= {start}, {ts_key}, 'previous') AS key, count() AS orders,
            sum(toDecimal128(total, 0)) AS revenue
     FROM orders
     WHERE project_id = {project} AND currency = {currency}
       AND ((ts >= {end_q} AND ts < {end}) OR (ts >= {prev_end_q} AND ts < {prev_end}))
-      AND order_id NOT IN (SELECT order_id FROM order_dups WHERE project_id = {project})
+      AND order_id NOT IN ({duplicate_ids})
     GROUP BY key
-"""
+""").fill(duplicate_ids=DUPLICATE_IDS)
 
 # Every row of the orderIds known to have more than one: the rollup counted each row, but only
 # each order's first event (by timestamp, then event id) may count.
-DUPLICATED = """
+DUPLICATED = Sql("""
     SELECT order_id, event_id, toString(ts) AS stamp, total, toString(currency),
            toUnixTimestamp(toStartOfFifteenMinutes(ts)) AS quarter,
            {ts_key} AS key,
@@ -56,8 +56,8 @@ DUPLICATED = """
            ts >= {prev_start} AND ts < {prev_end} AS in_previous
     FROM order_index
     WHERE project_id = {project}
-      AND order_id IN (SELECT order_id FROM order_dups WHERE project_id = {project})
-"""
+      AND order_id IN ({duplicate_ids})
+""").fill(duplicate_ids=DUPLICATE_IDS)
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ class SalesReader(Reader):
         window = self._window(query.period, query.timezone)
         granularity = parse_granularity(query.granularity)
         currency = self._currency(query.currency)
-        params = {
+        params: dict[str, object] = {
             "project": project_id,
             "currency": currency,
             "tz": window.zone_name,
@@ -100,22 +100,23 @@ class SalesReader(Reader):
             "end": window.end,
             "prev_start": window.prev_start,
             "prev_end": window.prev_end,
-            "end_q": _quarter(window.end),
-            "prev_end_q": _quarter(window.prev_end),
+            "end_q": quarter_floor(window.end),
+            "prev_end_q": quarter_floor(window.prev_end),
         }
-        rollup_sql = ROLLUP.replace("{bucket_key}", bucket_sql(granularity, "bucket"))
-        ts_key = bucket_sql(granularity, "ts")
+        # The bucket of a row, by the granularity (one of four fixed expressions).
+        params["bucket_key"] = Sql(bucket_sql(granularity, "bucket"))
+        params["ts_key"] = Sql(bucket_sql(granularity, "ts"))
         totals: dict[str, list[int]] = {}
         for rows in (
-            await self._storage.query(rollup_sql, params),
-            await self._storage.query(EDGES.replace("{ts_key}", ts_key), params),
+            await self._storage.query(ROLLUP, params),
+            await self._storage.query(EDGES, params),
         ):
             for key, orders, revenue in rows:
                 _add(totals, str(key), int(orders), int(revenue))
-        duplicated = await self._storage.query(DUPLICATED.replace("{ts_key}", ts_key), params)
+        duplicated = await self._storage.query(DUPLICATED, params)
         covered = [
-            (window.start, _quarter(window.end)),
-            (window.prev_start, _quarter(window.prev_end)),
+            (window.start, quarter_floor(window.end)),
+            (window.prev_start, quarter_floor(window.prev_end)),
         ]
         _correct(totals, duplicated, currency, window.start, covered)
         by_bucket = {key: (value[0], value[1]) for key, value in totals.items()}
@@ -136,12 +137,6 @@ class SalesReader(Reader):
             orders_growth=growth(orders, prev_orders),
             series=series,
         )
-
-
-def _quarter(moment: datetime) -> datetime:
-    """The start of the 15-minute UTC bucket holding ``moment``."""
-    utc = moment.astimezone(UTC)
-    return utc.replace(minute=utc.minute - utc.minute % 15, second=0, microsecond=0)
 
 
 def _add(totals: dict[str, list[int]], key: str, orders: int, revenue: int) -> None:
