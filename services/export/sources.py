@@ -117,8 +117,7 @@ CUSTOMERS_COLUMNS = _columns(
 # the fragments that bound a query to the page, chosen here from fixed pieces (never request
 # text): {in_window} (the page's bounds on ``ts``), {in_currency}, the times as epoch
 # milliseconds ({ts_ms}, {order_ms}, {received_ms}), and the page's distinct orders
-# ({page_orders}) and line items ({page_lines}), both the commerce model's
-# (cartlytics.common.commerce).
+# ({page_orders}, the commerce model's, cartlytics.common.commerce).
 
 ORDERS_TABLE = Sql("orders")
 EVENTS_TABLE = Sql("events")
@@ -138,7 +137,7 @@ PAGE_LINES = Sql("""
            item_price AS unit_price, item_quantity AS qty, item_name AS product_name,
            item_category AS product_category
     FROM ({items})
-""")
+""").fill(items=line_items(Sql("{in_window}{in_currency}")))
 
 # type=orders: each distinct order with its lines summed up: count, units and
 # "prod_a x2 @ 2999; prod_b x1 @ 999" (in line order). `items` is the order's own
@@ -169,7 +168,7 @@ ORDERS_SQL = Sql("""
         GROUP BY order_id, event_id
     ) AS declared USING (order_id, event_id)
     ORDER BY t, order_id, event_id
-""")
+""").fill(page_lines=PAGE_LINES)
 
 # The same from order_lines (ingest's one row per order event, its lines as arrays in line
 # order): no grouping of line items per page, the larger part of the query's cost. Used for a
@@ -213,7 +212,7 @@ ORDER_ITEMS_SQL = Sql("""
     FROM ({page_lines}) AS page_lines
     ALL INNER JOIN ({page_orders}) AS page_orders USING (order_id, event_id)
     ORDER BY t, order_id, event_id, line
-""")
+""").fill(page_lines=PAGE_LINES)
 
 # type=products, one page: per product and currency, the figures of the line items of the page's
 # distinct orders, as metrics computes them (commerce.products), and the latest non-empty
@@ -358,7 +357,6 @@ class Scope:
         if self.end:
             values["end"] = self.end
         orders = self.orders()
-        bounds = self.window("ts") + when(bool(self.currency), Sql(" AND currency = {currency}"))
         values.update(
             in_window=self.window("ts"),
             in_currency=when(bool(self.currency), Sql(" AND currency = {currency}")),
@@ -366,7 +364,6 @@ class Scope:
             order_ms=self.millis("order_ts"),
             received_ms=self.millis("received_at"),
             page_orders=PAGE_ORDERS.fill(orders=orders),
-            page_lines=PAGE_LINES.fill(items=line_items(bounds)),
             of_page_orders=first_events_of(orders),
         )
         return values
