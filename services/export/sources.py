@@ -344,8 +344,15 @@ class Scope:
 
     def orders(self) -> Sql:
         """The scope's distinct orders (commerce.orders: their first events in its bounds)."""
+        # Every listed orderId looked up, not only those seen in the page (an export reads many
+        # consecutive pages; the few listed orders are cheaper than reading each page's orderIds
+        # twice), as before the commerce package: bench/export.py over 200k orders (embedded)
+        # measured the same rows/s and peak memory as then, within its noise.
         return orders_between(
-            start=self.start is not None, end=self.end is not None, by_currency=bool(self.currency)
+            start=self.start is not None,
+            end=self.end is not None,
+            by_currency=bool(self.currency),
+            seen_in_window=False,
         )
 
     @property

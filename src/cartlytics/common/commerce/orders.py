@@ -107,28 +107,37 @@ def _and(conditions: list[Sql]) -> Sql:
     return Sql.join("", (Sql(" AND ") + c for c in conditions))
 
 
-def duplicated_between(start: bool = True, end: bool = True, by_currency: bool = True) -> Sql:
+def duplicated_between(
+    start: bool = True, end: bool = True, by_currency: bool = True, seen_in_window: bool = True
+) -> Sql:
     """The first events of the orderIds listed in order_dups whose first event is in [{start},
-    {end}) (each bound optional) and, when ``by_currency``, in {currency}. Such an order has an
-    event row in the window (its first), so only the listed orderIds seen there are looked up,
-    each over all its rows in order_index (sorted by orderId)."""
-    firsts = _bounds("first_ts", start, False)  # a first event in the window ends before {end}
+    {end}) (each bound optional) and, when ``by_currency``, in {currency}, each over all its rows
+    in order_index (sorted by orderId). Such an order has an event row in the window (its
+    first), so with ``seen_in_window`` only the listed orderIds seen there are looked up (reads
+    the window's orderIds once more: the choice for a period read once); without it, every
+    listed orderId is (reads nothing more: the choice for many consecutive pages)."""
+    firsts = _bounds("first_ts", start, end and not seen_in_window)
     if by_currency:
         firsts.append(Sql("order_currency = {currency}"))
-    seen = Sql("""
+    which = Sql(" AND order_id IN ({duplicate_ids})")
+    if seen_in_window:
+        # A first event in the window ends before {end}: only its start is checked below.
+        which = Sql("""
       AND order_id IN (
           SELECT order_id FROM orders
           WHERE project_id = {project}{in_window}
             AND order_id IN ({duplicate_ids})
-      )""").fill(in_window=_and(_bounds("ts", start, end)), duplicate_ids=DUPLICATE_IDS)
+      )""").fill(in_window=_and(_bounds("ts", start, end)))
     return first_events(
         Sql("order_index"),
-        seen,
+        which.fill(duplicate_ids=DUPLICATE_IDS),
         when(bool(firsts), Sql("\n    HAVING ") + Sql.join(" AND ", firsts)),
     )
 
 
-def orders_between(start: bool = True, end: bool = True, by_currency: bool = True) -> Sql:
+def orders_between(
+    start: bool = True, end: bool = True, by_currency: bool = True, seen_in_window: bool = True
+) -> Sql:
     """FIRST_ORDERS' rows of the orders whose first event is in [{start}, {end}) (without
     ``start`` or ``end``: unbounded on that side), in {currency} when ``by_currency``, exactly,
     reading only that window of ``orders``: the single row of every orderId not in order_dups,
@@ -141,7 +150,7 @@ def orders_between(start: bool = True, end: bool = True, by_currency: bool = Tru
 """).fill(
         single=single,
         columns=ORDER_COLUMNS,
-        duplicated=duplicated_between(start, end, by_currency),
+        duplicated=duplicated_between(start, end, by_currency, seen_in_window),
     )
 
 
