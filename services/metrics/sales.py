@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from cartlytics.common.commerce.orders import DUPLICATE_IDS
+from cartlytics.common.commerce.orders import DUPLICATE_IDS, DUPLICATED_ORDERS
 from cartlytics.common.money import average, growth
 from cartlytics.common.periods import (
     bucket_sql,
@@ -47,17 +47,20 @@ EDGES = Sql("""
 """).fill(duplicate_ids=DUPLICATE_IDS)
 
 # Every row of the orderIds known to have more than one: the rollup counted each row, but only
-# each order's first event (by timestamp, then event id) may count.
+# each order's first event may count: ``is_first`` marks it (commerce.orders' rule, over all the
+# order's rows; an event stored twice has two rows marked).
 DUPLICATED = Sql("""
-    SELECT order_id, event_id, toString(ts) AS stamp, total, toString(currency),
+    SELECT order_id, total, toString(currency),
            toUnixTimestamp(toStartOfFifteenMinutes(ts)) AS quarter,
            {ts_key} AS key,
            ts >= {start} AND ts < {end} AS in_current,
-           ts >= {prev_start} AND ts < {prev_end} AS in_previous
+           ts >= {prev_start} AND ts < {prev_end} AS in_previous,
+           (order_id, event_id) IN (SELECT order_id, first_event_id FROM ({duplicated_orders}))
+               AS is_first
     FROM order_index
     WHERE project_id = {project}
       AND order_id IN ({duplicate_ids})
-""").fill(duplicate_ids=DUPLICATE_IDS)
+""").fill(duplicate_ids=DUPLICATE_IDS, duplicated_orders=DUPLICATED_ORDERS)
 
 
 @dataclass(frozen=True)
@@ -159,15 +162,14 @@ def _correct(
     """
     first: dict[str, Row] = {}
     for row in rows:
-        order_id, event_id, stamp, total, row_currency, quarter, key, _, _ = row
+        order_id, total, row_currency, quarter, key, _, _, is_first = row
         bucket = datetime.fromtimestamp(int(quarter), UTC)
         if row_currency == currency and any(lo <= bucket < hi for lo, hi in covered):
             _add(totals, str(key) if bucket >= start else PREVIOUS, -1, -int(total))
-        kept = first.get(order_id)
-        if kept is None or (stamp, event_id) < (kept[2], kept[1]):
-            first[order_id] = row
+        if is_first:
+            first[order_id] = row  # once per order, should its first event be stored twice
     for row in first.values():
-        _, _, _, total, row_currency, _, key, current, previous = row
+        _, total, row_currency, _, key, current, previous, _ = row
         if row_currency != currency:
             continue
         if current:
