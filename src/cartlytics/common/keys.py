@@ -26,7 +26,7 @@ import structlog
 from cartlytics.gen.analytics.options.v1 import options_pb2
 
 from .auth import KEY_PREFIX, KeyRing, Principal, Scope, hash_key
-from .storage import Storage, StorageError
+from .storage import Sql, Storage, StorageError
 
 log = structlog.get_logger(__name__)
 
@@ -56,14 +56,14 @@ SCOPE_NAMES: dict[Scope, str] = {
 SCOPES_BY_NAME: dict[str, Scope] = {name: scope for scope, name in SCOPE_NAMES.items()}
 
 # One row per key (its rows grouped); numbers and strings only, so both backends agree.
-SELECT_KEYS = """
+SELECT_KEYS = Sql("""
     SELECT key_id, any(project_id), any(key_hash), any(scopes), any(name),
            toUInt32(min(created_at)), max(revoked), toUInt32(max(revoked_at))
     FROM api_keys
-    WHERE $where
+    WHERE {where}
     GROUP BY key_id
     ORDER BY min(created_at), key_id
-"""
+""")
 
 
 @dataclass(frozen=True)
@@ -132,15 +132,15 @@ class KeyStore:
         return key, secret
 
     async def get(self, key_id: str) -> StoredKey | None:
-        found = await self._select("key_id = {key_id}", {"key_id": key_id})
+        found = await self._select(Sql("key_id = {key_id}"), {"key_id": key_id})
         return found[0] if found else None
 
     async def list_project(self, project_id: str) -> list[StoredKey]:
-        return await self._select("project_id = {project}", {"project": project_id})
+        return await self._select(Sql("project_id = {project}"), {"project": project_id})
 
     async def load(self) -> list[StoredKey]:
         """Every key, revoked ones included."""
-        return await self._select("1", {})
+        return await self._select(Sql("1"), {})
 
     async def revoke(self, key: StoredKey) -> StoredKey:
         if key.revoked:
@@ -149,8 +149,8 @@ class KeyStore:
         await self._write(revoked, version=2)
         return revoked
 
-    async def _select(self, where: str, params: dict[str, object]) -> list[StoredKey]:
-        rows = await self._storage.query(SELECT_KEYS.replace("$where", where), params)
+    async def _select(self, where: Sql, params: dict[str, object]) -> list[StoredKey]:
+        rows = await self._storage.query(SELECT_KEYS, {**params, "where": where})
         return [_row(row) for row in rows]
 
     async def _write(self, key: StoredKey, version: int) -> None:

@@ -51,7 +51,7 @@ from .realtime import (
     project_key_pattern,
 )
 from .redis_guard import Failure
-from .storage import Storage
+from .storage import Sql, Storage
 
 log = structlog.get_logger(__name__)
 
@@ -104,12 +104,12 @@ ACTIVE_PROJECTS = """
     WHERE ts >= {since} AND toDate(ts) >= toDate({since})
 """
 # Each order with an event since {since}: its first event over all time, as FIRST_ORDERS picks
-# it (services/metrics/orders.py). An order whose first event is older than ORDER_MAX_AGE is then
-# not counted, as live recording would not have counted its later duplicate either.
-RECENT_ORDERS = """
+# it (cartlytics.common.commerce.orders). An order whose first event is older than ORDER_MAX_AGE
+# is then not counted, as live recording would not have counted its later duplicate either.
+RECENT_ORDERS = Sql("""
     SELECT order_id,
            argMin(event_id, tuple(ts, event_id)),
-           $first_ms,
+           {first_ms},
            argMin(total, tuple(ts, event_id)),
            toString(argMin(currency, tuple(ts, event_id))),
            argMin(visitor_id, tuple(ts, event_id))
@@ -120,15 +120,15 @@ RECENT_ORDERS = """
           WHERE project_id = {project} AND ts >= {since} AND toDate(ts) >= toDate({since})
       )
     GROUP BY order_id
-"""
+""")
 # Each visitor's latest event, and latest view of each page, since {since}.
-RECENT_VISITS = """
-    SELECT visitor_id, if(event = 'page_view', page, '') AS viewed, $latest_ms
+RECENT_VISITS = Sql("""
+    SELECT visitor_id, if(event = 'page_view', page, '') AS viewed, {latest_ms}
     FROM events
     WHERE project_id = {project} AND visitor_id != ''
       AND ts >= {since} AND toDate(ts) >= toDate({since})
     GROUP BY visitor_id, viewed
-"""
+""")
 
 
 def _utc_now() -> datetime:
@@ -307,8 +307,14 @@ class RealtimeRecovery:
         if reset:
             await self._delete(project_id)
         now = self._clock()
-        sql = RECENT_ORDERS.replace("$first_ms", self._millis("min(ts)"))
-        rows = await self._storage.query(sql, {"project": project_id, "since": now - ORDER_MAX_AGE})
+        rows = await self._storage.query(
+            RECENT_ORDERS,
+            {
+                "project": project_id,
+                "since": now - ORDER_MAX_AGE,
+                "first_ms": self._millis("min(ts)"),
+            },
+        )
         events = [
             RealtimeEvent(
                 event_id=str(event_id),
@@ -322,8 +328,10 @@ class RealtimeRecovery:
             )
             for order_id, event_id, ms, total, currency, visitor in rows
         ]
-        sql = RECENT_VISITS.replace("$latest_ms", self._millis("max(ts)"))
-        visits = await self._storage.query(sql, {"project": project_id, "since": now - RETENTION})
+        visits = await self._storage.query(
+            RECENT_VISITS,
+            {"project": project_id, "since": now - RETENTION, "latest_ms": self._millis("max(ts)")},
+        )
         events += [
             RealtimeEvent(
                 event_id="",
@@ -341,12 +349,12 @@ class RealtimeRecovery:
             await self._counters.record(project_id, chunk)
         return len(rows), len(visits)
 
-    def _millis(self, expression: str) -> str:
+    def _millis(self, expression: str) -> Sql:
         """Epoch milliseconds of a time, as an integer on either backend (seconds on servers
         without DateTime64, as they store them)."""
         if self._storage.datetime64:
-            return f"toUnixTimestamp64Milli({expression})"
-        return f"toInt64(toUnixTimestamp({expression})) * 1000"
+            return Sql(f"toUnixTimestamp64Milli({expression})")
+        return Sql(f"toInt64(toUnixTimestamp({expression})) * 1000")
 
     async def _delete(self, project_id: str) -> None:
         batch: list[str | bytes] = []
