@@ -291,9 +291,10 @@ def _stored_chdb_ids(data_dir: Path) -> dict[str, int]:
     """Event ids in an embedded store, read by a separate process (one chdb per process)."""
     script = (
         "import json, sys; from pathlib import Path;"
-        "from cartlytics.common.storage import open_storage;"
+        "from cartlytics.common.storage import Sql, open_storage;"
         "s = open_storage('', Path(sys.argv[1]));"
-        "print(json.dumps(s.query_sync('SELECT event_id, count() FROM events GROUP BY event_id')))"
+        "q = Sql('SELECT event_id, count() FROM events GROUP BY event_id');"
+        "print(json.dumps(s.query_sync(q)))"
     )
     out = subprocess.run(
         [sys.executable, "-c", script, str(data_dir)], capture_output=True, text=True, check=True

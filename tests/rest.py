@@ -6,6 +6,7 @@ import json
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 
@@ -41,3 +42,13 @@ def call(
             return Reply(response.status, dict(response.headers), response.read())
     except urllib.error.HTTPError as error:
         return Reply(error.code, dict(error.headers), error.read())
+
+
+def midday_zone(now: datetime | None = None) -> str:
+    """A fixed-offset zone (``Etc/GMT±N``) where it is now 12:xx: its "today"
+    holds the last several hours and the next ones, so a test that sends events stamped a little
+    in the past and reads "today" (``period=1d``, realtime) gets the same day whatever the hour
+    it runs at. (IANA's ``Etc/GMT`` signs are inverted: ``Etc/GMT-3`` is UTC+3.)"""
+    hour = (now or datetime.now(UTC)).hour
+    offset = 12 - hour  # -11 ... +12, within the zones' -12 ... +14
+    return "Etc/GMT" if offset == 0 else f"Etc/GMT{-offset:+d}"

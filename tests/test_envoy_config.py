@@ -49,6 +49,7 @@ from google.protobuf import any_pb2, descriptor, descriptor_pb2, json_format, sy
 from google.protobuf.message import Message
 from validate import validate_pb2
 
+from cartlytics.common.config import SETTINGS
 from cartlytics.gen.analytics.options.v1 import options_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,7 +57,6 @@ ENVOY_YAML = ROOT / "gateway" / "envoy.yaml"
 DESCRIPTOR_SET = ROOT / "src" / "cartlytics" / "gen" / "analytics.pb"
 DESCRIPTOR_PATH_IN_CONTAINER = "/etc/envoy/analytics.pb"
 HTTP_PROTOCOL_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-MAX_REQUEST_BODY_BYTES = 1024 * 1024  # ANALYTICS_MAX_BODY_BYTES' default
 
 RawConfig = dict[str, Any]
 M = TypeVar("M", bound=Message)
@@ -333,7 +333,8 @@ def check_transcoder_options(gw: Gateway) -> None:
 def check_request_size_limit(gw: Gateway) -> None:
     t = gw.transcoder
     assert t.HasField("max_request_body_size"), "no request body limit"
-    assert 0 < t.max_request_body_size.value <= MAX_REQUEST_BODY_BYTES
+    # What the in-process gateway refuses by default, Envoy refuses too (413 before any upstream).
+    assert t.max_request_body_size.value == int(SETTINGS["max_body_bytes"].default)
 
 
 def check_filter_order(gw: Gateway) -> None:

@@ -24,7 +24,7 @@ import openpyxl
 import pytest
 
 from cartlytics.common.errors import ApiError
-from cartlytics.common.storage import Storage
+from cartlytics.common.storage import Sql, Storage
 from services.export import formats
 from services.export.exporter import Exporter
 from services.export.formats import Column, Kind, LocalTime
@@ -579,7 +579,7 @@ def test_plan_reads_ranges_and_names_files() -> None:
 def test_stream_reads_blocks_while_other_queries_run(storage: Storage, project_id: str) -> None:
     async def run() -> list[int]:
         seen: list[int] = []
-        sql = "SELECT number FROM system.numbers LIMIT 20000"
+        sql = Sql("SELECT number FROM system.numbers LIMIT 20000")
         async with storage.stream(sql, block_rows=1000) as blocks:
             async for block in blocks:
                 assert len(block) <= 1000
@@ -588,7 +588,7 @@ def test_stream_reads_blocks_while_other_queries_run(storage: Storage, project_i
                     await storage.insert(
                         "order_dups", ["project_id", "order_id"], [(project_id, "x")]
                     )
-                    assert await storage.query("SELECT 1") == [(1,)]
+                    assert await storage.query(Sql("SELECT 1")) == [(1,)]
         return seen
 
     assert asyncio.run(run()) == list(range(20000))
@@ -596,14 +596,16 @@ def test_stream_reads_blocks_while_other_queries_run(storage: Storage, project_i
 
 def test_stream_closes_early_and_reports_errors(storage: Storage) -> None:
     async def run() -> None:
-        async with storage.stream("SELECT number FROM system.numbers", block_rows=100) as blocks:
+        async with storage.stream(
+            Sql("SELECT number FROM system.numbers"), block_rows=100
+        ) as blocks:
             async for block in blocks:
                 assert block[0] == (0,)
                 break  # an endless query, stopped
         with pytest.raises(Exception, match=r"no_such_table"):
-            async for _ in storage.stream("SELECT * FROM no_such_table"):
+            async for _ in storage.stream(Sql("SELECT * FROM no_such_table")):
                 pass
-        assert await storage.query("SELECT 2") == [(2,)]
+        assert await storage.query(Sql("SELECT 2")) == [(2,)]
 
     asyncio.run(run())
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from cartlytics.common.storage import Storage
+from cartlytics.common.storage import Sql, Storage
 from services.export.csv_sql import csv_header
 from services.export.exporter import Exporter
 from services.export.formats import ENCODERS, LocalTime
@@ -177,16 +177,20 @@ def _lines_rows(storage: Storage, project_id: str) -> list[tuple[object, ...]]:
     """order_lines rows for the order events of ``_load``, as ingest writes them (its lines in
     line order), built from the order_items rows read back."""
     items = storage.query_sync(
-        "SELECT event_id, line, product_id, price, quantity FROM order_items"
-        " WHERE project_id = {p} ORDER BY event_id, line",
+        Sql(
+            "SELECT event_id, line, product_id, price, quantity FROM order_items"
+            " WHERE project_id = {p} ORDER BY event_id, line"
+        ),
         {"p": project_id},
     )
     lines: dict[str, list[tuple[str, int, int]]] = {}
     for event_id, _, product, price, quantity in items:
         lines.setdefault(str(event_id), []).append((str(product), int(price), int(quantity)))
     events = storage.query_sync(
-        "SELECT order_id, event_id, ts, toString(currency), visitor_id, properties FROM events"
-        " WHERE project_id = {p} AND event = 'order_completed'",
+        Sql(
+            "SELECT order_id, event_id, ts, toString(currency), visitor_id, properties FROM events"
+            " WHERE project_id = {p} AND event = 'order_completed'"
+        ),
         {"p": project_id},
     )
     rows: list[tuple[object, ...]] = []

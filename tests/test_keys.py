@@ -29,7 +29,7 @@ from google.protobuf.descriptor import MethodDescriptor
 from cartlytics.common import catalog
 from cartlytics.common.auth import KeyRing, Principal
 from cartlytics.common.keys import KeyRefresher, KeyStore
-from cartlytics.common.storage import open_storage
+from cartlytics.common.storage import Sql, open_storage
 from cartlytics.gen.analytics.admin.v1 import admin_pb2, admin_pb2_grpc
 from cartlytics.gen.analytics.export.v1 import export_pb2, export_pb2_grpc
 from cartlytics.gen.analytics.ingest.v1 import ingest_pb2, ingest_pb2_grpc
@@ -652,8 +652,10 @@ def test_a_revoked_key_fails_within_5_seconds_on_every_replica(
     storage = open_storage(shared_clickhouse, Path("/nonexistent"))
     try:
         rows = storage.query_sync(
-            "SELECT key_id, project_id, key_hash, scopes, name, revoked FROM api_keys "
-            "WHERE key_id = {key_id} ORDER BY version",
+            Sql(
+                "SELECT key_id, project_id, key_hash, scopes, name, revoked FROM api_keys "
+                "WHERE key_id = {key_id} ORDER BY version"
+            ),
             {"key_id": key_id},
         )
     finally:

@@ -1,6 +1,7 @@
 """Schema migrations applied once for many replicas: `cartlytics migrate` (the Kubernetes Job),
-`cartlytics migrate --check` (the replicas' init container), and replicas that only check
-(ANALYTICS_MIGRATE_ON_START=no) and refuse to start on a schema behind them."""
+`cartlytics migrate --check` (the replicas' init container), replicas that only check
+(ANALYTICS_MIGRATE_ON_START=no) and refuse to start on a schema behind them, and
+`cartlytics migrate --down-to N` (the way back)."""
 
 from __future__ import annotations
 
@@ -60,6 +61,23 @@ def test_replicas_that_only_check_start_once_the_job_migrated(
     again = _cartlytics(data_dir, url, "migrate")
     assert "none (up to date)" in again.stdout
 
+    # The operator's way back: the newest migration undone, then applied again; below version 1
+    # (events, which nothing rebuilds) is refused with nothing undone.
+    newest = ALL_VERSIONS[-1]
+    down = _cartlytics(data_dir, url, "migrate", "--down-to", str(newest - 1))
+    assert down.returncode == 0, down.stderr
+    assert f"undone migrations: [{newest}]" in down.stdout
+    assert (
+        f"pending migrations: [{newest}]" in _cartlytics(data_dir, url, "migrate", "--check").stdout
+    )
+    refused_down = _cartlytics(data_dir, url, "migrate", "--down-to", "0")
+    assert refused_down.returncode == 1
+    assert "migration 1 has no backward statements" in refused_down.stderr
+    assert (
+        f"pending migrations: [{newest}]" in _cartlytics(data_dir, url, "migrate", "--check").stdout
+    )
+    assert f"applied migrations: [{newest}]" in _cartlytics(data_dir, url, "migrate").stdout
+
     key = "cak_" + uuid.uuid4().hex
     system = start_system(
         data_dir, key, clickhouse_url=url, extra_env={"ANALYTICS_MIGRATE_ON_START": "no"}
@@ -107,10 +125,10 @@ gap = Sql("INSERT INTO events (project_id, event_id, event, ts, received_at, vis
        " 'o3', toInt64(4000000000000000000), 'SEK'")
 in_the_gap = Migration(7, seven.name, (drop, gap, *rest), repair_after=seven.repair_after)
 assert storage.migrate((*MIGRATIONS[:6], in_the_gap)) == [7]
-print("type", storage.query_sync(
+print("type", storage.query_sync(Sql(
     "SELECT type FROM system.columns WHERE database = currentDatabase()"
-    " AND table = 'sales_15m' AND name = 'revenue'")[0][0])
-storage.query_sync("OPTIMIZE TABLE sales_15m FINAL")  # merge the bucket's rows: an Int64 wraps
+    " AND table = 'sales_15m' AND name = 'revenue'"))[0][0])
+storage.query_sync(Sql("OPTIMIZE TABLE sales_15m FINAL"))  # merge the bucket's rows: an Int64 wraps
 print("after", *revenue())
 storage.insert_sync("events", columns, [order(4, 5)])
 print("new", *revenue())
@@ -149,11 +167,12 @@ ROUND_TRIP_SCRIPT = """
 import json, sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from cartlytics.common.storage import open_storage
+from cartlytics.common.storage import Sql, open_storage
 from cartlytics.common.storage.migrations import Irreversible
 
 storage = open_storage(sys.argv[1], Path(sys.argv[2]))
-q = storage.query_sync
+def q(text):
+    return storage.query_sync(Sql(text))
 out = {"applied": storage.migrate()}
 
 def schema():

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from cartlytics.common.redis_guard import RedisGuard
-from cartlytics.common.storage import Storage
+from cartlytics.common.storage import Sql, Storage
 from services.ingest.idempotency import IdempotencyWindow
 from services.ingest.ingestor import ORDER_LINES, PRODUCT_NAMES, Ingestor
 from services.ingest.validation import IncomingEvent
@@ -397,9 +397,11 @@ def test_ingest_writes_order_lines_and_names(storage: Storage, project_id: str) 
 
     asyncio.run(ingest())
     # Equal: the check products make passes, so the figures come from order_lines.
-    counts = "SELECT sum(event_rows), sum(line_rows) FROM order_line_counts WHERE project_id = {p}"
+    counts = Sql(
+        "SELECT sum(event_rows), sum(line_rows) FROM order_line_counts WHERE project_id = {p}"
+    )
     assert storage.query_sync(counts, {"p": project_id}) == [(471, 471)]
-    lines = "SELECT count(), sum(length(product_ids)) FROM order_lines WHERE project_id = {p}"
+    lines = Sql("SELECT count(), sum(length(product_ids)) FROM order_lines WHERE project_id = {p}")
     assert storage.query_sync(lines, {"p": project_id}) == [(471, 2)]
     assert _top(storage, project_id, now) == [
         {"product_id": "a", "name": "A line", "revenue": 200, "units_sold": 2,

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from cartlytics.common.commerce.orders import NEWLY_DUPLICATED_IDS
 from cartlytics.common.errors import ApiError
 from cartlytics.common.storage import Storage, render
-from services.ingest.ingestor import DUPLICATE_ORDERS
 from services.metrics import query as q
 from services.metrics.reports import CustomQuery
 from tests import oracle_query
@@ -425,7 +425,7 @@ def test_a_retry_stored_twice_counts_once(storage: Storage, project_id: str) -> 
     # What ingest does after every flush (Ingestor._mark_duplicate_orders): list the orderIds
     # now stored more than once. Order figures read a period's rows of `orders` and look up only
     # the listed orderIds over all time.
-    found = storage.query_sync(DUPLICATE_ORDERS, {"project": project_id, "ids": ("o1",)})
+    found = storage.query_sync(NEWLY_DUPLICATED_IDS, {"project": project_id, "ids": ("o1",)})
     assert found == [("o1",)]
     storage.insert_sync("order_dups", ["project_id", "order_id"], [(project_id, "o1")])
     runner = q.QueryRunner(storage, "USD", clock=lambda: now)

@@ -26,10 +26,12 @@ from typing import Any
 
 import pytest
 
-from tests.rest import call
+from tests.rest import call, midday_zone
 from tests.servers import System, start_system
 
 CURRENCY = "NOK"
+# "Today" (period=1d) read where it is midday: orders stamped 5 minutes ago are today at any hour.
+ZONE = midday_zone()
 ROOT = Path(__file__).resolve().parent.parent
 
 # What a kill left of the cut order, by the step the engine had reached (chdb writes `events`,
@@ -119,11 +121,12 @@ def _oracle(orders: list[Any]) -> dict[str, Any]:
 
 def _figures(system: System) -> dict[str, Any]:
     base, key = system.http_url, system.key
-    sales = call("GET", f"{base}/analytics/sales?period=1d&currency={CURRENCY}", key)
+    today = f"period=1d&currency={CURRENCY}&timezone={ZONE}"
+    sales = call("GET", f"{base}/analytics/sales?{today}", key)
     assert sales.status == 200, sales.body
-    products = call("GET", f"{base}/analytics/products?period=1d&currency={CURRENCY}", key)
+    products = call("GET", f"{base}/analytics/products?{today}", key)
     assert products.status == 200, products.body
-    customers = call("GET", f"{base}/analytics/customers?period=1d&currency={CURRENCY}", key)
+    customers = call("GET", f"{base}/analytics/customers?{today}", key)
     assert customers.status == 200, customers.body
     top = products.json()["topSellers"]
     return {

@@ -83,3 +83,10 @@ def test_composition() -> None:
     assert render(joined, {"a": 2}) == "WHERE a = 2 AND b = 1"
     with pytest.raises(TypeError):
         joined + "x"  # type: ignore[operator]
+
+
+def test_plain_text_is_not_a_query() -> None:
+    # Only code's own Sql reaches ClickHouse: a str (say, text that came with a request) is refused
+    # before anything runs, even with no slot in it.
+    with pytest.raises(TypeError, match="a query is a Sql fragment, not str"):
+        render("SELECT 1", {})  # type: ignore[arg-type]

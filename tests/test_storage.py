@@ -6,13 +6,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from cartlytics.common.storage import Storage, literal, render
+from cartlytics.common.storage import Sql, Storage, literal, render
 from cartlytics.common.storage.migrations import MIGRATIONS
 
 
 def test_migrations_are_recorded_and_idempotent(storage: Storage) -> None:
     assert storage.migrate() == []  # the fixture applied them already
-    versions = [row[0] for row in storage.query_sync("SELECT version FROM schema_migrations")]
+    versions = [row[0] for row in storage.query_sync(Sql("SELECT version FROM schema_migrations"))]
     assert sorted(versions) == [m.version for m in MIGRATIONS]
 
 
@@ -30,7 +30,7 @@ HOSTILE = [
 
 @pytest.mark.parametrize("value", HOSTILE)
 def test_hostile_strings_round_trip_as_values(storage: Storage, value: str) -> None:
-    rows = storage.query_sync("SELECT {v} AS v, length({v})", {"v": value})
+    rows = storage.query_sync(Sql("SELECT {v} AS v, length({v})"), {"v": value})
     assert rows == [(value, len(value.encode()))]
 
 
@@ -41,8 +41,10 @@ def test_events_round_trip(storage: Storage, project_id: str) -> None:
         "events", columns, [(project_id, "evt_1", "order_completed", ts, ts, 6578, "USD", "/x'y")]
     )
     rows = storage.query_sync(
-        "SELECT event_id, toString(toDate(ts)), total, currency, page, toUnixTimestamp(ts) "
-        "FROM events WHERE project_id = {p}",
+        Sql(
+            "SELECT event_id, toString(toDate(ts)), total, currency, page, toUnixTimestamp(ts) "
+            "FROM events WHERE project_id = {p}"
+        ),
         {"p": project_id},
     )
     assert rows == [("evt_1", "2024-01-15", 6578, "USD", "/x'y", int(ts.timestamp()))]
@@ -63,7 +65,7 @@ def test_literals() -> None:
     with pytest.raises(ValueError):
         literal(float("nan"))
     with pytest.raises(KeyError):
-        render("SELECT {missing}", {})
+        render(Sql("SELECT {missing}"), {})
 
 
 @pytest.mark.parametrize("count", [1, 199, 200, 1500])
@@ -79,8 +81,10 @@ def test_inserts_of_every_size_round_trip(storage: Storage, project_id: str, cou
     ]  # fmt: skip
     storage.insert_sync("order_items", columns, rows)
     got = storage.query_sync(
-        "SELECT count(), sum(price), sum(quantity), sum(line), any(name), any(category), "
-        "toUnixTimestamp(min(ts)) FROM order_items WHERE project_id = {p}",
+        Sql(
+            "SELECT count(), sum(price), sum(quantity), sum(line), any(name), any(category), "
+            "toUnixTimestamp(min(ts)) FROM order_items WHERE project_id = {p}"
+        ),
         {"p": project_id},
     )
     assert got == [(
@@ -95,7 +99,7 @@ def test_time_bounds_are_exact_around_sub_second_events(storage: Storage, projec
     ts = datetime(2026, 3, 5, 10, 0, 52, 684000, tzinfo=UTC)
     storage.insert_sync("orders", ["project_id", "order_id", "event_id", "ts", "total", "currency"],
                         [(project_id, "o", "e", ts, 1, "USD")])  # fmt: skip
-    sql = "SELECT count() FROM orders WHERE project_id = {p} AND ts >= {lo} AND ts < {hi}"
+    sql = Sql("SELECT count() FROM orders WHERE project_id = {p} AND ts >= {lo} AND ts < {hi}")
     whole = ts.replace(microsecond=0)
     for lo, hi, expected in [
         (whole, whole + timedelta(seconds=1), 1),

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from cartlytics.common.commerce.orders import NEWLY_DUPLICATED_IDS
 from cartlytics.common.errors import FieldViolation
 from cartlytics.common.realtime import RealtimeCounters, RealtimeEvent
 from cartlytics.common.realtime_rebuild import RealtimeRecovery
@@ -59,11 +60,6 @@ PRODUCT_NAMES = TableSpec(
 # order_lines without a join and check that no event row lacks its order_lines row).
 TABLES = (ORDER_ITEMS, EVENTS, ORDER_LINES, PRODUCT_NAMES)
 IN_FLIGHT = "an event with this id is being stored by another request; retry"
-DUPLICATE_ORDERS = """
-    SELECT order_id FROM order_index
-    WHERE project_id = {project} AND order_id IN {ids}
-    GROUP BY order_id HAVING count() > 1
-"""
 
 
 def new_event_id() -> str:
@@ -307,7 +303,7 @@ class Ingestor:
         rows at query time.
         """
         rows = await self._storage.query(
-            DUPLICATE_ORDERS, {"project": project_id, "ids": order_ids}, ingest=True
+            NEWLY_DUPLICATED_IDS, {"project": project_id, "ids": order_ids}, ingest=True
         )
         if rows:
             await self._storage.insert(

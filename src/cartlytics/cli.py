@@ -47,10 +47,19 @@ def _run(args: argparse.Namespace, config: Config) -> int:
 def _migrate(args: argparse.Namespace, config: Config) -> int:
     from cartlytics.common.datadir import secure_data_dir
     from cartlytics.common.storage import open_storage
+    from cartlytics.common.storage.migrations import Irreversible
 
     secure_data_dir(config.data_dir)  # the embedded store is made here on a first migrate
     storage = open_storage(config.clickhouse_url, config.data_dir)
     try:
+        if args.down_to is not None:
+            try:
+                undone = storage.migrate_down(args.down_to)
+            except Irreversible as refused:
+                print(f"nothing undone: {refused}", file=sys.stderr)
+                return 1
+            print(f"undone migrations: {undone or 'none (at or below that version)'}")
+            return 0
         if args.check:
             pending = storage.pending_migrations()
             print(f"pending migrations: {pending}" if pending else "schema up to date")
@@ -199,6 +208,13 @@ def main(argv: list[str] | None = None) -> int:
         "--check",
         action="store_true",
         help="apply nothing; exit 1 while migrations are pending (a Kubernetes init container)",
+    )
+    migrate.add_argument(
+        "--down-to",
+        type=int,
+        metavar="VERSION",
+        help="run backward every applied migration above VERSION, newest first (writers "
+        "stopped: a backward may drop data); nothing runs if one of them cannot be undone",
     )
     migrate.set_defaults(handler=_migrate)
     commands.add_parser("config", help="print the configuration table").set_defaults(

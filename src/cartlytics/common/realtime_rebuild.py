@@ -41,6 +41,7 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from .commerce.orders import ORDERS_SEEN_SINCE
 from .realtime import (
     EPOCH_KEY,
     ORDER_MAX_AGE,
@@ -99,28 +100,18 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[
 return 0
 """
 
-ACTIVE_PROJECTS = """
+ACTIVE_PROJECTS = Sql("""
     SELECT DISTINCT project_id FROM events
     WHERE ts >= {since} AND toDate(ts) >= toDate({since})
-"""
-# Each order with an event since {since}: its first event over all time, as FIRST_ORDERS picks
+""")
+# Each order with an event since {since}: its first event over all time, as every figure picks
 # it (cartlytics.common.commerce.orders). An order whose first event is older than ORDER_MAX_AGE
 # is then not counted, as live recording would not have counted its later duplicate either.
 RECENT_ORDERS = Sql("""
-    SELECT order_id,
-           argMin(event_id, tuple(ts, event_id)),
-           {first_ms},
-           argMin(total, tuple(ts, event_id)),
-           toString(argMin(currency, tuple(ts, event_id))),
-           argMin(visitor_id, tuple(ts, event_id))
-    FROM orders
-    WHERE project_id = {project}
-      AND order_id IN (
-          SELECT order_id FROM orders
-          WHERE project_id = {project} AND ts >= {since} AND toDate(ts) >= toDate({since})
-      )
-    GROUP BY order_id
-""")
+    SELECT order_id, first_event_id, {first_ms}, order_total, toString(order_currency),
+           order_visitor
+    FROM ({orders_seen_since})
+""").fill(orders_seen_since=ORDERS_SEEN_SINCE)
 # Each visitor's latest event, and latest view of each page, since {since}.
 RECENT_VISITS = Sql("""
     SELECT visitor_id, if(event = 'page_view', page, '') AS viewed, {latest_ms}
@@ -312,7 +303,7 @@ class RealtimeRecovery:
             {
                 "project": project_id,
                 "since": now - ORDER_MAX_AGE,
-                "first_ms": self._millis("min(ts)"),
+                "first_ms": self._millis("first_ts"),
             },
         )
         events = [

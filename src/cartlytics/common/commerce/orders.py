@@ -23,6 +23,13 @@ ORDER_COLUMNS = Sql(
     "order_id, first_ts, order_total, order_currency, order_visitor, first_event_id"
 )
 
+# Among the orderIds {ids} of {project}, those with more than one stored event row: ingest lists
+# them in order_dups after storing their events (what the rest of this module relies on).
+NEWLY_DUPLICATED_IDS = Sql("""
+    SELECT order_id FROM order_index
+    WHERE project_id = {project} AND order_id IN {ids}
+    GROUP BY order_id HAVING count() > 1
+""")
 # The orderIds of {project} with more than one stored event row, and (a scalar subquery) how many.
 DUPLICATE_IDS = Sql("SELECT order_id FROM order_dups WHERE project_id = {project}")
 DUPLICATE_COUNT = Sql("(SELECT count() FROM order_dups WHERE project_id = {project})")
@@ -153,6 +160,17 @@ def orders_between(
         duplicated=duplicated_between(start, end, by_currency, seen_in_window),
     )
 
+
+# Each order with an event at or after {since}: its first event over all time (as FIRST_ORDERS
+# picks it), whatever its time.
+ORDERS_SEEN_SINCE = first_events(
+    Sql("orders"),
+    Sql("""
+      AND order_id IN (
+          SELECT order_id FROM orders
+          WHERE project_id = {project} AND ts >= {since} AND toDate(ts) >= toDate({since})
+      )"""),
+)
 
 # The distinct orders whose first event is in [{start}, {end}) and in {currency}; the same in
 # every currency; the duplicated orderIds' ones among the first.

@@ -79,10 +79,10 @@ class Storage:
         """Whether time columns are DateTime64 here (so constants must be too)."""
         return self.backend.types["DateTime"].startswith("DateTime64")
 
-    def render(self, sql: Sql | str, params: Mapping[str, Any] | None = None) -> str:
+    def render(self, sql: Sql, params: Mapping[str, Any] | None = None) -> str:
         return render(sql, params, self.datetime64)
 
-    def query_sync(self, sql: Sql | str, params: Mapping[str, Any] | None = None) -> list[Row]:
+    def query_sync(self, sql: Sql, params: Mapping[str, Any] | None = None) -> list[Row]:
         return self.backend.execute(self.render(sql, params))
 
     def insert_sync(
@@ -96,7 +96,7 @@ class Storage:
 
     # Asynchronous API (servicers).
     async def query(
-        self, sql: Sql | str, params: Mapping[str, Any] | None = None, *, ingest: bool = False
+        self, sql: Sql, params: Mapping[str, Any] | None = None, *, ingest: bool = False
     ) -> list[Row]:
         """Rows of ``sql``; ``ingest=True`` for reads an acknowledgement waits on."""
         rendered = self.render(sql, params)
@@ -112,7 +112,7 @@ class Storage:
 
     def stream(
         self,
-        sql: Sql | str,
+        sql: Sql,
         params: Mapping[str, Any] | None = None,
         block_rows: int = STREAM_BLOCK_ROWS,
     ) -> RowBlocks:
@@ -128,7 +128,7 @@ class Storage:
 
     def stream_text(
         self,
-        sql: Sql | str,
+        sql: Sql,
         params: Mapping[str, Any] | None = None,
         block_rows: int = STREAM_BLOCK_ROWS,
     ) -> Blocks[bytes]:

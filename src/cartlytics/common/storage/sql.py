@@ -168,13 +168,14 @@ def literal(value: Any, datetime64: bool = False) -> str:
 _MAX_DEPTH = 16  # fragments nest a few levels; deeper means a fragment that contains itself
 
 
-def render(
-    sql: Sql | str, params: Mapping[str, Any] | None = None, datetime64: bool = False
-) -> str:
+def render(sql: Sql, params: Mapping[str, Any] | None = None, datetime64: bool = False) -> str:
     """The text of ``sql`` with every ``{name}`` slot filled from ``params``: a ``Sql`` value
     inlined (its slots filled in turn), any other value as its literal. A slot without a
     parameter is an error, as is a value slot's text being read as a slot (it never is: literals
     are not scanned again)."""
+    if not isinstance(sql, Sql):
+        # Only trusted SQL is a Sql; text from anywhere else must arrive as a parameter value.
+        raise TypeError(f"a query is a Sql fragment, not {type(sql).__name__}")
     values = params or {}
 
     def fill(text: str, depth: int) -> str:
@@ -192,7 +193,7 @@ def render(
 
         return _PLACEHOLDER.sub(substitute, text)
 
-    return fill(sql.text if isinstance(sql, Sql) else sql, 0)
+    return fill(sql.text, 0)
 
 
 Row = tuple[Any, ...]

@@ -1,7 +1,7 @@
 """7: ``sales_15m``'s revenue in Decimal128, its view made again from the current definition.
 
 A bucket's revenue summed in Int64 wraps past 2^63 (9.2 million orders of the largest amount in
-one quarter hour): Decimal128 cannot (docs/decisions.md 46). The view must write the column's
+one quarter hour): Decimal128 cannot (docs/decisions.md 47). The view must write the column's
 exact type (18.16 refuses to convert), so it is made again; a write by another replica in between
 is put back by the repair that follows (``repair_after``). This is the shape of every change to a
 rollup's definition (``cartlytics.common.commerce.rollups``).
