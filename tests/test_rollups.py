@@ -53,6 +53,9 @@ FIGURES = {
     "product_names_latest": "SELECT project_id, product_id, argMaxMerge(latest) FROM {rows}"
                             " GROUP BY project_id, product_id ORDER BY project_id, product_id",
     "order_lines": ROWS,
+    "identity_links": "SELECT project_id, anonymous_id, user_id, minMerge(first_link) FROM {rows}"
+                      " GROUP BY project_id, anonymous_id, user_id"
+                      " ORDER BY project_id, anonymous_id, user_id",
 }
 LINES = ("project_id", "order_id", "event_id", "ts", "currency", "visitor_id", "product_ids",
          "prices", "quantities", "declared_items")
@@ -81,6 +84,7 @@ cases = {
     ],
     "customer_first": [r.CUSTOMER_FIRST.select(), r.CUSTOMER_FIRST.select(r.STORED_ORDERS)],
     "product_views": [r.PRODUCT_VIEWS.select()],
+    "identity_links": [r.IDENTITY_LINKS.select()],
 }
 if json_functions:  # ClickHouse 18.16 cannot read the product_view names back (no JSON)
     cases["product_names_latest"] = [r.PRODUCT_NAMES.select(names_rows)]
@@ -145,6 +149,7 @@ def test_every_rollup_holds_what_its_definition_selects(
         "order_line_counts",
         "customer_first",
         "product_views",
+        "identity_links",
     }
     repaired = result.pop("repaired", None)
     steps = result.pop("repaired_steps", None)

@@ -266,6 +266,17 @@ VIEW_NAMES = Feed(
 Needs JSON functions, which ClickHouse 18.16 lacks: the repair (embedded engine only) reads them,
 no backfill does (docs/semantics.md)."""
 
+IDENTITY_LINKS = Rollup(
+    "identity_links_mv",
+    "identity_links",
+    ("project_id", "anonymous_id", "user_id", "minState(tuple(ts, event_id)) AS first_link"),
+    Rows("events", Sql("user_id != '' AND anonymous_id != ''")),
+    group_by=Sql("project_id, anonymous_id, user_id"),
+)
+"""``identity_links`` (AggregatingMergeTree): per anonymousId and userId seen together on an
+event, the first such event by (time, event id). An anonymousId belongs to the user of its first
+link (``commerce.visitors``); its later links to other users are kept, not merged."""
+
 VIEWS: tuple[Rollup, ...] = (
     ORDERS,
     SALES_15M,
@@ -275,5 +286,6 @@ VIEWS: tuple[Rollup, ...] = (
     CUSTOMER_FIRST,
     PRODUCT_VIEWS,
     PRODUCT_NAMES,
+    IDENTITY_LINKS,
 )
 """Every materialized view, in the order the migrations create them."""

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from cartlytics.common.commerce.rollups import (
     BUCKET,
     CUSTOMER_FIRST,
+    IDENTITY_LINKS,
     ITEM_NAMES,
     ORDER_DUPS,
     ORDER_EVENT,
@@ -283,6 +284,11 @@ STEPS: tuple[tuple[str, tuple[Sql, ...]], ...] = (
     (
         "order_dups",
         (ORDER_DUPS.backfill(where=IN_ORDERS),),
+    ),
+    (
+        # min() of the first link per pair: adding what is already there changes nothing.
+        "identity_links",
+        (IDENTITY_LINKS.backfill(where=IN_WINDOW),),
     ),
 )
 

@@ -10,6 +10,7 @@ from . import (
     m0005_create_api_keys,
     m0006_add_declared_items_to_order_lines,
     m0007_exact_revenue_in_sales_15m,
+    m0008_create_identity_links,
 )
 from .migration import Migration
 
@@ -21,4 +22,5 @@ MIGRATIONS: tuple[Migration, ...] = (
     m0005_create_api_keys.MIGRATION,
     m0006_add_declared_items_to_order_lines.MIGRATION,
     m0007_exact_revenue_in_sales_15m.MIGRATION,
+    m0008_create_identity_links.MIGRATION,
 )

@@ -1,0 +1,53 @@
+"""Visitors as people: an anonymousId stitched to the user it was first seen with.
+
+../shared/spec/semantics.md: an event carrying both ``userId`` and ``anonymousId`` links that
+anonymousId to that userId; the first link of an anonymousId (by time, then event id) wins, later
+links to other users are recorded (``identity_links`` keeps every pair) and not merged. An event's
+visitor is then its userId; else the user its anonymousId is linked to, whenever the link happened
+(before or after the event); else its anonymousId; else its sessionId.
+
+Stored rows carry ``visitor_id`` as ingest wrote it (userId, else anonymousId, else sessionId),
+which never changes; the person is resolved when reading: a ``visitor_id`` that is a linked
+anonymousId reads as its user. So a link made today counts yesterday's anonymous browsing as the
+user's, and an erased link (or one of an erased user) stops doing so, with no stored row rewritten.
+The ids share one namespace, as they already did for ``visitor_id``: an anonymousId that equals
+some userId (or sessionId) is the same visitor.
+
+``PEOPLE`` is the lookup (one row per linked anonymousId of {project}: ``linked_id``,
+``linked_user``), small beside the events (one row per device that ever signed in), joined per
+query (``ANY LEFT JOIN``, a hash of it built once per query); ``person(column)`` is the person of
+a visitor column once joined (``with_people``).
+"""
+
+from __future__ import annotations
+
+from cartlytics.common.storage.sql import Sql
+
+# Per anonymousId of {project} with a link: the user of its first link, by (time, event id).
+PEOPLE = Sql("""
+    SELECT anonymous_id AS linked_id, argMin(user_id, first) AS linked_user
+    FROM (
+        SELECT anonymous_id, user_id, minMerge(first_link) AS first
+        FROM identity_links
+        WHERE project_id = {project}
+        GROUP BY anonymous_id, user_id
+    )
+    GROUP BY anonymous_id
+""")
+
+
+def person(visitor: str) -> Sql:
+    """The person of the visitor column ``visitor`` in a relation joined with ``PEOPLE`` (as
+    ``with_people`` does): the linked user, else the visitor id itself."""
+    return Sql(f"if(linked_user != '', linked_user, {visitor})")
+
+
+def with_people(rows: Sql, visitor: str, columns: str) -> Sql:
+    """``rows`` (a relation with the visitor column ``visitor`` and ``columns``, a comma list) with
+    a ``person`` column beside ``columns``: one row per row of ``rows``."""
+    return Sql(f"""
+    SELECT {columns}, {person(visitor).text} AS person
+    FROM ({{people_rows}})
+    ANY LEFT JOIN (
+        SELECT linked_id AS {visitor}, linked_user FROM ({{people}})
+    ) USING {visitor}""").fill(people_rows=rows, people=PEOPLE)
