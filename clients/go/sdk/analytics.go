@@ -123,7 +123,7 @@ func (a *AnalyticsService) TrackWithResult(ctx context.Context, event *Analytics
 	if a.c.isClosed() {
 		return nil, ErrClosed
 	}
-	p, err := prepare(event, time.Now())
+	p, err := prepare(event, time.Now(), a.c.identity.current())
 	if err != nil {
 		return nil, err
 	}

@@ -68,7 +68,7 @@ func (b *batcher) enqueue(event *AnalyticsEvent) error {
 	if b.isClosed() {
 		return ErrClosed
 	}
-	p, err := prepare(event, time.Now())
+	p, err := prepare(event, time.Now(), b.c.identity.current())
 	if err != nil {
 		return err
 	}

@@ -28,6 +28,8 @@ type Client struct {
 	metrics metricsv1.MetricsServiceClient
 	export  exportv1.ExportServiceClient
 	batcher *batcher
+	// identity is the visitor the events name by default (Identify, Reset).
+	identity *identity
 
 	mu        sync.Mutex
 	closed    bool
@@ -65,6 +67,11 @@ func NewClient(cfg Config) (*Client, error) {
 		return nil, errors.New("cartlytics: Config.APIKey is required")
 	}
 	cfg = cfg.withDefaults()
+	if cfg.AnonymousID != "" {
+		if err := checkID("Config.AnonymousID", cfg.AnonymousID); err != nil {
+			return nil, err
+		}
+	}
 	target := cfg.Endpoint
 	if rest, ok := strings.CutPrefix(target, "https://"); ok {
 		target, cfg.TLS = rest, true
@@ -92,11 +99,12 @@ func NewClient(cfg Config) (*Client, error) {
 		return nil, fmt.Errorf("cartlytics: endpoint %q: %w", cfg.Endpoint, err)
 	}
 	c := &Client{
-		cfg:     cfg,
-		conn:    conn,
-		ingest:  ingestv1.NewIngestServiceClient(conn),
-		metrics: metricsv1.NewMetricsServiceClient(conn),
-		export:  exportv1.NewExportServiceClient(conn),
+		cfg:      cfg,
+		conn:     conn,
+		ingest:   ingestv1.NewIngestServiceClient(conn),
+		metrics:  metricsv1.NewMetricsServiceClient(conn),
+		export:   exportv1.NewExportServiceClient(conn),
+		identity: newIdentity(cfg.AnonymousID),
 	}
 	c.batcher = newBatcher(c)
 	c.Analytics = &AnalyticsService{c: c}

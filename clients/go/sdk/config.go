@@ -63,6 +63,11 @@ type Config struct {
 	// CloseTimeout is how long Close waits for the queue to be delivered (default 10 s).
 	CloseTimeout time.Duration
 
+	// AnonymousID is the client's anonymousId (at most 256 characters), which events that name
+	// no visitor carry (docs/clients.md, "Identity"); default a random UUID v4 made by NewClient.
+	// Reset replaces it with a new random one.
+	AnonymousID string
+
 	// OnSuccess is called with the events the server stored, once per batch, from the SDK's
 	// sender goroutine. Optional.
 	OnSuccess func(accepted []*AcceptedEvent)

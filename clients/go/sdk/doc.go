@@ -32,6 +32,17 @@
 // []map[string]any: each dimension a string, each metric a float64. Export streams the file's
 // bytes into an io.Writer.
 //
+// # Identity
+//
+// A client has an anonymousId (Config.AnonymousID, else a random UUID v4 made by NewClient) and,
+// after Analytics.Identify(userID), a userId. An event that names neither a UserID nor an
+// AnonymousID (fields or lifted properties) is sent with the client's: the anonymousId alone
+// before Identify, both after, which is how the server links the anonymousId to the user.
+// Identify sends nothing and does not change events already enqueued; an event naming its own
+// ids is sent with those only. Analytics.Reset (sign-out) forgets the user and starts a new
+// anonymousId; Analytics.AnonymousID and Analytics.UserID read them. All are safe for
+// concurrent use. In a server handling many people, pass each event's ids instead.
+//
 // # Errors
 //
 // A call that fails returns an *Error (use errors.As) with the canonical code, the HTTP status

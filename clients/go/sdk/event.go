@@ -33,6 +33,9 @@ type AnalyticsEvent struct {
 	SessionID   string
 	// Timestamp is when it happened; zero means the time of the Track or Enqueue call.
 	Timestamp time.Time
+	// UserID and AnonymousID identify the visitor. When both are empty (and the properties
+	// name neither), the event gets the client's: its anonymousId and the user of the last
+	// Identify (docs/clients.md, "Identity"). An event naming either is sent with its own only.
 	// Properties are the event's properties. Values are JSON-like: nil, bool, numbers, string,
 	// map[string]any, []any (other slices, maps and structs go through encoding/json).
 	// "userId", "anonymousId", "sessionId", "timestamp" and "context" found here are lifted to
@@ -78,8 +81,9 @@ type prepared struct {
 }
 
 // prepare validates an event's size, assigns its id and timestamp, lifts the known keys out of
-// its properties and builds its proto. The caller's event and maps are not modified.
-func prepare(ev *AnalyticsEvent, now time.Time) (*prepared, error) {
+// its properties, fills in the client's identity (who) when the event names neither a userId nor
+// an anonymousId, and builds its proto. The caller's event and maps are not modified.
+func prepare(ev *AnalyticsEvent, now time.Time, who visitor) (*prepared, error) {
 	if ev == nil {
 		return nil, fmt.Errorf("cartlytics: nil event")
 	}
@@ -140,6 +144,11 @@ func prepare(ev *AnalyticsEvent, now time.Time) (*prepared, error) {
 		return true
 	})
 	out.Properties = props
+	// The client's ids only for an event that names none of its own: an event's own ids are
+	// sent as given, never mixed with the client's (docs/clients.md, "Identity").
+	if out.UserID == "" && out.AnonymousID == "" {
+		out.UserID, out.AnonymousID = who.userID, who.anonymousID
+	}
 	if out.ID == "" {
 		out.ID = newEventID()
 	}

@@ -121,7 +121,7 @@ func TestPrepare(t *testing.T) {
 	props := map[string]interface{}{"userId": "u1", "anonymousId": "a1", "timestamp": "2025-03-01T11:00:00Z",
 		"context": map[string]interface{}{"page": "/x"}, "productId": "p1"}
 	in := &AnalyticsEvent{Event: "product_view", Properties: props}
-	p, err := prepare(in, now)
+	p, err := prepare(in, now, visitor{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,7 +145,7 @@ func TestPrepare(t *testing.T) {
 	// Top-level fields win; the property stays. A caller's library is kept. No timestamp: now.
 	p, err = prepare(&AnalyticsEvent{Event: "x", UserID: "top", ID: "evt_mine",
 		Properties: map[string]interface{}{"userId": "prop"},
-		Context:    map[string]interface{}{"library": map[string]interface{}{"name": "wrapper"}}}, now)
+		Context:    map[string]interface{}{"library": map[string]interface{}{"name": "wrapper"}}}, now, visitor{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,7 +156,7 @@ func TestPrepare(t *testing.T) {
 	}
 	// Typed values go through encoding/json.
 	p, err = prepare(&AnalyticsEvent{Event: "x", Properties: map[string]interface{}{
-		"tags": []string{"a", "b"}, "at": now, "n": int64(7)}}, now)
+		"tags": []string{"a", "b"}, "at": now, "n": int64(7)}}, now, visitor{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,10 +171,10 @@ func TestEventSizeLimit(t *testing.T) {
 	lib, _ := structpb.NewValue(map[string]interface{}{"library": map[string]interface{}{"name": LibraryName, "version": Version}})
 	libLen := jsonLen(lib)
 	fits := MaxEventBytes - libLen - 9
-	if _, err := prepare(&AnalyticsEvent{Event: "x", Properties: map[string]interface{}{"s": repeat('x', fits)}}, time.Now()); err != nil {
+	if _, err := prepare(&AnalyticsEvent{Event: "x", Properties: map[string]interface{}{"s": repeat('x', fits)}}, time.Now(), visitor{}); err != nil {
 		t.Fatalf("an event of exactly 32 KB: %v", err)
 	}
-	if _, err := prepare(&AnalyticsEvent{Event: "x", Properties: map[string]interface{}{"s": repeat('x', fits+1)}}, time.Now()); !errors.Is(err, ErrEventTooLarge) {
+	if _, err := prepare(&AnalyticsEvent{Event: "x", Properties: map[string]interface{}{"s": repeat('x', fits+1)}}, time.Now(), visitor{}); !errors.Is(err, ErrEventTooLarge) {
 		t.Fatalf("an event one byte over: %v", err)
 	}
 }
