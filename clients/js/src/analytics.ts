@@ -18,6 +18,7 @@ import type {
 } from "./gen/analytics/metrics/v1/metrics_pb.js";
 import { CommerceError } from "./errors.js";
 import { type EventOptions, type Properties, prepareEvent, withSentAt } from "./events.js";
+import { Identity } from "./identity.js";
 import { EventQueue, type FlushResult, type QueueConfig } from "./queue.js";
 import type { CallOptions, Transport } from "./transport.js";
 
@@ -110,8 +111,42 @@ export class Analytics {
   private readonly queue: EventQueue;
 
   /** @internal Made by `Commerce`. */
-  constructor(private readonly transport: Transport, queueConfig: QueueConfig) {
+  constructor(
+    private readonly transport: Transport,
+    queueConfig: QueueConfig,
+    private readonly identity: Identity,
+  ) {
     this.queue = new EventQueue(transport, queueConfig);
+  }
+
+  /**
+   * Makes `userId` the client's user: every later `track` / `enqueue` whose event names neither a
+   * userId nor an anonymousId carries both `userId` and the client's `anonymousId`, which is how
+   * the server links the anonymousId to the user (the first link of an anonymousId wins). Sends
+   * nothing; events already queued keep their ids. Throws a TypeError for an empty id or one over
+   * 256 characters. With `persistence: 'localStorage'` the user is kept in the storage.
+   */
+  identify(userId: string): void {
+    this.identity.identify(userId);
+  }
+
+  /**
+   * Sign-out: forgets the user and starts a new random anonymousId (as Segment's analytics.js
+   * `reset()`); later events carry only the new anonymousId. Sends nothing; queued events keep
+   * their ids.
+   */
+  reset(): void {
+    this.identity.reset();
+  }
+
+  /** The client's anonymousId: the `anonymousId` option, else a UUID v4 (kept in the storage with persistence). */
+  get anonymousId(): string {
+    return this.identity.current().anonymousId;
+  }
+
+  /** The user of the last `identify`; undefined before one or after `reset`. */
+  get userId(): string | undefined {
+    return this.identity.current().userId;
   }
 
   /**
@@ -121,7 +156,7 @@ export class Analytics {
    */
   async track(event: string, properties?: Properties, options: TrackOptions = {}): Promise<TrackEventResponseJson> {
     if (this.queue.closed) throw EventQueue.closedError();
-    const prepared = prepareEvent(event, properties, options);
+    const prepared = prepareEvent(event, properties, options, this.identity.current());
     return this.transport.json<TrackEventResponseJson>(
       {
         method: "POST",
@@ -139,7 +174,8 @@ export class Analytics {
    * or `CLOSED` (after `close`). Its outcome goes to `onSuccess` / `onFailure`.
    */
   enqueue(event: string, properties?: Properties, options?: EventOptions): string {
-    return this.queue.enqueue(event, properties, options);
+    if (this.queue.closed) throw EventQueue.closedError();
+    return this.queue.enqueue(event, properties, options, this.identity.current());
   }
 
   /**

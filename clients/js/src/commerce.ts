@@ -2,6 +2,7 @@
 
 import type { EventJson } from "./gen/analytics/ingest/v1/ingest_pb.js";
 import { Analytics } from "./analytics.js";
+import { Identity, checkId } from "./identity.js";
 import type { CommerceError } from "./errors.js";
 import type { DeliveredEvent, FlushResult, StorageLike } from "./queue.js";
 import { fnv1a, inBrowser } from "./runtime.js";
@@ -51,6 +52,15 @@ export interface CommerceOptions {
   storage?: StorageLike;
   /** The storage key; default `cartlytics:queue:` + a hash of the base URL and key. */
   storageKey?: string;
+
+  /**
+   * The client's anonymousId (at most 256 characters): events naming no visitor carry it
+   * (docs/clients.md, "Identity"). Default: the one kept in the storage (persistence on), else a
+   * new random UUID v4.
+   */
+  anonymousId?: string;
+  /** Where the visitor is kept with persistence; default `cartlytics:identity:` + the same hash. */
+  identityStorageKey?: string;
 }
 
 function positive(value: number | undefined, fallback: number, name: string, allowZero = false): number {
@@ -95,6 +105,9 @@ export class Commerce {
     const browser = inBrowser();
     const storage =
       options.persistence === "localStorage" ? (options.storage ?? defaultStorage()) : undefined;
+    if (options.anonymousId !== undefined) checkId("Commerce: anonymousId", options.anonymousId);
+    const hash = fnv1a(baseUrl + "\n" + options.apiKey);
+    const identity = new Identity(storage, options.identityStorageKey ?? `cartlytics:identity:${hash}`, options.anonymousId);
     this.analytics = new Analytics(transport, {
       flushAt: Math.min(1000, Math.floor(positive(options.flushAt, 100, "flushAt"))),
       flushIntervalMs: positive(options.flushIntervalMs, browser ? 2_000 : 5_000, "flushIntervalMs"),
@@ -106,9 +119,9 @@ export class Commerce {
       onSuccess: options.onSuccess,
       onFailure: options.onFailure,
       storage,
-      storageKey: options.storageKey ?? `cartlytics:queue:${fnv1a(baseUrl + "\n" + options.apiKey)}`,
+      storageKey: options.storageKey ?? `cartlytics:queue:${hash}`,
       pageHide: browser,
-    });
+    }, identity);
   }
 
   /** `commerce.analytics.flush(options)`. */

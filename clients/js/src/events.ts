@@ -2,6 +2,7 @@
 
 import type { EventJson } from "./gen/analytics/ingest/v1/ingest_pb.js";
 import { CommerceError } from "./errors.js";
+import type { Visitor } from "./identity.js";
 import { LIBRARY_NAME, VERSION, newEventId, pythonJsonLength, utf8Length } from "./runtime.js";
 
 /** An event's properties: JSON values (amounts are integers in minor units). */
@@ -10,7 +11,11 @@ export type Properties = Record<string, unknown>;
 /** Where an event happened: ip, userAgent, page, referrer, campaign, locale, library... */
 export type EventContext = Record<string, unknown>;
 
-/** The event's top-level fields; each wins over the same key found in the properties. */
+/**
+ * The event's top-level fields; each wins over the same key found in the properties. An event
+ * naming a `userId` or an `anonymousId` (here or in its properties) is sent with its own ids only;
+ * one naming neither gets the client's (docs/clients.md, "Identity").
+ */
 export interface EventOptions {
   /** The event's id; by default the SDK makes one (`evt_` + 32 hex digits). */
   id?: string;
@@ -62,8 +67,21 @@ function stringify(value: unknown, field: string): string {
   return json ?? "null";
 }
 
-/** Validates an event's size, assigns its id and timestamp and lifts the top-level keys. */
-export function prepareEvent(event: string, properties?: Properties, options: EventOptions = {}): PreparedEvent {
+/** An id the caller gave (an empty one is none). */
+function given(value: unknown): boolean {
+  return value !== undefined && value !== null && value !== "";
+}
+
+/**
+ * Validates an event's size, assigns its id and timestamp, lifts the top-level keys, and gives
+ * an event that names neither a userId nor an anonymousId the `visitor`'s.
+ */
+export function prepareEvent(
+  event: string,
+  properties?: Properties,
+  options: EventOptions = {},
+  visitor?: Visitor,
+): PreparedEvent {
   if (typeof event !== "string" || event === "") {
     throw new CommerceError({
       code: "INVALID_ARGUMENT",
@@ -80,8 +98,13 @@ export function prepareEvent(event: string, properties?: Properties, options: Ev
     }
   }
   const id = options.id ?? newEventId();
-  const userId = options.userId ?? lifted.userId;
-  const anonymousId = options.anonymousId ?? lifted.anonymousId;
+  let userId = options.userId ?? lifted.userId;
+  let anonymousId = options.anonymousId ?? lifted.anonymousId;
+  if (visitor && !given(userId) && !given(anonymousId)) {
+    // The client's ids, both, only for an event that names none: never mixed with the caller's.
+    userId = visitor.userId;
+    anonymousId = visitor.anonymousId;
+  }
   const sessionId = options.sessionId ?? lifted.sessionId;
   const timestamp = timestampText(options.timestamp ?? lifted.timestamp ?? new Date());
   let context = options.context ?? lifted.context ?? {};

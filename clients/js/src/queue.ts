@@ -2,6 +2,7 @@
 
 import type { BatchTrackEventsResponseJson, EventJson } from "./gen/analytics/ingest/v1/ingest_pb.js";
 import { CommerceError } from "./errors.js";
+import type { Visitor } from "./identity.js";
 import { type EventOptions, type Properties, SENT_AT_BYTES, parseEvent, prepareEvent, withSentAt } from "./events.js";
 import { type Timer, inBrowser, sleep, unrefTimer, utf8Length } from "./runtime.js";
 import { type Transport, retryable } from "./transport.js";
@@ -101,9 +102,9 @@ export class EventQueue {
     return this.items.length;
   }
 
-  enqueue(event: string, properties?: Properties, options?: EventOptions): string {
+  enqueue(event: string, properties?: Properties, options?: EventOptions, visitor?: Visitor): string {
     if (this.closed) throw EventQueue.closedError();
-    const prepared = prepareEvent(event, properties, options);
+    const prepared = prepareEvent(event, properties, options, visitor);
     if (this.items.length >= this.config.maxQueueEvents || this.bytes + prepared.bytes > this.config.maxQueueBytes) {
       throw new CommerceError({
         code: "QUEUE_FULL",

@@ -40,6 +40,23 @@ export function newEventId(): string {
   return out;
 }
 
+/** A random UUID, version 4 (`crypto.randomUUID` where there is one). */
+export function newUuid(): string {
+  const c = (globalThis as { crypto?: { randomUUID?: () => string } }).crypto;
+  if (c && typeof c.randomUUID === "function") {
+    try {
+      return c.randomUUID();
+    } catch {
+      /* an insecure context (http page): made below */
+    }
+  }
+  const b = randomBytes(16);
+  b[6] = (b[6]! & 0x0f) | 0x40;
+  b[8] = (b[8]! & 0x3f) | 0x80;
+  const h = Array.from(b, (x) => HEX[x]).join("");
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+}
+
 /** The UTF-8 length of a string, without encoding it. */
 export function utf8Length(s: string): number {
   let n = 0;

@@ -93,3 +93,8 @@ export class MemoryStorage {
   setItem (key, value) { this.map.set(key, String(value)) }
   removeItem (key) { this.map.delete(key) }
 }
+
+/** The keys of a storage holding queued events (the visitor is kept beside them, under its own key). */
+export function queueKeys (storage) {
+  return [...storage.map.keys()].filter((key) => key.startsWith('cartlytics:queue:'))
+}

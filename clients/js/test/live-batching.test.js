@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict'
 import { Commerce, CommerceError } from '../dist/index.js'
 import {
-  HTTP, KEY, MAIN, MemoryStorage, countEvents, liveTest, recordingFetch, settledCount, unavailable, unique
+  HTTP, KEY, MAIN, MemoryStorage, countEvents, liveTest, queueKeys, recordingFetch, settledCount, unavailable, unique
 } from './helpers.js'
 
 const baseUrl = HTTP
@@ -112,7 +112,8 @@ liveTest(MAIN, 'a 400 is not retried: CommerceError with the field violation', a
     return true
   })
   assert.equal(calls.length, 1)
-  await assert.rejects(commerce.analytics.track('sdk_js_anonymous', { n: 1 }),
+  // An event naming no visitor gets the client's anonymousId; a userId over 256 characters is refused.
+  await assert.rejects(commerce.analytics.track('sdk_js_anonymous', { n: 1, userId: 'u'.repeat(257) }),
     (e) => e.code === 'INVALID_ARGUMENT' && e.fieldViolations[0].field === 'userId')
   assert.equal(calls.length, 2)
 })
@@ -197,7 +198,7 @@ liveTest(MAIN, 'a batch with one invalid event: onFailure for exactly that event
   const good = []
   good.push(commerce.analytics.enqueue(name, { i: 0, userId: 'u_partial' }))
   good.push(commerce.analytics.enqueue(name, { i: 1, userId: 'u_partial' }))
-  const bad = commerce.analytics.enqueue(name, { i: 2 }) // no userId nor anonymousId
+  const bad = commerce.analytics.enqueue(name, { i: 2, userId: 'u'.repeat(257) }) // over 256 characters
   good.push(commerce.analytics.enqueue(name, { i: 3, userId: 'u_partial' }))
   assert.deepEqual(await commerce.analytics.flush({ timeoutMs: 120_000 }), { delivered: 3, failed: 1, pending: 0 })
   assert.equal(failures.length, 1)
@@ -222,7 +223,7 @@ liveTest(MAIN, 'persistence: events stored before a flush are sent by the next c
   const ids = []
   for (let i = 0; i < 4; i++) ids.push(first.analytics.enqueue(name, { i, userId: 'u_persist' }))
   await Promise.resolve() // the write is coalesced into one microtask
-  const stored = JSON.parse(storage.getItem([...storage.map.keys()][0]))
+  const stored = JSON.parse(storage.getItem(queueKeys(storage)[0]))
   assert.deepEqual(stored.map(([id]) => id), ids)
   assert.equal(noCalls.length, 0)
 
@@ -232,7 +233,7 @@ liveTest(MAIN, 'persistence: events stored before a flush are sent by the next c
   assert.equal(second.analytics.queuedEvents, 4)
   assert.deepEqual(await second.analytics.flush({ timeoutMs: 120_000 }), { delivered: 4, failed: 0, pending: 0 })
   assert.deepEqual(delivered.map((e) => e.id), ids)
-  assert.equal(storage.map.size, 0, 'answered events leave the storage')
+  assert.deepEqual(queueKeys(storage), [], 'answered events leave the storage')
   assert.equal(await settledCount(second, name, 4), 4)
   await second.close()
   assert.equal(await countEvents(second, name), 4)
@@ -251,12 +252,12 @@ liveTest(MAIN, 'persistence: an event the server never answered stays stored; a 
   const kept = offline.analytics.enqueue(name, { userId: 'u_offline' })
   assert.deepEqual(await offline.close(), { delivered: 0, failed: 1, pending: 0 })
   assert.deepEqual(failures, [{ ids: [kept], code: 'UNAVAILABLE' }])
-  assert.equal(JSON.parse([...storage.map.values()][0])[0][0], kept)
+  assert.equal(JSON.parse(storage.getItem(queueKeys(storage)[0]))[0][0], kept)
 
   const online = new Commerce({ ...options })
-  const refused = online.analytics.enqueue(name, { n: 1 }) // no visitor: a 400 for that event
+  const refused = online.analytics.enqueue(name, { n: 1, userId: 'u'.repeat(257) }) // a 400 for that event
   assert.deepEqual(await online.analytics.flush({ timeoutMs: 120_000 }), { delivered: 1, failed: 1, pending: 0 })
-  assert.equal(storage.map.size, 0)
+  assert.deepEqual(queueKeys(storage), [])
   assert.notEqual(refused, kept)
   assert.equal(await settledCount(online, name, 1), 1)
   await online.close()
