@@ -28,6 +28,7 @@ from ._config import (
     normalise_target,
 )
 from ._events import Prepared, TrackResult, prepare
+from ._identity import Identity, IdentityCalls
 from ._retry import (
     FinalError,
     WriterError,
@@ -73,8 +74,10 @@ class AsyncClient:
         close_timeout: float = 10.0,
         on_success: OnSuccess | None = None,
         on_failure: OnFailure | None = None,
+        anonymous_id: str | None = None,
     ) -> None:
         self._metadata = auth_metadata(api_key)
+        self._identity = Identity(anonymous_id)
         self._settings = Settings(
             timeout=timeout,
             max_retries=max_retries,
@@ -188,11 +191,12 @@ class AsyncClient:
         return await self._run(attempt, timeout)
 
 
-class AsyncAnalytics:
+class AsyncAnalytics(IdentityCalls):
     """Every call of the analytics API (``client.analytics``), as coroutines."""
 
     def __init__(self, client: AsyncClient) -> None:
         self._client = client
+        self._identity = client._identity
 
     async def track(
         self,
@@ -220,6 +224,7 @@ class AsyncAnalytics:
             timestamp=timestamp,
             context=context,
             now=datetime.now(UTC),
+            visitor=self._identity.current(),
         )
         request = rq.track_request(prepared.message)
 
@@ -256,6 +261,7 @@ class AsyncAnalytics:
             timestamp=timestamp,
             context=context,
             now=datetime.now(UTC),
+            visitor=self._identity.current(),
         )
         self._client._batcher.enqueue(prepared)
         return prepared.source.id

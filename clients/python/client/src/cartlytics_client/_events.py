@@ -14,6 +14,7 @@ from typing import Any
 from cartlytics_protos.analytics.ingest.v1 import ingest_pb2
 from google.protobuf import struct_pb2, timestamp_pb2
 
+from ._identity import Visitor
 from ._version import LIBRARY_NAME, __version__
 from .errors import EventTooLarge
 
@@ -159,9 +160,11 @@ def prepare(
     timestamp: datetime | None,
     context: Mapping[str, Any] | None,
     now: datetime,
+    visitor: Visitor | None = None,
 ) -> Prepared:
     """Validate an event's size, assign its id and timestamp, lift the known keys out of its
-    properties and build its message. The caller's mappings are not modified."""
+    properties, give an event that names neither a user id nor an anonymous id the ``visitor``'s
+    ids, and build its message. The caller's mappings are not modified."""
     if not isinstance(event, str):
         raise TypeError(f"event must be a string, not {type(event).__name__}")
     props: dict[str, Any] = dict(properties or {})
@@ -175,6 +178,11 @@ def prepare(
         if not fields[key] and isinstance(value, str) and value:
             fields[key] = value
             del props[key]
+    if visitor is not None and not fields["userId"] and not fields["anonymousId"]:
+        # The client's ids, both, only for an event that names none: never mixed with the
+        # caller's (docs/clients.md, "Identity").
+        fields["userId"] = visitor.user_id
+        fields["anonymousId"] = visitor.anonymous_id
     when = timestamp
     if when is None and "timestamp" in props:
         lifted = _as_time(props["timestamp"])

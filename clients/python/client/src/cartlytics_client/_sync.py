@@ -28,6 +28,7 @@ from ._config import (
     normalise_target,
 )
 from ._events import Prepared, TrackResult, prepare
+from ._identity import Identity, IdentityCalls
 from ._retry import (
     FinalError,
     WriterError,
@@ -68,6 +69,8 @@ class Client:
         on_success: called with the list of ``AcceptedEvent`` of each delivered batch.
         on_failure: called with ``(events, error)`` for events that will not be delivered.
             Callbacks run on the SDK's sender thread (or in ``close``); keep them short.
+        anonymous_id: the client's anonymous id (at most 256 characters), carried by events
+            that name no visitor (docs/clients.md, "Identity"); default a random UUID v4.
     """
 
     def __init__(
@@ -91,8 +94,10 @@ class Client:
         close_timeout: float = 10.0,
         on_success: OnSuccess | None = None,
         on_failure: OnFailure | None = None,
+        anonymous_id: str | None = None,
     ) -> None:
         self._metadata = auth_metadata(api_key)
+        self._identity = Identity(anonymous_id)
         self._settings = Settings(
             timeout=timeout,
             max_retries=max_retries,
@@ -222,11 +227,12 @@ class Client:
         return self._run(attempt, timeout)
 
 
-class Analytics:
+class Analytics(IdentityCalls):
     """Every call of the analytics API (``client.analytics``)."""
 
     def __init__(self, client: Client) -> None:
         self._client = client
+        self._identity = client._identity
 
     def track(
         self,
@@ -257,6 +263,7 @@ class Analytics:
             timestamp=timestamp,
             context=context,
             now=datetime.now(UTC),
+            visitor=self._identity.current(),
         )
         request = rq.track_request(prepared.message)
 
@@ -294,6 +301,7 @@ class Analytics:
             timestamp=timestamp,
             context=context,
             now=datetime.now(UTC),
+            visitor=self._identity.current(),
         )
         self._client._batcher.enqueue(prepared)
         return prepared.source.id
