@@ -1,10 +1,11 @@
 """One shared, seeded test dataset of realistic shoppers, and a loader that sends it.
 
 Sessions browse pages, search, view products, add and remove from carts, start checkouts,
-abandon or buy (with line items), across several currencies; some shoppers are anonymous; a few
-events are retried (same id sent again) and a few orders are sent twice (same orderId, another
-event id, later). Timestamps span the last ~100 days and avoid the few minutes around "now minus
-whole days", where a test's clock and the server's could disagree on which period an event is in.
+abandon or buy (with line items), across several currencies; some shoppers are anonymous; some
+browse anonymously and sign in to order (stitched: one person); a few events are retried (same
+id sent again) and a few orders are sent twice (same orderId, another event id, later).
+Timestamps span the last ~100 days and avoid the few minutes around "now minus whole days", where
+a test's clock and the server's could disagree on which period an event is in.
 
 Expected figures are computed from ``Dataset.events`` by plain-Python oracles in the tests.
 """
@@ -211,8 +212,79 @@ def build(
     for event in rng.sample(data.events, len(data.events) // 40):
         data.sent.append(event)
     rng.shuffle(data.sent)
+    _stitched_shoppers(data, random.Random(seed * 1000 + 15), visitors, days)
     data.events.sort(key=lambda e: (e["timestamp"], e["id"]))
     return data
+
+
+def _stitched_shoppers(
+    data: Dataset, rng: random.Random, members: list[str], days: int, shoppers: int = 40
+) -> None:
+    """Shoppers who browse anonymously (their device's anonymousId), sign in at checkout (events
+    carrying both ids: the link) and order as users; some come back anonymously on that device
+    later; a few devices are shared and signed in later by another user (recorded, not merged:
+    docs/semantics.md, "Identity"). Half are existing members (with orders of their own above),
+    half new. Each shopper's events are sent in a shuffled order, so the link sometimes arrives
+    before the anonymous events it stitches. Own generator: the events above stay as they were."""
+    for k in range(shoppers):
+        user = rng.choice(members) if rng.random() < 0.5 else f"member_{k:04d}"
+        start = data.now - timedelta(seconds=rng.randint(3600, days * 86400))
+        mine = _stitched_shopper(k, user, start, rng)
+        if all(_safe(datetime.fromisoformat(e["timestamp"][:-1] + "+00:00"), data.now)
+               for e in mine):  # fmt: skip
+            data.events.extend(mine)
+            rng.shuffle(mine)
+            data.sent.extend(mine)
+
+
+def _stitched_shopper(
+    k: int, user: str, start: datetime, rng: random.Random
+) -> list[dict[str, Any]]:
+    ts = start
+    currency = rng.choice(CURRENCIES)
+    ctx = {"userAgent": rng.choice(USER_AGENTS), "ip": f"203.0.113.{rng.randint(1, 254)}"}
+    mine: list[dict[str, Any]] = []
+
+    def add(event: str, ids: dict[str, str], props: dict[str, Any]) -> None:
+        nonlocal ts
+        ts += timedelta(seconds=rng.randint(1, 300))
+        event_id = f"evt_st_{k:03d}_{len(mine):03d}"
+        mine.append({"id": event_id, "event": event, "timestamp": _iso(ts),
+                     "properties": props, "context": ctx, **ids})  # fmt: skip
+
+    browsing = {"anonymousId": f"anon_{k:04d}", "sessionId": f"stitch_{k:04d}"}
+    signed_in = {"userId": user, **browsing}
+    add("page_view", browsing, {"page": rng.choice(PAGES)})
+    cart = rng.sample(PRODUCTS, rng.randint(1, 3))
+    for product_id, name, _category, price in cart:
+        add("product_view", browsing, {"productId": product_id, "name": name, "price": price})
+    quantities = {p[0]: rng.randint(1, 2) for p in cart}
+    for product_id, _name, _category, price in cart:
+        quantity = quantities[product_id]
+        add(
+            "add_to_cart", browsing, {"productId": product_id, "quantity": quantity, "price": price}
+        )
+    total = sum(p[3] * quantities[p[0]] for p in cart)
+    # Signed in at checkout: these events carry both ids and link the device to the user.
+    add("checkout_started", signed_in,
+        {"cartId": f"cart_st_{k}", "total": total, "currency": currency})  # fmt: skip
+    if rng.random() < 0.8:
+        lines = [{"productId": p[0], "name": p[1], "category": p[2], "price": p[3],
+                  "quantity": quantities[p[0]]} for p in cart]  # fmt: skip
+        add("order_completed", signed_in, {"orderId": f"order_st_{k:03d}", "total": total,
+                                           "currency": currency, "products": lines})  # fmt: skip
+    if rng.random() < 0.5:  # back later on the same device, signed out
+        ts += timedelta(hours=rng.randint(2, 40))
+        viewed = rng.choice(PRODUCTS)
+        add("page_view", browsing, {"page": rng.choice(PAGES)})
+        add("product_view", browsing,
+            {"productId": viewed[0], "name": viewed[1], "price": viewed[3]})  # fmt: skip
+    if rng.random() < 0.2:  # a shared device: another user signs in on it later
+        ts += timedelta(hours=rng.randint(1, 20))
+        add("page_view", {"userId": f"member_other_{k:04d}", **browsing}, {"page": "/"})
+        add("product_view", browsing,
+            {"productId": cart[0][0], "name": cart[0][1], "price": cart[0][3]})  # fmt: skip
+    return mine
 
 
 # Keyed by the system's identity (its data folder), never by its URL: systems listen on port 0,

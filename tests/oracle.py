@@ -7,10 +7,40 @@ its own rounding (integer arithmetic), written from docs/semantics.md.
 from __future__ import annotations
 
 import calendar
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
+
+
+def first_links(events: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """anonymousId -> the userId of its first link: the earliest event (by timestamp, then event
+    id) carrying both. Later links of that anonymousId to other users are not merged."""
+    best: dict[str, tuple[datetime, str, str]] = {}
+    for event in events:
+        user, anonymous = event.get("userId"), event.get("anonymousId")
+        if not user or not anonymous:
+            continue
+        key = (_parse(str(event["timestamp"])), str(event["id"]))
+        kept = best.get(anonymous)
+        if kept is None or key < kept[:2]:
+            best[anonymous] = (*key, str(user))
+    return {anonymous: link[2] for anonymous, link in best.items()}
+
+
+def person(event: Mapping[str, Any], links: Mapping[str, str]) -> str:
+    """An event's visitor (docs/semantics.md, "Identity"): its userId; else the user its
+    anonymousId is linked to, whenever the link happened; else its anonymousId; else its
+    sessionId."""
+    anonymous = event.get("anonymousId") or ""
+    return str(
+        event.get("userId") or links.get(anonymous) or anonymous or event.get("sessionId") or ""
+    )
+
+
+def _parse(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
 
 
 @dataclass(frozen=True)

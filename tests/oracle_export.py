@@ -9,12 +9,12 @@ docs/export.md and docs/semantics.md, applied naively to the events in the API's
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from tests.oracle import round_half_up_div
+from tests.oracle import first_links, person, round_half_up_div
 from tests.oracle_metrics import latest_names
 
 Event = dict[str, Any]
@@ -33,8 +33,9 @@ def ts(event: Event) -> datetime:
     return datetime.fromisoformat(str(event["timestamp"]).replace("Z", "+00:00")).astimezone(UTC)
 
 
-def visitor(event: Event) -> str:
-    return str(event.get("userId") or event.get("anonymousId") or event.get("sessionId") or "")
+def visitor(event: Event, links: Mapping[str, str]) -> str:
+    """The event's visitor as a person (``links``: tests.oracle.first_links of every event)."""
+    return person(event, links)
 
 
 def rfc3339(moment: datetime, zone: ZoneInfo) -> str:
@@ -90,6 +91,7 @@ def orders(
     currency: str = "",
     zone: ZoneInfo = UTC_ZONE,
 ) -> list[Row]:
+    links = first_links(events)
     rows = []
     for e in orders_in(events, start, end, currency):
         props = e["properties"]
@@ -98,7 +100,7 @@ def orders(
             {
                 "orderId": str(props["orderId"]),
                 "timestamp": rfc3339(ts(e), zone),
-                "userId": visitor(e),
+                "userId": visitor(e, links),
                 "total": int(props["total"]),
                 "currency": props["currency"],
                 "items": _declared_items(props, len(lines)),
@@ -119,6 +121,7 @@ def order_items(
     currency: str = "",
     zone: ZoneInfo = UTC_ZONE,
 ) -> list[Row]:
+    links = first_links(events)
     rows = []
     for e in orders_in(events, start, end, currency):
         props = e["properties"]
@@ -127,7 +130,7 @@ def order_items(
                 {
                     "orderId": str(props["orderId"]),
                     "timestamp": rfc3339(ts(e), zone),
-                    "userId": visitor(e),
+                    "userId": visitor(e, links),
                     "currency": props["currency"],
                     "line": index + 1,
                     "productId": p["productId"],
@@ -183,9 +186,10 @@ def customers(
     currency: str = "",
     zone: ZoneInfo = UTC_ZONE,
 ) -> list[Row]:
+    links = first_links(events)
     per: dict[tuple[str, str], list[Event]] = {}
     for e in orders_in(events, start, end, currency):
-        per.setdefault((visitor(e), str(e["properties"]["currency"])), []).append(e)
+        per.setdefault((visitor(e, links), str(e["properties"]["currency"])), []).append(e)
     rows = []
     for (who, cur), placed in per.items():
         revenue = sum(int(e["properties"]["total"]) for e in placed)

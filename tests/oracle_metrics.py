@@ -9,7 +9,7 @@ tests/oracle.py (test code). Events are in the API's JSON shape, each distinct e
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -17,7 +17,7 @@ from urllib.parse import quote, urlencode
 from zoneinfo import ZoneInfo
 
 from tests import dataset
-from tests.oracle import round_half_up_div, window
+from tests.oracle import first_links, person, round_half_up_div, window
 from tests.rest import Reply, call
 from tests.servers import System
 
@@ -39,8 +39,10 @@ def timestamp(event: Event) -> datetime:
     return datetime.fromisoformat(str(event["timestamp"]).replace("Z", "+00:00"))
 
 
-def visitor(event: Event) -> str:
-    return str(event.get("userId") or event.get("anonymousId") or event.get("sessionId"))
+def visitor(event: Event, links: Mapping[str, str] | None = None) -> str:
+    """The event's visitor as a person (``links``: tests.oracle.first_links of every event; none:
+    the ids as sent, unstitched)."""
+    return person(event, links or {})
 
 
 def percent(part: int, whole: int) -> float:
@@ -67,7 +69,7 @@ class Order:
     lines: tuple[Line, ...]
 
 
-def _order(event: Event) -> Order:
+def _order(event: Event, links: Mapping[str, str]) -> Order:
     props = event["properties"]
     lines = tuple(
         Line(str(p["productId"]), str(p.get("name", "")), int(p["price"]), int(p["quantity"]))
@@ -79,18 +81,21 @@ def _order(event: Event) -> Order:
         ts=timestamp(event),
         total=int(props["total"]),
         currency=str(props["currency"]),
-        visitor=visitor(event),
+        visitor=visitor(event, links),
         lines=lines,
     )
 
 
 def first_orders(events: Iterable[Event]) -> list[Order]:
-    """Each orderId once: its earliest order_completed (ties: the smallest event id)."""
+    """Each orderId once: its earliest order_completed (ties: the smallest event id); its visitor
+    a person, stitched over ``events`` (all of them: links count whenever they happened)."""
+    events = list(events)
+    links = first_links(events)
     best: dict[str, Order] = {}
     for event in events:
         if event["event"] != "order_completed":
             continue
-        order = _order(event)
+        order = _order(event, links)
         kept = best.get(order.order_id)
         if kept is None or (order.ts, order.event_id) < (kept.ts, kept.event_id):
             best[order.order_id] = order
@@ -117,9 +122,12 @@ def products(
             units[line.product_id] = units.get(line.product_id, 0) + line.quantity
             buyers.setdefault(line.product_id, set()).add(order.visitor)
     viewers: dict[str, set[str]] = {}
+    links = first_links(events)
     for event in events:
         if event["event"] == "product_view" and start <= timestamp(event) < end:
-            viewers.setdefault(str(event["properties"]["productId"]), set()).add(visitor(event))
+            viewers.setdefault(str(event["properties"]["productId"]), set()).add(
+                visitor(event, links)
+            )
     names = latest_names(events)
     ranked = sorted(revenue, key=lambda p: (-revenue[p], p))[:limit]
     return {
@@ -227,11 +235,12 @@ def funnel(
 ) -> dict[str, Any]:
     start, end = _period(period, zone, now)
     per_visitor: dict[str, list[tuple[int, str]]] = {}
+    links = first_links(events)
     for event in events:
         ts = timestamp(event)
         if event["event"] in steps and start <= ts < end:
             whole_second = int(ts.timestamp() // 1)
-            per_visitor.setdefault(visitor(event), []).append((whole_second, event["event"]))
+            per_visitor.setdefault(visitor(event, links), []).append((whole_second, event["event"]))
     levels = [funnel_level(evs, steps, window_seconds) for evs in per_visitor.values()]
     counts = [sum(1 for level in levels if level >= k) for k in range(1, len(steps) + 1)]
     return {

@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 from zoneinfo import ZoneInfo
 
-from tests.oracle import round_half_up_div, window
+from tests.oracle import first_links, person, round_half_up_div, window
 
 METRICS = (
     "revenue", "orders", "aov", "units_sold", "visitors", "sessions", "page_views",
@@ -91,7 +91,13 @@ class Event:
     dims: dict[str, str] = field(default_factory=dict)
 
 
-def describe(raw: Mapping[str, Any], user_agents: Mapping[str, tuple[str, str]]) -> Event:
+def describe(
+    raw: Mapping[str, Any],
+    user_agents: Mapping[str, tuple[str, str]],
+    links: Mapping[str, str] | None = None,
+) -> Event:
+    """One event as stored, its visitor a person (``links``: tests.oracle.first_links of every
+    event; none: unstitched)."""
     props: dict[str, Any] = raw.get("properties") or {}
     ctx: dict[str, Any] = raw.get("context") or {}
     name = raw["event"]
@@ -118,7 +124,7 @@ def describe(raw: Mapping[str, Any], user_agents: Mapping[str, tuple[str, str]])
         id=raw["id"],
         name=name,
         ts=parse_ts(raw["timestamp"]),
-        visitor=raw.get("userId") or raw.get("anonymousId") or raw.get("sessionId") or "",
+        visitor=person(raw, links or {}),
         session=raw.get("sessionId") or "",
         currency=str(props.get("currency") or ""),
         total=int(props.get("total") or 0),
@@ -209,7 +215,8 @@ def query(
         currency = None if "currency" in dims else default_currency
     wanted = {k: v for k, v in filters.items() if k not in RESERVED}
     by_line = bool((set(dims) | set(wanted)) & PRODUCT_DIMENSIONS)
-    stored = [describe(e, user_agents) for e in events]
+    links = first_links(events)
+    stored = [describe(e, user_agents, links) for e in events]
     firsts = {
         e.id: e for e in first_order_events(stored).values() if start <= e.ts < end
     }  # first event id -> event, orders of the period (any currency)

@@ -40,7 +40,7 @@ from datetime import UTC, date, datetime, time
 from typing import Any, Protocol
 
 from cartlytics.common.commerce.customers import customer_figures
-from cartlytics.common.commerce.orders import orders_between
+from cartlytics.common.commerce.orders import ORDER_COLUMN_NAMES, orders_between
 from cartlytics.common.commerce.products import (
     LATEST_CATEGORY,
     LATEST_NAMES,
@@ -50,6 +50,7 @@ from cartlytics.common.commerce.products import (
     first_events_of,
     line_items,
 )
+from cartlytics.common.commerce.visitors import as_people
 from cartlytics.common.money import average
 from cartlytics.common.storage import Row, Storage
 from cartlytics.common.storage.sql import EMPTY, Sql, decimal_text, when
@@ -370,7 +371,10 @@ class Scope:
             ts_ms=self.millis("ts"),
             order_ms=self.millis("order_ts"),
             received_ms=self.millis("received_at"),
-            page_orders=PAGE_ORDERS.fill(orders=orders),
+            # The orders' visitors as people (the customers export and metrics read them so).
+            page_orders=PAGE_ORDERS.fill(
+                orders=as_people(orders, ORDER_COLUMN_NAMES, "order_visitor")
+            ),
             of_page_orders=first_events_of(orders),
         )
         return values

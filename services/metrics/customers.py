@@ -1,7 +1,9 @@
 """GET /analytics/customers: who bought in a period, how often, for how much.
 
-A customer is a visitor with at least one of the period's distinct orders in the currency (each
-order's first ``order_completed``, see cartlytics.common.commerce; its visitor is that event's).
+A customer is a person (a visitor stitched to its user, cartlytics.common.commerce.visitors) with
+at least one of the period's distinct orders in the currency (each order's first
+``order_completed``, see cartlytics.common.commerce; its visitor is that event's). Every visitor
+id below is read as its person, so "before the period" looks at every id of the person.
 docs/semantics.md defines each figure:
 
 - totalCustomers: those visitors;
@@ -27,6 +29,7 @@ from cartlytics.common.commerce.orders import (
     first_events,
     order_rows,
 )
+from cartlytics.common.commerce.visitors import as_people
 from cartlytics.common.money import average, percent
 from cartlytics.common.storage import Row, Sql
 
@@ -39,10 +42,14 @@ from .reports import CustomerRow, CustomersQuery, CustomersReport
 # any kind, which is a winner unless its orderId is listed in order_dups (it may be a later
 # duplicate, or another visitor's order). So a customer with no row of a duplicated orderId
 # before {start} is returning exactly when customer_first has a row of it before {start}.
-EARLIER_VISITORS = Sql("""
+EARLIER_VISITORS = as_people(
+    Sql("""
     SELECT visitor_id FROM customer_first
     WHERE project_id = {project} AND finalizeAggregation(first_ts) < {start}
-""")
+"""),
+    ("visitor_id",),
+    "visitor_id",
+)
 
 # Without duplicated orderIds: each order event row of the period is a distinct order.
 PLAIN_CUSTOMERS = Sql("""
@@ -59,18 +66,29 @@ PLAIN_CUSTOMERS = Sql("""
 # the latter only is unsure: returning when it has a row before {start} of an orderId not listed
 # (UNSURE_RETURNING reads `orders` for those; rare, as it takes an orderId reused by another
 # visitor).
-DUPLICATE_VISITORS_BEFORE = Sql("""
-    SELECT visitor AS customer,
-           max(visitor = order_visitor) AS dup_winner,
-           max(visitor != order_visitor) AS dup_other
+_DUPLICATE_ROWS_BEFORE = Sql("""
+    SELECT visitor, order_visitor
     FROM ({duplicated_orders})
     ARRAY JOIN visitors_before AS visitor
-    GROUP BY visitor
 """).fill(
     duplicated_orders=first_events(
         Sql("order_index"),
         Sql(" AND order_id IN ({duplicate_ids})").fill(duplicate_ids=DUPLICATE_IDS),
         also=Sql(",\n           groupArrayIf(visitor_id, ts < {start}) AS visitors_before"),
+    )
+)
+# Both sides as people: a row's visitor and the winner's visitor may be two ids of one person.
+DUPLICATE_VISITORS_BEFORE = Sql("""
+    SELECT visitor AS customer,
+           max(visitor = order_visitor) AS dup_winner,
+           max(visitor != order_visitor) AS dup_other
+    FROM ({duplicate_rows_before})
+    GROUP BY visitor
+""").fill(
+    duplicate_rows_before=as_people(
+        as_people(_DUPLICATE_ROWS_BEFORE, ("visitor", "order_visitor"), "visitor"),
+        ("visitor", "order_visitor"),
+        "order_visitor",
     )
 )
 CUSTOMERS_WITH_DUPLICATES = Sql("""
@@ -109,13 +127,18 @@ SUMMARY_WITH_DUPLICATES = _SUMMARY.fill(customers=CUSTOMERS_WITH_DUPLICATES)
 UNSURE_RETURNING = Sql("""
     SELECT count() FROM ({customers})
     WHERE unsure AND customer IN (
-        SELECT visitor_id FROM orders
-        WHERE project_id = {project} AND ts < {start}
-          AND order_id NOT IN ({duplicate_ids})
-          AND visitor_id IN (SELECT customer FROM ({duplicate_visitors_before}) WHERE dup_other))
+        SELECT visitor_id FROM ({earlier_rows})
+        WHERE visitor_id IN (SELECT customer FROM ({duplicate_visitors_before}) WHERE dup_other))
 """).fill(
     customers=CUSTOMERS_WITH_DUPLICATES,
-    duplicate_ids=DUPLICATE_IDS,
+    earlier_rows=as_people(
+        Sql("""
+        SELECT visitor_id FROM orders
+        WHERE project_id = {project} AND ts < {start}
+          AND order_id NOT IN ({duplicate_ids})""").fill(duplicate_ids=DUPLICATE_IDS),
+        ("visitor_id",),
+        "visitor_id",
+    ),
     duplicate_visitors_before=DUPLICATE_VISITORS_BEFORE,
 )
 

@@ -31,11 +31,13 @@ from cartlytics.common.commerce.orders import (
 from cartlytics.common.commerce.products import (
     BUYERS,
     LATEST_NAMES,
+    LINE_ITEM_COLUMNS,
     LINE_REVENUE,
     UNITS_SOLD,
     first_events_of,
     line_items,
 )
+from cartlytics.common.commerce.visitors import as_people
 from cartlytics.common.errors import invalid_field
 from cartlytics.common.money import percent
 from cartlytics.common.storage import Row, Sql
@@ -72,7 +74,7 @@ _TOP = Sql("""
                assumeNotNull(product_id) AS item_product,
                assumeNotNull(price) AS item_price,
                assumeNotNull(quantity) AS item_quantity
-        FROM ({lines})
+        FROM ({lines_of_people})
         ARRAY JOIN product_ids AS product_id, prices AS price, quantities AS quantity
     )
     GROUP BY product
@@ -98,10 +100,16 @@ PERIOD_LINES_WITH_DUPLICATES = PERIOD_LINES + Sql("""
 """).fill(duplicate_ids=DUPLICATE_IDS, period_duplicated_orders=PERIOD_DUPLICATED_ORDERS)
 
 _TOP_SELLERS = Sql("{check} UNION ALL SELECT * FROM ({top})")
-TOP_SELLERS = _TOP_SELLERS.fill(check=CHECK, top=_TOP.fill(lines=PERIOD_LINES))
-TOP_SELLERS_WITH_DUPLICATES = _TOP_SELLERS.fill(
-    check=CHECK, top=_TOP.fill(lines=PERIOD_LINES_WITH_DUPLICATES)
-)
+LINES_COLUMNS = ("visitor_id", "product_ids", "prices", "quantities")
+
+
+def _top(lines: Sql) -> Sql:
+    """_TOP over ``lines`` whose visitors are read as people (buyers are people)."""
+    return _TOP.fill(lines_of_people=as_people(lines, LINES_COLUMNS, "visitor_id"))
+
+
+TOP_SELLERS = _TOP_SELLERS.fill(check=CHECK, top=_top(PERIOD_LINES))
+TOP_SELLERS_WITH_DUPLICATES = _TOP_SELLERS.fill(check=CHECK, top=_top(PERIOD_LINES_WITH_DUPLICATES))
 
 # The same figures from order_items: the line items of the period's winning events
 # (PERIOD_ORDERS), once per (event, line) even when an event's lines were stored twice.
@@ -118,23 +126,36 @@ FROM_ORDER_ITEMS = Sql("""
     line_revenue=LINE_REVENUE,
     units_sold=UNITS_SOLD,
     buyers=BUYERS,
-    items=line_items(
-        Sql(" AND currency = {currency} AND ts >= {start} AND ts < {end}")
-        + first_events_of(PERIOD_ORDERS)
+    items=as_people(
+        line_items(
+            Sql(" AND currency = {currency} AND ts >= {start} AND ts < {end}")
+            + first_events_of(PERIOD_ORDERS)
+        ),
+        LINE_ITEM_COLUMNS,
+        "item_visitor",
     ),
 )
 
-# Per product: distinct visitors with a product_view in the period, and its latest name
+# Per product: distinct people with a product_view in the period, and its latest name
 # (commerce.products.LATEST_NAMES).
 VIEWERS_AND_NAMES = Sql("""
     SELECT 'viewers' AS kind, product_id, toString(uniqExact(visitor_id)) AS value
-    FROM product_views
-    WHERE project_id = {project} AND product_id IN {products} AND ts >= {start} AND ts < {end}
+    FROM ({views})
     GROUP BY product_id
     UNION ALL
     SELECT 'name' AS kind, product_id, name AS value
     FROM ({latest_names})
-""").fill(latest_names=LATEST_NAMES)
+""").fill(
+    views=as_people(
+        Sql("""
+        SELECT product_id, visitor_id FROM product_views
+        WHERE project_id = {project} AND product_id IN {products}
+          AND ts >= {start} AND ts < {end}"""),
+        ("product_id", "visitor_id"),
+        "visitor_id",
+    ),
+    latest_names=LATEST_NAMES,
+)
 
 
 def parse_limit(value: int, field: str = "limit") -> int:

@@ -48,6 +48,7 @@ from cartlytics.common.commerce.products import (
     first_events_of,
     line_items,
 )
+from cartlytics.common.commerce.visitors import PEOPLE
 from cartlytics.common.errors import ApiError, FieldViolation, invalid_argument
 from cartlytics.common.money import average, parse_currency, percent
 from cartlytics.common.periods import parse_timezone, resolve_period
@@ -80,6 +81,12 @@ ALL_SOURCES = (Source.EVENTS, Source.ORDERS, Source.LINES)
 # are values rendered by sql.render, or fragments the builder fills (never request text).
 
 EVENTS_RELATION = Sql("events")
+# The same with each event's person beside it (PERSON), for the measures that count visitors.
+EVENTS_WITH_PEOPLE = Sql("""events
+    ANY LEFT JOIN (
+        SELECT linked_id AS visitor_id, linked_user FROM ({people})
+    ) AS people USING visitor_id""").fill(people=PEOPLE)
+PERSON = Sql("if(linked_user != '', linked_user, visitor_id)")
 EVENTS_WHERE = (Sql("project_id = {project}"), Sql("ts >= {start}"), Sql("ts < {end}"))
 
 
@@ -213,6 +220,7 @@ class Measure:
     name: str
     sql: Mapping[Source, Sql]  # one source, or ORDERS and LINES for money (chosen per request)
     events: tuple[str, ...] = ()  # the only event names it counts (empty: any)
+    people: bool = False  # reads PERSON (the events joined with commerce.visitors.PEOPLE)
 
 
 def _count_of(event: str) -> Measure:
@@ -227,17 +235,23 @@ REVENUE = Measure("revenue", {Source.ORDERS: ORDER_REVENUE, Source.LINES: LINE_R
 ORDERS = Measure("orders", {Source.ORDERS: ORDER_COUNT, Source.LINES: ORDERS_LISTING})
 UNITS = Measure("units", {Source.LINES: UNITS_SOLD})
 EVENTS = Measure("events", {Source.EVENTS: Sql("uniqExact(event_id)")})
-VISITORS = Measure("visitors", {Source.EVENTS: Sql("uniqExactIf(visitor_id, visitor_id != '')")})
+# Visitors are people (commerce.visitors): a shopper's anonymous and signed-in events count once.
+VISITORS = Measure(
+    "visitors",
+    {Source.EVENTS: Sql("uniqExactIf({person}, visitor_id != '')").fill(person=PERSON)},
+    people=True,
+)
 SESSIONS = Measure("sessions", {Source.EVENTS: Sql("uniqExactIf(session_id, session_id != '')")})
 # Visitors of the group whose event is the first event of an order of the period (any currency).
 BUYERS = Measure(
     "buyers",
     {
-        Source.EVENTS: Sql("""uniqExactIf(visitor_id, visitor_id != '' AND event = 'order_completed'
+        Source.EVENTS: Sql("""uniqExactIf({person}, visitor_id != '' AND event = 'order_completed'
                                  AND event_id IN (SELECT first_event_id FROM ({orders})))""").fill(
-            orders=_period_orders(by_currency=False)
+            person=PERSON, orders=_period_orders(by_currency=False)
         )
     },
+    people=True,
 )
 PAGE_VIEWS = _count_of("page_view")
 PRODUCT_VIEWS = _count_of("product_view")
@@ -533,7 +547,7 @@ def _select(source: Source, plan_: Plan, measures: Sequence[Measure]) -> Select:
     columns += [m.sql[source] + Sql(f" AS m{i}") for i, m in enumerate(measures)]
     conditions = [d.sql[source] + Sql(f" = {{f{i}}}") for i, (d, _) in enumerate(plan_.filters)]
     if source is Source.EVENTS:
-        relation = EVENTS_RELATION
+        relation = EVENTS_WITH_PEOPLE if any(m.people for m in measures) else EVENTS_RELATION
         conditions = [*EVENTS_WHERE, *conditions]
         counted = {name for m in measures for name in m.events}
         if all(m.events for m in measures):  # rows only where something counted happened

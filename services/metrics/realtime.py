@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from redis.asyncio import Redis
 
 from cartlytics.common.commerce.orders import FIRST_ORDERS, ORDER_COUNT, ORDER_REVENUE
+from cartlytics.common.commerce.visitors import as_people
 from cartlytics.common.money import parse_currency
 from cartlytics.common.periods import parse_timezone
 from cartlytics.common.realtime import RealtimeCounters, RealtimeSnapshot
@@ -21,16 +22,19 @@ from .reports import RealtimeReport
 
 ACTIVE_WINDOW = timedelta(minutes=5)
 
+# The recent events' visitors as people (commerce.visitors), as the Redis counters count them.
+_RECENT = Sql("""
+        SELECT visitor_id, event, page FROM events
+        WHERE project_id = {project} AND ts >= {since} AND toDate(ts) >= toDate({since})""")
+_RECENT_PEOPLE = as_people(_RECENT, ("visitor_id", "event", "page"), "visitor_id")
 ACTIVE_VISITORS = Sql("""
-    SELECT uniqExact(visitor_id) FROM events
-    WHERE project_id = {project} AND ts >= {since} AND toDate(ts) >= toDate({since})
-""")
+    SELECT uniqExact(visitor_id) FROM ({recent})
+""").fill(recent=_RECENT_PEOPLE)
 TOP_PAGES = Sql("""
-    SELECT page, uniqExact(visitor_id) AS visitors FROM events
-    WHERE project_id = {project} AND event = 'page_view' AND page != ''
-      AND ts >= {since} AND toDate(ts) >= toDate({since})
+    SELECT page, uniqExact(visitor_id) AS visitors FROM ({recent})
+    WHERE event = 'page_view' AND page != ''
     GROUP BY page ORDER BY visitors DESC, page ASC LIMIT 10
-""")
+""").fill(recent=_RECENT_PEOPLE)
 ORDERS_TODAY = Sql("""
     SELECT {order_count}, {order_revenue} FROM ({first_orders})
     WHERE order_currency = {currency} AND first_ts >= {midnight}

@@ -1,6 +1,7 @@
 """Customers: the visitors of distinct orders, and their figures.
 
-A customer is the visitor of an order's first event (commerce.orders). Over a set of distinct
+A customer is the person (commerce.visitors) of the visitor of an order's first event
+(commerce.orders). Over a set of distinct
 orders (a relation of ``orders.ORDER_COLUMNS``), per customer and currency: ``orders`` their
 count, ``revenue`` the sum of their totals (Decimal128, cannot wrap), ``first_order_ts`` and
 ``last_order_ts`` the first and last of their times. Metrics (GET /analytics/customers) and the
@@ -15,6 +16,9 @@ from __future__ import annotations
 
 from cartlytics.common.storage.sql import Sql
 
+from .orders import ORDER_COLUMN_NAMES
+from .visitors import as_people
+
 _CUSTOMER_FIGURES = Sql("""
     SELECT order_visitor AS customer,
            order_currency AS customer_currency,
@@ -28,5 +32,8 @@ _CUSTOMER_FIGURES = Sql("""
 
 
 def customer_figures(orders: Sql) -> Sql:
-    """One row per (customer, currency) of ``orders`` with the figures above."""
-    return _CUSTOMER_FIGURES.fill(customer_orders=orders)
+    """One row per (customer, currency) of ``orders`` with the figures above, each customer a
+    person (an order's visitor stitched to its user)."""
+    return _CUSTOMER_FIGURES.fill(
+        customer_orders=as_people(orders, ORDER_COLUMN_NAMES, "order_visitor")
+    )

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 from cartlytics.common.storage.sql import EMPTY, Sql, when
 
-ORDER_COLUMNS = Sql(
-    "order_id, first_ts, order_total, order_currency, order_visitor, first_event_id"
-)
+ORDER_COLUMN_NAMES = (
+    "order_id", "first_ts", "order_total", "order_currency", "order_visitor", "first_event_id"
+)  # fmt: skip
+ORDER_COLUMNS = Sql(", ".join(ORDER_COLUMN_NAMES))
 
 # Among the orderIds {ids} of {project}, those with more than one stored event row: ingest lists
 # them in order_dups after storing their events (what the rest of this module relies on).

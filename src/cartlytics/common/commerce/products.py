@@ -44,6 +44,12 @@ _LINE_ITEMS = Sql("""
 """)
 
 
+LINE_ITEM_COLUMNS = (
+    "event_id", "line", "item_order", "item_ts", "item_currency", "item_visitor", "item_product",
+    "item_name", "item_category", "item_price", "item_quantity",
+)  # fmt: skip
+
+
 def line_items(which_lines: Sql) -> Sql:
     """The line items of {project}'s ``order_items`` rows that pass ``which_lines``
     (`` AND ...``), each (event, line) once: ``event_id``, ``line`` and ``item_order``,

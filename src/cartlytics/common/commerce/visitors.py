@@ -15,11 +15,13 @@ some userId (or sessionId) is the same visitor.
 
 ``PEOPLE`` is the lookup (one row per linked anonymousId of {project}: ``linked_id``,
 ``linked_user``), small beside the events (one row per device that ever signed in), joined per
-query (``ANY LEFT JOIN``, a hash of it built once per query); ``person(column)`` is the person of
-a visitor column once joined (``with_people``).
+query (``ANY LEFT JOIN``: a hash of it built once per query); ``as_people`` puts it in front of
+any relation with a visitor column. Every visitor-based figure reads its visitors through it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from cartlytics.common.storage.sql import Sql
 
@@ -36,18 +38,21 @@ PEOPLE = Sql("""
 """)
 
 
-def person(visitor: str) -> Sql:
-    """The person of the visitor column ``visitor`` in a relation joined with ``PEOPLE`` (as
-    ``with_people`` does): the linked user, else the visitor id itself."""
-    return Sql(f"if(linked_user != '', linked_user, {visitor})")
-
-
-def with_people(rows: Sql, visitor: str, columns: str) -> Sql:
-    """``rows`` (a relation with the visitor column ``visitor`` and ``columns``, a comma list) with
-    a ``person`` column beside ``columns``: one row per row of ``rows``."""
+def as_people(rows: Sql, columns: Sequence[str], visitor: str) -> Sql:
+    """``rows`` (a relation with ``columns``, among them the visitor column ``visitor``) with the
+    same columns, one row per row, ``visitor`` now holding the person: the user its id is linked
+    to, else the id itself."""
+    if visitor not in columns:
+        raise ValueError(f"{visitor!r} is not among the columns {columns!r}")
+    kept = [c for c in columns if c != visitor]
+    inner = ", ".join([*kept, f"{visitor} AS stored_visitor"])
+    outer = ", ".join(
+        f"if(linked_user != '', linked_user, stored_visitor) AS {visitor}" if c == visitor else c
+        for c in columns
+    )
     return Sql(f"""
-    SELECT {columns}, {person(visitor).text} AS person
-    FROM ({{people_rows}})
+    SELECT {outer}
+    FROM (SELECT {inner} FROM ({{people_rows}})) AS visits
     ANY LEFT JOIN (
-        SELECT linked_id AS {visitor}, linked_user FROM ({{people}})
-    ) USING {visitor}""").fill(people_rows=rows, people=PEOPLE)
+        SELECT linked_id AS stored_visitor, linked_user FROM ({{people}})
+    ) AS people USING stored_visitor""").fill(people_rows=rows, people=PEOPLE)
