@@ -46,8 +46,14 @@ export class Identity {
   constructor(private readonly storage: StorageLike | undefined, private readonly key: string, given?: string) {
     const stored = this.read();
     if (given !== undefined) {
-      this.visitor = { anonymousId: checkId("anonymousId", given), userId: stored?.userId };
-      if (stored?.anonymousId !== given) this.write();
+      checkId("anonymousId", given);
+      if (stored?.anonymousId === given) {
+        this.visitor = stored;
+      } else {
+        // Another visitor than the stored one: its user is not this one's.
+        this.visitor = { anonymousId: given };
+        this.write();
+      }
     } else if (stored) {
       this.visitor = stored;
     } else {

@@ -138,6 +138,12 @@ test('with persistence the visitor is kept in the storage: a reload and other ta
   assert.deepEqual(idsOf(eventsSince(from)), { tab_after_reset: [undefined, second.anonymousId] })
   assert.notEqual(second.anonymousId, anon)
   assert.equal(first.anonymousId, second.anonymousId)
+  second.identify('user_q')
+  // A page giving its own anonymousId: the stored user is kept only for that same anonymousId.
+  assert.equal(client({ ...options, anonymousId: second.anonymousId }).analytics.userId, 'user_q')
+  const other = client({ ...options, anonymousId: 'anon_page' }).analytics
+  assert.deepEqual([other.anonymousId, other.userId], ['anon_page', undefined])
+  assert.deepEqual([first.anonymousId, first.userId], ['anon_page', undefined])
 
   // A storage that throws leaves the visitor in memory.
   const broken = { getItem () { throw new Error('denied') }, setItem () { throw new Error('denied') }, removeItem () {} }
