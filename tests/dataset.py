@@ -265,14 +265,20 @@ def _stitched_shopper(
             "add_to_cart", browsing, {"productId": product_id, "quantity": quantity, "price": price}
         )
     total = sum(p[3] * quantities[p[0]] for p in cart)
-    # Signed in at checkout: these events carry both ids and link the device to the user.
-    add("checkout_started", signed_in,
+    # Signed in at checkout (most): these events carry both ids and link the device to the user.
+    add("checkout_started", signed_in if rng.random() < 0.6 else browsing,
         {"cartId": f"cart_st_{k}", "total": total, "currency": currency})  # fmt: skip
     if rng.random() < 0.8:
         lines = [{"productId": p[0], "name": p[1], "category": p[2], "price": p[3],
                   "quantity": quantities[p[0]]} for p in cart]  # fmt: skip
-        add("order_completed", signed_in, {"orderId": f"order_st_{k:03d}", "total": total,
-                                           "currency": currency, "products": lines})  # fmt: skip
+        # Some check out as guests and sign in only afterwards (creating their account): the
+        # order's event has the anonymousId alone, and is the user's once the link is made.
+        guest = rng.random() < 0.4
+        add("order_completed", browsing if guest else signed_in,
+            {"orderId": f"order_st_{k:03d}", "total": total, "currency": currency,
+             "products": lines})  # fmt: skip
+        if guest:
+            add("page_view", signed_in, {"page": "/account"})
     if rng.random() < 0.5:  # back later on the same device, signed out
         ts += timedelta(hours=rng.randint(2, 40))
         viewed = rng.choice(PRODUCTS)
