@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -139,6 +139,31 @@ def view(ts: datetime, visitor: str, page: str) -> RealtimeEvent:
     return ev("page_view", ts, visitor=visitor, page=page)
 
 
+def act(
+    ts: datetime,
+    *,
+    user: str = "",
+    anon: str = "",
+    session: str = "",
+    page: str = "",
+    event_id: str | None = None,
+) -> RealtimeEvent:
+    """An event as ingest hands it over: the visitor is the userId, else the anonymousId, else
+    the sessionId; a page makes it a page_view."""
+    return RealtimeEvent(
+        event_id=event_id or f"evt_{next(_ids):06d}",
+        event="page_view" if page else "search",
+        ts=ts,
+        visitor_id=user or anon or session,
+        page=page,
+        order_id="",
+        total=0,
+        currency="",
+        user_id=user,
+        anonymous_id=anon,
+    )
+
+
 def order(
     ts: datetime, order_id: str, total: int, currency: str = "USD", **kw: Any
 ) -> RealtimeEvent:
@@ -150,22 +175,47 @@ def order(
 WINDOW = timedelta(seconds=300)
 
 
+def first_key(e: RealtimeEvent) -> tuple[datetime, bytes]:
+    """An order's first event: earliest time to the millisecond (as stored), then id bytes. The
+    same decides an anonymousId's first link."""
+    return e.ts.replace(microsecond=e.ts.microsecond // 1000 * 1000), e.event_id.encode()
+
+
+def first_links(events: list[RealtimeEvent]) -> dict[str, str]:
+    """anonymousId -> the userId of its first link among all the events (whenever they happened):
+    the earliest event carrying both, by ``first_key``."""
+    best: dict[str, tuple[tuple[datetime, bytes], str]] = {}
+    for e in events:
+        if e.user_id and e.anonymous_id:
+            held = best.get(e.anonymous_id)
+            if held is None or first_key(e) < held[0]:
+                best[e.anonymous_id] = (first_key(e), e.user_id)
+    return {anonymous: user for anonymous, (_, user) in best.items()}
+
+
+def person(e: RealtimeEvent, links: dict[str, str]) -> str:
+    """The event's visitor (semantics.md, "Identity"): its userId; else the user its anonymousId
+    is linked to; else its anonymousId; else the visitor as given (a sessionId)."""
+    return e.user_id or links.get(e.anonymous_id, "") or e.anonymous_id or e.visitor_id
+
+
 def oracle_active(events: list[RealtimeEvent], now: datetime) -> int:
-    return len({e.visitor_id for e in events if now - WINDOW < e.ts <= now})
+    links = first_links(events)
+    return len({person(e, links) for e in events if now - WINDOW < e.ts <= now} - {""})
 
 
 def oracle_top_pages(events: list[RealtimeEvent], now: datetime) -> list[tuple[str, int]]:
+    links = first_links(events)
     visitors: dict[str, set[str]] = {}
     for e in events:
         if e.event == "page_view" and e.page and now - WINDOW < e.ts <= now:
-            visitors.setdefault(e.page[:512], set()).add(e.visitor_id)
+            visitors.setdefault(e.page[:512], set()).add(person(e, links))
     ranked = sorted(((p, len(v)) for p, v in visitors.items()), key=lambda x: (-x[1], x[0]))
     return ranked[:10]
 
 
-def first_key(e: RealtimeEvent) -> tuple[datetime, bytes]:
-    """An order's first event: earliest time to the millisecond (as stored), then id bytes."""
-    return e.ts.replace(microsecond=e.ts.microsecond // 1000 * 1000), e.event_id.encode()
+def oracle_visits(events: list[RealtimeEvent], now: datetime) -> tuple[int, list[tuple[str, int]]]:
+    return oracle_active(events, now), oracle_top_pages(events, now)
 
 
 @dataclass
@@ -220,6 +270,8 @@ async def dump(client: aioredis.Redis, project_id: str) -> dict[str, Any]:
             state[key] = await client.zrange(key, 0, -1, withscores=True)
         elif kind == "hash":
             state[key] = await client.hgetall(key)
+        elif kind == "set":
+            state[key] = sorted(await client.smembers(key))
         else:
             state[key] = await client.get(key)
     return state
@@ -859,13 +911,21 @@ def test_top_pages_window_moves(valkey_url: str) -> None:
 
 
 def _mixed_batch(now: datetime, n: int) -> list[RealtimeEvent]:
-    """A deterministic mix of page views, orders (some duplicated) and other events."""
+    """A deterministic mix of page views (some anonymous, some linking an anonymousId to a user,
+    some anonymousIds linked to several users), orders (some duplicated) and other events."""
     events: list[RealtimeEvent] = []
     for i in range(n):
         ts = now - timedelta(seconds=(i * 7) % 420)  # spread over 7 minutes
         visitor = f"visitor-{i % 300}"
+        anon = f"anon-{i % 45}"
         if i % 5 < 3:
-            events.append(view(ts, visitor, f"/page/{(i * 13) % 40}"))
+            page = f"/page/{(i * 13) % 40}"
+            if i % 4 == 1:
+                events.append(act(ts, anon=anon, page=page))
+            elif i % 13 == 0:
+                events.append(act(ts, user=visitor, anon=anon, page=page))
+            else:
+                events.append(view(ts, visitor, page))
         elif i % 5 == 3:
             currency = "EUR" if i % 3 == 0 else "USD"
             when = now - timedelta(hours=(i % 30))
@@ -891,9 +951,12 @@ def test_every_key_has_a_ttl(valkey_url: str) -> None:
 
     ttls = run(valkey_url, body)
     kinds = {key.split(":")[2] for key in ttls}
-    assert kinds == {"visitors", "pages", "page", "order", "orders"}
+    assert kinds == {
+        "visitors", "pages", "page", "order", "orders", "own", "anon", "link", "people"
+    }  # fmt: skip
     for key, ttl in ttls.items():
-        limit = {"order": 3 * 86400, "orders": 4 * 86400}.get(key.split(":")[2], 900)
+        limit = {"order": 3, "orders": 4, "link": 7, "people": 7}.get(key.split(":")[2], 0)
+        limit = limit * 86400 or 900
         assert 0 < ttl <= limit, (key, ttl)
 
 
@@ -1239,3 +1302,183 @@ def test_a_rebuild_replays_clickhouse_into_the_counters(
     )
     assert first.active_visitors == 4 and first.top_pages == [("/home", 2), ("/cart", 1)]
     assert again == first and unchanged
+
+
+# --- issue 15: a stitched shopper counts once ---------------------------------------------------
+
+S = timedelta(seconds=1)
+
+
+async def _members(client: aioredis.Redis, key: str) -> list[str]:
+    return sorted(str(member) for member in await client.zrange(key, 0, -1))
+
+
+async def _scores(client: aioredis.Redis, key: str) -> dict[str, float]:
+    rows = cast(list[tuple[str, float]], await client.zrange(key, 0, -1, withscores=True))
+    return dict(rows)
+
+
+def _hex(text: str) -> str:
+    """The documented key part of an id: blake2b-128 of its UTF-8 bytes, in hex."""
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+async def _figures(counters: RealtimeCounters, project_id: str) -> tuple[int, list[Any]]:
+    s = await snap(counters, project_id)
+    return s.active_visitors, s.top_pages
+
+
+def test_anonymous_visits_before_the_link_become_the_users(valkey_url: str) -> None:
+    """(a) A link made after the anonymous visits moves them to the user, in the visitors set and
+    in every page set, keeping the latest time of each."""
+    clock = Clock(T0)
+    pid = project()
+    batches = [
+        [
+            act(T0 - 10 * S, anon="a1", page="/home"),
+            act(T0 - 20 * S, anon="a1", page="/cart"),
+            act(T0 - 30 * S, anon="a1"),
+            act(T0 - 5 * S, anon="a2", page="/home"),
+        ],
+        [act(T0 - 200 * S, user="u1", page="/home")],
+        [act(T0 - 250 * S, user="u1", anon="a1", page="/login")],  # the link, recorded last
+    ]
+    moments = [0, 60, 110, 291]  # seconds after T0, read after the last batch
+
+    async def body(client: aioredis.Redis) -> tuple[list[Any], list[Any], list[str]]:
+        counters = RealtimeCounters(client, clock)
+        after_each, later = [], []
+        for batch in batches:
+            await counters.record(pid, batch)
+            after_each.append(await _figures(counters, pid))
+        for seconds in moments:
+            clock.now = T0 + seconds * S
+            later.append(await _figures(counters, pid))
+        return after_each, later, await _members(client, f"rt:{{{pid}}}:visitors")
+
+    after_each, later, members = run(valkey_url, body)
+    assert after_each == [
+        (2, [("/home", 2), ("/cart", 1)]),  # a1, a2
+        (3, [("/home", 3), ("/cart", 1)]),  # a1, a2, u1
+        (2, [("/home", 2), ("/cart", 1), ("/login", 1)]),  # u1 (with a1's visits), a2
+    ]
+    assert later == [
+        (2, [("/home", 2), ("/cart", 1), ("/login", 1)]),
+        (2, [("/home", 2), ("/cart", 1)]),  # the link itself (T0-250 s) left the window
+        (2, [("/home", 2), ("/cart", 1)]),  # u1's own /home (T0-200 s) too; a1's T0-10 s stays
+        (1, [("/home", 1)]),  # a1's last visit left; a2's (T0-5 s) stays
+    ]
+    assert members == ["a2", "u1"]
+    recorded: list[RealtimeEvent] = []
+    for batch, figures in zip(batches, after_each, strict=True):
+        recorded += batch
+        assert figures == oracle_visits(recorded, T0)
+    for seconds, figures in zip(moments, later, strict=True):
+        assert figures == oracle_visits(recorded, T0 + seconds * S)
+
+
+def test_anonymous_visits_after_the_link_count_as_the_user_at_once(valkey_url: str) -> None:
+    """(b)"""
+    clock = Clock(T0)
+    pid = project()
+    link = act(T0 - 100 * S, user="u2", anon="b1")
+    later = [act(T0 - 50 * S, anon="b1", page="/x"), act(T0 - 40 * S, anon="b1", page="/y")]
+
+    async def body(client: aioredis.Redis) -> tuple[Any, list[str], Any]:
+        counters = RealtimeCounters(client, clock)
+        await counters.record(pid, [link])
+        await counters.record(pid, later)
+        figures = await _figures(counters, pid)
+        members = await _members(client, f"rt:{{{pid}}}:visitors")
+        clock.advance(seconds=220)  # the link (T0-100 s) is out, the anonymous visits are in
+        return figures, members, await _figures(counters, pid)
+
+    figures, members, moved_on = run(valkey_url, body)
+    assert figures == (1, [("/x", 1), ("/y", 1)]) == oracle_visits([link, *later], T0)
+    assert members == ["u2"]
+    assert moved_on == (1, [("/x", 1), ("/y", 1)]) == oracle_visits([link, *later], clock.now)
+
+
+def test_a_later_link_to_another_user_is_not_merged(valkey_url: str) -> None:
+    """(c) The anonymousId stays with its first user; the second user counts for its own
+    events only."""
+    clock = Clock(T0)
+    pid = project()
+    batches = [
+        [act(T0 - 100 * S, user="u3", anon="c1")],
+        [act(T0 - 50 * S, user="u4", anon="c1", page="/p")],
+        [act(T0 - 30 * S, anon="c1", page="/q")],
+    ]
+    events = [e for batch in batches for e in batch]
+
+    async def body(client: aioredis.Redis) -> tuple[Any, Any, dict[str, float]]:
+        counters = RealtimeCounters(client, clock)
+        for batch in batches:
+            await counters.record(pid, batch)
+        now_figures = await _figures(counters, pid)
+        clock.now = T0 + 260 * S  # window (T0-40 s, T0+260 s]: only c1's /q view is left
+        later_figures = await _figures(counters, pid)
+        return now_figures, later_figures, await _scores(client, f"rt:{{{pid}}}:visitors")
+
+    now_figures, later_figures, members = run(valkey_url, body)
+    assert now_figures == (2, [("/p", 1), ("/q", 1)]) == oracle_visits(events, T0)
+    # c1's view is u3's (its first link), not u4's.
+    assert later_figures == (1, [("/q", 1)]) == oracle_visits(events, T0 + 260 * S)
+    assert members == {"u3": (T0 - 30 * S).timestamp(), "u4": (T0 - 50 * S).timestamp()}
+
+
+def test_an_earlier_link_recorded_later_takes_the_anonymous_id_over(valkey_url: str) -> None:
+    """(d) Links recorded out of order: the first by (time, event id) wins, whenever recorded;
+    the visits move to it and the user left behind keeps its own latest time, lowered."""
+    clock = Clock(T0)
+    pid = project()
+    t = T0 - 260 * S
+    steps: list[list[RealtimeEvent]] = [
+        [
+            act(T0 - 250 * S, user="uA", anon="x", page="/p"),
+            act(T0 - 10 * S, anon="x", page="/p"),
+            act(T0 - 20 * S, anon="x", page="/q"),
+        ],
+        [act(t, user="uB", anon="x", event_id="lnk_5"), act(T0 - 5 * S, user="uB")],
+        [act(t, user="uC", anon="x", event_id="lnk_0")],  # same millisecond, smaller id: wins
+        [act(t, user="uD", anon="x", event_id="lnk_9")],  # same millisecond, larger id: not
+        [act(t + timedelta(microseconds=900), user="uE", anon="x", event_id="lnk_")],  # same ms
+        [act(t + S, user="uF", anon="x", event_id="a")],  # later
+    ]
+    moments = (0, 45, 55, 291)
+
+    async def body(client: aioredis.Redis) -> tuple[list[Any], list[Any], dict[Any, Any]]:
+        counters = RealtimeCounters(client, clock)
+        seen = []
+        for batch in steps:
+            await counters.record(pid, batch)
+            seen.append(await _figures(counters, pid))
+        later = []
+        for seconds in moments:
+            clock.now = T0 + seconds * S
+            later.append(await _figures(counters, pid))
+        claim = await client.hgetall(f"rt:{{{pid}}}:link:{_hex('x')}")
+        return seen, later, claim
+
+    seen, later, claim = run(valkey_url, body)
+    recorded: list[RealtimeEvent] = []
+    oracle_seen = []
+    for batch in steps:
+        recorded += batch
+        oracle_seen.append(oracle_visits(recorded, T0))
+    assert seen == oracle_seen
+    # By hand, the persons in the window at T0 after each step (x's visits: T0-20 s, T0-10 s):
+    # 1: uA (x) | 2: uA (own /p), uB (x) | 3: uA, uB (own), uC (x) | 4: uD's link loses, its
+    # own visit counts | 5: "lnk_" < "lnk_0" in the same millisecond: uE (x) | 6: uF's is later.
+    assert [figures[0] for figures in seen] == [1, 2, 3, 4, 5, 6]
+    assert [figures[1] for figures in seen] == [
+        [("/p", 1), ("/q", 1)],
+        *[[("/p", 2), ("/q", 1)]] * 5,  # uA's own view and x's (with whoever has x)
+    ]
+    # Later: at T0+45 s the links at T0-260 s and T0-259 s have left (the window starts at
+    # T0-255 s): uA (own, T0-250 s), uB (own, T0-5 s), uE (x, T0-10 s). uA's own view leaves at
+    # T0+50 s: uA was lowered to it when x moved away (else it would have kept x's T0-10 s).
+    # At T0+291 s only uB's T0-5 s is left.
+    assert later == [oracle_visits(recorded, T0 + seconds * S) for seconds in moments]
+    assert [figures[0] for figures in later] == [6, 3, 2, 1]
+    assert claim == {"u": "uE", "t": _ms(t), "e": "lnk_", "d": _hex("uE")}

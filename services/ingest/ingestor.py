@@ -177,6 +177,8 @@ def _realtime(e: ValidEvent) -> RealtimeEvent:
         order_id=e.order_id,
         total=e.total,
         currency=e.currency,
+        user_id=e.user_id,
+        anonymous_id=e.anonymous_id,
     )
 
 

@@ -53,6 +53,7 @@ import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from typing import TypeVar
 from zoneinfo import ZoneInfo
 
 import redis.asyncio as aioredis
@@ -84,6 +85,10 @@ ORDER_CLAIM_TTL_SECONDS = 3 * 24 * 3600
 # after the last write always covers it. It also outlives the claims written with it (3 days), so
 # the claim of a counted order always finds the bucket to take it out of when its winner moves.
 ORDER_BUCKETS_TTL_SECONDS = 4 * 24 * 3600
+# An anonymousId's link claim (and its user's set of claimed anonymousIds) lives a week after
+# the anonymousId was last seen (any event carrying it renews both); see "Identity" above.
+LINK_TTL = timedelta(days=7)
+LINK_TTL_SECONDS = int(LINK_TTL.total_seconds())
 BUCKET = timedelta(minutes=15)  # a quarter hour: every zone's midnight falls on one (:30, :45)
 TOP_PAGES = 10
 # The snapshot counts visitors of at most this many candidate pages (those viewed most recently
@@ -98,6 +103,8 @@ REVENUE_BASE = 10**REVENUE_DIGITS
 EPOCH_KEY = "rt:{.meta}:epoch"
 STALE_KEY = "rt:{.meta}:stale"
 
+_K = TypeVar("_K")
+
 
 @dataclass(frozen=True)
 class RealtimeEvent:
@@ -111,6 +118,11 @@ class RealtimeEvent:
     order_id: str  # for order_completed
     total: int  # minor units, for order_completed
     currency: str  # for order_completed
+    # Identity: both set on an event links the anonymousId to the userId; an anonymousId alone
+    # makes the visit that anonymousId's (counted for its user once linked). Neither: the visit
+    # is ``visitor_id``'s (a sessionId, or a userId set only there).
+    user_id: str = ""
+    anonymous_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -121,24 +133,113 @@ class RealtimeSnapshot:
     top_pages: list[tuple[str, int]]  # (page, distinct visitors), most first then by page
 
 
-# KEYS: visitors, pages index, then one set per page, one claim per order, one hash per day.
-# ARGV: horizon, window TTL, claim TTL, buckets TTL, #pages, #orders, revenue digits, then
-#   visitors:  n, then n pairs (score, visitor)
-#   index:     n, then n pairs (score, page)           (n = #pages)
-#   per page:  n, then n pairs (score, visitor)
-#   per order: day-hash index (1-based among the hash keys; 0: too old to count), time (epoch ms),
-#              event id, total, currency, quarter, total % 10^12, total // 10^12
-# Returns the number of claims written: orders newly counted, or moved to an earlier event.
-_RECORD_LUA = """
+# Shared by the record and erase scripts, which declare before it: P (the project's key prefix),
+# horizon (text) and horizon_n (number), window_ttl, link_ttl. Members of an anonymousId's trail:
+# 'v' for its latest event, a page digest for its latest view of that page.
+_PEOPLE_LUA = """
+local function person_key(m)
+  if m == 'v' then return P .. 'visitors' end
+  return P .. 'page:' .. m
+end
+
+local function own_key(m)
+  if m == 'v' then return P .. 'own:visitors' end
+  return P .. 'own:page:' .. m
+end
+
+-- Keys given single members: trimmed and given their TTL once, at the end.
+local touched, touched_list = {}, {}
+local function touch(key)
+  if not touched[key] then
+    touched[key] = true
+    table.insert(touched_list, key)
+  end
+end
+local function trim_touched()
+  for _, key in ipairs(touched_list) do
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', horizon)
+    redis.call('EXPIRE', key, window_ttl)
+  end
+end
+
+-- The person's entry in one set (m) set again from what it is made of: its own events, its
+-- trail while it is an anonymousId without a claim, and the trails of the anonymousIds claimed
+-- by it (a member of its people set whose claim names someone else is stale: skipped). Scores
+-- stay the strings Redis gave: a Lua number would be formatted with 14 digits.
+local function recompute(person, digest, m)
+  local best, best_n = nil, nil
+  local function consider(score)
+    if score then
+      local n = tonumber(score)
+      if best_n == nil or n > best_n then best, best_n = score, n end
+    end
+  end
+  consider(redis.call('ZSCORE', own_key(m), person))
+  if redis.call('EXISTS', P .. 'link:' .. digest) == 0 then
+    consider(redis.call('ZSCORE', P .. 'anon:' .. digest, m))
+  end
+  for _, xd in ipairs(redis.call('SMEMBERS', P .. 'people:' .. digest)) do
+    if redis.call('HGET', P .. 'link:' .. xd, 'd') == digest then
+      consider(redis.call('ZSCORE', P .. 'anon:' .. xd, m))
+    end
+  end
+  local key = person_key(m)
+  if best_n ~= nil and best_n > horizon_n then
+    redis.call('ZADD', key, best, person)
+    touch(key)
+  else
+    redis.call('ZREM', key, person)
+  end
+end
+
+-- The anonymousId (digest xd) has just been claimed by `to` (digest td), away from `from`: its
+-- previous owner (owned) or itself. Its trail's times go to `to`; `from` keeps what else it has.
+local function move(xd, owned, from, fd, to, td)
+  if owned then redis.call('SREM', P .. 'people:' .. fd, xd) end
+  local people = P .. 'people:' .. td
+  redis.call('SADD', people, xd)
+  redis.call('EXPIRE', people, link_ttl)
+  local trail = redis.call('ZRANGEBYSCORE', P .. 'anon:' .. xd, '(' .. horizon, '+inf',
+                           'WITHSCORES')
+  for i = 1, #trail, 2 do
+    local m = trail[i]
+    local key = person_key(m)
+    redis.call('ZADD', key, 'GT', trail[i + 1], to)
+    touch(key)
+    recompute(from, fd, m)
+  end
+end
+"""
+
+# KEYS: visitors, pages index, then one set per page with own views, one claim per order, one
+#   hash per day. Other keys of the project (same hash tag, hence slot) are named by the script.
+# ARGV: horizon, window TTL, claim TTL, buckets TTL, #pages, #orders, revenue digits, key prefix,
+#   link TTL, then
+#   own visits:  n, then n pairs (score, visitor)       (events with a userId, or only a session)
+#   index:       n, then n pairs (score, page)          (every page viewed)
+#   per page:    page digest, n, then n pairs (score, visitor)   (own views; n_pages of them)
+#   links:       n, then per link: anonymousId, its digest, userId, its digest, epoch ms, event id
+#   anonymous:   n, then per anonymousId: the id, its digest, k, then k pairs (score, member):
+#                member 'v' (any event) or a page digest (a view of that page)
+#   per order:   day-hash index (1-based among the hash keys; 0: too old to count), time (epoch
+#                ms), event id, total, currency, quarter, total % 10^12, total // 10^12
+# Returns the number of order claims written: orders newly counted, or moved to an earlier event.
+_RECORD_LUA = (
+    """
 local horizon = ARGV[1]
+local horizon_n = tonumber(horizon)
 local window_ttl = tonumber(ARGV[2])
 local claim_ttl = tonumber(ARGV[3])
 local buckets_ttl = tonumber(ARGV[4])
 local n_pages = tonumber(ARGV[5])
 local n_orders = tonumber(ARGV[6])
 local DIGITS = tonumber(ARGV[7])
-local at = 8
-
+local P = ARGV[8]
+local link_ttl = tonumber(ARGV[9])
+local at = 10
+"""
+    + _PEOPLE_LUA
+    + """
 local function pairs_arg()
   local n = tonumber(ARGV[at])
   local first = at + 1
@@ -156,15 +257,6 @@ local function window_write(key, first, last)
   redis.call('EXPIRE', key, window_ttl)
 end
 
-local first, last = pairs_arg()
-if last >= first then window_write(KEYS[1], first, last) end
-first, last = pairs_arg()
-if last >= first then window_write(KEYS[2], first, last) end
-for p = 1, n_pages do
-  first, last = pairs_arg()
-  window_write(KEYS[2 + p], first, last)
-end
-
 -- (t1, e1) < (t2, e2): times as numbers (epoch ms, exact in a double), ids byte by byte. Not Lua's
 -- '<' on strings: that is strcoll, which follows the server's locale.
 local function earlier(t1, e1, t2, e2)
@@ -175,6 +267,75 @@ local function earlier(t1, e1, t2, e2)
   end
   return #e1 < #e2
 end
+
+-- Own visits: the visitor is the person, whatever any link says.
+local first, last = pairs_arg()
+if last >= first then
+  window_write(P .. 'own:visitors', first, last)
+  window_write(KEYS[1], first, last)
+end
+first, last = pairs_arg()
+if last >= first then window_write(KEYS[2], first, last) end
+for p = 1, n_pages do
+  local page_digest = ARGV[at]
+  at = at + 1
+  first, last = pairs_arg()
+  window_write(P .. 'own:page:' .. page_digest, first, last)
+  window_write(KEYS[2 + p], first, last)
+end
+
+-- Links: an anonymousId's claim moves only to a strictly earlier (time, id); when its user
+-- changes, its trail moves with it.
+local n_links = tonumber(ARGV[at])
+at = at + 1
+for l = 1, n_links do
+  local x, xd, u, ud, t, e = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4],
+                             ARGV[at + 5]
+  at = at + 6
+  local claim = P .. 'link:' .. xd
+  local old = redis.call('HMGET', claim, 'u', 't', 'e', 'd')
+  local owner_d = old[4]
+  if not old[1] or earlier(tonumber(t), e, tonumber(old[2]), old[3]) then
+    redis.call('HSET', claim, 'u', u, 't', t, 'e', e, 'd', ud)
+    owner_d = ud
+    if not old[1] then
+      move(xd, false, x, xd, u, ud)
+    elseif old[1] ~= u then
+      move(xd, true, old[1], old[4], u, ud)
+    end
+  end
+  redis.call('EXPIRE', claim, link_ttl)
+  local people = P .. 'people:' .. owner_d
+  redis.call('SADD', people, xd)
+  redis.call('EXPIRE', people, link_ttl)
+end
+
+-- Anonymous visits: kept in the anonymousId's trail, and counted for its person: the user of
+-- its claim, else itself.
+local n_anonymous = tonumber(ARGV[at])
+at = at + 1
+for a = 1, n_anonymous do
+  local x, xd = ARGV[at], ARGV[at + 1]
+  at = at + 2
+  first, last = pairs_arg()
+  window_write(P .. 'anon:' .. xd, first, last)
+  local claim = P .. 'link:' .. xd
+  local owner = redis.call('HMGET', claim, 'u', 'd')
+  local person = x
+  if owner[1] then
+    person = owner[1]
+    redis.call('EXPIRE', claim, link_ttl)
+    local people = P .. 'people:' .. owner[2]
+    redis.call('SADD', people, xd)
+    redis.call('EXPIRE', people, link_ttl)
+  end
+  for i = first, last, 2 do
+    local key = person_key(ARGV[i + 1])
+    redis.call('ZADD', key, 'GT', ARGV[i], person)
+    touch(key)
+  end
+end
+trim_touched()
 
 -- Revenue is R<q> * 10^12 + r<q>. Bring r<q> back into [0, 10^12): a borrow after taking an
 -- order out, or a carry of every digit above the low twelve -- by string, so exactly, whatever
@@ -261,6 +422,59 @@ for o = 1, n_orders do
 end
 return written
 """
+)
+
+# KEYS: every sorted set of the project with visitors as members (visitors, own:visitors, page:*,
+#   own:page:*). ARGV: key prefix, horizon, window TTL, link TTL, the user, its digest, then per
+#   anonymousId: the id, its digest.
+# The anonymousIds erased are those given and every one claimed by the user. Each loses its claim
+# and trail; a person other than the user that owned one is set again without it (``recompute``);
+# then the user and the given ids leave every set. Returns the number of anonymousIds erased.
+_ERASE_LUA = (
+    """
+local P = ARGV[1]
+local horizon = ARGV[2]
+local horizon_n = tonumber(horizon)
+local window_ttl = tonumber(ARGV[3])
+local link_ttl = tonumber(ARGV[4])
+local user, ud = ARGV[5], ARGV[6]
+"""
+    + _PEOPLE_LUA
+    + """
+local ids, digests, seen = {user}, {}, {}
+local function erase_digest(xd)
+  if not seen[xd] then
+    seen[xd] = true
+    table.insert(digests, xd)
+  end
+end
+for i = 7, #ARGV, 2 do
+  table.insert(ids, ARGV[i])
+  erase_digest(ARGV[i + 1])
+end
+for _, xd in ipairs(redis.call('SMEMBERS', P .. 'people:' .. ud)) do
+  if redis.call('HGET', P .. 'link:' .. xd, 'd') == ud then erase_digest(xd) end
+end
+for _, xd in ipairs(digests) do
+  local claim, trail = P .. 'link:' .. xd, P .. 'anon:' .. xd
+  local owner = redis.call('HMGET', claim, 'u', 'd')
+  local members = redis.call('ZRANGEBYSCORE', trail, '(' .. horizon, '+inf')
+  redis.call('DEL', claim, trail)
+  if owner[1] and owner[2] ~= ud then
+    redis.call('SREM', P .. 'people:' .. owner[2], xd)
+    for _, m in ipairs(members) do recompute(owner[1], owner[2], m) end
+  end
+end
+redis.call('DEL', P .. 'people:' .. ud)
+for _, key in ipairs(KEYS) do
+  for s = 1, #ids, 400 do
+    redis.call('ZREM', key, unpack(ids, s, math.min(s + 399, #ids)))
+  end
+end
+trim_touched()
+return #digests
+"""
+)
 
 
 def _member(text: str) -> bytes:
@@ -331,6 +545,7 @@ class _Keys:
             raise ValueError(f"project id unusable in a Redis key: {project_id!r}")
         self.prefix = f"rt:{{{project_id}}}:"
         self.visitors = self.prefix + "visitors"
+        self.own_visitors = self.prefix + "own:visitors"
         self.pages = self.prefix + "pages"
 
     def page(self, page: str) -> str:
@@ -359,6 +574,7 @@ class RealtimeCounters:
         self._redis = redis
         self._clock = clock
         self._record_script = redis.register_script(_RECORD_LUA)
+        self._erase_script = redis.register_script(_ERASE_LUA)
 
     async def record(self, project_id: str, events: Sequence[RealtimeEvent]) -> None:
         """Add a batch of accepted events, in one round trip; safe to repeat."""
@@ -373,9 +589,13 @@ class RealtimeCounters:
             # to an hour or, as the latest time under ZADD GT, hide their real current activity.
             return min(ts, now_s)
 
-        visitors: dict[bytes, float] = {}
-        pages: dict[str, dict[bytes, float]] = {}
+        own: dict[bytes, float] = {}  # visits whose visitor is the person: userId or session
+        pages: dict[str, dict[bytes, float]] = {}  # page -> own viewer -> latest view
+        viewed: dict[str, float] = {}  # every page viewed -> latest view
+        trails: dict[bytes, dict[str, float]] = {}  # anonymousId -> 'v' or page digest -> latest
+        links: dict[bytes, tuple[tuple[int, bytes], bytes]] = {}  # anonymousId -> (first, user)
         first_orders: dict[str, RealtimeEvent] = {}
+
         for event in events:
             ts = _epoch(event.ts)
             if event.event == "order_completed" and event.order_id and event.currency:
@@ -384,14 +604,30 @@ class RealtimeCounters:
                 seen = first_orders.get(event.order_id)
                 if seen is None or _order_key(event) < _order_key(seen):
                     first_orders[event.order_id] = event
+            if event.user_id and event.anonymous_id:
+                # Only the batch's first link of an anonymousId can matter (as for orders).
+                anonymous = _member(event.anonymous_id)
+                claim = _order_key(event)
+                held = links.get(anonymous)
+                if held is None or claim < held[0]:
+                    links[anonymous] = (claim, _member(event.user_id))
             score = clamp(ts)
-            if score <= horizon or not event.visitor_id:
+            own_id = event.user_id or ("" if event.anonymous_id else event.visitor_id)
+            if score <= horizon or not (own_id or event.anonymous_id):
                 continue  # too old to ever be in the window again
-            visitor = _member(event.visitor_id)
-            visitors[visitor] = max(score, visitors.get(visitor, score))
-            if event.event == "page_view" and event.page:
-                viewers = pages.setdefault(_page_text(event.page), {})
-                viewers[visitor] = max(score, viewers.get(visitor, score))
+            page = _page_text(event.page) if event.event == "page_view" and event.page else ""
+            if page:
+                _keep_latest(viewed, page, score)
+            if own_id:
+                visitor = _member(own_id)
+                _keep_latest(own, visitor, score)
+                if page:
+                    _keep_latest(pages.setdefault(page, {}), visitor, score)
+            else:
+                trail = trails.setdefault(_member(event.anonymous_id), {})
+                _keep_latest(trail, "v", score)
+                if page:
+                    _keep_latest(trail, _digest(page), score)
 
         # Outside these bounds an order can never be "today" (see ORDER_MAX_AGE), so it is never
         # counted. An order more than ORDER_MAX_AHEAD ahead is not a real order time (ingestion
@@ -401,7 +637,7 @@ class RealtimeCounters:
         # anywhere). Without a claim it leaves no trace.
         earliest, latest = now - ORDER_MAX_AGE, now + ORDER_MAX_AHEAD
         orders = [e for e in first_orders.values() if e.ts <= latest]
-        if not visitors and not orders:
+        if not own and not trails and not links and not orders:
             return
 
         page_list = sorted(pages)
@@ -425,17 +661,56 @@ class RealtimeCounters:
             len(page_list),
             len(orders),
             REVENUE_DIGITS,
+            keys.prefix,
+            LINK_TTL_SECONDS,
         ]
-        args += _pairs(visitors)
-        args += _pairs({page: max(pages[page].values()) for page in page_list})
+        args += _pairs(own)
+        args += _pairs(viewed)
         for page in page_list:
+            args.append(_digest(page))
             args += _pairs(pages[page])
+        args.append(len(links))
+        for anonymous, ((ms, event_id), user) in links.items():
+            args += [anonymous, _digest(anonymous), user, _digest(user), ms, event_id]
+        args.append(len(trails))
+        for anonymous, trail in trails.items():
+            args += [anonymous, _digest(anonymous), *_pairs(trail)]
         args += order_args
         script_keys = [keys.visitors, keys.pages]
         script_keys += [keys.page(page) for page in page_list]
         script_keys += [keys.order(order.order_id) for order in orders]
         script_keys += list(day_keys)
         await self._record_script(keys=script_keys, args=args)
+
+    async def erase(self, project_id: str, user_id: str, anonymous_ids: Sequence[str]) -> None:
+        """Remove every trace of ``user_id`` and of ``anonymous_ids`` (and of any other
+        anonymousId claimed by the user) from the project's visitor counters: afterwards they
+        read as if those visits had never been recorded, and no key or member holds the ids.
+
+        What is erased: the user's own visits (events with its userId), the visits of each
+        anonymousId alone, the anonymousIds' link claims. A visit carrying another user's userId
+        is that user's and stays. Orders are left to the caller (a rebuild). One SCAN of the
+        project's keys (to find its page sets), then one script: atomic, and safe to repeat.
+        """
+        keys = _Keys(project_id)
+        horizon = _epoch(self._clock()) - RETENTION.total_seconds()
+        page_sets = (keys.prefix + "page:", keys.prefix + "own:page:")
+        sets = [keys.visitors, keys.own_visitors]
+        async for key in self._redis.scan_iter(match=project_key_pattern(project_id), count=1000):
+            name = _text(key)
+            if name.startswith(page_sets):
+                sets.append(name)
+        args: list[str | bytes | int | float] = [
+            keys.prefix,
+            horizon,
+            WINDOW_TTL_SECONDS,
+            LINK_TTL_SECONDS,
+            _member(user_id),
+            _digest(user_id),
+        ]
+        for anonymous in dict.fromkeys(anonymous_ids):
+            args += [_member(anonymous), _digest(anonymous)]
+        await self._erase_script(keys=sets, args=args)
 
     async def snapshot(self, project_id: str, zone: ZoneInfo, currency: str) -> RealtimeSnapshot:
         """The realtime figures now, "today" being the local day in ``zone``.
@@ -523,6 +798,10 @@ def _bucket_fields(start: datetime, now: datetime) -> dict[date, list[str]]:
         fields.setdefault(day, []).extend((f"c{quarter}", f"r{quarter}", f"R{quarter}"))
         moment += BUCKET
     return fields
+
+
+def _keep_latest(into: dict[_K, float], key: _K, score: float) -> None:
+    into[key] = max(score, into.get(key, score))
 
 
 def _pairs(members: dict[bytes, float] | dict[str, float]) -> list[str | bytes | int | float]:

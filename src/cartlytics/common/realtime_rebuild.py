@@ -42,8 +42,10 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from .commerce.orders import ORDERS_SEEN_SINCE
+from .commerce.visitors import PEOPLE
 from .realtime import (
     EPOCH_KEY,
+    LINK_TTL,
     ORDER_MAX_AGE,
     RETENTION,
     STALE_KEY,
@@ -112,14 +114,35 @@ RECENT_ORDERS = Sql("""
            order_visitor
     FROM ({orders_seen_since})
 """).fill(orders_seen_since=ORDERS_SEEN_SINCE)
-# Each visitor's latest event, and latest view of each page, since {since}.
+# Each visitor's latest event, and latest view of each page, since {since}; ``alone`` is the
+# anonymousId of a visit without a userId (its person depends on links), else empty.
 RECENT_VISITS = Sql("""
-    SELECT visitor_id, if(event = 'page_view', page, '') AS viewed, {latest_ms}
+    SELECT visitor_id, if(user_id = '', anonymous_id, '') AS alone,
+           if(event = 'page_view', page, '') AS viewed, {latest_ms}
     FROM events
     WHERE project_id = {project} AND visitor_id != ''
       AND ts >= {since} AND toDate(ts) >= toDate({since})
-    GROUP BY visitor_id, viewed
+    GROUP BY visitor_id, alone, viewed
 """)
+# The link that decides each anonymousId seen since {since} (any event carrying it): its user
+# by PEOPLE (the first link, cartlytics.common.commerce.visitors), with that link's first event
+# (time as {first_ms} of ``first``, event id), as live recording keeps it in the claim.
+RECENT_LINKS = Sql("""
+    SELECT linked_id, linked_user, tupleElement(first, 2), {first_ms}
+    FROM ({people}) AS people
+    ANY INNER JOIN (
+        SELECT anonymous_id AS linked_id, user_id AS linked_user,
+               minMerge(first_link) AS first
+        FROM identity_links
+        WHERE project_id = {project}
+        GROUP BY anonymous_id, user_id
+    ) AS pairs USING (linked_id, linked_user)
+    WHERE linked_id IN (
+        SELECT anonymous_id FROM events
+        WHERE project_id = {project} AND anonymous_id != ''
+          AND ts >= {since} AND toDate(ts) >= toDate({since})
+    )
+""").fill(people=PEOPLE)
 
 
 def _utc_now() -> datetime:
@@ -269,7 +292,7 @@ class RealtimeRecovery:
     async def _rebuild_one(self, project: str, mark: str) -> bool:
         started = time.monotonic()
         try:
-            orders, visits = await self.rebuild(project, reset=mark.startswith("reset "))
+            orders, visits, links = await self.rebuild(project, reset=mark.startswith("reset "))
         except Exception as exc:  # one project's failure must not stop the rest
             _, backoff = self._retry_at.get(project, (0.0, self._interval / 2))
             backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
@@ -288,16 +311,47 @@ class RealtimeRecovery:
             project=project,
             orders=orders,
             visitors=visits,
+            links=links,
             seconds=round(time.monotonic() - started, 3),
         )
         return True
 
-    async def rebuild(self, project_id: str, reset: bool = False) -> tuple[int, int]:
+    async def rebuild(self, project_id: str, reset: bool = False) -> tuple[int, int, int]:
         """Replay the project's recent events from ClickHouse into its counters (after deleting
-        them when ``reset``). Returns (orders, visitor rows) replayed."""
+        them when ``reset``). Returns (orders, visitor rows, links) replayed.
+
+        First the links of the anonymousIds seen in the last LINK_TTL (live recording keeps a
+        claim that long after an anonymousId's last event), each as its first linking event;
+        then each order's first event; then each visitor's latest visit and page views of the
+        last RETENTION, with the anonymousId of those without a userId, so that the script
+        counts them for their person as live recording does.
+        """
         if reset:
             await self._delete(project_id)
         now = self._clock()
+        links = await self._storage.query(
+            RECENT_LINKS,
+            {
+                "project": project_id,
+                "since": now - LINK_TTL,
+                "first_ms": self._millis("tupleElement(first, 1)"),
+            },
+        )
+        events = [
+            RealtimeEvent(
+                event_id=str(event_id),
+                event="identify",
+                ts=_from_millis(ms),
+                visitor_id=str(user),
+                page="",
+                order_id="",
+                total=0,
+                currency="",
+                user_id=str(user),
+                anonymous_id=str(anonymous),
+            )
+            for anonymous, user, event_id, ms in links
+        ]
         rows = await self._storage.query(
             RECENT_ORDERS,
             {
@@ -306,18 +360,19 @@ class RealtimeRecovery:
                 "first_ms": self._millis("first_ts"),
             },
         )
-        events = [
+        # No visitor: the order's visit is among the visits below, with the ids it needs.
+        events += [
             RealtimeEvent(
                 event_id=str(event_id),
                 event="order_completed",
                 ts=_from_millis(ms),
-                visitor_id=str(visitor),
+                visitor_id="",
                 page="",
                 order_id=str(order_id),
                 total=int(total),
                 currency=str(currency),
             )
-            for order_id, event_id, ms, total, currency, visitor in rows
+            for order_id, event_id, ms, total, currency, _ in rows
         ]
         visits = await self._storage.query(
             RECENT_VISITS,
@@ -333,12 +388,13 @@ class RealtimeRecovery:
                 order_id="",
                 total=0,
                 currency="",
+                anonymous_id=str(alone),
             )
-            for visitor, page, ms in visits
+            for visitor, alone, page, ms in visits
         ]
         for chunk in _chunks(events, REPLAY_CHUNK):
             await self._counters.record(project_id, chunk)
-        return len(rows), len(visits)
+        return len(rows), len(visits), len(links)
 
     def _millis(self, expression: str) -> Sql:
         """Epoch milliseconds of a time, as an integer on either backend (seconds on servers
