@@ -1482,3 +1482,265 @@ def test_an_earlier_link_recorded_later_takes_the_anonymous_id_over(valkey_url: 
     assert later == [oracle_visits(recorded, T0 + seconds * S) for seconds in moments]
     assert [figures[0] for figures in later] == [6, 3, 2, 1]
     assert claim == {"u": "uE", "t": _ms(t), "e": "lnk_", "d": _hex("uE")}
+
+
+def _shoppers(rng: random.Random, now: datetime, n: int) -> list[RealtimeEvent]:
+    """Random visits of a few users, anonymousIds and sessions over the last 11.7 minutes (some
+    before the retention): anonymous visits, links (an anonymousId to several users, some in the
+    same millisecond), signed-in and session visits."""
+    users = [f"u{i}" for i in range(6)]
+    anons = [f"a{i}" for i in range(10)]
+    events = []
+    for _ in range(n):
+        ts = now - timedelta(milliseconds=rng.randrange(0, 700_000))
+        if rng.random() < 0.1:  # several links in one millisecond
+            ts = now - timedelta(seconds=rng.choice([30, 200, 650]))
+        page = rng.choice(["", "", "/a", "/b", "/c", "/d"])
+        draw = rng.random()
+        if draw < 0.2:
+            e = act(ts, user=rng.choice(users), anon=rng.choice(anons), page=page)
+        elif draw < 0.65:
+            e = act(ts, anon=rng.choice(anons), page=page)
+        elif draw < 0.9:
+            e = act(ts, user=rng.choice(users), page=page)
+        else:
+            e = act(ts, session=f"s{rng.randrange(3)}", page=page)
+        events.append(e)
+    return events
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_stitching_equals_the_oracle_in_any_order_idempotent_and_concurrent(
+    valkey_url: str, seed: int
+) -> None:
+    """Random shoppers recorded in random batches and order: after every batch the figures are
+    the oracle's over what was recorded; recording everything again (reordered, in other
+    batches) changes no key; recording it all concurrently into another project gives the
+    same figures."""
+    rng = random.Random(seed)
+    clock = Clock(T0)
+    events = _shoppers(rng, T0, 300)
+    order = events[:]
+    rng.shuffle(order)
+    batches: list[list[RealtimeEvent]] = []
+    while order:
+        size = rng.randint(1, 25)
+        batches.append(order[:size])
+        order = order[size:]
+    moments = [0, 100, 200, 280, 299]
+    pid, concurrent = project(), project()
+
+    async def body(client: aioredis.Redis) -> dict[str, Any]:
+        counters = RealtimeCounters(client, clock)
+        seen: dict[str, Any] = {"each": []}
+        for batch in batches:
+            await counters.record(pid, batch)
+            seen["each"].append(await _figures(counters, pid))
+        before = await dump(client, pid)
+        again = events[::-1]
+        for start in range(0, len(again), 40):
+            await counters.record(pid, again[start : start + 40])
+        seen["unchanged"] = before == await dump(client, pid)
+        await asyncio.gather(*(counters.record(concurrent, batch) for batch in batches))
+        seen["later"], seen["concurrent"] = [], []
+        for seconds in moments:
+            clock.now = T0 + seconds * S
+            seen["later"].append(await _figures(counters, pid))
+            seen["concurrent"].append(await _figures(counters, concurrent))
+        return seen
+
+    seen = run(valkey_url, body)
+    recorded: list[RealtimeEvent] = []
+    expected = []
+    for batch in batches:
+        recorded += batch
+        expected.append(oracle_visits(recorded, T0))
+    assert seen["each"] == expected
+    assert seen["unchanged"]
+    later = [oracle_visits(events, T0 + seconds * S) for seconds in moments]
+    assert seen["later"] == later
+    assert seen["concurrent"] == later
+    # The draw did stitch: some anonymousIds were linked, and some to more than one user.
+    links = [(e.anonymous_id, e.user_id) for e in events if e.user_id and e.anonymous_id]
+    assert len({a for a, _ in links}) >= 5 and len(set(links)) > len({a for a, _ in links})
+    assert later[0][0] < len({person(e, {}) for e in events if T0 - WINDOW < e.ts <= T0})
+
+
+async def _everything(client: aioredis.Redis) -> list[tuple[str, list[str]]]:
+    """Every key in the server with what it holds (members, fields and values), as text."""
+    found = []
+    async for key in client.scan_iter(match="*", count=1000):
+        kind = await client.type(key)
+        held: list[Any]
+        if kind == "zset":
+            held = await client.zrange(key, 0, -1)
+        elif kind == "hash":
+            held = [item for pair in (await client.hgetall(key)).items() for item in pair]
+        elif kind == "set":
+            held = list(await client.smembers(key))
+        elif kind == "string":
+            held = [await client.get(key)]
+        else:
+            held = [kind]  # no other type is used: make it show
+        found.append((str(key), [str(item) for item in held]))
+    return found
+
+
+def test_erase_removes_a_user_and_its_anonymous_ids(valkey_url: str) -> None:
+    """Afterwards the figures are the oracle's without the erased events -- the user's own (its
+    userId) and those without a userId of the erased anonymousIds: those given, and any the user
+    holds a link of -- and no key, member or value in Redis holds one of the ids."""
+    clock = Clock(T0)
+    pid = project()
+    tag = uuid.uuid4().hex[:8]
+    names = ("gone", "anonA", "anonB", "anonC", "anonD")
+    user, x1, x2, x3, x4 = (f"{name}-{tag}" for name in names)
+    events = [
+        act(T0 - 100 * S, user=user, anon=x1, page="/login"),
+        act(T0 - 50 * S, anon=x1, page="/home"),
+        act(T0 - 40 * S, anon=x1, page="/cart"),
+        act(T0 - 30 * S, user=user, page="/home"),
+        act(T0 - 90 * S, user=user, anon=x3),  # x3: linked to the user, not given
+        act(T0 - 20 * S, anon=x3, page="/home"),
+        act(T0 - 10 * S, anon=x4, page="/home"),  # x4: given, never linked
+        # x2: given, but its first link is to "b" (as if Redis and ClickHouse disagreed): its
+        # anonymous visits go, b's own visits (its links among them) stay.
+        act(T0 - 170 * S, user="b", anon=x2),
+        act(T0 - 160 * S, user=user, anon=x2),
+        act(T0 - 7 * S, anon=x2, page="/only-x2"),
+        act(T0 - 200 * S, user="b", anon="y-anon"),
+        act(T0 - 100 * S, anon="y-anon", page="/home"),
+        act(T0 - 150 * S, user="b", anon="z-anon"),
+        act(T0 - 60 * S, user=user, anon="z-anon"),  # a later link of b's z-anon: not the user's
+        act(T0 - 110 * S, anon="z-anon", page="/cart"),
+        act(T0 - 12 * S, user="c", page="/cart"),
+        act(T0 - 8 * S, session="s1", page="/home"),
+    ]
+    given = [x1, x2, x4, x1]
+    moments = [0, 150, 210]
+
+    async def body(client: aioredis.Redis) -> dict[str, Any]:
+        counters = RealtimeCounters(client, clock)
+        seen: dict[str, Any] = {}
+        await counters.record(pid, events[:9])
+        await counters.record(pid, events[9:])
+        seen["before"] = await _figures(counters, pid)
+        await counters.erase(pid, user, given)
+        seen["after"] = []
+        for seconds in moments:
+            clock.now = T0 + seconds * S
+            seen["after"].append(await _figures(counters, pid))
+        clock.now = T0
+        seen["everything"] = await _everything(client)
+        state = await dump(client, pid)
+        await counters.erase(pid, user, given)
+        seen["again unchanged"] = state == await dump(client, pid)
+        return seen
+
+    seen = run(valkey_url, body)
+    assert seen["before"] == oracle_visits(events, T0)
+    links = first_links(events)
+    erased_anons = set(given) | {anon for anon, owner in links.items() if owner == user}
+    assert erased_anons == {x1, x2, x3, x4}
+    remaining = [
+        e for e in events if e.user_id != user and (e.user_id or e.anonymous_id not in erased_anons)
+    ]
+    assert seen["after"] == [oracle_visits(remaining, T0 + seconds * S) for seconds in moments]
+    # By hand: b (own links T0-200..T0-150 s; via y T0-100 s, z T0-110 s), c, s1; /home: b (y),
+    # s1; /cart: b (z), c.
+    assert seen["after"][0] == (3, [("/cart", 2), ("/home", 2)])
+    # b was lowered to y's T0-100 s when x2's T0-7 s left it: out of the window at T0+210 s.
+    assert seen["after"][2] == (2, [("/cart", 1), ("/home", 1)])
+    ids = (user, x1, x2, x3, x4)
+    leaks = [(key, held) for key, held in seen["everything"] if any(i in key for i in ids)]
+    leaks += [
+        (key, held)
+        for key, held in seen["everything"]
+        if any(i in item for i in ids for item in held)
+    ]
+    assert leaks == []
+    assert any(key.startswith(f"rt:{{{pid}}}:") for key, _ in seen["everything"])
+    assert seen["again unchanged"]
+
+
+def test_a_rebuild_of_stitched_shoppers_equals_live_recording(
+    valkey_url: str, storage: Any
+) -> None:
+    """Live recording, then the counters lost and rebuilt from ClickHouse: the same keys and
+    values, the same figures (the oracle's); and a link older than the retention is known
+    again, so a later anonymous visit still counts for its user."""
+    from cartlytics.common.realtime_rebuild import RealtimeRecovery
+
+    now = datetime.now(UTC).replace(microsecond=0)  # whole seconds: 18.16 stores seconds
+    clock = Clock(now)
+    pid = project()
+
+    def ago(**delta: float) -> datetime:
+        return now - timedelta(**delta)
+
+    anonymous_order = RealtimeEvent(
+        event_id="evt_anon_order", event="order_completed", ts=ago(minutes=2), visitor_id="a1",
+        page="", order_id="o-a1", total=250, currency="USD", anonymous_id="a1",
+    )  # fmt: skip
+    recorded = [
+        # (a) anonymous visits and an anonymous order, then the link
+        act(ago(minutes=3), anon="a1", page="/home"),
+        anonymous_order,
+        act(ago(minutes=1), user="u1", anon="a1", page="/login"),
+        # (b) linked two hours ago, anonymous visits now
+        act(ago(hours=2), user="u2", anon="a2"),
+        act(ago(minutes=2), anon="a2", page="/home"),
+        # (c) a second link, to another user
+        act(ago(minutes=4), user="u3", anon="a3"),
+        act(ago(minutes=3), user="u4", anon="a3", page="/cart"),
+        act(ago(minutes=1), anon="a3", page="/home"),
+        # (d) the later link recorded first
+        act(ago(minutes=2), user="u5", anon="a5", page="/home"),
+        act(ago(seconds=30), anon="a5", page="/cart"),
+        act(ago(minutes=30), user="u6", anon="a5"),
+        # linked three hours ago, nothing since; its user is active
+        act(ago(hours=3), user="u7", anon="a7"),
+        act(ago(minutes=1), user="u7", page="/home"),
+        act(ago(minutes=2), session="s1", page="/home"),
+    ]
+    after = [act(ago(seconds=10), anon="a7", page="/cart"), act(ago(seconds=5), anon="a2")]
+    columns = (*EVENT_COLUMNS, "user_id", "anonymous_id", "session_id")
+    rows = [
+        (pid, e.event_id, e.event, e.ts, e.ts, e.visitor_id, e.page, e.order_id, e.total,
+         e.currency, e.user_id, e.anonymous_id, e.visitor_id if not (e.user_id or
+         e.anonymous_id) else "")
+        for e in recorded
+    ]  # fmt: skip
+    storage.insert_sync("events", columns, rows)
+
+    async def body(client: aioredis.Redis) -> dict[str, Any]:
+        counters = RealtimeCounters(client, clock)
+        seen: dict[str, Any] = {}
+        for e in recorded:
+            await counters.record(pid, [e])
+        seen["live"] = await snap(counters, pid)
+        live = await dump(client, pid)
+        recovery = RealtimeRecovery(client, counters, storage, clock=clock)
+        await recovery.rebuild(pid, reset=True)  # deletes the project's keys first
+        seen["rebuilt"] = await snap(counters, pid)
+        rebuilt = await dump(client, pid)
+        seen["differences"] = {k: (live.get(k), rebuilt.get(k)) for k in {*live, *rebuilt}
+                               if live.get(k) != rebuilt.get(k)}  # fmt: skip
+        await counters.record(pid, after)
+        seen["after"] = await snap(counters, pid)
+        return seen
+
+    seen = run(valkey_url, body)
+    orders = OrderOracle()
+    orders.record(now, recorded)
+    count, revenue = orders.today(now, UTC_ZONE, "USD")
+    assert seen["live"] == RealtimeSnapshot(
+        *oracle_visits(recorded, now)[:1], count, revenue, oracle_visits(recorded, now)[1]
+    )
+    # By hand: u1 (a1), u2 (a2), u3 (a3), u4, u5, u6 (a5), u7, s1.
+    assert seen["live"].active_visitors == 8
+    assert seen["differences"] == {}  # every key, member, score, field and value
+    assert seen["rebuilt"] == seen["live"]
+    assert seen["after"].active_visitors == 8  # a7 is u7's, a2 u2's
+    assert seen["after"].top_pages == oracle_top_pages(recorded + after, now)
+    assert seen["after"].active_visitors == oracle_active(recorded + after, now)

@@ -3,7 +3,10 @@
 The figures (../shared/spec/semantics.md, "realtime"; the rules below are the choices made):
 
 - ``active_visitors``: distinct visitors with any event in the last 5 minutes, i.e. event time in
-  ``(now - 300 s, now]``; an event time-stamped in the future counts as "now" (see below).
+  ``(now - 300 s, now]``; an event time-stamped in the future counts as "now" (see below). A
+  visitor is a person (semantics.md, "Identity"; "Identity" below): an event's userId, else the
+  user its anonymousId is linked to (whenever the link was recorded), else its anonymousId, else
+  its sessionId.
 - ``orders_today`` / ``revenue_today``: distinct orders (by orderId) whose first event -- the
   earliest by (time to the millisecond, event id in byte order), as in ClickHouse -- is since local
   midnight today in the requested zone and in the requested currency; its total is the revenue.
@@ -11,14 +14,52 @@ The figures (../shared/spec/semantics.md, "realtime"; the rules below are the ch
 - ``top_pages``: the 10 pages with the most distinct visitors (``page_view`` events) in the last 5
   minutes, most first, then by page.
 
+Identity. An event carrying both a userId and an anonymousId links them; an anonymousId belongs
+to the user of its first link, by (time to the millisecond, event id in byte order) as in
+ClickHouse (``identity_links``, ``commerce.visitors.PEOPLE``): a later link to another user is not
+merged; an earlier one recorded later takes the anonymousId over. Reads must stay a ``ZCOUNT`` per
+set (polled every few seconds), so the sets are kept resolved -- members are persons -- and the
+script keeps what it needs to move an anonymousId's visits exactly when its person changes:
+
+- a link claim per anonymousId (user, time, event id): compared like an order's claim;
+- the anonymousId's own *trail*: its latest anonymous event and latest view of each page;
+- the *own* visits (an event with a userId, or only a sessionId: their person never changes),
+  apart from the resolved sets, so that a person's time can be set again from what is left;
+- per user, the anonymousIds it holds claims of.
+
+When a claim is made or moves, the anonymousId's trail goes into the new person's entries
+(``ZADD GT``: the latest time stays) and the previous person -- the anonymousId itself, or the
+user it belonged to -- is set again to the latest of its own visits, its trail if it is an
+unclaimed anonymousId, and the trails of the anonymousIds it still holds: an earlier link
+recorded later lowers the user left behind exactly, in the visitors set and in every page set
+the anonymousId is in (the trail names them). The result is a function of the recorded events,
+whatever the order, batches or concurrency (tests check it against a plain-Python oracle). The
+alternative, members keyed by the stored visitor id and resolved when reading, would make every
+poll read every member of the window and look up its link: exact too, but a read as costly as the
+window is large, where this costs each write a few more commands and only a claim's move more.
+
+Bounds: a claim lives LINK_TTL (7 days) after the anonymousId was last seen (any event carrying
+it renews it); after a week's silence a returning anonymousId counts as itself until linked
+again, and a link then to another user would win here though not in ClickHouse. The rebuild
+restores the claims of every anonymousId seen in LINK_TTL from ClickHouse, with their true first
+link. The own sets double the visitor and page sets' memory.
+
 ClickHouse remains the source of truth; these counters exist so a dashboard can poll every few
 seconds without a scan. Everything lives under ``rt:{<project>}:``; the braces are a Redis Cluster
 hash tag, so all of a project's keys share one slot and one Lua script may touch them all:
 
-- ``rt:{p}:visitors`` sorted set: visitor id -> latest event time (epoch seconds). TTL 15 min.
+- ``rt:{p}:visitors`` sorted set: person -> latest event time (epoch seconds). TTL 15 min.
 - ``rt:{p}:pages`` sorted set: page text -> latest page_view time. TTL 15 min.
-- ``rt:{p}:page:<blake2b(page)>`` sorted set: visitor id -> latest view of that page. 15 min.
+- ``rt:{p}:page:<blake2b(page)>`` sorted set: person -> latest view of that page. 15 min.
   (The page is hashed for the key, as it may hold any character; its text is the index member.)
+- ``rt:{p}:own:visitors``, ``rt:{p}:own:page:<blake2b(page)>`` sorted sets: the same, from own
+  visits only (userId or sessionId: visitor id -> latest time). 15 min.
+- ``rt:{p}:anon:<blake2b(anonymousId)>`` sorted set, its trail: ``v`` -> latest event without a
+  userId, ``<blake2b(page)>`` -> latest view of that page. 15 min.
+- ``rt:{p}:link:<blake2b(anonymousId)>`` hash, its claim: user ``u``, its ``blake2b`` ``d``, time
+  ``t`` (epoch ms) and event id ``e`` of the first link. LINK_TTL (7 days), renewed when seen.
+- ``rt:{p}:people:<blake2b(userId)>`` set: the blake2b of each anonymousId it holds a claim of
+  (a member whose claim names another user is stale, skipped). LINK_TTL, renewed with them.
 - ``rt:{p}:order:<blake2b(orderId)>`` hash, the order's claim: its current winner's time ``t``
   (epoch ms), event id ``e``, total ``v`` and currency ``c``, and where it was counted: day hash key
   ``h`` and quarter ``q`` (both empty when the winner is not counted, see ``record``). 3 days.
@@ -37,14 +78,18 @@ the tag ``{.meta}`` cannot be a project id, which is ``[A-Za-z0-9_-]``): ``rt:{.
 same round trip as the counters and answers None when the project's counters are behind.
 
 Writes are one server-side Lua script per batch: one round trip, atomic (an order's claim and
-its increments, or the move of its counts to an earlier winner, cannot be separated by a crash or
-a concurrent retry), and idempotent (``ZADD GT`` never lowers a time; a claim only ever moves to a
-strictly earlier (time, id), so recording an event already recorded changes nothing). The script
-reads the old winner's day hash from the claim, so that key is not in ``KEYS``; it shares the
-project's hash tag, hence the slot, so this holds in a cluster too. Times come from the
+its increments, or the move of its counts to an earlier winner, or a link's move of an
+anonymousId's visits, cannot be separated by a crash or a concurrent retry), and idempotent
+(``ZADD GT`` never lowers a time; a claim only ever moves to a strictly earlier (time, id), so
+recording an event already recorded changes nothing). The script reads the old winner's day hash
+from the claim, and names the identity keys itself, so those keys are not in ``KEYS``; they share
+the project's hash tag, hence the slot, so this holds in a cluster too. Times come from the
 application's clock, never from Redis ``TIME``, so "now" is the same for writers and readers and
 tests can control it; TTLs are durations, not instants, for the same reason (Redis expires keys
 by its own clock).
+
+``erase`` removes a user and its anonymousIds from the visitor counters (erasure, for
+``common/erasure.py``): one SCAN of the project's keys for its page sets, then one script.
 """
 
 from __future__ import annotations

@@ -17,9 +17,13 @@ What a process notices while Redis is unreachable stays in memory (``behind``) u
 written there; its own readers honour it meanwhile.
 
 A rebuild replays the project's recent events from ClickHouse through the same script as
-ingestion: each order's first event (orders with an event in the last ORDER_MAX_AGE) and each
-visitor's and page viewer's latest time of the last RETENTION. Recording is idempotent (a claim
-only moves to an earlier event; ZADD GT), so the replay and live ingestion may interleave freely;
+ingestion: the first link of each anonymousId seen in the last LINK_TTL (through
+``commerce.visitors.PEOPLE``, with that link's time and event id), each order's first event
+(orders with an event in the last ORDER_MAX_AGE) and each visitor's and page viewer's latest time
+of the last RETENTION, with the anonymousId of a visit without a userId, so that the script
+counts every visit for its person as live recording did: the rebuilt keys equal the live ones.
+Recording is idempotent (a claim only moves to an earlier event; ZADD GT), so the replay and live
+ingestion may interleave freely;
 events stored after the replay's read are recorded by ingestion itself. ``reset`` first deletes
 the project's counters, so data a bad write left half done (a script stops at its first error)
 goes too. The mark is removed only if nobody marked the project again meanwhile (its nonce).
