@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from tests.oracle import first_links, person
 from tests.rest import call
 from tests.servers import RedisServer, System, start_system
 
@@ -55,7 +56,39 @@ def _events(now: datetime) -> list[dict[str, Any]]:
         )
     # The same order again: counts once.
     events.append({**events[-2], "timestamp": _iso(now - timedelta(minutes=1))})
-    return events
+    return events + _stitched(now)
+
+
+def _stitched(now: datetime) -> list[dict[str, Any]]:
+    """Shoppers browsing anonymously and signing in: each counts once, as its user."""
+    run = uuid.uuid4().hex[:8]
+
+    def visit(seconds: int, page: str, **ids: str) -> dict[str, Any]:
+        return {
+            "id": f"rt_{run}_{next(_numbers)}",
+            "event": "page_view",
+            "timestamp": _iso(now - timedelta(seconds=seconds)),
+            "properties": {"page": page},
+            **ids,
+        }
+
+    a, b, c = (f"rt_anon_{name}_{run}" for name in "abc")
+    return [
+        # a: anonymous visits, then signs in as rt_v0 (who also browses signed in above)
+        visit(100, "/a", anonymousId=a),
+        visit(90, "/e", anonymousId=a),
+        visit(80, "/e", userId="rt_v0", anonymousId=a),
+        visit(20, "/e", anonymousId=a),  # after the link: rt_v0's at once
+        # b: signs in as rt_shopper, then as rt_v1 (a later link: not merged), browses on
+        visit(70, "/f", userId="rt_shopper", anonymousId=b),
+        visit(60, "/f", userId="rt_v1", anonymousId=b),
+        visit(50, "/a", anonymousId=b),
+        # c: never signs in
+        visit(40, "/e", anonymousId=c),
+    ]
+
+
+_numbers = iter(range(10**9))
 
 
 def _expected(
@@ -65,6 +98,7 @@ def _expected(
         return datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00"))
 
     recent = [e for e in events if ts(e) > now - timedelta(minutes=5)]
+    links = first_links(events)
     midnight = now.astimezone(ZoneInfo(zone)).replace(hour=0, minute=0, second=0, microsecond=0)
     first: dict[str, dict[str, Any]] = {}
     for e in sorted((e for e in events if e["event"] == "order_completed"), key=ts):
@@ -75,10 +109,10 @@ def _expected(
     page_visitors: dict[str, set[str]] = {}
     for e in recent:
         if e["event"] == "page_view":
-            page_visitors.setdefault(e["properties"]["page"], set()).add(e["userId"])
+            page_visitors.setdefault(e["properties"]["page"], set()).add(person(e, links))
     top = sorted(page_visitors.items(), key=lambda kv: (-len(kv[1]), kv[0]))[:10]
     return {
-        "activeVisitors": len({e["userId"] for e in recent}),
+        "activeVisitors": len({person(e, links) for e in recent}),
         "ordersToday": len(today),
         "revenueToday": sum(e["properties"]["total"] for e in today),
         "topPages": [{"page": p, "visitors": len(v)} for p, v in top],
@@ -109,6 +143,11 @@ def _check(system: System, events: list[dict[str, Any]]) -> None:
 def test_realtime_from_redis(system: System) -> None:
     now = datetime.now(UTC)
     events = _events(now)
+    # The stitched shoppers count once: anonymousId a is rt_v0's, b is rt_shopper's.
+    unstitched = {e.get("userId") or e["anonymousId"] for e in events[-8:]}
+    assert len(unstitched) == 6
+    stitched = {person(e, first_links(events)) for e in events[-8:]}
+    assert stitched == {"rt_v0", "rt_v1", "rt_shopper", events[-1]["anonymousId"]}
     _send(system, events)
     _send(system, events)  # a whole retry changes nothing
     _check(system, events)
