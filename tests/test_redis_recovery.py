@@ -14,6 +14,7 @@ docs/faults.md describes each case.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import signal
@@ -233,16 +234,36 @@ def test_a_data_error_in_one_project_leaves_redis_on_for_the_others(
     assert good.realtime() == good.expected()
 
 
+def members(client: redis.Redis, key: str) -> set[str]:
+    return {m.decode() if isinstance(m, bytes) else str(m) for m in client.zrange(key, 0, -1)}
+
+
+def _hex(text: str) -> str:
+    """blake2b-128 of the text, as the counters' keys name ids (common/realtime.py)."""
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
 def test_a_flushed_redis_is_rebuilt_from_clickhouse(external: tuple[System, RedisServer]) -> None:
     system, server = external
     client = redis.Redis.from_url(server.url)
-    project = "flush_" + uuid.uuid4().hex[:8]
+    tag = uuid.uuid4().hex[:8]
+    project = "flush_" + tag
     shop = Shop(system, create_key(system, project, ["ingest", "read"]))
+    # A shopper browsing anonymously who signs in, and one who never does.
+    anonymous, user, alone = f"anon_{tag}", f"user_{tag}", f"alone_{tag}"
+
+    def visit(**ids: str) -> dict[str, Any]:
+        return {"event": "page_view", "properties": {"page": "/stitched"}, **ids}
+
+    shop.send([visit(anonymousId=anonymous)])
+    shop.send([visit(userId=user, anonymousId=anonymous), visit(anonymousId=alone)])
     for _ in range(5):
         shop.send_orders(20)
     wait_for(lambda: caught_up(client, project, shop), "counters recorded before the flush")
 
     client.flushall()
+    # Recorded into the empty Redis: the link is known again through the rebuild only.
+    shop.send([visit(anonymousId=anonymous)])
     for _ in range(3):
         shop.send_orders(10)  # recorded into the empty Redis; realtime still exact
 
@@ -250,6 +271,12 @@ def test_a_flushed_redis_is_rebuilt_from_clickhouse(external: tuple[System, Redi
     wait_for(lambda: rebuilt(client, project), "the rebuild marked done")
     assert shop.realtime() == shop.expected()
     assert shop.expected()[0] == 130
+    # The stitched shopper is one person again, in the visitors and the page's set.
+    prefix = f"rt:{{{project}}}:"
+    visitors = members(client, prefix + "visitors")
+    assert user in visitors and alone in visitors and anonymous not in visitors
+    assert members(client, prefix + "page:" + _hex("/stitched")) == {user, alone}
+    assert client.hget(prefix + "link:" + _hex(anonymous), "u") == user.encode()
 
 
 # The embedded valkey-server killed --------------------------------------------------------------
