@@ -38,11 +38,13 @@ alternative, members keyed by the stored visitor id and resolved when reading, w
 poll read every member of the window and look up its link: exact too, but a read as costly as the
 window is large, where this costs each write a few more commands and only a claim's move more.
 
-Bounds: a claim lives LINK_TTL (7 days) after the anonymousId was last seen (any event carrying
-it renews it); after a week's silence a returning anonymousId counts as itself until linked
-again, and a link then to another user would win here though not in ClickHouse. The rebuild
-restores the claims of every anonymousId seen in LINK_TTL from ClickHouse, with their true first
-link. The own sets double the visitor and page sets' memory.
+Bounds: a claim lives LINK_TTL (7 days) after the anonymousId was last seen (a link of it, or
+an anonymous event of it still within RETENTION, renews it); after a week's silence a returning
+anonymousId counts as itself until linked again, and a link then to another user would win here
+though not in ClickHouse. The rebuild restores the claims of every anonymousId seen in LINK_TTL
+from ClickHouse, with their true first link (it reads a week of events' anonymousIds for that).
+The own sets double the visitor and page sets' memory. Sets written before this scheme hold
+visitor ids and no own sets: for their 15 minutes a claim's move may lower a user too far.
 
 ClickHouse remains the source of truth; these counters exist so a dashboard can poll every few
 seconds without a scan. Everything lives under ``rt:{<project>}:``; the braces are a Redis Cluster
