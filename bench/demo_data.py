@@ -71,7 +71,13 @@ def blocks(
         serial = np.arange(first + made, first + made + n).astype(str)
         ids = np.char.add("evt_demo_", serial)
         order_ids = np.where(is_order, np.char.add("ord_", serial), "")
-        visitor_ids = np.char.add("v_", visitor.astype(str))
+        # Every device has an anonymousId; 60% of events are signed in (orders always), and those
+        # carry both ids (as the SDKs send them after identify): one link per visitor, so the
+        # people lookup (commerce.visitors) is as large as the visitors.
+        user_ids = np.char.add("v_", visitor.astype(str))
+        anonymous_ids = np.char.add("a_", visitor.astype(str))
+        signed_in = is_order | (rng.random(n) < 0.6)
+        visitor_ids = np.where(signed_in, user_ids, anonymous_ids)
         lines = np.where(is_order, rng.integers(1, 4, size=n), 0)
         prices = rng.integers(5, 200, size=(n, 3)) * 100 - 1
         quantities = rng.integers(1, 4, size=(n, 3))
@@ -84,8 +90,8 @@ def blocks(
             "event": EVENT_TYPES[kinds],
             "ts": stamps,
             "received_at": stamps,
-            "user_id": visitor_ids,
-            "anonymous_id": np.full(n, ""),
+            "user_id": np.where(signed_in, user_ids, ""),
+            "anonymous_id": anonymous_ids,
             "session_id": np.char.add(
                 "s_", (visitor * 7 + (ts // 1800).astype(int) % 7).astype(str)
             ),

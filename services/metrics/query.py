@@ -48,7 +48,7 @@ from cartlytics.common.commerce.products import (
     first_events_of,
     line_items,
 )
-from cartlytics.common.commerce.visitors import PEOPLE
+from cartlytics.common.commerce.visitors import people_among
 from cartlytics.common.errors import ApiError, FieldViolation, invalid_argument
 from cartlytics.common.money import average, parse_currency, percent
 from cartlytics.common.periods import parse_timezone, resolve_period
@@ -81,11 +81,19 @@ ALL_SOURCES = (Source.EVENTS, Source.ORDERS, Source.LINES)
 # are values rendered by sql.render, or fragments the builder fills (never request text).
 
 EVENTS_RELATION = Sql("events")
-# The same with each event's person beside it (PERSON), for the measures that count visitors.
+# The same with each event's person beside it (PERSON), for the measures that count visitors;
+# only the devices of the period's anonymous events are looked up (commerce.visitors).
 EVENTS_WITH_PEOPLE = Sql("""events
     ANY LEFT JOIN (
         SELECT linked_id AS visitor_id, linked_user FROM ({people})
-    ) AS people USING visitor_id""").fill(people=PEOPLE)
+    ) AS people USING visitor_id""").fill(
+    people=people_among(
+        Sql("""
+        SELECT anonymous_id FROM events
+        WHERE project_id = {project} AND ts >= {start} AND ts < {end}
+          AND user_id = '' AND anonymous_id != ''""")
+    )
+)
 PERSON = Sql("if(linked_user != '', linked_user, visitor_id)")
 EVENTS_WHERE = (Sql("project_id = {project}"), Sql("ts >= {start}"), Sql("ts < {end}"))
 

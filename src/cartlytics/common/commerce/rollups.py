@@ -274,8 +274,19 @@ IDENTITY_LINKS = Rollup(
     group_by=Sql("project_id, anonymous_id, user_id"),
 )
 """``identity_links`` (AggregatingMergeTree): per anonymousId and userId seen together on an
-event, the first such event by (time, event id). An anonymousId belongs to the user of its first
-link (``commerce.visitors``); its later links to other users are kept, not merged."""
+event, the first such event by (time, event id): every link, kept (a later link of a device to
+another user is recorded, not merged; the erasure recomputes ``people`` from what remains)."""
+
+PEOPLE_FIRST = Rollup(
+    "people_mv",
+    "people",
+    ("project_id", "anonymous_id", "argMinState(user_id, tuple(ts, event_id)) AS first_user"),
+    Rows("events", Sql("user_id != '' AND anonymous_id != ''")),
+    group_by=Sql("project_id, anonymous_id"),
+)
+"""``people`` (AggregatingMergeTree): per anonymousId, the user of its first link by (time, event
+id): the lookup every visitor figure joins (``commerce.visitors.PEOPLE``), one row per linked
+device once merged, one level of states (reading ``identity_links`` per query took 5x longer)."""
 
 VIEWS: tuple[Rollup, ...] = (
     ORDERS,
@@ -287,5 +298,6 @@ VIEWS: tuple[Rollup, ...] = (
     PRODUCT_VIEWS,
     PRODUCT_NAMES,
     IDENTITY_LINKS,
+    PEOPLE_FIRST,
 )
 """Every materialized view, in the order the migrations create them."""

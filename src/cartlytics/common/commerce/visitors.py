@@ -14,34 +14,44 @@ The ids share one namespace, as they already did for ``visitor_id``: an anonymou
 some userId (or sessionId) is the same visitor.
 
 ``PEOPLE`` is the lookup (one row per linked anonymousId of {project}: ``linked_id``,
-``linked_user``), small beside the events (one row per device that ever signed in), joined per
-query (``ANY LEFT JOIN``: a hash of it built once per query); ``as_people`` puts it in front of
-any relation with a visitor column. Every visitor-based figure reads its visitors through it.
+``linked_user``, from the ``people`` rollup), joined per query (``ANY LEFT JOIN``: a hash of it
+built once per query); ``as_people`` puts it in front of any relation with a visitor column,
+looking up only that relation's ids when it is small. Every visitor-based figure reads its
+visitors through it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cartlytics.common.storage.sql import Sql
+from cartlytics.common.storage.sql import EMPTY, Sql
 
-# Per anonymousId of {project} with a link: the user of its first link, by (time, event id).
-PEOPLE = Sql("""
-    SELECT anonymous_id AS linked_id, argMin(user_id, first) AS linked_user
-    FROM (
-        SELECT anonymous_id, user_id, minMerge(first_link) AS first
-        FROM identity_links
-        WHERE project_id = {project}
-        GROUP BY anonymous_id, user_id
-    )
+# Per anonymousId of {project} with a link: the user of its first link, by (time, event id);
+# {among}: `` AND anonymous_id IN (...)`` to look up only those ids, or nothing (every one).
+_PEOPLE = Sql("""
+    SELECT anonymous_id AS linked_id, argMinMerge(first_user) AS linked_user
+    FROM people
+    WHERE project_id = {project}{among}
     GROUP BY anonymous_id
 """)
+PEOPLE = _PEOPLE.fill(among=EMPTY)
 
 
-def as_people(rows: Sql, columns: Sequence[str], visitor: str) -> Sql:
+def people_among(ids: Sql) -> Sql:
+    """``PEOPLE`` for the anonymousIds of ``ids`` (a one-column relation) only."""
+    return _PEOPLE.fill(among=Sql(" AND anonymous_id IN ({people_ids})").fill(people_ids=ids))
+
+
+def as_people(rows: Sql, columns: Sequence[str], visitor: str, among: Sql | None = None) -> Sql:
     """``rows`` (a relation with ``columns``, among them the visitor column ``visitor``) with the
     same columns, one row per row, ``visitor`` now holding the person: the user its id is linked
-    to, else the id itself."""
+    to, else the id itself.
+
+    Only some ids are looked up (the lookup of every linked device of a big shop costs more than
+    the join): by default the visitor ids of ``rows`` (reads ``rows`` twice: for small relations);
+    ``among``, a one-column relation holding at least every anonymousId stored as a visitor id in
+    ``rows`` (e.g. the anonymousIds of its events without a userId: a row with a userId has it as
+    its visitor, which no lookup changes); ``EMPTY``: every linked device."""
     if visitor not in columns:
         raise ValueError(f"{visitor!r} is not among the columns {columns!r}")
     kept = [c for c in columns if c != visitor]
@@ -50,9 +60,15 @@ def as_people(rows: Sql, columns: Sequence[str], visitor: str) -> Sql:
         f"if(linked_user != '', linked_user, stored_visitor) AS {visitor}" if c == visitor else c
         for c in columns
     )
-    return Sql(f"""
+    if among is None:
+        among = Sql(f"SELECT {visitor} FROM ({{people_rows}})")
+    return (
+        Sql(f"""
     SELECT {outer}
     FROM (SELECT {inner} FROM ({{people_rows}})) AS visits
     ANY LEFT JOIN (
         SELECT linked_id AS stored_visitor, linked_user FROM ({{people}})
-    ) AS people USING stored_visitor""").fill(people_rows=rows, people=PEOPLE)
+    ) AS people USING stored_visitor""")
+        .fill(people=people_among(among) if among else PEOPLE)
+        .fill(people_rows=rows)
+    )

@@ -28,6 +28,7 @@ from cartlytics.common.commerce.rollups import (
     BUCKET,
     CUSTOMER_FIRST,
     IDENTITY_LINKS,
+    PEOPLE_FIRST,
     ITEM_NAMES,
     ORDER_DUPS,
     ORDER_EVENT,
@@ -286,9 +287,9 @@ STEPS: tuple[tuple[str, tuple[Sql, ...]], ...] = (
         (ORDER_DUPS.backfill(where=IN_ORDERS),),
     ),
     (
-        # min() of the first link per pair: adding what is already there changes nothing.
+        # min() / argMin() of the first link: adding what is already there changes nothing.
         "identity_links",
-        (IDENTITY_LINKS.backfill(where=IN_WINDOW),),
+        (IDENTITY_LINKS.backfill(where=IN_WINDOW), PEOPLE_FIRST.backfill(where=IN_WINDOW)),
     ),
 )
 

@@ -1,12 +1,13 @@
-"""8: ``identity_links``, the anonymousIds seen with a userId (identity stitching, issue 15).
+"""8: ``identity_links`` and ``people``, the anonymousIds seen with a userId (identity stitching,
+issue 15): every link, and each anonymousId's first.
 
-Backfilled from the events stored before it. Backward drops the view and the table (derived from
-stored events: the forward makes them again).
+Backfilled from the events stored before it. Backward drops the views and the tables (derived
+from stored events: the forward makes them again).
 """
 
 from __future__ import annotations
 
-from cartlytics.common.commerce.rollups import IDENTITY_LINKS
+from cartlytics.common.commerce.rollups import IDENTITY_LINKS, PEOPLE_FIRST
 
 from ..sql import Sql
 from .migration import Migration
@@ -28,6 +29,22 @@ MIGRATION = Migration(
         """),
         IDENTITY_LINKS.create(),
         IDENTITY_LINKS.backfill(),
+        # Per anonymousId, the user of its first link: what queries join (commerce.visitors).
+        Sql("""
+        CREATE TABLE IF NOT EXISTS people (
+            project_id String,
+            anonymous_id String,
+            first_user AggregateFunction(argMin, String, Tuple({datetime}, String))
+        ) ENGINE = AggregatingMergeTree
+        ORDER BY (project_id, anonymous_id)
+        """),
+        PEOPLE_FIRST.create(),
+        PEOPLE_FIRST.backfill(),
     ),
-    backward=(IDENTITY_LINKS.drop(), Sql("DROP TABLE IF EXISTS identity_links")),
+    backward=(
+        PEOPLE_FIRST.drop(),
+        Sql("DROP TABLE IF EXISTS people"),
+        IDENTITY_LINKS.drop(),
+        Sql("DROP TABLE IF EXISTS identity_links"),
+    ),
 )
