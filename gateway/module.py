@@ -17,7 +17,8 @@ from cartlytics.common.runtime import Module, Runtime, Stop
 
 log = structlog.get_logger("cartlytics")
 
-ROUTED = ("ingest", "metrics", "export")  # the services behind the gateway (admin is gRPC only)
+# The services behind the gateway (admin is gRPC only).
+ROUTED = ("ingest", "metrics", "export", "privacy")
 
 # The gateway finds a restarted service again within a second. gRPC's default reconnect backoff
 # grows to 120 s, and while it waits every call fails at once: a service back after a crash

@@ -61,8 +61,8 @@ def test_buf_lint_passes() -> None:
 def test_every_rpc_declares_a_scope() -> None:
     methods = catalog.methods()
     # the spec's nine, IngestService/Ping (a no-op), the typed (gRPC-only) TrackEvent and
-    # BatchTrackEvents, and AdminService's three
-    assert len(methods) == 15
+    # BatchTrackEvents, AdminService's three and PrivacyService/EraseUser
+    assert len(methods) == 16
     missing = [
         path for path, info in methods.items() if info.scope == options_pb2.SCOPE_UNSPECIFIED
     ]
@@ -80,6 +80,7 @@ SPEC_PATHS = {
     ("post", "/analytics/query"),
     ("get", "/analytics/export"),
     ("get", "/analytics/ping"),  # IngestService/Ping: the no-op benchmarks compare with
+    ("delete", "/analytics/users/{user_id}"),  # PrivacyService/EraseUser (docs/privacy.md)
 }
 
 

@@ -426,6 +426,8 @@ def check_timeouts(gw: Gateway, api: Api) -> None:
         seconds = route.route.timeout.ToTimedelta().total_seconds()
         if service == "analytics.export.v1.ExportService":
             assert seconds == 0, "exports stream: their route timeout must be disabled (0s)"
+        elif service == "analytics.privacy.v1.PrivacyService":
+            assert seconds == 600, "an erasure waits for its mutations (docs/privacy.md)"
         else:
             assert seconds == 30, f"{service}: route timeout {seconds}s"
 
@@ -452,11 +454,12 @@ def gw(raw: RawConfig) -> Gateway:
     return load_gateway(raw)
 
 
-def test_descriptor_set_has_the_three_services() -> None:
+def test_descriptor_set_has_the_four_services() -> None:
     assert API.services == {
         "analytics.ingest.v1.IngestService",
         "analytics.metrics.v1.MetricsService",
         "analytics.export.v1.ExportService",
+        "analytics.privacy.v1.PrivacyService",
     }
     assert API.grpc_only == {"analytics.admin.v1.AdminService"}
 

@@ -138,7 +138,7 @@ def test_envoy_upstreams_are_headless_services_of_the_right_targets() -> None:
     services = _by_kind("Service")
     deployments = _by_kind("Deployment")
     clusters = envoy["static_resources"]["clusters"]
-    assert {c["name"] for c in clusters} == {"ingest", "metrics", "export"}
+    assert {c["name"] for c in clusters} == {"ingest", "metrics", "export", "privacy"}
     for cluster in clusters:
         endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
         address = endpoint["address"]["socket_address"]

@@ -79,9 +79,12 @@ def test_parameters_and_bodies_follow_the_request_messages() -> None:
             assert "requestBody" in operation
         else:
             assert "requestBody" not in operation
-            assert set(parameters) == {f.json_name for f in fields}, route.label
+            # A field bound in the path template is named as there (its proto name).
+            in_path = {f.name for f in fields if "{" + f.name + "}" in _path(route)}
+            names = {f.name: f.name if f.name in in_path else f.json_name for f in fields}
+            assert set(parameters) == set(names.values()), route.label
             for fd in fields:
-                schema = parameters[fd.json_name]["schema"]
+                schema = parameters[names[fd.name]]["schema"]
                 if fd.is_repeated:
                     assert schema["type"] == "array"
                     schema = schema["items"]

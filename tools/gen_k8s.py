@@ -47,6 +47,8 @@ SERVICES = (
     Service("metrics", 2, "500m", "256Mi", "1Gi"),
     # Exports stream with flat memory (~120 MB a process, docs/export.md).
     Service("export", 2, "250m", "256Mi", "1Gi"),
+    # One replica: erasures are rare and the retention job runs once per store (docs/privacy.md).
+    Service("privacy", 1, "100m", "256Mi", "1Gi"),
     # Never behind the gateway (no HTTP binding): operators reach it with
     # `kubectl port-forward svc/admin 50051` and `cartlytics keys ... --grpc 127.0.0.1:50051`.
     Service("admin", 1, "50m", "128Mi", "512Mi", headless=False),

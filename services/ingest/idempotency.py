@@ -15,6 +15,7 @@ from datetime import datetime
 
 from redis.asyncio import Redis
 
+from cartlytics.common.erasure import dedup_key
 from cartlytics.common.redis_guard import RedisGuard
 
 PENDING = "pending"
@@ -68,7 +69,7 @@ class IdempotencyWindow:
 
     @staticmethod
     def _key(project_id: str, event_id: str) -> str:
-        return f"idem:{{{project_id}}}:{event_id}"
+        return dedup_key(project_id, event_id)  # the erasure deletes these (common/erasure.py)
 
     async def claim(self, project_id: str, event_ids: Sequence[str]) -> dict[str, Claim]:
         """Claim each id; with Redis unavailable every id counts as new."""

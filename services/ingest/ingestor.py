@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cartlytics.common.commerce.orders import NEWLY_DUPLICATED_IDS
+from cartlytics.common.erasure import SUPPRESSED_EVENTS, Suppression
 from cartlytics.common.errors import FieldViolation
 from cartlytics.common.realtime import RealtimeCounters, RealtimeEvent
 from cartlytics.common.realtime_rebuild import RealtimeRecovery
@@ -197,8 +198,10 @@ class Ingestor:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         new_id: Callable[[], str] = new_event_id,
         recovery: RealtimeRecovery | None = None,
+        suppression: Suppression | None = None,
     ) -> None:
         self._storage = storage
+        self._suppression = suppression
         self._committer = GroupCommitter(storage, TABLES)
         self._window = window
         self._realtime = realtime
@@ -224,6 +227,20 @@ class Ingestor:
                 valid.append((index, outcome))
             else:
                 result.rejected.append(Rejected(index, outcome))
+
+        # An erased shopper's new events, during the suppression period: acknowledged, never
+        # stored (docs/privacy.md).
+        dropped: dict[str, Ack] = {}
+        if self._suppression is not None and valid:
+            kept = []
+            for index, event in valid:
+                if self._suppression.suppressed(project_id, event.user_id, event.anonymous_id):
+                    dropped[event.id] = Ack(event.id, event.event, event.timestamp)
+                    result.accepted.append((index, dropped[event.id]))
+                else:
+                    kept.append((index, event))
+            SUPPRESSED_EVENTS.inc(len(valid) - len(kept))
+            valid = kept
 
         # Within one request the first occurrence of an id is the one stored.
         first_of: dict[str, int] = {}
@@ -272,6 +289,7 @@ class Ingestor:
             else:  # a repeat, in this request, of an id another request is storing
                 result.rejected.append(Rejected.being_stored(index))
         result.rejected.sort(key=lambda r: r.index)
+        result.accepted.sort(key=lambda a: a[0])
         return result
 
     async def _store(self, project_id: str, events: Sequence[ValidEvent], client_ip: str) -> None:

@@ -34,6 +34,7 @@ async def init(runtime: Runtime) -> Stop:
         ip_salt=salt.encode(),
         limits=IngestLimits(max_event_bytes=config.max_event_bytes, ip_mode=config.ip_mode),
         recovery=recovery,
+        suppression=await runtime.suppression_list(),
     )
     servicer = IngestServicer(ingestor, config.max_batch_events, config.max_body_bytes)
     server = runtime.register_grpc(

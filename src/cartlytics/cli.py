@@ -193,6 +193,43 @@ def _keys(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- cartlytics users
+
+
+def _users(args: argparse.Namespace, config: Config) -> int:
+    """``cartlytics users erase <userId>``: PrivacyService/EraseUser on a running server."""
+    import grpc
+
+    from cartlytics.gen.analytics.privacy.v1 import privacy_pb2, privacy_pb2_grpc
+
+    target = args.grpc or grpc_target(config)
+    try:
+        metadata = (("authorization", f"Bearer {admin_key(config)}"),)
+        with grpc.insecure_channel(target) as channel:
+            stub = privacy_pb2_grpc.PrivacyServiceStub(channel)
+            request = privacy_pb2.EraseUserRequest(user_id=args.user_id, project_id=args.project)
+            done = stub.EraseUser(request, metadata=metadata, timeout=args.timeout)
+        finished = done.complete_time.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
+        print(f"Erased {done.events_erased} events of the user (request {done.request_id},")
+        print(f"completed {finished} UTC).")
+        if done.HasField("suppressed_until"):
+            until = done.suppressed_until.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
+            print(f"Their new events are dropped until {until} UTC.")
+    except KeysError as exc:
+        print(f"cartlytics users: {exc}", file=sys.stderr)
+        return 2
+    except grpc.RpcError as exc:
+        code = exc.code() if hasattr(exc, "code") else None
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            message = f"cannot reach the PrivacyService at {target} (is `cartlytics run` running?)"
+        else:
+            name = code.name if code is not None else "ERROR"
+            message = f"{name}: {exc.details() if hasattr(exc, 'details') else exc}"
+        print(f"cartlytics users: {message}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cartlytics", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -249,6 +286,23 @@ def main(argv: list[str] | None = None) -> int:
     revoke.add_argument("key_id", help="the key id, as `keys list` shows it")
     for action in (create, listing, revoke):  # --grpc also after the action
         action.add_argument("--grpc", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    users = commands.add_parser(
+        "users", help="erase a user's data (through a running server's gRPC; docs/privacy.md)"
+    )
+    users.set_defaults(handler=_users)
+    user_actions = users.add_subparsers(dest="users_command", required=True)
+    erase = user_actions.add_parser(
+        "erase", help="erase every event of a user and of the anonymousIds linked to them"
+    )
+    erase.add_argument("user_id", help="the userId, as events carried it")
+    erase.add_argument("--project", default="", help="the project (default: the admin key's own)")
+    erase.add_argument(
+        "--grpc",
+        default="",
+        metavar="HOST:PORT",
+        help="the server's gRPC address (default: ANALYTICS_GRPC_HOST:ANALYTICS_GRPC_PORT)",
+    )
+    erase.add_argument("--timeout", type=float, default=600.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
         config = Config.from_env()

@@ -38,6 +38,7 @@ import services.admin.module
 import services.export.module
 import services.ingest.module
 import services.metrics.module
+import services.privacy.module
 from cartlytics.common import catalog
 from cartlytics.common.auth import ALL_SCOPES, load_bootstrap_key
 from cartlytics.common.config import Config, grpc_message_options
@@ -188,13 +189,14 @@ MODULES = Registry(
     [
         Module(
             "all",
-            dependencies=("ingest", "metrics", "export", "admin", "gateway"),
+            dependencies=("ingest", "metrics", "export", "admin", "privacy", "gateway"),
             target=True,
         ),
         services.ingest.module.MODULE,
         services.metrics.module.MODULE,
         services.export.module.MODULE,
         services.admin.module.MODULE,
+        services.privacy.module.MODULE,
         gateway.module.MODULE,
         Module("storage", init=init_storage),
         Module("redis", init=init_redis),

@@ -15,11 +15,13 @@ from cartlytics.gen.analytics.export.v1 import export_pb2
 from cartlytics.gen.analytics.ingest.v1 import ingest_pb2
 from cartlytics.gen.analytics.metrics.v1 import metrics_pb2
 from cartlytics.gen.analytics.options.v1 import options_pb2
+from cartlytics.gen.analytics.privacy.v1 import privacy_pb2
 
 FILES: tuple[FileDescriptor, ...] = (
     ingest_pb2.DESCRIPTOR,
     metrics_pb2.DESCRIPTOR,
     export_pb2.DESCRIPTOR,
+    privacy_pb2.DESCRIPTOR,
     admin_pb2.DESCRIPTOR,  # gRPC only: no google.api.http binding, not behind the gateway
 )
 

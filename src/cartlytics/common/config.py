@@ -205,6 +205,29 @@ SETTINGS: dict[str, Setting] = {
         "",
         "Salt of the IP hash. Empty: generated once, kept in the data dir.",
     ),
+    "erasure_suppression_days": Setting(
+        "ANALYTICS_ERASURE_SUPPRESSION_DAYS",
+        _positive_int,
+        "30",
+        "Days after a user erasure during which that user's new events (and those of the"
+        " anonymousIds erased with them) are dropped at ingest: acknowledged, not stored"
+        " (0: none). See docs/privacy.md.",
+    ),
+    "retention": Setting(
+        "ANALYTICS_RETENTION_DAYS",
+        str,
+        "",
+        "Days events are kept, then dropped with what they count for: `400` for every project,"
+        " or `projA=30,projB=365,*=400` (`*`: the others). Empty: kept for ever. See"
+        " docs/privacy.md.",
+    ),
+    "retention_interval_seconds": Setting(
+        "ANALYTICS_RETENTION_INTERVAL_SECONDS",
+        _float,
+        "3600",
+        "How often the privacy module applies the retention (and finishes erasures an outage"
+        " left pending).",
+    ),
     "shutdown_grace": Setting(
         "ANALYTICS_SHUTDOWN_GRACE",
         _float,
@@ -313,6 +336,9 @@ class Config:
     dedup_window_seconds: int
     ip_mode: str
     ip_salt: str
+    erasure_suppression_days: int
+    retention: str
+    retention_interval_seconds: float
     shutdown_grace: float
     prometheus_port: int
     rate_limit_ingest: float
@@ -358,6 +384,14 @@ class Config:
             raise ConfigError(
                 "ANALYTICS_GRPC_MAX_MESSAGE_BYTES must be at least 8 x ANALYTICS_MAX_BODY_BYTES"
             )
+        if values["retention_interval_seconds"] < 1:
+            raise ConfigError("ANALYTICS_RETENTION_INTERVAL_SECONDS must be at least 1")
+        try:
+            from .retention import RetentionPolicy
+
+            RetentionPolicy.parse(values["retention"])
+        except ValueError as exc:
+            raise ConfigError(f"ANALYTICS_RETENTION_DAYS: {exc}") from exc
         if values["ip_mode"] not in ("hash", "drop"):
             raise ConfigError("ANALYTICS_IP_MODE must be hash or drop")
         if values["log_format"] not in ("console", "json"):

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from grpc_health.v1 import health
     from redis.asyncio import Redis
 
+    from .erasure import Eraser, Suppression
     from .keys import KeyRefresher
     from .realtime_rebuild import RealtimeRecovery
     from .storage import Storage
@@ -146,6 +147,8 @@ class Runtime:
     health_names: list[str] = field(default_factory=list)  # what the gRPC server reports SERVING
     gateway_port: int = 0
     realtime_recovery: RealtimeRecovery | None = None  # one per process; see recovery()
+    suppression: Suppression | None = None  # one per process; see suppression_list()
+    eraser: Eraser | None = None  # the privacy module's
     stoppers: list[Stop] = field(default_factory=list)
     stopping_since: float | None = None  # time.monotonic() when the shutdown began
 
@@ -183,6 +186,34 @@ class Runtime:
         self.realtime_recovery = recovery
         self.on_stop(cancelling(asyncio.get_running_loop().create_task(recovery.run())))
         return recovery
+
+    def salt(self) -> bytes:
+        """The server's secret salt (``ANALYTICS_IP_SALT``, else kept in the data dir): the IP
+        hash's key and the erasure record's (``erasure.subject_hash``)."""
+        import secrets
+
+        from .auth import load_secret
+
+        config = self.config
+        salt, _ = load_secret(
+            config.ip_salt, config.data_dir, "ip_salt", lambda: secrets.token_hex(32)
+        )
+        return salt.encode()
+
+    async def suppression_list(self) -> Suppression:
+        """The process's list of erased shoppers whose new events ingest drops (``erasure.py``),
+        loaded now and then refreshed in the background; one per process, so that an erasure
+        made here is honoured here at once."""
+        from .erasure import Suppression
+
+        if self.suppression is None:
+            suppression = Suppression(self.salt(), self.config.erasure_suppression_days)
+            storage = self.require_storage()
+            await suppression.refresh(storage)
+            self.suppression = suppression
+            task = suppression.run(storage, self.config.key_refresh_seconds)
+            self.on_stop(cancelling(asyncio.get_running_loop().create_task(task)))
+        return self.suppression
 
     # Lifecycle ---------------------------------------------------------------------------------
     async def start(self, modules: Sequence[Module]) -> None:

@@ -117,10 +117,18 @@ def _add_copies(rollup: Rollup, key: tuple[str, ...], rows: Sql, kept_where: Sql
     return _add_missing(rollup.target, rollup.names, key, _copies(rollup, key, rows), kept_where)
 
 
-def _delta(target: str, sums: dict[str, Sql], rows: tuple[Sql, ...]) -> Sql:
-    """SQL: add to the summing rollup ``target`` what makes each repaired bucket's ``sums``
-    (value column: its sum) equal to what they are over ``rows`` (its views' SELECTs over the
-    rows concerned, all of them with project_id, currency, bucket and the value columns)."""
+REPAIRED_BUCKETS = Sql("(project_id, currency, bucket) IN (SELECT * FROM repair_buckets)")
+"""A summing rollup's row in a bucket the repair rebuilds."""
+
+
+def _delta(
+    target: str, sums: dict[str, Sql], rows: tuple[Sql, ...], present: Sql = REPAIRED_BUCKETS
+) -> Sql:
+    """SQL: add to the summing rollup ``target`` what makes each bucket's ``sums`` (value
+    column: its sum) equal to what they are over ``rows`` (its views' SELECTs over the rows
+    concerned, all of them with project_id, currency, bucket and the value columns), for the
+    buckets of its rows that ``present`` picks (by default the repaired ones; the erasure and
+    retention purge pass a whole project, ``storage/purge.py``)."""
     key = "project_id, currency, bucket"
     summed = Sql.join(", ", [expression + Sql(f" AS {name}") for name, expression in sums.items()])
     differ = " OR ".join(f"wanted.{name} != present.{name}" for name in sums)
@@ -133,9 +141,18 @@ def _delta(target: str, sums: dict[str, Sql], rows: tuple[Sql, ...]) -> Sql:
         + Sql.join("\n    UNION ALL\n    ", rows)
         + Sql(f") GROUP BY {key}) AS wanted\nFULL OUTER JOIN (SELECT {key}, ")
         + summed
-        + Sql(f" FROM {target} WHERE ({key}) IN (SELECT * FROM repair_buckets)")
+        + Sql(f" FROM {target} WHERE ")
+        + present
         + Sql(f" GROUP BY {key}) AS present USING ({key})\nWHERE {differ}")
     )
+
+
+# The value columns of the two summing rollups, summed exactly.
+SALES_SUMS = {"orders": Sql("toInt64(sum(orders))"), "revenue": Sql(exact_sum("revenue"))}
+LINE_COUNT_SUMS = {
+    "event_rows": Sql("toInt64(sum(event_rows))"),
+    "line_rows": Sql("toInt64(sum(line_rows))"),
+}
 
 
 # Every step only adds rows (no deletion, so no mutation: a delete of 10 rows among a million
@@ -235,23 +252,14 @@ STEPS: tuple[tuple[str, tuple[Sql, ...]], ...] = (
     ),
     (
         "sales_15m",
-        (
-            _delta(
-                "sales_15m",
-                {"orders": Sql("toInt64(sum(orders))"), "revenue": Sql(exact_sum("revenue"))},
-                (SALES_15M.select(STORED_ORDERS, where=IN_BUCKETS),),
-            ),
-        ),
+        (_delta("sales_15m", SALES_SUMS, (SALES_15M.select(STORED_ORDERS, where=IN_BUCKETS),)),),
     ),
     (
         "order_line_counts",
         (
             _delta(
                 "order_line_counts",
-                {
-                    "event_rows": Sql("toInt64(sum(event_rows))"),
-                    "line_rows": Sql("toInt64(sum(line_rows))"),
-                },
+                LINE_COUNT_SUMS,
                 (
                     ORDER_LINE_COUNTS_EVENTS.select(STORED_ORDERS, where=IN_BUCKETS),
                     ORDER_LINE_COUNTS_LINES.select(where=IN_BUCKETS),

@@ -11,6 +11,7 @@ from . import (
     m0006_add_declared_items_to_order_lines,
     m0007_exact_revenue_in_sales_15m,
     m0008_create_identity_links,
+    m0009_create_erasures,
 )
 from .migration import Migration
 
@@ -23,4 +24,5 @@ MIGRATIONS: tuple[Migration, ...] = (
     m0006_add_declared_items_to_order_lines.MIGRATION,
     m0007_exact_revenue_in_sales_15m.MIGRATION,
     m0008_create_identity_links.MIGRATION,
+    m0009_create_erasures.MIGRATION,
 )

@@ -1,0 +1,2 @@
+"""The privacy service: a shopper erased on request (``DELETE /analytics/users/{userId}``), and
+the retention job."""
