@@ -17,7 +17,7 @@ def _order(*targets: str) -> list[str]:
 
 
 def test_the_targets_are_the_documented_ones() -> None:
-    assert TARGETS == ("all", "ingest", "metrics", "export", "admin", "gateway")
+    assert TARGETS == ("all", "ingest", "metrics", "export", "admin", "privacy", "gateway")
 
 
 def test_a_service_target_runs_its_dependencies_first() -> None:
@@ -29,7 +29,7 @@ def test_a_service_target_runs_its_dependencies_first() -> None:
 def test_all_runs_every_service_and_the_gateway_after_the_grpc_server() -> None:
     order = _order("all")
     assert set(order) == {"storage", "redis", "auth", "grpc-server", *TARGETS}
-    for name in ("ingest", "metrics", "export", "admin", "gateway"):
+    for name in ("ingest", "metrics", "export", "admin", "privacy", "gateway"):
         assert order.index("grpc-server") < order.index(name)
     # Listed first, the gateway still starts after the gRPC server of its process.
     order = _order("gateway", "metrics")
