@@ -69,7 +69,7 @@ class Cluster:
     def start(self, name: str) -> System:
         env = {"REDIS_URL": self.redis_url, "ANALYTICS_SHUTDOWN_GRACE": str(GRACE)}
         if name == "gateway":
-            upstreams = ",".join(f"{s}=127.0.0.1:{self.ports[s]}" for s in SERVICES)
+            upstreams = ",".join(f"{s}=127.0.0.1:{self.ports[s]}" for s in ROUTED)
             env |= {
                 "ANALYTICS_HTTP_PORT": str(self.ports[name]),
                 "ANALYTICS_GATEWAY_UPSTREAM": upstreams,
@@ -87,6 +87,8 @@ class Cluster:
 
 
 SERVICES = ("ingest", "metrics", "export")
+# Every service the gateway routes to: the privacy service (erasure) runs beside them, unharmed.
+ROUTED = (*SERVICES, "privacy")
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +105,7 @@ def cluster(
         redis_url=redis_server.url,
     )
     try:
-        for name in (*SERVICES, "gateway"):
+        for name in (*ROUTED, "gateway"):
             cluster.ports[name] = free_port()
             cluster.start(name)
         yield cluster

@@ -270,7 +270,8 @@ def test_routes_come_from_the_annotations() -> None:
         "POST /analytics/event/batch",
         "GET /analytics/export",
         "GET /analytics/ping",
-    }  # the admin service has no HTTP bindings: never on the public gateway
+        "DELETE /analytics/users/{user_id}",  # the erasure (admin scope, docs/privacy.md)
+    }  # the admin service (keys) has no HTTP bindings: never on the public gateway
     track = labels["POST /analytics/event"]
     assert track.grpc_path == "/analytics.ingest.v1.IngestService/TrackEventJson"
     assert (track.body, track.response_body, track.success_code) == ("body", "result", 201)

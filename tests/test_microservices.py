@@ -30,7 +30,7 @@ def cluster(
     }
     processes: dict[str, System] = {}
     try:
-        for service in ("ingest", "metrics", "export"):
+        for service in ("ingest", "metrics", "export", "privacy"):
             processes[service] = start_system(
                 tmp_path_factory.mktemp(service), key, target=service,
                 clickhouse_url=shared["CLICKHOUSE_URL"], extra_env=shared,
@@ -51,7 +51,7 @@ def test_each_service_runs_alone_and_the_gateway_routes_to_it(
 ) -> None:
     gateway = cluster["gateway"]
     assert not gateway.grpc_target, "the gateway target serves no gRPC of its own"
-    assert all(not cluster[s].http_url for s in ("ingest", "metrics", "export"))
+    assert all(not cluster[s].http_url for s in ("ingest", "metrics", "export", "privacy"))
     assert call("GET", f"{gateway.http_url}/healthz").status == 200
     order = {
         "event": "order_completed",
@@ -68,6 +68,12 @@ def test_each_service_runs_alone_and_the_gateway_routes_to_it(
     export = call("GET", f"{gateway.http_url}{path}", gateway.key)
     assert export.status == 200, export.body
     assert [json.loads(line)["orderId"] for line in export.body.splitlines()] == ["split_1"]
+    # The erasure goes through the gateway to the privacy service: the order is gone.
+    erased = call("DELETE", f"{gateway.http_url}/analytics/users/split_user", gateway.key)
+    assert erased.status == 200, erased.body
+    assert int(erased.json()["eventsErased"]) == 1
+    sales = call("GET", f"{gateway.http_url}/analytics/sales?period=1d&currency=NOK", gateway.key)
+    assert (sales.json()["orders"], sales.json()["revenue"]) == (0, 0)
 
 
 def test_a_stopped_service_is_503_and_the_others_keep_working(cluster: dict[str, System]) -> None:
