@@ -120,7 +120,8 @@ SETTINGS: dict[str, Setting] = {
         str,
         "",
         "Where the gateway sends gRPC: host:port, or per service "
-        "ingest=host:port,metrics=host:port,export=host:port (empty: this process's gRPC port).",
+        "ingest=host:port,metrics=host:port,export=host:port,privacy=host:port, one for each "
+        "(empty: this process's gRPC port).",
     ),
     "max_body_bytes": Setting(
         "ANALYTICS_MAX_BODY_BYTES",
