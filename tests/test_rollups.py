@@ -56,7 +56,7 @@ FIGURES = {
     "identity_links": "SELECT project_id, anonymous_id, user_id, minMerge(first_link) FROM {rows}"
                       " GROUP BY project_id, anonymous_id, user_id"
                       " ORDER BY project_id, anonymous_id, user_id",
-    "people": "SELECT project_id, anonymous_id, argMinMerge(first_user) FROM {rows}"
+    "people": "SELECT project_id, anonymous_id, minMerge(first_link) FROM {rows}"
               " GROUP BY project_id, anonymous_id ORDER BY project_id, anonymous_id",
 }
 LINES = ("project_id", "order_id", "event_id", "ts", "currency", "visitor_id", "product_ids",

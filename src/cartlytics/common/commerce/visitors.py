@@ -29,7 +29,9 @@ from cartlytics.common.storage.sql import EMPTY, Sql
 # Per anonymousId of {project} with a link: the user of its first link, by (time, event id);
 # {among}: `` AND anonymous_id IN (...)`` to look up only those ids, or nothing (every one).
 _PEOPLE = Sql("""
-    SELECT anonymous_id AS linked_id, argMinMerge(first_user) AS linked_user
+    SELECT anonymous_id AS linked_id,
+           arrayStringConcat(arraySlice(splitByChar(' ', minMerge(first_link)), 4), ' ')
+               AS linked_user
     FROM people
     WHERE project_id = {project}{among}
     GROUP BY anonymous_id

@@ -34,7 +34,7 @@ MIGRATION = Migration(
         CREATE TABLE IF NOT EXISTS people (
             project_id String,
             anonymous_id String,
-            first_user AggregateFunction(argMin, String, Tuple({datetime}, String))
+            first_link AggregateFunction(min, String)
         ) ENGINE = AggregatingMergeTree
         ORDER BY (project_id, anonymous_id)
         """),
