@@ -6,13 +6,10 @@ Registered by the app (``cartlytics/modules.py``); the machinery is ``cartlytics
 
 from __future__ import annotations
 
-import secrets
-
 from cartlytics.common.runtime import Module, Runtime, Stop
 
 
 async def init(runtime: Runtime) -> Stop:
-    from cartlytics.common.auth import load_secret
     from cartlytics.common.realtime import RealtimeCounters
     from cartlytics.common.redis_guard import RedisGuard
     from cartlytics.gen.analytics.ingest.v1 import ingest_pb2, ingest_pb2_grpc
@@ -25,13 +22,12 @@ async def init(runtime: Runtime) -> Stop:
     storage = runtime.require_storage()
     recovery = runtime.recovery()
     guard = RedisGuard(runtime.redis, on_unavailable=recovery.unavailable if recovery else None)
-    salt, _ = load_secret(config.ip_salt, config.data_dir, "ip_salt", lambda: secrets.token_hex(32))
     ingestor = Ingestor(
         storage,
         IdempotencyWindow(guard, config.dedup_window_seconds),
         RealtimeCounters(runtime.redis) if runtime.redis is not None else None,
         guard,
-        ip_salt=salt.encode(),
+        ip_salt=runtime.salt(),
         limits=IngestLimits(max_event_bytes=config.max_event_bytes, ip_mode=config.ip_mode),
         recovery=recovery,
         suppression=await runtime.suppression_list(),
