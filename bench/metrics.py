@@ -31,6 +31,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.idle import settle  # noqa: E402
 from tests.servers import start_system  # noqa: E402
 
 ENDPOINTS: list[tuple[str, str, str, Any, float]] = [
@@ -140,6 +141,8 @@ def main() -> None:
     )
     results = []
     try:
+        waited = settle(system.process.pid)
+        print(f"start-up work done after {waited} s", file=sys.stderr)
         for label, method, path, body, target in ENDPOINTS:
             status, _ = call(system.http_url, key, method, path, body)  # warm-up
             timings = []

@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import ingest, probes  # noqa: E402
+from bench.idle import settle  # noqa: E402
 from bench.metrics import ENDPOINTS  # noqa: E402
 from bench.report import machine_info, ratio, write_reports  # noqa: E402
 from tests.servers import ClickHouseServer, System, start_system  # noqa: E402
@@ -273,7 +274,9 @@ def queries_and_freshness(backend: Backend, plan: Plan, work: Path) -> dict[str,
 def measure_queries(
     backend: Backend, plan: Plan, system: System, size: int, out: dict[str, Any]
 ) -> list[dict[str, Any]]:
-    log(f"{backend.name}: query latency at {size:,} events ({plan.requests} calls each)")
+    waited = settle(system.process.pid)
+    log(f"{backend.name}: query latency at {size:,} events ({plan.requests} calls each; the")
+    log(f"  service's start-up work done after {waited} s)")
     ping = probes.latency(system.http_url, system.key, "GET", probes.PING_PATH, None, plan.requests)
     out["ping"].append({"events": size, **ping})
     rows = []

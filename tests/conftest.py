@@ -81,6 +81,12 @@ def _system(
         tmp_path_factory.mktemp(name),
         key="cak_test_" + uuid.uuid4().hex,
         clickhouse_url=clickhouse_url,
+        # The people snapshot rebuilt after any new link, every second or so: every test reads
+        # visitors through a snapshot and newer rows in whatever mix (and the swaps race reads).
+        extra_env={
+            "ANALYTICS_PEOPLE_SNAPSHOT_SECONDS": "1",
+            "ANALYTICS_PEOPLE_SNAPSHOT_CHANGES": "1",
+        },
     )
     yield system
     system.stop()

@@ -42,6 +42,8 @@ from .reports import CustomerRow, CustomersQuery, CustomersReport
 # any kind, which is a winner unless its orderId is listed in order_dups (it may be a later
 # duplicate, or another visitor's order). So a customer with no row of a duplicated orderId
 # before {start} is returning exactly when customer_first has a row of it before {start}.
+# The people are hashed (commerce.visitors: cheaper to carry and look up than their ids), and so
+# is each customer when it is looked up among them (IS_EARLIER).
 EARLIER_VISITORS = as_people(
     Sql("""
     SELECT visitor_id FROM customer_first
@@ -49,13 +51,15 @@ EARLIER_VISITORS = as_people(
 """),
     ("visitor_id",),
     "visitor_id",
+    hashed=True,
 )
+IS_EARLIER = Sql("cityHash64({project}, customer) IN ({earlier})").fill(earlier=EARLIER_VISITORS)
 
 # Without duplicated orderIds: each order event row of the period is a distinct order.
 PLAIN_CUSTOMERS = Sql("""
-    SELECT customer, orders, revenue, customer IN ({earlier}) AS returning, 0 AS unsure
+    SELECT customer, orders, revenue, {is_earlier} AS returning, 0 AS unsure
     FROM ({period_customers})
-""").fill(earlier=EARLIER_VISITORS, period_customers=customer_figures(order_rows()))
+""").fill(is_earlier=IS_EARLIER, period_customers=customer_figures(order_rows()))
 
 # With duplicated orderIds (PERIOD_ORDERS, commerce/orders.py): the earliest row customer_first
 # keeps may be a row that lost (a later duplicate). When the winner of that order is the same
@@ -93,12 +97,12 @@ DUPLICATE_VISITORS_BEFORE = Sql("""
 )
 CUSTOMERS_WITH_DUPLICATES = Sql("""
     SELECT customer, orders, revenue,
-           dup_winner OR (NOT dup_other AND customer IN ({earlier})) AS returning,
+           dup_winner OR (NOT dup_other AND {is_earlier}) AS returning,
            dup_other AND NOT dup_winner AS unsure
     FROM ({period_customers}) AS period_customers
     ANY LEFT JOIN ({duplicate_visitors_before}) AS duplicates USING customer
 """).fill(
-    earlier=EARLIER_VISITORS,
+    is_earlier=IS_EARLIER,
     period_customers=customer_figures(PERIOD_ORDERS),
     duplicate_visitors_before=DUPLICATE_VISITORS_BEFORE,
 )

@@ -67,11 +67,7 @@ FUNNEL = Sql("""
         WHERE project_id = {project} AND ts >= {start} AND ts < {end} AND has({steps}, event)"""),
         ("visitor_id", "ts", "event"),
         "visitor_id",
-        # Only the anonymous step events' devices are looked up (all of them: a big relation).
-        among=Sql("""
-        SELECT anonymous_id FROM events
-        WHERE project_id = {project} AND ts >= {start} AND ts < {end} AND has({steps}, event)
-          AND user_id = '' AND anonymous_id != ''"""),
+        hashed=True,  # only counted
     )
 )
 

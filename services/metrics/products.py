@@ -105,7 +105,7 @@ LINES_COLUMNS = ("visitor_id", "product_ids", "prices", "quantities")
 
 def _top(lines: Sql) -> Sql:
     """_TOP over ``lines`` whose visitors are read as people (buyers are people)."""
-    return _TOP.fill(lines_of_people=as_people(lines, LINES_COLUMNS, "visitor_id"))
+    return _TOP.fill(lines_of_people=as_people(lines, LINES_COLUMNS, "visitor_id", hashed=True))
 
 
 TOP_SELLERS = _TOP_SELLERS.fill(check=CHECK, top=_top(PERIOD_LINES))
@@ -133,6 +133,7 @@ FROM_ORDER_ITEMS = Sql("""
         ),
         LINE_ITEM_COLUMNS,
         "item_visitor",
+        hashed=True,
     ),
 )
 
@@ -153,6 +154,7 @@ VIEWERS_AND_NAMES = Sql("""
           AND ts >= {start} AND ts < {end}"""),
         ("product_id", "visitor_id"),
         "visitor_id",
+        hashed=True,
     ),
     latest_names=LATEST_NAMES,
 )

@@ -48,7 +48,7 @@ from cartlytics.common.commerce.products import (
     first_events_of,
     line_items,
 )
-from cartlytics.common.commerce.visitors import people_among
+from cartlytics.common.commerce.visitors import as_people
 from cartlytics.common.errors import ApiError, FieldViolation, invalid_argument
 from cartlytics.common.money import average, parse_currency, percent
 from cartlytics.common.periods import parse_timezone, resolve_period
@@ -81,20 +81,6 @@ ALL_SOURCES = (Source.EVENTS, Source.ORDERS, Source.LINES)
 # are values rendered by sql.render, or fragments the builder fills (never request text).
 
 EVENTS_RELATION = Sql("events")
-# The same with each event's person beside it (PERSON), for the measures that count visitors;
-# only the devices of the period's anonymous events are looked up (commerce.visitors).
-EVENTS_WITH_PEOPLE = Sql("""events
-    ANY LEFT JOIN (
-        SELECT linked_id AS visitor_id, linked_user FROM ({people})
-    ) AS people USING visitor_id""").fill(
-    people=people_among(
-        Sql("""
-        SELECT anonymous_id FROM events
-        WHERE project_id = {project} AND ts >= {start} AND ts < {end}
-          AND user_id = '' AND anonymous_id != ''""")
-    )
-)
-PERSON = Sql("if(linked_user != '', linked_user, visitor_id)")
 EVENTS_WHERE = (Sql("project_id = {project}"), Sql("ts >= {start}"), Sql("ts < {end}"))
 
 
@@ -218,6 +204,34 @@ DIMENSIONS: tuple[Dimension, ...] = (
 )
 DIMENSION_BY_NAME = {d.name: d for d in DIMENSIONS}
 PRODUCT_DIMENSIONS = frozenset({"product_id", "product_category"})
+
+# The columns of events that every query of events may read (measures, filters, time).
+EVENT_BASE_COLUMNS = ("project_id", "event_id", "event", "ts", "visitor_id", "session_id")
+
+
+def events_with_people(dimensions: Sequence[Dimension]) -> Sql:
+    """The period's events with each one's person beside it (PERSON), for the measures that
+    count visitors (commerce.visitors), carrying only the columns ``dimensions`` read (each
+    column carried through the join costs: the whole period's events go through it)."""
+    wanted = list(EVENT_BASE_COLUMNS)
+    for dimension in dimensions:
+        column = dimension.attribute or ("product_id" if dimension.name == "product_id" else None)
+        if column and column not in wanted:
+            wanted.append(column)
+    return Sql("({people}) AS events_of_people").fill(
+        people=as_people(
+            Sql(
+                "SELECT " + ", ".join(wanted) + ", visitor_id AS person FROM events"
+                " WHERE project_id = {project} AND ts >= {start} AND ts < {end}"
+            ),
+            (*wanted, "person"),
+            "person",
+            hashed=True,  # only counted
+        )
+    )
+
+
+PERSON = Sql("person")
 
 # ---------------------------------------------------------------------------------------------
 # Measures: the aggregate columns metrics are computed from.
@@ -555,7 +569,9 @@ def _select(source: Source, plan_: Plan, measures: Sequence[Measure]) -> Select:
     columns += [m.sql[source] + Sql(f" AS m{i}") for i, m in enumerate(measures)]
     conditions = [d.sql[source] + Sql(f" = {{f{i}}}") for i, (d, _) in enumerate(plan_.filters)]
     if source is Source.EVENTS:
-        relation = EVENTS_WITH_PEOPLE if any(m.people for m in measures) else EVENTS_RELATION
+        used = [*plan_.dimensions, *(d for d, _ in plan_.filters)]
+        people = any(m.people for m in measures)
+        relation = events_with_people(used) if people else EVENTS_RELATION
         conditions = [*EVENTS_WHERE, *conditions]
         counted = {name for m in measures for name in m.events}
         if all(m.events for m in measures):  # rows only where something counted happened

@@ -26,7 +26,7 @@ ACTIVE_WINDOW = timedelta(minutes=5)
 _RECENT = Sql("""
         SELECT visitor_id, event, page FROM events
         WHERE project_id = {project} AND ts >= {since} AND toDate(ts) >= toDate({since})""")
-_RECENT_PEOPLE = as_people(_RECENT, ("visitor_id", "event", "page"), "visitor_id")
+_RECENT_PEOPLE = as_people(_RECENT, ("visitor_id", "event", "page"), "visitor_id", hashed=True)
 ACTIVE_VISITORS = Sql("""
     SELECT uniqExact(visitor_id) FROM ({recent})
 """).fill(recent=_RECENT_PEOPLE)

@@ -1,6 +1,7 @@
 """The privacy service's module (``cartlytics run --target privacy``): PrivacyService (user
-erasure) on the process's gRPC server, the erasures a crash left pending finished at start, and
-the retention job (docs/privacy.md).
+erasure) on the process's gRPC server, the erasures a crash left pending finished at start, the
+retention job (docs/privacy.md), and the keeper of the people snapshot that visitor figures read
+(``common/storage/people_snapshot.py``).
 
 One replica is enough (erasures are rare; the retention job is one per store): in Kubernetes the
 ``privacy`` Deployment has one. Registered by the app (``cartlytics/modules.py``); the machinery
@@ -74,7 +75,26 @@ async def start(runtime: Runtime) -> Stop:
             except Exception as exc:  # storage or Redis down: the next tick tries again
                 log.warning("privacy keeper waiting", error=type(exc).__name__, detail=str(exc))
 
-    return cancelling(asyncio.get_running_loop().create_task(keep()))
+    # The people snapshot (storage/people_snapshot.py): built now if due, then kept; readers
+    # are exact meanwhile.
+    from cartlytics.common.storage import people_snapshot
+
+    snapshot = cancelling(
+        asyncio.get_running_loop().create_task(
+            people_snapshot.keep(
+                runtime.require_storage(),
+                config.people_snapshot_seconds,
+                config.people_snapshot_changes,
+            )
+        )
+    )
+    retention_task = cancelling(asyncio.get_running_loop().create_task(keep()))
+
+    async def stop() -> None:
+        await snapshot()
+        await retention_task()
+
+    return stop
 
 
 MODULE = Module(

@@ -229,6 +229,21 @@ SETTINGS: dict[str, Setting] = {
         "How often the privacy module applies the retention (and finishes erasures an outage"
         " left pending).",
     ),
+    "people_snapshot_seconds": Setting(
+        "ANALYTICS_PEOPLE_SNAPSHOT_SECONDS",
+        _float,
+        "30",
+        "How often the privacy module checks whether the people snapshot (every linked device's"
+        " first link, read by every visitor figure) is due for a rebuild. See docs/decisions.md"
+        " 63.",
+    ),
+    "people_snapshot_changes": Setting(
+        "ANALYTICS_PEOPLE_SNAPSHOT_CHANGES",
+        _positive_int,
+        "20000",
+        "Rows of `people` written since the people snapshot past which it is rebuilt (visitor"
+        " figures hash those rows per query; it is rebuilt every 10 minutes anyway while any).",
+    ),
     "shutdown_grace": Setting(
         "ANALYTICS_SHUTDOWN_GRACE",
         _float,
@@ -340,6 +355,8 @@ class Config:
     erasure_suppression_days: int
     retention: str
     retention_interval_seconds: float
+    people_snapshot_seconds: float
+    people_snapshot_changes: int
     shutdown_grace: float
     prometheus_port: int
     rate_limit_ingest: float
@@ -387,6 +404,8 @@ class Config:
             )
         if values["retention_interval_seconds"] < 1:
             raise ConfigError("ANALYTICS_RETENTION_INTERVAL_SECONDS must be at least 1")
+        if not 0 < values["people_snapshot_seconds"] < math.inf:
+            raise ConfigError("ANALYTICS_PEOPLE_SNAPSHOT_SECONDS must be a positive number")
         try:
             from .retention import RetentionPolicy
 

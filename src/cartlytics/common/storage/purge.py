@@ -16,7 +16,8 @@ result (so a purge cut by a crash is finished by running it again):
      (``repair._delta``, as the repair after a cut write does): exact, and a no-op when run again;
    - ``customer_first``, ``identity_links``, ``people`` (aggregating), ``product_views``: the
      rows of the visitors (links, anonymousIds, viewers) concerned are deleted and their
-     definition's SELECT over what remains is inserted again;
+     definition's SELECT over what remains is inserted again; the people snapshot is emptied
+     (``people_snapshot.py``: it may hold removed links);
    - ``product_names_latest``: the products concerned are deleted and rebuilt, line item names by
      ``ITEM_NAMES``, product_view names read by Python from the remaining events' properties (the
      exact rule ingest applies; ClickHouse 18.16 has no JSON functions, so ``VIEW_NAMES`` cannot be
@@ -55,6 +56,7 @@ from cartlytics.common.commerce.rollups import (
 from . import Storage
 from .backends import StorageError
 from .migrations import type_slots
+from .people_snapshot import PeopleSnapshot
 from .repair import LINE_COUNT_SUMS, SALES_SUMS, _delta
 from .sql import EMPTY, Sql
 
@@ -197,6 +199,8 @@ class Purger:
             people = _and(PROJECT, selection.people)
             self.delete("people", people, params, report)
             self._run(PEOPLE_FIRST.backfill(where=people), params)
+            # The snapshot may hold the links just removed: emptied (the keeper rebuilds it).
+            PeopleSnapshot(self._storage).invalidate()
 
         if selection.products is None or selection.products:
             products = _and(PROJECT, selection.products)

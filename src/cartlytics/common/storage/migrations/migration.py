@@ -12,17 +12,28 @@ MODERN_TYPES = {
     "DateTime": "DateTime64(3, 'UTC')",
     "Dict": "LowCardinality(String)",
     "MutationsSync": " SETTINGS mutations_sync = 2",
+    # An Atomic database (chdb, servers from 20.x) keeps a dropped table's files for minutes
+    # unless the DROP says SYNC; an Ordinary one (18.16) drops them at once and has no SYNC.
+    "DropSync": " SYNC",
+    "Atomic": "yes",  # EXCHANGE TABLES swaps two tables at once
 }
-CLASSIC_TYPES = {"DateTime": "DateTime('UTC')", "Dict": "String", "MutationsSync": ""}
+CLASSIC_TYPES = {
+    "DateTime": "DateTime('UTC')",
+    "Dict": "String",
+    "MutationsSync": "",
+    "DropSync": "",
+    "Atomic": "",
+}
 
 
 def type_slots(types: Mapping[str, str]) -> dict[str, Sql]:
-    """The DDL slots (``{datetime}``, ``{dict}``, ``{mutations_sync}``) for a backend's
-    ``types``."""
+    """The DDL slots (``{datetime}``, ``{dict}``, ``{mutations_sync}``, ``{drop_sync}``) for a
+    backend's ``types``."""
     return {
         "datetime": Sql(types["DateTime"]),
         "dict": Sql(types["Dict"]),
         "mutations_sync": Sql(types["MutationsSync"]),
+        "drop_sync": Sql(types["DropSync"]),
     }
 
 

@@ -12,6 +12,7 @@ from . import (
     m0007_exact_revenue_in_sales_15m,
     m0008_create_identity_links,
     m0009_create_erasures,
+    m0010_create_people_snapshot,
 )
 from .migration import Migration
 
@@ -25,4 +26,5 @@ MIGRATIONS: tuple[Migration, ...] = (
     m0007_exact_revenue_in_sales_15m.MIGRATION,
     m0008_create_identity_links.MIGRATION,
     m0009_create_erasures.MIGRATION,
+    m0010_create_people_snapshot.MIGRATION,
 )
