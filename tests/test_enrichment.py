@@ -10,13 +10,18 @@ import copy
 import hashlib
 import hmac
 import json
+import sys
 from typing import Any
 
 import pytest
+import ua_parser
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from ua_parser.basic import Resolver as PurePythonResolver
+from ua_parser.regex import Resolver as RustResolver
 
-from services.ingest.enrichment import Enrichment, enrich
+from services.ingest import enrichment
+from services.ingest.enrichment import Enrichment, describe_user_agent, enrich
 
 SALT = b"test-salt-0123456789"
 IP = "203.0.113.7"
@@ -119,6 +124,158 @@ def scalar_fields(e: Enrichment) -> dict[str, str]:
 def test_user_agents(user_agent: str, device: str, browser: str, os: str) -> None:
     e = run({"userAgent": user_agent})
     assert (e.device, e.browser, e.os) == (device, browser, os)
+
+
+# Real-world user agents, one or a few of each kind the shop sees: desktop browsers, phones (and
+# their in-app browsers), tablets, a console and a TV, crawlers and scripts.
+APPLEBOT = (
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_5) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+    "Version/13.1.1 Safari/605.1.15 (Applebot/0.1; +http://www.apple.com/go/applebot)"
+)
+WEBKIT = "AppleWebKit/537.36 (KHTML, like Gecko)"
+IOS_WEBKIT = "AppleWebKit/605.1.15 (KHTML, like Gecko)"
+REAL_WORLD_USER_AGENTS = (
+    CHROME_WINDOWS,
+    f"Mozilla/5.0 (Windows NT 6.1; Win64; x64) {WEBKIT} Chrome/109.0.0.0 Safari/537.36",
+    f"Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) {WEBKIT} Chrome/125.0.0.0 Safari/537.36",
+    f"Mozilla/5.0 (X11; Linux x86_64) {WEBKIT} Chrome/123.0.0.0 Safari/537.36",
+    f"Mozilla/5.0 (X11; CrOS x86_64 14541.0.0) {WEBKIT} Chrome/124.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:126.0) Gecko/20100101 Firefox/126.0",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 14.4; rv:125.0) Gecko/20100101 Firefox/125.0",
+    "Mozilla/5.0 (X11; Ubuntu; Linux x86_64; rv:124.0) Gecko/20100101 Firefox/124.0",
+    FIREFOX_LINUX,
+    SAFARI_MAC,
+    EDGE_WINDOWS,
+    f"Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) {WEBKIT} Chrome/124.0.0.0 Safari/537.36 "
+    "Edg/124.0.2478.80",
+    CHROME_WINDOWS + " OPR/110.0.0.0",
+    f"Mozilla/5.0 (Windows NT 10.0; Win64; x64) {WEBKIT} Chrome/122.0.0.0 YaBrowser/24.4.0.0 "
+    "Safari/537.36",
+    "Mozilla/5.0 (Windows NT 10.0; WOW64; Trident/7.0; rv:11.0) like Gecko",
+    IPHONE,
+    f"Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) {IOS_WEBKIT} "
+    "CriOS/125.0.6422.80 Mobile/15E148 Safari/604.1",
+    f"Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) {IOS_WEBKIT} "
+    "FxiOS/126.0 Mobile/15E148 Safari/605.1.15",
+    f"Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) {IOS_WEBKIT} "
+    "Version/17.0 EdgiOS/124.2478.89 Mobile/15E148 Safari/605.1.15",
+    f"Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) {IOS_WEBKIT} Mobile/15E148 "
+    "Instagram 330.0.3.12.90 (iPhone15,3; iOS 17_4; en_US; en; scale=3.00; 1290x2796; 604431229)",
+    f"Mozilla/5.0 (iPhone; CPU iPhone OS 17_4_1 like Mac OS X) {IOS_WEBKIT} Mobile/15E148 "
+    "[FBAN/FBIOS;FBAV/461.0.0.38.108;FBBV/589010185;FBDV/iPhone14,5;FBMD/iPhone;FBSN/iOS;"
+    "FBSV/17.4.1;FBSS/3;FBID/phone;FBLC/en_US;FBOP/5]",
+    ANDROID_PHONE,
+    f"Mozilla/5.0 (Linux; Android 10; K) {WEBKIT} Chrome/125.0.0.0 Mobile Safari/537.36",
+    f"Mozilla/5.0 (Linux; Android 14; SAMSUNG SM-S918B) {WEBKIT} SamsungBrowser/25.0 "
+    "Chrome/121.0.0.0 Mobile Safari/537.36",
+    "Mozilla/5.0 (Android 14; Mobile; rv:126.0) Gecko/126.0 Firefox/126.0",
+    f"Mozilla/5.0 (Linux; Android 10; K) {WEBKIT} Chrome/124.0.0.0 Mobile Safari/537.36 "
+    "EdgA/124.0.2478.64",
+    f"Mozilla/5.0 (Linux; Android 13; SM-A536B Build/TP1A.220624.014; wv) {WEBKIT} Version/4.0 "
+    "Chrome/124.0.6367.82 Mobile Safari/537.36",
+    f"Mozilla/5.0 (Linux; Android 10; VOG-L29) {WEBKIT} Chrome/124.0.0.0 Mobile Safari/537.36 "
+    "OPR/81.1.4292.78896",
+    f"Mozilla/5.0 (Linux; U; Android 12; en-gb; Redmi Note 11 Build/SKQ1.211103.001) {WEBKIT} "
+    "Version/4.0 Chrome/112.0.5615.136 Mobile Safari/537.36 XiaoMi/MiuiBrowser/14.5.1-gn",
+    CUBOT_PHONE,
+    IPAD,
+    f"Mozilla/5.0 (iPad; CPU OS 17_5 like Mac OS X) {IOS_WEBKIT} CriOS/125.0.6422.80 "
+    "Mobile/15E148 Safari/604.1",
+    ANDROID_TABLET,
+    f"Mozilla/5.0 (Linux; Android 13; SM-X200) {WEBKIT} SamsungBrowser/24.0 Chrome/117.0.0.0 "
+    "Safari/537.36",
+    f"Mozilla/5.0 (Linux; Android 9; KFTRWI) {WEBKIT} Silk/124.2.1 like Chrome/124.0.6367.111 "
+    "Safari/537.36",
+    FIREFOX_ANDROID_TABLET,
+    "Mozilla/5.0 (PlayStation; PlayStation 5/2.26) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+    "Version/13.0 Safari/605.1.15",
+    f"Mozilla/5.0 (SMART-TV; LINUX; Tizen 6.0) {WEBKIT} 76.0.3809.146/6.0 TV Safari/537.36",
+    GOOGLEBOT,
+    GOOGLEBOT_SMARTPHONE,
+    "Mozilla/5.0 (compatible; bingbot/2.0; +http://www.bing.com/bingbot.htm)",
+    "Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko; compatible; GPTBot/1.2; "
+    "+https://openai.com/gptbot)",
+    "Mozilla/5.0 (compatible; YandexBot/3.0; +http://yandex.com/bots)",
+    "Mozilla/5.0 (compatible; Baiduspider/2.0; +http://www.baidu.com/search/spider.html)",
+    AHREFSBOT,
+    "Mozilla/5.0 (compatible; SemrushBot/7~bl; +http://www.semrush.com/bot.html)",
+    APPLEBOT,
+    "DuckDuckBot/1.1; (+http://duckduckgo.com/duckduckbot.html)",
+    "facebookexternalhit/1.1 (+http://www.facebook.com/externalhit_uatext.php)",
+    "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)",
+    "Twitterbot/1.0",
+    HEADLESS_CHROME,
+    CURL,
+    "Wget/1.21.4",
+    "python-requests/2.31.0",
+    "Go-http-client/2.0",
+)
+# ua-parser-rs rewrites bounded repetitions of 100 or more to unbounded ones (``.{0,100}`` to
+# ``.*``: smaller automata), so its "Spider" device regex, ``^.{0,100}(bot|...)``, also finds a
+# crawler's name past the 100th character. The only difference over uap-core's 30,871 test user
+# agents: ten of them, all crawlers, are "Spider" for the Rust resolver and not for the pure-Python
+# one (Applebot is one); browser and OS never differed.
+SPIDER_ONLY_FOR_RUST = {APPLEBOT}
+
+
+@pytest.fixture(scope="module")
+def resolvers() -> tuple[ua_parser.Resolver, ua_parser.Resolver]:
+    """The reference implementation's two resolvers over the same regexes, not the service's."""
+    rust = RustResolver(ua_parser.load_lazy_builtins())
+    pure_python = PurePythonResolver(ua_parser.load_builtins())
+    return rust, pure_python
+
+
+def test_the_user_agents_cover_what_shops_see() -> None:
+    described = [describe_user_agent(ua) for ua in REAL_WORLD_USER_AGENTS]
+    assert len(set(REAL_WORLD_USER_AGENTS)) == len(REAL_WORLD_USER_AGENTS) >= 50
+    assert {device for device, _, _ in described} == {"desktop", "mobile", "tablet", "bot"}
+    assert len({browser for _, browser, _ in described}) >= 30
+    assert {"Windows", "Mac OS X", "Linux", "iOS", "Android"} <= {os for _, _, os in described}
+
+
+@pytest.mark.parametrize("user_agent", REAL_WORLD_USER_AGENTS)
+def test_the_rust_resolver_parses_as_the_pure_python_one(
+    user_agent: str, resolvers: tuple[ua_parser.Resolver, ua_parser.Resolver]
+) -> None:
+    rust, pure_python = (r(user_agent, ua_parser.Domain.ALL) for r in resolvers)
+    assert rust.user_agent is not None and rust.user_agent.family != "Other"
+    assert rust.user_agent == pure_python.user_agent  # family and every version field
+    assert rust.os == pure_python.os
+    if user_agent in SPIDER_ONLY_FOR_RUST:
+        assert rust.device is not None and rust.device.family == "Spider"
+        assert pure_python.device is None or pure_python.device.family != "Spider"
+    else:
+        assert rust.device == pure_python.device
+
+
+@pytest.mark.parametrize("user_agent", REAL_WORLD_USER_AGENTS)
+def test_the_service_names_browser_and_os_as_the_reference(
+    user_agent: str, resolvers: tuple[ua_parser.Resolver, ua_parser.Resolver]
+) -> None:
+    reference = resolvers[1](user_agent, ua_parser.Domain.ALL)
+    browser = reference.user_agent.family if reference.user_agent else ""
+    os = reference.os.family if reference.os else ""
+    expected = tuple("" if family == "Other" else family for family in (browser, os))
+    assert describe_user_agent(user_agent)[1:] == expected
+
+
+def test_the_service_parses_with_the_rust_resolver() -> None:
+    parser, name = enrichment.user_agent_parser()
+    assert name == enrichment.RUST
+    assert isinstance(parser.resolver, RustResolver)
+    assert enrichment.user_agent_parser()[0] is parser  # one per process
+    assert describe_user_agent(APPLEBOT)[0] == "bot"
+
+
+def test_without_the_rust_core_the_pure_python_resolver_is_used(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "ua_parser.regex", None)  # import raises ImportError
+    parser, name = enrichment._build_user_agent_parser()
+    assert name == enrichment.PURE_PYTHON
+    assert isinstance(parser.resolver, PurePythonResolver)
+    assert enrichment.describe_user_agent_with(parser, IPAD) == ("tablet", "Mobile Safari", "iOS")
 
 
 @pytest.mark.parametrize("context", [{}, {"userAgent": ""}, {"userAgent": "   "}])

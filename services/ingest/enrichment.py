@@ -16,13 +16,17 @@ import hashlib
 import hmac
 import ipaddress
 import re
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+import structlog
 import ua_parser
+
+log = structlog.get_logger(__name__)
 
 MAX_UA_LENGTH = 1024
 MAX_UTM_LENGTH = 200
@@ -127,14 +131,72 @@ def describe_user_agent(user_agent: object) -> tuple[str, str, str]:
     return _describe(user_agent[:MAX_UA_LENGTH])
 
 
+def describe_user_agent_with(
+    resolver: ua_parser.Resolver, user_agent: object
+) -> tuple[str, str, str]:
+    """describe_user_agent through a given parser (or resolver), without the cache:
+    bench/user_agents.py compares the resolvers through it."""
+    if not isinstance(user_agent, str):
+        return "", "", ""
+    return _describe_uncached(resolver, user_agent[:MAX_UA_LENGTH])
+
+
+RUST = "ua-parser-rs"
+PURE_PYTHON = "ua_parser.basic"
+_parser: tuple[ua_parser.Parser, str] | None = None
+_parser_lock = threading.Lock()
+
+
+def user_agent_parser() -> tuple[ua_parser.Parser, str]:
+    """The process's one user-agent parser and the name of its resolver, built on first use.
+
+    ua-parser's regexes run in its Rust core (``ua_parser.regex``, package ua-parser-rs): tens of
+    µs a parse, where the pure-Python resolver takes 300-1,000 µs for a user agent not seen before
+    (bench/user_agents.py). Browser and OS come out the same (tests/test_enrichment.py compares
+    them); the device differs only where the Rust core, which reads the regexes' ``.{0,100}`` as
+    ``.*``, finds a crawler's name past the 100th character: "bot" rather than "desktop". The
+    pure-Python resolver is only the fallback when the Rust core cannot be loaded; which one is
+    used is logged once. Building either takes ~0.25 s (the regexes are compiled), so not at
+    import. No cache inside the parser: ``_describe`` caches (device, browser, os) per user agent.
+    """
+    global _parser
+    if _parser is None:
+        with _parser_lock:
+            if _parser is None:
+                _parser = _build_user_agent_parser()
+                log.info("user-agent parser ready", resolver=_parser[1])
+    return _parser
+
+
+def _build_user_agent_parser() -> tuple[ua_parser.Parser, str]:
+    try:
+        from ua_parser.regex import Resolver as RustResolver
+
+        return ua_parser.Parser(RustResolver(ua_parser.load_lazy_builtins())), RUST
+    except Exception as error:  # not installed, or no wheel for this platform
+        log.warning(
+            "ua-parser-rs unavailable: user agents are parsed in pure Python, ~20x slower",
+            error=repr(error),
+        )
+    return ua_parser.Parser(ua_parser.BasicResolver(ua_parser.load_builtins())), PURE_PYTHON
+
+
+def _process_parser(user_agent: str, domains: ua_parser.Domain, /) -> ua_parser.PartialResult:
+    return user_agent_parser()[0](user_agent, domains)
+
+
 @lru_cache(maxsize=4096)
 def _describe(user_agent: str) -> tuple[str, str, str]:
-    """Cached per UA string: a few browser builds make most of the traffic, and parsing is slow."""
+    """Cached per UA string: a few browser builds make most of the traffic."""
+    return _describe_uncached(_process_parser, user_agent)
+
+
+def _describe_uncached(resolver: ua_parser.Resolver, user_agent: str) -> tuple[str, str, str]:
     if not user_agent.strip():
         return "", "", ""
     try:
-        result = ua_parser.parse(user_agent)
-    except Exception:  # a library bug must not lose the event
+        result = resolver(user_agent, ua_parser.Domain.ALL)
+    except Exception:  # a library bug (or a parser that cannot be built) must not lose the event
         return _device(user_agent, spider=False), "", ""
     browser = result.user_agent.family if result.user_agent is not None else ""
     os = result.os.family if result.os is not None else ""
