@@ -13,7 +13,7 @@ from typing import Any
 
 from cartlytics.common.commerce.visitors import as_people
 from cartlytics.common.storage import Sql, Storage
-from cartlytics.common.storage.people_snapshot import PeopleSnapshot
+from cartlytics.common.storage.people_snapshot import TABLES, PeopleSnapshot
 from tests.oracle import first_links, person
 
 COLUMNS = ["project_id", "event_id", "event", "ts", "received_at", "user_id", "anonymous_id",
@@ -103,7 +103,8 @@ def test_people_are_exact_through_every_state_of_the_snapshot(
     store.check("a rebuilt snapshot")
 
     snapshot.invalidate()
-    assert storage.query_sync(Sql("SELECT count() FROM people_snapshot")) == [(0,)]
+    for table in TABLES:
+        assert storage.query_sync(Sql("SELECT count() FROM " + table)) == [(0,)]
     store.check("invalidated: an empty snapshot")
 
 
@@ -127,6 +128,7 @@ def test_a_rebuild_after_an_invalidation_elsewhere_is_not_swapped_in(
             return rows
 
     assert Interrupted(storage).rebuild() is None
-    assert storage.query_sync(Sql("SELECT count() FROM people_snapshot")) == [(0,)]
+    for table in TABLES:
+        assert storage.query_sync(Sql("SELECT count() FROM " + table)) == [(0,)]
     assert snapshot.state().block == 0
     store.check("after the dropped rebuild")

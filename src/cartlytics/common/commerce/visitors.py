@@ -69,10 +69,12 @@ CHANGES = Sql(f"""
           AND toUInt64(splitByChar('_', _part)[3]) > {{snapshot_block}}
         GROUP BY anonymous_id
     ) AS changed
-    ANY LEFT JOIN people_snapshot USING visitor_hash
+    ANY LEFT JOIN people_snapshot_links USING visitor_hash
     WHERE snapshot_id != stored_visitor OR changed_key < snapshot_key""").fill(
     snapshot_block=SNAPSHOT_BLOCK
 )
+# The same, hashed people only (ClickHouse 18.16 copies every column of a joined relation).
+CHANGED_PEOPLE = Sql("SELECT visitor_hash, changed_person FROM ({changes})").fill(changes=CHANGES)
 
 
 def as_people(rows: Sql, columns: Sequence[str], visitor: str, hashed: bool = False) -> Sql:
@@ -88,7 +90,10 @@ def as_people(rows: Sql, columns: Sequence[str], visitor: str, hashed: bool = Fa
         raise ValueError(f"{visitor!r} is not among the columns {columns!r}")
     kept = [c for c in columns if c != visitor]
     hashing = "cityHash64({project}, " + visitor + ") AS visitor_hash"
+    # Two snapshot tables (storage/people_snapshot.py): ClickHouse 18.16 copies every column of
+    # the joined table into the result, so hashed reads join the one of two numbers.
     if hashed:
+        snapshot, changes = "people_snapshot", CHANGED_PEOPLE
         carried = ["visitor_hash"]
         found = ["snapshot_person"]
         person = (
@@ -97,6 +102,7 @@ def as_people(rows: Sql, columns: Sequence[str], visitor: str, hashed: bool = Fa
         )
     else:
         # A row of the snapshot or the changes counts only when it is this very device's.
+        snapshot, changes = "people_snapshot_links", CHANGES
         carried = [f"{visitor} AS stored_visitor", "visitor_hash"]
         found = ["snapshot_id", "snapshot_user"]
         person = (
@@ -112,9 +118,9 @@ def as_people(rows: Sql, columns: Sequence[str], visitor: str, hashed: bool = Fa
     FROM (
         SELECT {middle}
         FROM (SELECT {inner} FROM ({{people_rows}})) AS visits
-        ANY LEFT JOIN people_snapshot USING visitor_hash
+        ANY LEFT JOIN {snapshot} USING visitor_hash
     ) AS known
     ANY LEFT JOIN ({{changes}}) AS changes USING visitor_hash""")
-        .fill(changes=CHANGES)
+        .fill(changes=changes)
         .fill(people_rows=rows)
     )

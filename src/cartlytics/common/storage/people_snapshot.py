@@ -1,18 +1,19 @@
 """The people snapshot: every linked device's first link, kept built as a hash table.
 
 Every visitor figure reads its visitors as people (``commerce.visitors.as_people``): the
-snapshot (``people_snapshot``, a ``Join`` engine table that ClickHouse keeps as a ready hash
-table, in memory, persisted beside the data) for what ``people`` held when it was built, and
+snapshot (``people_snapshot`` and ``people_snapshot_links``, ``Join`` engine tables that
+ClickHouse keeps as ready hash tables, in memory, persisted beside the data: the person's hash
+of each device, and its id, first link and user) for what ``people`` held when it was built, and
 ``people``'s newer insert blocks (``visitors.CHANGES``, hashed per query) for the rest. Readers are
 exact whatever the snapshot's age; the older it is, the more they hash per query. So:
 
 - ``rebuild`` makes a new one: it notes the highest insert block of ``people``, builds
-  ``people_snapshot_next`` from ``people`` (every block up to that one at least), swaps it in
+  ``<table>_next`` tables from ``people`` (every block up to that one at least), swaps them in
   (``EXCHANGE TABLES``, or two renames on 18.16) and only then records the block in
   ``people_snapshot_state`` (a reader that sees the new table with the old block reads more
   changes than it needs, never fewer);
 - ``invalidate``, run by every purge of ``people`` (erasure, retention), records block 0 (every
-  row is a change again) and swaps in an empty snapshot: no erased link stays in it;
+  row is a change again) and swaps in empty tables: no erased link stays in them;
 - ``keep`` (the privacy module's keeper, one per store) rebuilds when the newer rows pass
   ``ANALYTICS_PEOPLE_SNAPSHOT_CHANGES`` or are older than ``REBUILD_AGE_SECONDS``.
 
@@ -58,8 +59,24 @@ SNAPSHOT_REBUILDS = Counter(
 )
 SNAPSHOT_DEVICES = Gauge("cartlytics_people_snapshot_devices", "Devices in the people snapshot")
 
-# The tables are made by migration 10 (m0010_create_people_snapshot); a new one copies them.
-CREATE_NEXT = Sql("CREATE TABLE people_snapshot_next AS people_snapshot")
+# The tables, made by migration 10 (m0010_create_people_snapshot), each rebuilt as
+# ``<table>_next`` (a copy of its structure) and swapped in: the person's hash of each device (what
+# counting figures join) and its id, first link and user (what id figures and the changes join).
+TABLES = ("people_snapshot", "people_snapshot_links")
+_FIRST_LINKS = f"""
+    SELECT project_id, anonymous_id, minMerge(first_link) AS link_key,
+           {user_of("link_key")} AS user
+    FROM people GROUP BY project_id, anonymous_id"""
+_FILLS = {
+    "people_snapshot": Sql(f"""
+    INSERT INTO people_snapshot_next
+    SELECT cityHash64(project_id, anonymous_id), cityHash64(project_id, user)
+    FROM ({_FIRST_LINKS})"""),
+    "people_snapshot_links": Sql(f"""
+    INSERT INTO people_snapshot_links_next
+    SELECT cityHash64(project_id, anonymous_id), anonymous_id, link_key, user
+    FROM ({_FIRST_LINKS})"""),
+}
 _PARTS = Sql("""
     SELECT max(max_block_number), sum(rows) FROM system.parts
     WHERE database = currentDatabase() AND table = 'people' AND active""")
@@ -75,23 +92,15 @@ _DEVICES = Sql("""
     SELECT count(), uniqExact(visitor_hash)
     FROM (SELECT cityHash64(project_id, anonymous_id) AS visitor_hash FROM people
           GROUP BY project_id, anonymous_id)""")
-_FILL = Sql(f"""
-    INSERT INTO people_snapshot_next
-    SELECT cityHash64(project_id, anonymous_id), project_id, anonymous_id, link_key, user,
-           cityHash64(project_id, user)
-    FROM (SELECT project_id, anonymous_id, minMerge(first_link) AS link_key,
-                 {user_of("link_key")} AS user
-          FROM people GROUP BY project_id, anonymous_id)""")
 _RECORD = Sql("""
     INSERT INTO people_snapshot_state (version, max_block, devices, built_at)
     SELECT {version}, {block}, {devices}, toDateTime({built_at}, 'UTC')""")
 # The swap: at once where the database is Atomic (chdb, servers from 20.x); ClickHouse 18.16
 # has no EXCHANGE, and a query between its two renames finds no table (the server backend runs
-# it again: backends.ServerBackend.execute).
-_EXCHANGE = Sql("EXCHANGE TABLES people_snapshot AND people_snapshot_next")
-_RENAMES = Sql(
-    "RENAME TABLE people_snapshot TO people_snapshot_old, people_snapshot_next TO people_snapshot"
-)
+# it again: backends.ServerBackend.execute). The two tables are swapped one after the other: a
+# reader between the swaps, with the old block recorded, reads more changes than it needs.
+_EXCHANGE = "EXCHANGE TABLES {t} AND {t}_next"
+_RENAMES = "RENAME TABLE {t} TO {t}_old, {t}_next TO {t}"
 _DROP = "DROP TABLE IF EXISTS {table}{drop_sync}"
 
 # One rebuild or invalidation at a time in this process (the keeper's thread, a purge's).
@@ -163,12 +172,12 @@ class PeopleSnapshot:
                 log.error("people snapshot not built: two devices share a hash", devices=devices)
                 SNAPSHOT_REBUILDS.labels("collision").inc()
                 return None
-            for table in ("people_snapshot_next", "people_snapshot_old"):
-                self._drop(table)
-            self._run(CREATE_NEXT)
-            self._run(_FILL)
+            self._make_next()
+            for table in TABLES:
+                self._run(_FILLS[table])
             if self.state().version != before:  # another process invalidated it meanwhile
-                self._drop("people_snapshot_next")
+                for table in TABLES:
+                    self._drop(table + "_next")
                 SNAPSHOT_REBUILDS.labels("superseded").inc()
                 return None
             self._swap()
@@ -184,19 +193,26 @@ class PeopleSnapshot:
         swapped for an empty one (a purge removed rows it may hold)."""
         with _LOCK:
             self._record(0, 0)
-            for table in ("people_snapshot_next", "people_snapshot_old"):
-                self._drop(table)
-            self._run(CREATE_NEXT)
+            self._make_next()
             self._swap()
             self._drop_replaced()
         SNAPSHOT_DEVICES.set(0)
 
+    def _make_next(self) -> None:
+        """Empty ``<table>_next`` copies (after any a cut rebuild left)."""
+        for table in TABLES:
+            self._drop(table + "_next")
+            self._drop(table + "_old")
+            self._run(Sql(f"CREATE TABLE {table}_next AS {table}"))
+
     def _swap(self) -> None:
-        self._run(_EXCHANGE if self._atomic else _RENAMES)
+        for table in TABLES:
+            self._run(Sql((_EXCHANGE if self._atomic else _RENAMES).replace("{t}", table)))
 
     def _drop_replaced(self) -> None:
-        """The table the swap replaced: ``_next`` after an exchange, ``_old`` after renames."""
-        self._drop("people_snapshot_next" if self._atomic else "people_snapshot_old")
+        """The tables the swap replaced: ``_next`` after an exchange, ``_old`` after renames."""
+        for table in TABLES:
+            self._drop(table + ("_next" if self._atomic else "_old"))
 
     def _record(self, block: int, devices: int) -> None:
         self._run(

@@ -1,10 +1,10 @@
-"""10: ``people_snapshot``, every linked device's first link as a ready hash table (a ``Join``
-engine table), and ``people_snapshot_state``, the insert block of ``people`` it holds
-(``cartlytics.common.storage.people_snapshot``; decision 63).
+"""10: ``people_snapshot`` and ``people_snapshot_links``, every linked device's first link as
+ready hash tables (``Join`` engine tables), and ``people_snapshot_state``, the insert block of
+``people`` they hold (``cartlytics.common.storage.people_snapshot``; decision 63).
 
-Both start empty (block 0: readers hash every ``people`` row per query, as before this
+They start empty (block 0: readers hash every ``people`` row per query, as before this
 migration); the privacy module's keeper builds the snapshot at its first tick. Backward drops
-both (and a rebuild's leftovers).
+them (and a rebuild's leftovers).
 """
 
 from __future__ import annotations
@@ -16,14 +16,21 @@ MIGRATION = Migration(
     10,
     "create_people_snapshot",
     (
+        # Two tables of the same devices: the person's hash alone (what counting figures join),
+        # and the id, first link and user (what figures showing ids and the changes join).
+        # ClickHouse 18.16 copies every column of a joined table into the result.
         Sql("""
         CREATE TABLE IF NOT EXISTS people_snapshot (
             visitor_hash UInt64,
-            snapshot_project String,
+            snapshot_person UInt64
+        ) ENGINE = Join(ANY, LEFT, visitor_hash)
+        """),
+        Sql("""
+        CREATE TABLE IF NOT EXISTS people_snapshot_links (
+            visitor_hash UInt64,
             snapshot_id String,
             snapshot_key String,
-            snapshot_user String,
-            snapshot_person UInt64
+            snapshot_user String
         ) ENGINE = Join(ANY, LEFT, visitor_hash)
         """),
         Sql("""
@@ -38,8 +45,10 @@ MIGRATION = Migration(
     ),
     backward=(
         Sql("DROP TABLE IF EXISTS people_snapshot_state{drop_sync}"),
-        Sql("DROP TABLE IF EXISTS people_snapshot_next{drop_sync}"),
-        Sql("DROP TABLE IF EXISTS people_snapshot_old{drop_sync}"),
-        Sql("DROP TABLE IF EXISTS people_snapshot{drop_sync}"),
+        *(
+            Sql(f"DROP TABLE IF EXISTS {table}{suffix}{{drop_sync}}")
+            for table in ("people_snapshot", "people_snapshot_links")
+            for suffix in ("_next", "_old", "")
+        ),
     ),
 )
