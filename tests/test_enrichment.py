@@ -585,3 +585,22 @@ def test_a_full_event() -> None:
         referrer_host="google.com",
         context={k: v for k, v in context.items() if k != "ip"},
     )
+
+
+_MARKER_PIECES = st.sampled_from(
+    ["bot", "BOT", "Bot", "cubot", "crawler", "Spider", "slurp", "curl/", "Wget/", "scrapy/",
+     "python-requests/", "HeadlessChrome", "phantomjs", " ", "/", "-",
+     # Letters that IGNORECASE matches to ASCII ones: long s, Kelvin sign, dotless i.
+     "\u017fpider", "\u212abot", "sp\u0131der",
+     "Mozilla/5.0 (Linux; Android 14)", "\u00df", "\u0130"]
+)  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.one_of(_MARKER_PIECES, st.text(max_size=8)), max_size=8).map("".join))
+def test_the_bot_word_shortcut_agrees_with_the_bot_markers(user_agent: str) -> None:
+    """The shortcut that skips the BOT_MARKERS regex for ASCII user agents holding none of its
+    words gives the regex's own answer, ASCII or not."""
+    assert enrichment._automated(user_agent) == (
+        enrichment.BOT_MARKERS.search(user_agent) is not None
+    )

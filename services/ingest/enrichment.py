@@ -52,6 +52,22 @@ BOT_MARKERS = re.compile(
     r"|headlesschrome|phantomjs",
     re.IGNORECASE,
 )
+# Text one of BOT_MARKERS' matches must contain, lower-cased: an ASCII user agent without any is
+# no match, found without the regex (half of a new user agent's parse: decision 64). Exact for
+# ASCII, where IGNORECASE is lower-casing; any other user agent goes to the regex.
+BOT_WORDS = ("bot", "crawler", "spider", "slurp", "curl/", "wget/", "python-requests/",
+             "python-urllib/", "libwww-perl/", "go-http-client/", "scrapy/", "headlesschrome",
+             "phantomjs")  # fmt: skip
+
+
+def _automated(user_agent: str) -> bool:
+    if user_agent.isascii():
+        lowered = user_agent.lower()
+        if not any(word in lowered for word in BOT_WORDS):
+            return False
+    return BOT_MARKERS.search(user_agent) is not None
+
+
 HOST_LABELS = re.compile(r"[^\W_](?:[\w-]*[^\W_])?(?:\.[^\W_](?:[\w-]*[^\W_])?)*")
 
 # ISO 3166-1 alpha-2, officially assigned (249), plus XK (Kosovo), which GeoIP databases use.
@@ -211,7 +227,7 @@ def _known(family: str) -> str:
 def _device(user_agent: str, spider: bool) -> str:
     """Bots first (Googlebot's smartphone UA says Android Mobile), then tablets before phones
     (an iPad's says "Mobile/15E148")."""
-    if spider or BOT_MARKERS.search(user_agent):
+    if spider or _automated(user_agent):
         return "bot"
     android = "Android" in user_agent
     if "iPad" in user_agent or "Tablet" in user_agent or (android and "Mobile" not in user_agent):
