@@ -18,10 +18,11 @@ some userId (or sessionId) is the same visitor.
 linked device per request (at 10M events, 200k devices: the funnel 3x slower); so ``as_people``
 reads it in two parts instead (decision 63), exact at every moment:
 
-- ``people_snapshot``: a Join-engine table (a hash table ClickHouse keeps built) of every device's
-  first link as ``people`` held it up to one of its insert blocks, keyed by ``cityHash64(project,
-  anonymousId)`` and checked against the id itself; rebuilt in the background
-  (``cartlytics.common.people_snapshot``) and emptied by every purge (erasure, retention);
+- the snapshot: Join-engine tables (hash tables ClickHouse keeps built) of every device's first
+  link as ``people`` held it up to one of its insert blocks, keyed by ``cityHash64(project,
+  anonymousId)``: ``people_snapshot`` (the person's hash) and ``people_snapshot_links`` (the id,
+  checked against the row's, and the user); rebuilt in the background
+  (``cartlytics.common.storage.people_snapshot``) and emptied by every purge (erasure, retention);
 - ``CHANGES``: the ``people`` rows of later inserts (their part's highest block number above the
   snapshot's, ``people_snapshot_state``), a small hash built per query;
 
