@@ -77,8 +77,8 @@ _FILLS = {
     SELECT cityHash64(project_id, anonymous_id), anonymous_id, link_key, user
     FROM ({_FIRST_LINKS})"""),
 }
-_PARTS = Sql("""
-    SELECT max(max_block_number), sum(rows) FROM system.parts
+_MAX_BLOCK = Sql("""
+    SELECT max(max_block_number) FROM system.parts
     WHERE database = currentDatabase() AND table = 'people' AND active""")
 _NEWER_ROWS = Sql("""
     SELECT sum(rows) FROM system.parts
@@ -121,10 +121,6 @@ class Rebuilt:
     seconds: float
 
 
-def _version() -> int:
-    return time.time_ns()
-
-
 class PeopleSnapshot:
     """The snapshot of one store (blocking calls: run them in a thread)."""
 
@@ -165,7 +161,7 @@ class PeopleSnapshot:
         started = time.monotonic()
         with _LOCK:
             before = self.state().version
-            max_block, _ = self._run(_PARTS)[0]
+            (max_block,) = self._run(_MAX_BLOCK)[0]
             block = int(str(max_block or 0))
             devices, hashes = (int(str(v)) for v in self._run(_DEVICES)[0])
             if devices != hashes:
@@ -218,7 +214,7 @@ class PeopleSnapshot:
         self._run(
             _RECORD,
             {
-                "version": _version(),
+                "version": time.time_ns(),
                 "block": block,
                 "devices": devices,
                 "built_at": int(time.time()),
