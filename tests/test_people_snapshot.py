@@ -1,19 +1,24 @@
 """The people snapshot (storage/people_snapshot.py) and the reads through it
 (commerce.visitors.as_people), on both backends: every event's person is the oracle's
 (tests/oracle.first_links) with no snapshot, through a fresh one, through one plus newer links
-that change a device's first link, add devices or change nothing, and after an invalidation; by
-id and hashed. Every endpoint reads its visitors this way, so the endpoint tests cover it too;
+that change a device's first link, add devices or change nothing, after an invalidation, through
+a lookup whose build was dropped since, and while builds follow each other; by id and hashed.
+Every endpoint reads its visitors this way, so the endpoint tests cover it too;
 here each state is reached on purpose instead of as the keeper happens to leave it.
 """
 
 from __future__ import annotations
 
+import copy
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cartlytics.common.commerce.visitors import as_people
 from cartlytics.common.storage import Sql, Storage
-from cartlytics.common.storage.people_snapshot import TABLES, PeopleSnapshot
+from cartlytics.common.storage.current_snapshot import BASE_TABLES, CurrentSnapshot
+from cartlytics.common.storage.people_snapshot import PeopleSnapshot
 from tests.oracle import first_links, person
 
 COLUMNS = ["project_id", "event_id", "event", "ts", "received_at", "user_id", "anonymous_id",
@@ -65,6 +70,15 @@ class Store:
         )
         return {str(p): int(str(h)) for p, h in rows}
 
+    def builds(self) -> list[str]:
+        """The build tables in the store (any project's)."""
+        rows = self.storage.query_sync(
+            Sql("""
+            SELECT name FROM system.tables
+            WHERE database = currentDatabase() AND name LIKE 'people\\_snapshot%\\_v%'""")
+        )
+        return sorted(str(name) for (name,) in rows)
+
     def check(self, state: str) -> None:
         expected = self.expected()
         assert self.read() == expected, state
@@ -103,16 +117,17 @@ def test_people_are_exact_through_every_state_of_the_snapshot(
     store.check("a rebuilt snapshot")
 
     snapshot.invalidate()
-    for table in TABLES:
+    assert store.builds() == [], "an invalidation drops every build"
+    for table in BASE_TABLES:
         assert storage.query_sync(Sql("SELECT count() FROM " + table)) == [(0,)]
-    store.check("invalidated: an empty snapshot")
+    store.check("invalidated: no build")
 
 
-def test_a_rebuild_after_an_invalidation_elsewhere_is_not_swapped_in(
+def test_a_rebuild_overtaken_by_an_invalidation_elsewhere_is_never_current(
     storage: Storage, project_id: str
 ) -> None:
-    """A rebuild that sees an invalidation recorded after it began (another process's purge)
-    drops its table instead of swapping in links the purge may have removed."""
+    """A rebuild during which another process's purge records an invalidation (and drops the
+    builds it finds) is not recorded as current, and leaves no table behind."""
     snapshot = PeopleSnapshot(storage)
     store = Store(storage, project_id)
     store.send((0, "u1", "d1"))
@@ -121,14 +136,66 @@ def test_a_rebuild_after_an_invalidation_elsewhere_is_not_swapped_in(
     class Interrupted(PeopleSnapshot):
         def _run(self, sql: Sql, params: dict[str, object] | None = None) -> list[Any]:
             rows = super()._run(sql, params)
-            if "INSERT INTO people_snapshot_next" in sql.text:
-                # Another process's invalidation records block 0 first (this process's lock is
-                # held: a second PeopleSnapshot here would wait for it).
-                PeopleSnapshot(storage)._record(0, 0)
+            if "INSERT INTO people_snapshot_v" in sql.text:
+                # The other process records its invalidation (this process's lock is held: a
+                # second PeopleSnapshot here would wait for it).
+                PeopleSnapshot(storage)._record(time.time_ns(), 0, 0)
             return rows
 
     assert Interrupted(storage).rebuild() is None
-    for table in TABLES:
-        assert storage.query_sync(Sql("SELECT count() FROM " + table)) == [(0,)]
+    assert store.builds() == []
     assert snapshot.state().block == 0
-    store.check("after the dropped rebuild")
+    store.check("after the overtaken rebuild")
+
+
+def test_a_query_whose_build_was_dropped_since_its_lookup_runs_again(
+    storage: Storage, project_id: str
+) -> None:
+    store = Store(storage, project_id)
+    store.send((0, "", "d1"), (10, "u1", "d1"))
+    assert PeopleSnapshot(storage).rebuild() is not None
+    store.check("the first build")  # the lookup names it for a second
+    looked_up = storage.snapshot.values()["snapshot_links"]
+    # Another process's keeper (the same store, a lookup of its own) builds anew and drops the
+    # first build, which this process's lookup still names.
+    elsewhere = copy.copy(storage)
+    elsewhere.snapshot = CurrentSnapshot(storage.backend.execute)
+    store.send((20, "u2", "d2"))
+    other = PeopleSnapshot(elsewhere)
+    assert other.rebuild() is not None
+    assert other.drop_superseded(now_ns=time.time_ns() + 60 * 10**9)
+    assert storage.snapshot.values()["snapshot_links"] == looked_up, "still the dropped build"
+    store.check("the dropped build's query, run again")
+    assert storage.snapshot.values()["snapshot_links"] != looked_up
+
+
+def test_reads_stay_exact_while_builds_follow_each_other(storage: Storage, project_id: str) -> None:
+    """The keeper rebuilding and dropping as fast as it can while links arrive and are read:
+    every read pairs one build's tables with its own block."""
+    snapshot = PeopleSnapshot(storage, changed_rows=1)
+    store = Store(storage, project_id)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def keeper() -> None:
+        while not stop.is_set():
+            try:
+                snapshot.rebuild()
+                snapshot.drop_superseded(now_ns=time.time_ns() + 60 * 10**9)
+            except BaseException as exc:
+                errors.append(exc)
+                return
+
+    thread = threading.Thread(target=keeper)
+    thread.start()
+    try:
+        for n in range(12):
+            # A device browses, then is linked; another one's earlier link arrives late.
+            store.send((100 * n, "", f"c{n}"), (100 * n + 1, f"w{n}", f"c{n}"))
+            if n:
+                store.send((100 * (n - 1) - 1, f"early{n}", f"c{n - 1}"))
+            store.check(f"round {n}")
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors, errors

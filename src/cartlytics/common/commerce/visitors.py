@@ -20,14 +20,17 @@ reads it in two parts instead (decision 63), exact at every moment:
 
 - the snapshot: Join-engine tables (hash tables ClickHouse keeps built) of every device's first
   link as ``people`` held it up to one of its insert blocks, keyed by ``cityHash64(project,
-  anonymousId)``: ``people_snapshot`` (the person's hash) and ``people_snapshot_links`` (the id,
-  checked against the row's, and the user); rebuilt in the background
-  (``cartlytics.common.storage.people_snapshot``) and emptied by every purge (erasure, retention);
-- ``CHANGES``: the ``people`` rows of later inserts (their part's highest block number above the
-  snapshot's, ``people_snapshot_state``), a small hash built per query;
+  anonymousId)``: ``{snapshot_people}`` (the person's hash) and ``{snapshot_links}`` (the id,
+  checked against the row's, and the user). Each build has tables of its own, never changed
+  (``cartlytics.common.storage.people_snapshot``); ``Storage`` fills these slots and
+  ``{snapshot_block}`` with one build's tables and block (``storage.current_snapshot``); every
+  purge (erasure, retention) drops the builds;
+- ``CHANGES``: the ``people`` rows of later inserts (their part's highest block number above
+  ``{snapshot_block}``), a small hash built per query;
 
 and a device's first link is the earlier of the two (a link first seen after the snapshot may be
-earlier than the one it holds). No snapshot yet (a new store): every row is a change.
+earlier than the one it holds). No build yet (a new store): the fixed empty tables and block 0,
+every row a change.
 """
 
 from __future__ import annotations
@@ -51,9 +54,6 @@ PEOPLE = Sql(f"""
 """)
 
 
-SNAPSHOT_BLOCK = Sql("(SELECT argMax(max_block, version) FROM people_snapshot_state)")
-"""The highest insert block of ``people`` the snapshot holds (0: no snapshot)."""
-
 # The devices of {project} whose person is not the snapshot's: in ``people`` parts written after
 # the snapshot (a part's name is partition_minblock_maxblock_level[_mutation]; a merge of old and
 # new parts is read whole, which is exact, and the keeper rebuilds when these grow), their first
@@ -70,10 +70,8 @@ CHANGES = Sql(f"""
           AND toUInt64(splitByChar('_', _part)[3]) > {{snapshot_block}}
         GROUP BY anonymous_id
     ) AS changed
-    ANY LEFT JOIN people_snapshot_links USING visitor_hash
-    WHERE snapshot_id != stored_visitor OR changed_key < snapshot_key""").fill(
-    snapshot_block=SNAPSHOT_BLOCK
-)
+    ANY LEFT JOIN {{snapshot_links}} USING visitor_hash
+    WHERE snapshot_id != stored_visitor OR changed_key < snapshot_key""")
 # The same, hashed people only (ClickHouse 18.16 copies every column of a joined relation).
 CHANGED_PEOPLE = Sql("SELECT visitor_hash, changed_person FROM ({changes})").fill(changes=CHANGES)
 
@@ -91,10 +89,10 @@ def as_people(rows: Sql, columns: Sequence[str], visitor: str, hashed: bool = Fa
         raise ValueError(f"{visitor!r} is not among the columns {columns!r}")
     kept = [c for c in columns if c != visitor]
     hashing = "cityHash64({project}, " + visitor + ") AS visitor_hash"
-    # Two snapshot tables (storage/people_snapshot.py): ClickHouse 18.16 copies every column of
-    # the joined table into the result, so hashed reads join the one of two numbers.
+    # Two snapshot tables per build (storage/people_snapshot.py): ClickHouse 18.16 copies every
+    # column of the joined table into the result, so hashed reads join the one of two numbers.
     if hashed:
-        snapshot, changes = "people_snapshot", CHANGED_PEOPLE
+        snapshot, changes = "{snapshot_people}", CHANGED_PEOPLE
         carried = ["visitor_hash"]
         found = ["snapshot_person"]
         person = (
@@ -103,7 +101,7 @@ def as_people(rows: Sql, columns: Sequence[str], visitor: str, hashed: bool = Fa
         )
     else:
         # A row of the snapshot or the changes counts only when it is this very device's.
-        snapshot, changes = "people_snapshot_links", CHANGES
+        snapshot, changes = "{snapshot_links}", CHANGES
         carried = [f"{visitor} AS stored_visitor", "visitor_hash"]
         found = ["snapshot_id", "snapshot_user"]
         person = (

@@ -23,6 +23,7 @@ import structlog
 
 from . import migrations as schema
 from .backends import Backend, StorageError, StorageUnavailable, open_backend
+from .current_snapshot import CurrentSnapshot, WithSnapshot, missing
 from .migrations import SCHEMA_MIGRATIONS, Irreversible, Migration, check_unique, type_slots
 from .sql import Row, Sql, literal, render
 
@@ -68,6 +69,8 @@ class Storage:
         # Group commit writes one flush at a time; the second thread serves the ingest path's
         # duplicate-order check and order_dups inserts alongside it.
         self._ingest_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="storage-ingest")
+        # The people snapshot a query names (current_snapshot.py), looked up when it needs one.
+        self.snapshot = CurrentSnapshot(backend.execute)
 
     @property
     def backend_name(self) -> str:
@@ -80,10 +83,20 @@ class Storage:
         return self.backend.types["DateTime"].startswith("DateTime64")
 
     def render(self, sql: Sql, params: Mapping[str, Any] | None = None) -> str:
-        return render(sql, params, self.datetime64)
+        """The text of ``sql`` (``sql.render``), the people snapshot's slots filled with the
+        current build's values where it has them (a lookup: blocking)."""
+        return render(sql, WithSnapshot(params, self.snapshot), self.datetime64)
 
     def query_sync(self, sql: Sql, params: Mapping[str, Any] | None = None) -> list[Row]:
-        return self.backend.execute(self.render(sql, params))
+        try:
+            return self.backend.execute(self.render(sql, params))
+        except StorageError as exc:
+            # The build it named was dropped since the lookup (current_snapshot.py): again,
+            # with the build current now.
+            if not missing(exc):
+                raise
+            self.snapshot.forget()
+            return self.backend.execute(self.render(sql, params))
 
     def insert_sync(
         self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
@@ -99,10 +112,10 @@ class Storage:
         self, sql: Sql, params: Mapping[str, Any] | None = None, *, ingest: bool = False
     ) -> list[Row]:
         """Rows of ``sql``; ``ingest=True`` for reads an acknowledgement waits on."""
-        rendered = self.render(sql, params)
         loop = asyncio.get_running_loop()
         pool = self._ingest_pool if ingest else self._pool
-        return await loop.run_in_executor(pool, self.backend.execute, rendered)
+        # Rendered in the pool's thread: it may look the people snapshot up.
+        return await loop.run_in_executor(pool, self.query_sync, sql, params)
 
     async def insert(
         self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
@@ -123,8 +136,10 @@ class Storage:
         read ahead). Use ``async with storage.stream(...) as blocks`` to start the query at once
         and to stop it for sure when leaving early; plain ``async for`` starts it on first use.
         """
-        rendered = self.render(sql, params)
-        return RowBlocks(self._pool, lambda: self.backend.open_stream(rendered, block_rows))
+        return RowBlocks(
+            self._pool,
+            lambda: self.backend.open_stream(self._render_fresh(sql, params), block_rows),
+        )
 
     def stream_text(
         self,
@@ -135,8 +150,17 @@ class Storage:
         """The values of ``sql`` (one String column) as bytes, each followed by ``\\n``: blocks
         as ``stream`` reads them, but passed on as ClickHouse wrote them, with no Python object
         per row (for output that the query itself formats, as the CSV export does)."""
-        rendered = self.render(sql, params)
-        return Blocks(self._pool, lambda: self.backend.open_text_stream(rendered, block_rows))
+        return Blocks(
+            self._pool,
+            lambda: self.backend.open_text_stream(self._render_fresh(sql, params), block_rows),
+        )
+
+    def _render_fresh(self, sql: Sql, params: Mapping[str, Any] | None) -> str:
+        """``render`` with the people snapshot looked up now: a stream is not run again when its
+        build is dropped, and the keeper drops a superseded one only seconds after a newer one
+        is recorded (an erasure drops them at once: a stream starting meanwhile fails)."""
+        self.snapshot.forget()
+        return self.render(sql, params)
 
     def migrate(self, migrations: tuple[Migration, ...] | None = None) -> list[int]:
         """Apply every migration not yet recorded (of ``migrations``, by default all of them);

@@ -16,7 +16,6 @@ import itertools
 import json
 import os
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -358,17 +357,7 @@ class ServerBackend:
         return int(version.split(".")[0])
 
     def execute(self, sql: str) -> list[Row]:
-        try:
-            rows = self._run(self._client(), sql)
-        except StorageUnavailable:
-            raise
-        except StorageError as exc:
-            # ClickHouse 18.16 swaps the people snapshot in by two renames (it has no EXCHANGE:
-            # storage/people_snapshot.py); a query between them finds no table: run it again.
-            if "Code: 60" not in str(exc) or "people_snapshot" not in str(exc):
-                raise
-            time.sleep(0.05)
-            rows = self._run(self._client(), sql)
+        rows = self._run(self._client(), sql)
         return [tuple(_plain(v) for v in row) for row in rows]
 
     def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

@@ -1,30 +1,34 @@
 """The people snapshot: every linked device's first link, kept built as a hash table.
 
-Every visitor figure reads its visitors as people (``commerce.visitors.as_people``): the
-snapshot (``people_snapshot`` and ``people_snapshot_links``, ``Join`` engine tables that
-ClickHouse keeps as ready hash tables, in memory, persisted beside the data: the person's hash
-of each device, and its id, first link and user) for what ``people`` held when it was built, and
-``people``'s newer insert blocks (``visitors.CHANGES``, hashed per query) for the rest. Readers are
-exact whatever the snapshot's age; the older it is, the more they hash per query. So:
+Every visitor figure reads its visitors as people (``commerce.visitors.as_people``): a build of
+the snapshot (two ``Join`` engine tables, which ClickHouse keeps as ready hash tables, in memory,
+persisted beside the data: the person's hash of each device, and its id, first link and user) for
+what ``people`` held up to one of its insert blocks, and ``people``'s later insert blocks
+(``visitors.CHANGES``, hashed per query) for the rest. Readers are exact whatever the build's
+age; the older it is, the more they hash per query.
 
-- ``rebuild`` makes a new one: it notes the highest insert block of ``people``, builds
-  ``<table>_next`` tables from ``people`` (every block up to that one at least), swaps them in
-  (``EXCHANGE TABLES``, or two renames on 18.16) and only then records the block in
-  ``people_snapshot_state`` (a reader that sees the new table with the old block reads more
-  changes than it needs, never fewer);
-- ``invalidate``, run by every purge of ``people`` (erasure, retention), records block 0 (every
-  row is a change again) and swaps in empty tables: no erased link stays in them;
-- ``keep`` (the privacy module's keeper, one per store) rebuilds when the newer rows pass
-  ``ANALYTICS_PEOPLE_SNAPSHOT_CHANGES`` or are older than ``REBUILD_AGE_SECONDS``.
+A build is immutable: ``rebuild`` notes the highest insert block of ``people``, fills
+``people_snapshot_v<version>`` and ``people_snapshot_links_v<version>`` from ``people`` (every
+block up to that one at least) and records (version, block) in ``people_snapshots``; a query
+names one recorded build's tables and block, looked up together (``current_snapshot.py``). So no
+query can pair one build's tables with another's block (migration 10's fixed tables swapped in
+place allowed that, and a loaded run once showed it). Versions are ``time.time_ns()`` taken when
+a build starts, and the highest recorded one is current: a build that an invalidation or a newer
+build overtook while it was filled is never current, whichever process made it.
 
-A rebuild and an invalidation exclude each other in a process (a lock); across processes (the
-CLI's ``users erase`` beside a server) a rebuild that sees an invalidation recorded after it began
-drops its table instead of swapping it in. ClickHouse 18.16 crashes on ``TRUNCATE`` of a Join
-table: tables are only created, renamed and dropped.
+- ``invalidate``, run by every purge of ``people`` (erasure, retention), records a version with
+  block 0 (no build: every row is a change, the fixed tables are empty) and drops every build:
+  no erased link stays in any table. A query that looked up a dropped build fails on its missing
+  table and ``Storage`` runs it again with the build current then.
+- ``keep`` (the privacy module's keeper, one per store or several) rebuilds when the newer rows
+  pass ``ANALYTICS_PEOPLE_SNAPSHOT_CHANGES`` or are older than ``REBUILD_AGE_SECONDS``, and drops
+  builds superseded for ``DROP_AFTER_SECONDS`` (queries reuse a lookup for a second).
+
+ClickHouse 18.16 crashes on ``TRUNCATE`` of a Join table: tables are only created and dropped.
 
 Keys: ``cityHash64(project, anonymousId)`` (a numeric key hashes several times faster than two
 strings; measured in decision 63), each row holding its project and id, which readers compare:
-a rebuild that finds two devices with one hash keeps no snapshot (readers then hash every row per
+a rebuild that finds two devices with one hash records no build (readers then hash every row per
 query, exact) and logs it.
 """
 
@@ -40,6 +44,7 @@ from prometheus_client import Counter, Gauge
 
 from ..commerce.visitors import user_of
 from . import Storage
+from .current_snapshot import BASE_TABLES, build_tables
 from .migrations import type_slots
 from .sql import Sql
 
@@ -50,35 +55,39 @@ REBUILD_CHANGED_ROWS = 20_000
 (``ANALYTICS_PEOPLE_SNAPSHOT_CHANGES``; a query hashes them: ~20k rows cost a few ms)."""
 REBUILD_AGE_SECONDS = 600
 """A snapshot with newer rows is rebuilt at least this often."""
-SWAP_GRACE_SECONDS = 5.0
-"""Between the swap and recording its block: a query that resolved the table before the swap
-and reads the block after it would otherwise miss rows. A wait, not a guarantee: under two CPU
-hogs one customers test on 18.16 once counted an anonymous device as its own customer, which
-such a query would do (1 s then; unconfirmed as the cause)."""
+DROP_AFTER_SECONDS = 10.0
+"""A superseded build is dropped this long after the newer one was recorded: queries reuse a
+lookup for ``current_snapshot.LOOKUP_SECONDS`` (one that still names it is run again anyway)."""
 
 SNAPSHOT_REBUILDS = Counter(
     "cartlytics_people_snapshot_rebuilds_total", "People snapshot rebuilds", ["outcome"]
 )
 SNAPSHOT_DEVICES = Gauge("cartlytics_people_snapshot_devices", "Devices in the people snapshot")
 
-# The tables, made by migration 10 (m0010_create_people_snapshot), each rebuilt as
-# ``<table>_next`` (a copy of its structure) and swapped in: the person's hash of each device (what
-# counting figures join) and its id, first link and user (what id figures and the changes join).
-TABLES = ("people_snapshot", "people_snapshot_links")
-_FIRST_LINKS = f"""
+# A build: every device's first link read from ``people`` once, into a stage table, and the two
+# tables (current_snapshot.build_tables, copies of the structure of the fixed, empty ones) filled
+# from it: the person's hash of each device (what counting figures join) and its id, first link
+# and user (what id figures and the changes join). Filled from ``people`` each, the two could hold
+# different rows (an insert landing between the fills), and a hashed read decides by one whether
+# to take the other.
+_STAGE = Sql("""
+    CREATE TABLE {stage} (project_id String, anonymous_id String, link_key String, user String)
+    ENGINE = Memory""")
+_FILL_STAGE = Sql(f"""
+    INSERT INTO {{stage}}
     SELECT project_id, anonymous_id, minMerge(first_link) AS link_key,
            {user_of("link_key")} AS user
-    FROM people GROUP BY project_id, anonymous_id"""
-_FILLS = {
-    "people_snapshot": Sql(f"""
-    INSERT INTO people_snapshot_next
-    SELECT cityHash64(project_id, anonymous_id), cityHash64(project_id, user)
-    FROM ({_FIRST_LINKS})"""),
-    "people_snapshot_links": Sql(f"""
-    INSERT INTO people_snapshot_links_next
-    SELECT cityHash64(project_id, anonymous_id), anonymous_id, link_key, user
-    FROM ({_FIRST_LINKS})"""),
-}
+    FROM people GROUP BY project_id, anonymous_id""")
+_FILLS = (
+    Sql("""
+    INSERT INTO {table}
+    SELECT cityHash64(project_id, anonymous_id), cityHash64(project_id, user) FROM {stage}"""),
+    Sql("""
+    INSERT INTO {table}
+    SELECT cityHash64(project_id, anonymous_id), anonymous_id, link_key, user FROM {stage}"""),
+)
+_DEVICES = Sql("""
+    SELECT count(), uniqExact(cityHash64(project_id, anonymous_id)) FROM {stage}""")
 _MAX_BLOCK = Sql("""
     SELECT max(max_block_number) FROM system.parts
     WHERE database = currentDatabase() AND table = 'people' AND active""")
@@ -87,23 +96,16 @@ _NEWER_ROWS = Sql("""
     WHERE database = currentDatabase() AND table = 'people' AND active
       AND max_block_number > {block}""")
 _STATE = Sql("""
-    SELECT max(version), argMax(max_block, version),
-           toUInt64(argMax(built_at, version))
-    FROM people_snapshot_state""")
-_DEVICES = Sql("""
-    SELECT count(), uniqExact(visitor_hash)
-    FROM (SELECT cityHash64(project_id, anonymous_id) AS visitor_hash FROM people
-          GROUP BY project_id, anonymous_id)""")
+    SELECT max(version), argMax(max_block, version), toUInt64(argMax(built_at, version))
+    FROM people_snapshots""")
 _RECORD = Sql("""
-    INSERT INTO people_snapshot_state (version, max_block, devices, built_at)
+    INSERT INTO people_snapshots (version, max_block, devices, built_at)
     SELECT {version}, {block}, {devices}, toDateTime({built_at}, 'UTC')""")
-# The swap: at once where the database is Atomic (chdb, servers from 20.x); ClickHouse 18.16
-# has no EXCHANGE, and a query between its two renames finds no table (the server backend runs
-# it again: backends.ServerBackend.execute). The two tables are swapped one after the other: a
-# reader between the swaps, with the old block recorded, reads more changes than it needs.
-_EXCHANGE = "EXCHANGE TABLES {t} AND {t}_next"
-_RENAMES = "RENAME TABLE {t} TO {t}_old, {t}_next TO {t}"
 _DROP = "DROP TABLE IF EXISTS {table}{drop_sync}"
+_BUILDS = Sql("""
+    SELECT name FROM system.tables
+    WHERE database = currentDatabase()
+      AND match(name, '^people_snapshot(_links|_stage)?_v[0-9]+$')""")
 
 # One rebuild or invalidation at a time in this process (the keeper's thread, a purge's).
 _LOCK = threading.Lock()
@@ -111,8 +113,8 @@ _LOCK = threading.Lock()
 
 @dataclass(frozen=True)
 class SnapshotState:
-    version: int  # time.time_ns() of the record (0: none yet)
-    block: int  # the highest insert block of ``people`` it holds (0: none)
+    version: int  # the current build's (0: none yet): time.time_ns() when it started
+    block: int  # the highest insert block of ``people`` it holds (0: no build)
     built_at: int  # epoch seconds
 
 
@@ -130,7 +132,6 @@ class PeopleSnapshot:
         self._storage = storage
         self._changed_rows = changed_rows
         self._slots = type_slots(storage.backend.types)
-        self._atomic = bool(storage.backend.types.get("Atomic"))
 
     def _run(self, sql: Sql, params: dict[str, object] | None = None) -> list[tuple[object, ...]]:
         rows = self._storage.query_sync(sql, {**self._slots, **(params or {})})
@@ -158,70 +159,88 @@ class PeopleSnapshot:
         return newer >= self._changed_rows or age >= REBUILD_AGE_SECONDS or state.block == 0
 
     def rebuild(self) -> Rebuilt | None:
-        """Build a snapshot of ``people`` as it is and swap it in; None when an invalidation
-        came first or two devices share a hash (readers stay exact either way)."""
+        """Build a snapshot of ``people`` as it is and record it; None when two devices share a
+        hash or another build or an invalidation was recorded meanwhile (readers stay exact
+        either way)."""
         started = time.monotonic()
         with _LOCK:
-            before = self.state().version
+            version = time.time_ns()
             (max_block,) = self._run(_MAX_BLOCK)[0]
             block = int(str(max_block or 0))
-            devices, hashes = (int(str(v)) for v in self._run(_DEVICES)[0])
-            if devices != hashes:
-                log.error("people snapshot not built: two devices share a hash", devices=devices)
-                SNAPSHOT_REBUILDS.labels("collision").inc()
-                return None
-            self._make_next()
-            for table in TABLES:
-                self._run(_FILLS[table])
-            if self.state().version != before:  # another process invalidated it meanwhile
-                for table in TABLES:
-                    self._drop(table + "_next")
+            stage = Sql(f"people_snapshot_stage_v{version}")
+            tables = build_tables(version)
+            try:
+                self._run(_STAGE.fill(stage=stage))
+                self._run(_FILL_STAGE.fill(stage=stage))
+                devices, hashes = (int(str(v)) for v in self._run(_DEVICES.fill(stage=stage))[0])
+                if devices != hashes:
+                    log.error("people snapshot not built: devices share a hash", devices=devices)
+                    SNAPSHOT_REBUILDS.labels("collision").inc()
+                    self._drop(stage.text)
+                    return None
+                for base, table, fill in zip(BASE_TABLES, tables, _FILLS, strict=True):
+                    self._run(Sql(f"CREATE TABLE {table} AS {base}"))
+                    self._run(fill.fill(table=Sql(table), stage=stage))
+                self._drop(stage.text)
+                self._record(version, block, devices)
+            except BaseException:
+                self._drop_quietly((stage.text, *tables))
+                raise
+            if self.state().version != version:  # overtaken: never current
+                self._drop_quietly(tables)
                 SNAPSHOT_REBUILDS.labels("superseded").inc()
                 return None
-            self._swap()
-            time.sleep(SWAP_GRACE_SECONDS)
-            self._record(block, devices)
-            self._drop_replaced()
+        self._storage.snapshot.forget()  # this process's queries read it from now
         SNAPSHOT_REBUILDS.labels("built").inc()
         SNAPSHOT_DEVICES.set(devices)
         return Rebuilt(devices, block, round(time.monotonic() - started, 3))
 
     def invalidate(self) -> None:
-        """No snapshot: every ``people`` row is read as a change, and the snapshot table is
-        swapped for an empty one (a purge removed rows it may hold)."""
+        """No build: every ``people`` row is read as a change, and every build is dropped (a
+        purge removed rows they may hold)."""
         with _LOCK:
-            self._record(0, 0)
-            self._make_next()
-            self._swap()
-            self._drop_replaced()
+            self._record(time.time_ns(), 0, 0)
+            for table in self._builds():
+                self._drop(table)
+        self._storage.snapshot.forget()
         SNAPSHOT_DEVICES.set(0)
 
-    def _make_next(self) -> None:
-        """Empty ``<table>_next`` copies (after any a cut rebuild left)."""
-        for table in TABLES:
-            self._drop(table + "_next")
-            self._drop(table + "_old")
-            self._run(Sql(f"CREATE TABLE {table}_next AS {table}"))
+    def drop_superseded(self, now_ns: int | None = None) -> list[str]:
+        """Drop the builds older than the current one once it is ``DROP_AFTER_SECONDS`` old
+        (a newer build being filled, or a failed one's leftovers, wait for the next build)."""
+        current = self.state().version
+        now_ns = time.time_ns() if now_ns is None else now_ns
+        if now_ns - current < DROP_AFTER_SECONDS * 1e9:
+            return []
+        dropped = [table for table in self._builds() if _version_of(table) < current]
+        for table in dropped:
+            self._drop(table)
+        return dropped
 
-    def _swap(self) -> None:
-        for table in TABLES:
-            self._run(Sql((_EXCHANGE if self._atomic else _RENAMES).replace("{t}", table)))
+    def _builds(self) -> list[str]:
+        return [str(name) for (name,) in self._run(_BUILDS)]
 
-    def _drop_replaced(self) -> None:
-        """The tables the swap replaced: ``_next`` after an exchange, ``_old`` after renames."""
-        for table in TABLES:
-            self._drop(table + ("_next" if self._atomic else "_old"))
+    def _drop_quietly(self, tables: tuple[str, ...]) -> None:
+        for table in tables:
+            try:
+                self._drop(table)
+            except Exception as exc:  # the store is down: drop_superseded gets it later
+                log.warning("people snapshot build not dropped", table=table, error=str(exc))
 
-    def _record(self, block: int, devices: int) -> None:
+    def _record(self, version: int, block: int, devices: int) -> None:
         self._run(
             _RECORD,
             {
-                "version": time.time_ns(),
+                "version": version,
                 "block": block,
                 "devices": devices,
                 "built_at": int(time.time()),
             },
         )
+
+
+def _version_of(table: str) -> int:
+    return int(table.rsplit("_v", 1)[1])
 
 
 async def keep(storage: Storage, interval: float, changed_rows: int) -> None:
@@ -237,6 +256,7 @@ async def keep(storage: Storage, interval: float, changed_rows: int) -> None:
                         devices=rebuilt.devices,
                         seconds=rebuilt.seconds,
                     )
+            await asyncio.to_thread(snapshot.drop_superseded)
         except Exception as exc:  # storage down: try again at the next tick
             log.warning("people snapshot not rebuilt", error=type(exc).__name__)
         await asyncio.sleep(interval)

@@ -15,14 +15,12 @@ MODERN_TYPES = {
     # An Atomic database (chdb, servers from 20.x) keeps a dropped table's files for minutes
     # unless the DROP says SYNC; an Ordinary one (18.16) drops them at once and has no SYNC.
     "DropSync": " SYNC",
-    "Atomic": "yes",  # EXCHANGE TABLES swaps two tables at once
 }
 CLASSIC_TYPES = {
     "DateTime": "DateTime('UTC')",
     "Dict": "String",
     "MutationsSync": "",
     "DropSync": "",
-    "Atomic": "",
 }
 
 

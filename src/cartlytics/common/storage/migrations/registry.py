@@ -13,6 +13,7 @@ from . import (
     m0008_create_identity_links,
     m0009_create_erasures,
     m0010_create_people_snapshot,
+    m0011_version_people_snapshots,
 )
 from .migration import Migration
 
@@ -27,4 +28,5 @@ MIGRATIONS: tuple[Migration, ...] = (
     m0008_create_identity_links.MIGRATION,
     m0009_create_erasures.MIGRATION,
     m0010_create_people_snapshot.MIGRATION,
+    m0011_version_people_snapshots.MIGRATION,
 )

@@ -1,0 +1,105 @@
+"""Which people snapshot a query reads: one build's tables and the ``people`` block it holds,
+given to the query together as values (``{snapshot_people}``, ``{snapshot_links}``,
+``{snapshot_block}``), so that nothing can pair one build's tables with another's block.
+
+Builds are never changed once recorded (``people_snapshot.py``): any recorded build read with its
+own block is exact (``commerce.visitors``), however old. So each ``Storage`` looks the current one
+up at most every ``LOOKUP_SECONDS`` and reuses it meanwhile. A build can disappear under a stale
+lookup (an erasure drops every build at once; the keeper drops superseded ones after
+``people_snapshot.DROP_AFTER_SECONDS``): the query then fails on its missing table, and
+``Storage`` looks again and runs it once more (``missing``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from .sql import Sql
+
+LOOKUP_SECONDS = 1.0
+"""How long a looked-up build is reused (a newer one only makes queries hash fewer rows)."""
+
+SLOTS = frozenset({"snapshot_people", "snapshot_links", "snapshot_block"})
+
+# The fixed, empty tables of migration 11: what a query joins when there is no build (block 0:
+# every ``people`` row is then read as a change).
+BASE_TABLES = ("people_snapshot", "people_snapshot_links")
+
+LOOKUP = (
+    "SELECT max(version), argMax(max_block, version) FROM people_snapshots"
+    " WHERE version > 0"  # an empty table gives one row of zeros either way
+)
+
+
+def build_tables(version: int) -> tuple[str, str]:
+    """The two tables of the build recorded as ``version``."""
+    return tuple(f"{table}_v{version}" for table in BASE_TABLES)  # type: ignore[return-value]
+
+
+def snapshot_values(version: int, block: int) -> dict[str, Any]:
+    """The query values of a build (version 0 or block 0: none, the empty fixed tables)."""
+    people, links = BASE_TABLES if version == 0 or block == 0 else build_tables(version)
+    return {
+        "snapshot_people": Sql(people),
+        "snapshot_links": Sql(links),
+        "snapshot_block": block if version else 0,
+    }
+
+
+def missing(error: Exception) -> bool:
+    """Whether ``error`` is a query's snapshot table gone (ClickHouse's UNKNOWN_TABLE, 60)."""
+    text = str(error)
+    return "Code: 60" in text and "people_snapshot" in text
+
+
+class CurrentSnapshot:
+    """A store's current build, looked up through ``execute`` and reused for a second."""
+
+    def __init__(self, execute: Callable[[str], Sequence[Sequence[Any]]]) -> None:
+        self._execute = execute
+        self._lock = threading.Lock()
+        self._values: dict[str, Any] | None = None
+        self._looked_up = 0.0
+
+    def values(self) -> dict[str, Any]:
+        with self._lock:
+            now = time.monotonic()
+            if self._values is None or now - self._looked_up >= LOOKUP_SECONDS:
+                version, block = self._execute(LOOKUP)[0]
+                self._values = snapshot_values(int(version or 0), int(block or 0))
+                self._looked_up = now
+            return self._values
+
+    def forget(self) -> None:
+        """Look up again at the next query (its build was dropped, or a new one recorded)."""
+        with self._lock:
+            self._values = None
+
+
+class WithSnapshot(Mapping[str, Any]):
+    """A query's parameters, with the snapshot's values looked up only if the query has their
+    slots (``render`` asks for the slots it meets)."""
+
+    def __init__(self, params: Mapping[str, Any] | None, snapshot: CurrentSnapshot) -> None:
+        self._params = params or {}
+        self._snapshot = snapshot
+
+    def __getitem__(self, name: str) -> Any:
+        if name in self._params:
+            return self._params[name]
+        if name in SLOTS:
+            return self._snapshot.values()[name]
+        raise KeyError(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._params or name in SLOTS
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._params
+        yield from (name for name in SLOTS if name not in self._params)
+
+    def __len__(self) -> int:
+        return len(set(self._params) | SLOTS)
