@@ -36,7 +36,8 @@ LOOKUP = (
 
 def build_tables(version: int) -> tuple[str, str]:
     """The two tables of the build recorded as ``version``."""
-    return tuple(f"{table}_v{version}" for table in BASE_TABLES)  # type: ignore[return-value]
+    people, links = BASE_TABLES
+    return f"{people}_v{version}", f"{links}_v{version}"
 
 
 def snapshot_values(version: int, block: int) -> dict[str, Any]:
