@@ -45,6 +45,14 @@ def user_of(key: str) -> str:
     return f"arrayStringConcat(arraySlice(splitByChar(' ', {key}), 4), ' ')"
 
 
+def snapshot_get(table: str, column: str) -> str:
+    """The SQL of ``column`` of the snapshot's ``table`` slot (``snapshot_people`` or
+    ``snapshot_links``) for the row's ``visitor_hash``: its default ('' or 0) when the build has
+    no such device. The table is named unqualified: ClickHouse 18.16's joinGet reads only the
+    current database's tables."""
+    return f"joinGet('{{{table}}}', '{column}', visitor_hash)"
+
+
 # Per anonymousId of {project} with a link: the user of its first link, by (time, event id).
 PEOPLE = Sql(f"""
     SELECT anonymous_id AS linked_id, {user_of("minMerge(first_link)")} AS linked_user
@@ -69,9 +77,9 @@ CHANGES = Sql(f"""
         WHERE project_id = {{project}}
           AND toUInt64(splitByChar('_', _part)[3]) > {{snapshot_block}}
         GROUP BY anonymous_id
-    ) AS changed
-    ANY LEFT JOIN {{snapshot_links}} USING visitor_hash
-    WHERE snapshot_id != stored_visitor OR changed_key < snapshot_key""")
+    )
+    WHERE {snapshot_get("snapshot_links", "snapshot_id")} != stored_visitor
+       OR changed_key < {snapshot_get("snapshot_links", "snapshot_key")}""")
 # The same, hashed people only (ClickHouse 18.16 copies every column of a joined relation).
 CHANGED_PEOPLE = Sql("SELECT visitor_hash, changed_person FROM ({changes})").fill(changes=CHANGES)
 
@@ -88,37 +96,35 @@ def as_people(rows: Sql, columns: Sequence[str], visitor: str, hashed: bool = Fa
     if visitor not in columns:
         raise ValueError(f"{visitor!r} is not among the columns {columns!r}")
     kept = [c for c in columns if c != visitor]
-    hashing = "cityHash64({project}, " + visitor + ") AS visitor_hash"
-    # Two snapshot tables per build (storage/people_snapshot.py): ClickHouse 18.16 copies every
-    # column of the joined table into the result, so hashed reads join the one of two numbers.
+    # The snapshot is read with joinGet (a lookup in the build's hash table per row) and the
+    # changes with one join: each subquery or join layer costs ClickHouse's planner milliseconds
+    # per query, more than looking up a month of rows (decision 63).
     if hashed:
-        snapshot, changes = "{snapshot_people}", CHANGED_PEOPLE
-        carried = ["visitor_hash"]
-        found = ["snapshot_person"]
+        changes = CHANGED_PEOPLE
+        found = [f"{snapshot_get('snapshot_people', 'snapshot_person')} AS snapshot_person"]
         person = (
             "if(changed_person != 0, changed_person,"
             " if(snapshot_person != 0, snapshot_person, visitor_hash))"
         )
     else:
         # A row of the snapshot or the changes counts only when it is this very device's.
-        snapshot, changes = "{snapshot_links}", CHANGES
-        carried = [f"{visitor} AS stored_visitor", "visitor_hash"]
-        found = ["snapshot_id", "snapshot_user"]
+        changes = CHANGES
+        found = [
+            f"{visitor} AS stored_visitor",
+            f"{snapshot_get('snapshot_links', 'snapshot_id')} AS snapshot_id",
+            f"{snapshot_get('snapshot_links', 'snapshot_user')} AS snapshot_user",
+        ]
         person = (
             "multiIf(changed_id = stored_visitor, changed_user,"
             " snapshot_id = stored_visitor, snapshot_user, stored_visitor)"
         )
-    inner = ", ".join([*kept, *carried[:-1], hashing])
-    middle = ", ".join([*kept, *(c.rsplit(" AS ", 1)[-1] for c in carried), *found])
+    hashing = "cityHash64({project}, " + visitor + ") AS visitor_hash"
+    inner = ", ".join([*kept, hashing, *found])
     outer = ", ".join(f"{person} AS {visitor}" if c == visitor else c for c in columns)
     return (
         Sql(f"""
     SELECT {outer}
-    FROM (
-        SELECT {middle}
-        FROM (SELECT {inner} FROM ({{people_rows}})) AS visits
-        ANY LEFT JOIN {snapshot} USING visitor_hash
-    ) AS known
+    FROM (SELECT {inner} FROM ({{people_rows}})) AS known
     ANY LEFT JOIN ({{changes}}) AS changes USING visitor_hash""")
         .fill(changes=changes)
         .fill(people_rows=rows)
