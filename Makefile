@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TOOLS_STAMP := .tools/.installed
 
-.PHONY: run test lint typecheck unit gen docs venv tools clean bench bench-ingest bench-metrics
+.PHONY: run demo dashboard test lint typecheck unit gen docs venv tools clean bench bench-ingest bench-metrics
 
 venv: $(STAMP)
 
@@ -23,6 +23,18 @@ $(STAMP): pyproject.toml $(CLIENT_PYPROJECTS)
 ## run: start all services, the REST gateway (:8080) and gRPC (:50051) with embedded ClickHouse and Redis
 run: $(STAMP)
 	$(BIN)/cartlytics run --target all
+
+## demo: start everything (as `make run`) and load a demo shop, a year of events in four
+## currencies, on a first start; then open http://127.0.0.1:8080/ with the printed key
+## (DEMO_EVENTS=... for another size; `make run` later serves the same data)
+DEMO_EVENTS ?= 200000
+demo: $(STAMP)
+	$(BIN)/cartlytics demo --events $(DEMO_EVENTS)
+
+## dashboard: rebuild the dashboard (dashboard/, TypeScript) into gateway/dashboard_assets/, which
+## is committed: `make run` needs no Node (tests/test_dashboard_assets.py fails when it is stale)
+dashboard:
+	cd dashboard && npm ci --no-audit --no-fund && npm run --silent build
 
 ## test: lint, type-check and the whole pytest suite
 test: lint typecheck unit
@@ -56,15 +68,17 @@ bench-metrics: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/python tools/update_readme_config.py
 
-## tools: the code generators and client toolchains, pinned in clients/go/go.mod (`tool`) and
-## clients/js/package-lock.json: protoc-gen-go(-grpc) into .tools/bin, npm packages of clients/js
+## tools: the code generators and client toolchains, pinned in clients/go/go.mod (`tool`),
+## clients/js/package-lock.json and dashboard/package-lock.json: protoc-gen-go(-grpc) into
+## .tools/bin, npm packages of clients/js and of the dashboard (esbuild, TypeScript, axe-core)
 tools: $(TOOLS_STAMP)
 
-$(TOOLS_STAMP): clients/go/go.mod clients/go/go.sum clients/js/package-lock.json
+$(TOOLS_STAMP): clients/go/go.mod clients/go/go.sum clients/js/package-lock.json dashboard/package-lock.json
 	cd clients/go && GOBIN=$(CURDIR)/.tools/bin go install \
 		google.golang.org/protobuf/cmd/protoc-gen-go google.golang.org/grpc/cmd/protoc-gen-go-grpc
 	cd clients/go && go mod download
 	cd clients/js && npm ci --no-audit --no-fund
+	cd dashboard && npm ci --no-audit --no-fund
 	@mkdir -p .tools && touch $(TOOLS_STAMP)
 
 ## gen: regenerate Python, Go and TypeScript code, the descriptor set and docs/openapi.json from
@@ -73,4 +87,4 @@ gen: $(STAMP) $(TOOLS_STAMP)
 	$(BIN)/python tools/gen_protos.py
 
 clean:
-	rm -rf $(VENV) data .tools clients/js/node_modules
+	rm -rf $(VENV) data .tools clients/js/node_modules dashboard/node_modules

@@ -137,8 +137,8 @@ function cards(sales: Promise<Sales>, visitors: Promise<number>): Promise<void> 
     fillCard('aov', money(aov, currency), aov, g.revenue === undefined || g.orders === undefined ? growth(undefined) : `≈ ${growth(aovGrowth)}`, aovGrowth);
     // The public API has no visitors figure for the previous period (the custom query's period
     // always ends now), so these two cannot show a growth: said, not guessed.
-    fillCard('visitors', count(people), people, growth(undefined, false), undefined, 'no previous-period figure in the API');
-    fillCard('conversion', percent(conversion), conversion, growth(undefined, false), undefined, 'orders / visitors');
+    fillCard('visitors', count(people), people, growth(undefined, false), undefined, 'the API has no previous visitors');
+    fillCard('conversion', percent(conversion), conversion, growth(undefined, false), undefined, 'orders ÷ visitors');
   });
 }
 
@@ -187,8 +187,8 @@ function salesChart(sales: Promise<Sales>, previous: Promise<Sales> | null): Pro
           { label: 'Orders', values: current.map((b) => b.orders ?? 0), color: '#c05621', axis: 'right' },
           ...(p
             ? [
-                { label: 'Revenue, previous', values: current.map((_b, i) => prevAt(i)?.revenue ?? null), color: '#2b6cb0', dash: [6, 5], axis: 'left' as const },
-                { label: 'Orders, previous', values: current.map((_b, i) => prevAt(i)?.orders ?? null), color: '#c05621', dash: [6, 5], axis: 'right' as const },
+                { label: 'Revenue, previous', values: current.map((_b, i) => prevAt(i)?.revenue ?? null), color: 'rgba(43, 108, 176, 0.55)', dash: [6, 5], axis: 'left' as const },
+                { label: 'Orders, previous', values: current.map((_b, i) => prevAt(i)?.orders ?? null), color: 'rgba(192, 86, 33, 0.55)', dash: [6, 5], axis: 'right' as const },
               ]
             : []),
         ],

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import threading
 from typing import Any
 
 from cartlytics.common.config import Config, ConfigError, settings_table
@@ -24,6 +25,7 @@ def _print_ready(runtime: Runtime) -> None:
     lines = ["", "cartlytics is running."]
     if runtime.gateway_port:
         lines.append(f"  REST gateway: http://{config.http_host}:{runtime.gateway_port}")
+        lines.append(f"  Dashboard:    http://{config.http_host}:{runtime.gateway_port}/")
     if runtime.grpc_port:
         lines.append(f"  gRPC:         {config.grpc_host}:{runtime.grpc_port}")
     if runtime.bootstrap_key and not config.bootstrap_key:
@@ -74,6 +76,67 @@ def _migrate(args: argparse.Namespace, config: Config) -> int:
 def _config(args: argparse.Namespace, config: Config) -> int:
     print(settings_table())
     return 0
+
+
+# ---------------------------------------------------------------------------- cartlytics demo
+
+DEMO_MARKER = "demo_loaded"
+
+
+def _demo(args: argparse.Namespace, config: Config) -> int:
+    """Load the demo shop into a running server (``--into``), or run the system and load it."""
+    from cartlytics.demo import DemoLoadError, load
+
+    if args.into:
+        key = args.key or admin_key_or_none(config)
+        if not key:
+            print("cartlytics demo: --key (a key with the ingest scope) is needed", file=sys.stderr)
+            return 2
+        try:
+            load(args.into.rstrip("/"), key, args.events, seed=args.seed)
+        except DemoLoadError as exc:
+            print(f"cartlytics demo: {exc}", file=sys.stderr)
+            return 1
+        return 0
+
+    marker = config.data_dir / DEMO_MARKER
+
+    def on_ready(runtime: Runtime) -> None:
+        _print_ready(runtime)
+        host = config.http_host if config.http_host not in ("", "0.0.0.0", "::") else "127.0.0.1"
+        url = f"http://{host}:{runtime.gateway_port}"
+        key = runtime.bootstrap_key or config.bootstrap_key
+
+        def fill() -> None:
+            if marker.exists():
+                print(f"The demo shop is already in {config.data_dir}.", file=sys.stderr)
+            else:
+                print(f"Loading the demo shop (~{args.events:,} events)...", file=sys.stderr)
+                try:
+                    load(url, key, args.events, seed=args.seed)
+                except DemoLoadError as exc:
+                    print(f"cartlytics demo: {exc}", file=sys.stderr, flush=True)
+                    return
+                marker.write_text(f"events={args.events} seed={args.seed}\n")
+            print(
+                f"\nThe demo shop is ready: open {url}/ and enter the key {key}\n"
+                "(Ctrl-C stops the server; `make run` serves the same data later.)\n",
+                file=sys.stderr,
+                flush=True,
+            )
+
+        # The load talks to this process's gateway over HTTP: a thread, so the loop serves it.
+        threading.Thread(target=fill, name="demo-load", daemon=True).start()
+
+    asyncio.run(run_until_signalled(config, ["all"], on_ready))
+    return 0
+
+
+def admin_key_or_none(config: Config) -> str:
+    try:
+        return admin_key(config)
+    except KeysError:
+        return ""
 
 
 # ---------------------------------------------------------------------------- cartlytics keys
@@ -257,6 +320,24 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("config", help="print the configuration table").set_defaults(
         handler=_config
     )
+    demo = commands.add_parser(
+        "demo",
+        help="run everything and load a demo shop (a year of events) for the dashboard at /",
+    )
+    demo.add_argument(
+        "--events", type=int, default=200_000, help="about how many events (default 200000)"
+    )
+    demo.add_argument("--seed", type=int, default=1, help="the demo shop's random seed")
+    demo.add_argument(
+        "--into",
+        default="",
+        metavar="URL",
+        help="only load into the server at this REST URL (e.g. http://127.0.0.1:8080) and exit",
+    )
+    demo.add_argument(
+        "--key", default="", help="with --into: a key with the ingest scope (default: admin key)"
+    )
+    demo.set_defaults(handler=_demo)
     keys = commands.add_parser(
         "keys", help="create, list and revoke API keys (through a running server's gRPC)"
     )

@@ -124,8 +124,14 @@ def generate(total: int, now: datetime | None = None, seed: int = 1) -> Iterator
         at = date + timedelta(hours=hour, seconds=rng.uniform(0, 3600))
         if share > 0.995:  # the very last visits: now, for the realtime tiles
             at = now - timedelta(seconds=rng.uniform(20, 200))
-        at = min(max(at, start + timedelta(minutes=1)), now - timedelta(seconds=30))
+        at = max(at, start + timedelta(minutes=1))
         visit = _visit(rng, rng.randrange(visitors), at, seed, serial)
+        # A visit lasts minutes: one that would run past `now` ends just before it instead (an
+        # event stamped in the future would only enter the figures later).
+        late = visit[-1]["timestamp"] - (now - timedelta(seconds=5))
+        for event in visit:
+            stamp: datetime = event["timestamp"] - max(late, timedelta(0))
+            event["timestamp"] = stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
         serial += len(visit)
         made += len(visit)
         yield from visit
@@ -163,7 +169,7 @@ def _visit(rng: random.Random, visitor: int, at: datetime, seed: int, serial: in
             "event": name,
             "anonymousId": anonymous,
             "sessionId": session,
-            "timestamp": clock.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "timestamp": clock,  # written out by `generate`
             "properties": properties,
             "context": context,
         }
