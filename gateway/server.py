@@ -3,7 +3,8 @@
 One catch-all handler routes every request through the annotation-derived route table, calls
 the RPC over a shared `grpc.aio` channel and answers as Envoy would (see `transcoding.py` and
 `status.py` for the rules). Besides the API it serves `GET /healthz` (the gRPC health service,
-asked over the same channel) and `GET /metrics` (Prometheus).
+asked over the same channel), `GET /metrics` (Prometheus) and the dashboard page, `GET /` and
+its assets (`dashboard.py`).
 
 The handler never raises: an unexpected error is logged with its traceback and answered
 `500 {"code": 13, "message": "internal error"}`, with nothing of the exception sent to the client.
@@ -39,7 +40,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cartlytics.common.config import SETTINGS
 
-from . import metrics
+from . import dashboard, metrics
 from .cors import CorsPolicy
 from .status import (
     GatewayError,
@@ -77,7 +78,11 @@ _SUCCESS_CODE_KEY = "x-http-code"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _STATUS_TEXT = re.compile(r"[0-9]{3}")  # not str.isdigit(), which takes "²" and "٣"
 # The gateway's own GET endpoints (not in the route table), for the 405's `Allow`.
-_OWN_PATHS: dict[str, list[str]] = {"/healthz": ["GET"], "/metrics": ["GET"]}
+_OWN_PATHS: dict[str, list[str]] = {
+    "/healthz": ["GET"],
+    "/metrics": ["GET"],
+    **{path: ["GET"] for path in dashboard.PATHS},  # the dashboard page (gateway/dashboard.py)
+}
 _HEALTH_TIMEOUT_S = 2.0
 _Metadata = Iterable[tuple[str, str | bytes]]
 
@@ -449,6 +454,7 @@ def create_app(
     app[_LIMITS_KEY] = limits
     app.router.add_get("/healthz", gateway.healthz, allow_head=False)
     app.router.add_get("/metrics", gateway.metrics, allow_head=False)
+    dashboard.install(app)  # GET / and /dashboard/*, when the built assets are there
     app.router.add_route("*", "/{tail:.*}", gateway.handle)
     (cors if cors is not None else CorsPolicy.parse(_default("cors_origins"))).install(app)
     return app

@@ -89,8 +89,12 @@ function failed(section: HTMLElement, error: unknown): void {
   const box = $('.panel-error', section);
   box.textContent = `Could not load: ${error instanceof Error ? error.message : String(error)}`;
   box.hidden = false;
+  // The figures go (they would be the previous filters'); controls stay, so the user can
+  // change what failed: the explorer keeps its form, the export panel its buttons.
+  const results = section.querySelector<HTMLElement>('.results');
   const body = section.querySelector<HTMLElement>('.panel-body');
-  if (body && section.dataset.panel !== 'export') body.replaceChildren();
+  if (results) results.replaceChildren();
+  else if (body && section.dataset.panel !== 'export') body.replaceChildren();
   if (error instanceof ApiError && error.badKey) badKey(error);
 }
 
