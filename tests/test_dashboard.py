@@ -14,6 +14,7 @@ git), or to $CARTLYTICS_ARTIFACTS when set; the path is printed.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -186,6 +187,20 @@ def wait_until_loaded(driver: Any) -> dict[str, str]:
         return url_state(driver) if done == set(PANELS) else None
 
     return wait_for(loaded, "every panel to load for the URL's filters")
+
+
+@contextlib.contextmanager
+def viewport(driver: Any, width: int, height: int, mobile: bool = False) -> Iterator[None]:
+    """The page laid out at exactly ``width`` x ``height`` CSS pixels (a phone when
+    ``mobile``), whatever the window's own limits; the window's size again afterwards."""
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile},
+    )
+    try:
+        yield
+    finally:
+        driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
 
 def value(driver: Any, selector: str) -> str:
@@ -362,19 +377,21 @@ def test_every_panel_shows_the_api_figures(driver: Any, stack: Stack) -> None:
     assert table_rows(driver, "products") and table_rows(driver, "top-customers")
     check_panels(driver, stack, state)
     out = artifacts_dir()
-    driver.set_window_size(1366, 2600)
-    driver.save_screenshot(str(out / "desktop.png"))
-    # Phone width: everything fits the width (no sideways scrolling), then a screenshot.
-    driver.set_window_size(390, 844)
-    wait_for(
-        lambda: driver.execute_script(
-            "return document.documentElement.scrollWidth <= window.innerWidth"
-        ),
-        "the page to fit a phone's width",
-    )
-    driver.set_window_size(390, 5200)
-    driver.save_screenshot(str(out / "phone.png"))
-    driver.set_window_size(1366, 900)
+    with viewport(driver, 1366, 2600):
+        driver.save_screenshot(str(out / "desktop.png"))
+    # Phone width (a 390 px wide touch screen): everything fits the width, no sideways
+    # scrolling; then a screenshot of the whole page.
+    with viewport(driver, 390, 844, mobile=True):
+        assert driver.execute_script("return window.innerWidth") == 390
+        wait_for(
+            lambda: driver.execute_script(
+                "return document.documentElement.scrollWidth <= window.innerWidth"
+            ),
+            "the page to fit a phone's width",
+        )
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+    with viewport(driver, 390, min(int(height), 8000), mobile=True):
+        driver.save_screenshot(str(out / "phone.png"))
     print(f"\ndashboard screenshots: {out / 'desktop.png'} and {out / 'phone.png'}")
 
 
@@ -513,17 +530,15 @@ def test_no_serious_accessibility_issue(driver: Any, stack: Stack) -> None:
         ".catch(e => { img.remove(); done(['axe-error: ' + e]); });"
     )
     assert "image-alt" in control, control
-    for width in (1366, 390):
-        driver.set_window_size(width, 900)
-        found = driver.execute_async_script(
-            "const done = arguments[arguments.length - 1];"
-            "axe.run(document, {resultTypes: ['violations']})"
-            ".then(r => done(r.violations.map(v => ({id: v.id, impact: v.impact, "
-            "help: v.help, nodes: v.nodes.map(n => n.target.join(' ')).slice(0, 5)}))))"
-            ".catch(e => done([{id: 'axe-error', impact: 'critical', help: String(e)}]));"
-        )
-        results[f"dashboard@{width}"] = found
-    driver.set_window_size(1366, 900)
+    for width, mobile in ((1366, False), (390, True)):
+        with viewport(driver, width, 900, mobile=mobile):
+            results[f"dashboard@{width}"] = driver.execute_async_script(
+                "const done = arguments[arguments.length - 1];"
+                "axe.run(document, {resultTypes: ['violations']})"
+                ".then(r => done(r.violations.map(v => ({id: v.id, impact: v.impact, "
+                "help: v.help, nodes: v.nodes.map(n => n.target.join(' ')).slice(0, 5)}))))"
+                ".catch(e => done([{id: 'axe-error', impact: 'critical', help: String(e)}]));"
+            )
     driver.find_element("id", "sign-out").click()  # the first screen: the key form
     wait_for(lambda: _displayed(driver, "#key-input"), "the key form")
     driver.execute_script(AXE.read_text())
