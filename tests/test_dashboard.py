@@ -314,7 +314,7 @@ def check_panels(driver: Any, stack: Stack, state: dict[str, str]) -> None:
 
     # The explorer's default query: revenue and orders by date.
     rows = stack.query(
-        {"metrics": ["revenue", "orders"], "dimensions": ["date"], "filters": common, "limit": 100}
+        {"metrics": ["revenue", "orders"], "dimensions": ["date"], "filters": common, "limit": 1000}
     )
     assert table_rows(driver, "explorer") == [
         [r["date"], str(int(r.get("revenue", 0))), str(int(r.get("orders", 0)))] for r in rows
@@ -671,3 +671,38 @@ def test_the_demo_command_runs_the_system_and_loads_the_shop(tmp_path: Path) -> 
         finally:
             process.terminate()
             process.wait(timeout=60)
+
+
+@pytest.mark.timeout(600)
+def test_the_explorer_runs_the_chosen_query(driver: Any, stack: Stack) -> None:
+    open_dashboard(driver, stack, "?period=12m&currency=USD&timezone=UTC")
+    wait_until_loaded(driver)
+    driver.find_element("id", "m-orders").click()  # unticked: revenue alone
+    driver.find_element("id", "m-aov").click()
+    select_by_id(driver, "dim1", "currency")
+    driver.find_element("css selector", "[data-testid=explorer-run]").click()
+    wait_for(
+        lambda: (
+            len(table_rows(driver, "explorer")) > 1
+            and driver.execute_script(
+                "return document.querySelector('[data-panel=explorer]').dataset.state"
+            )
+            == "ready"
+        ),
+        "the explorer's rows by currency",
+    )
+    rows = stack.query(
+        {"metrics": ["revenue", "aov"], "dimensions": ["currency"],
+         "filters": {"period": "12m", "timezone": "UTC"}, "orderBy": "revenue:desc", "limit": 1000}
+    )  # fmt: skip
+    assert {r["currency"] for r in rows} == {"USD", "EUR", "GBP", "JPY"}  # the demo's four
+    assert table_rows(driver, "explorer") == [
+        [r["currency"], str(int(r["revenue"])), str(int(r["aov"]))] for r in rows
+    ]
+    # Each row's money in its own currency's minor units: yen have none.
+    texts = driver.execute_script(
+        "return [...document.querySelectorAll('[data-testid=explorer-row]')].map("
+        "tr => [...tr.children].map(td => td.textContent))"
+    )
+    for (currency, revenue_text, _), row in zip(texts, rows, strict=True):
+        assert money_text(int(row["revenue"]), currency) in revenue_text, (currency, revenue_text)

@@ -46,6 +46,8 @@ interface Realtime { activeVisitors?: number; ordersToday?: number; revenueToday
 type Row = Record<string, string | number>;
 
 const REALTIME_EVERY_MS = 5000;
+// Enough for a year of days (or a day of hours) in time order; the table scrolls.
+const EXPLORER_ROWS = 1000;
 const MONEY_METRICS = new Set(['revenue', 'aov']);
 const TIME_DIMENSIONS = new Set(['date', 'week', 'month', 'hour']);
 // Used only when the server's catalogue cannot be read (an older server): docs/query.md's list.
@@ -423,20 +425,24 @@ function explorer(signal: AbortSignal): Promise<void> {
     const request = {
       metrics,
       dimensions,
-      filters: { period: state.period, currency: state.currency, timezone: state.timezone },
+      // Split by currency, every currency is a row (a currency filter would keep only one).
+      filters: dimensions.includes('currency')
+        ? { period: state.period, timezone: state.timezone }
+        : { period: state.period, currency: state.currency, timezone: state.timezone },
       orderBy: dimensions.length && !timeFirst ? `${metrics[0]}:desc` : undefined,
-      limit: 100,
+      limit: EXPLORER_ROWS,
     };
     const answer = await api!.post<{ rows?: Row[] }>('/analytics/query', request, signal);
     const rows = answer.rows ?? [];
     results.dataset.request = JSON.stringify(request);
-    const show = (name: string, value: string | number | undefined): Cell => {
+    const show = (row: Row, name: string, value: string | number | undefined): Cell => {
       if (typeof value !== 'number') return [String(value ?? ''), String(value ?? '')];
-      if (MONEY_METRICS.has(name)) return [money(value, state.currency), value];
+      // Split by currency, each row's money is in its own currency.
+      if (MONEY_METRICS.has(name)) return [money(value, String(row.currency || state.currency)), value];
       if (name === 'conversion_rate') return [percent(value), value];
       return [count(value), value];
     };
-    const cells = rows.map((row) => [...dimensions, ...metrics].map((name) => show(name, row[name] ?? (metrics.includes(name) ? 0 : ''))));
+    const cells = rows.map((row) => [...dimensions, ...metrics].map((name) => show(row, name, row[name] ?? (metrics.includes(name) ? 0 : ''))));
     const t = table('Query results', [...dimensions, ...metrics], cells, 'explorer', [...dimensions.map(() => false), ...metrics.map(() => true)]);
     results.replaceChildren();
     const chartHost = el('div', { class: 'chart-host' });
@@ -625,6 +631,7 @@ function main(): void {
       history.pushState(null, '', stateSearch(state));
     }
     start(key);
+    $('#main').focus(); // the form is gone: keyboard and screen-reader users start at the figures
   });
   $('#export-form').addEventListener('click', (event) => {
     const button = (event.target as HTMLElement).closest<HTMLButtonElement>('button[data-format]');
