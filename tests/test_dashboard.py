@@ -376,6 +376,13 @@ def test_every_panel_shows_the_api_figures(driver: Any, stack: Stack) -> None:
     assert int(value(driver, "[data-testid=card-orders] [data-role=value]")) > 0
     assert table_rows(driver, "products") and table_rows(driver, "top-customers")
     check_panels(driver, stack, state)
+    # No script error and nothing the page's Content-Security-Policy had to refuse.
+    problems = [
+        entry["message"]
+        for entry in driver.get_log("browser")
+        if entry.get("source") == "javascript" or "Content Security Policy" in entry["message"]
+    ]
+    assert problems == []
     out = artifacts_dir()
     with viewport(driver, 1366, 2600):
         driver.save_screenshot(str(out / "desktop.png"))
