@@ -259,6 +259,11 @@ def check_panels(driver: Any, stack: Stack, state: dict[str, str]) -> None:
             assert number(shown) == growth[name], (name, shown, growth)
         else:  # no previous figure: the API leaves the growth out, the page shows none
             assert shown == "", (name, shown, growth)
+    if "revenue" in growth and "orders" in growth:
+        # AOV's growth follows from the two: (1 + r) / (1 + o) - 1, shown to one decimal.
+        derived = ((1 + growth["revenue"] / 100) / (1 + growth["orders"] / 100) - 1) * 100
+        shown = value(driver, "[data-testid=card-aov] [data-role=growth]")
+        assert abs(number(shown) - derived) <= 0.05 + 1e-9, (shown, derived)
     visitors_rows = stack.query(
         {"metrics": ["visitors"], "filters": {"period": period, "timezone": zone}}
     )
@@ -327,11 +332,13 @@ def check_panels(driver: Any, stack: Stack, state: dict[str, str]) -> None:
         shown = [
             value(driver, f"[data-testid={t}]") for t in ("rt-active", "rt-orders", "rt-revenue")
         ]
+        pages = table_rows(driver, "top-pages")
         again = stack.api("/analytics/realtime", timezone=zone, currency=currency)
         expected = [
             str(int(answer.get(f, 0))) for f in ("activeVisitors", "ordersToday", "revenueToday")
         ]
-        return answer == again and shown == expected
+        expected_pages = [[p["page"], str(int(p["visitors"]))] for p in answer.get("topPages", [])]
+        return answer == again and shown == expected and pages == expected_pages
 
     wait_for(realtime_agrees, "the realtime tiles to equal the API")
 
