@@ -287,6 +287,21 @@ def stored_ids(clickhouse_url: str, data_dir: Path) -> dict[str, int]:
     return {str(k).removeprefix("evt_"): int(v) for k, v in rows}
 
 
+def logged_ids(data_dir: Path) -> set[str]:
+    """Event ids (without ``evt_``) in the ingest log of ``data_dir`` not yet stored in
+    ClickHouse (ANALYTICS_INGEST_LOG=yes): what the next start writes."""
+    from services.ingest.ingest_log import unstored_records
+    from services.ingest.ingestor import EVENTS
+    from services.ingest.log_writer import LogRecord
+
+    at = EVENTS.columns.index("event_id")
+    ids: set[str] = set()
+    for record in unstored_records(data_dir / "ingest-log"):
+        rows = LogRecord.decode(record.payload).rows[EVENTS.name]
+        ids.update(str(row[at]).removeprefix("evt_") for row in rows)
+    return ids
+
+
 def _stored_chdb_ids(data_dir: Path) -> dict[str, int]:
     """Event ids in an embedded store, read by a separate process (one chdb per process)."""
     script = (

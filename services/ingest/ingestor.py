@@ -1,8 +1,11 @@
-"""Ingest domain logic: validate, dedupe retries, store durably in shared INSERTs, then count.
+"""Ingest domain logic: validate, dedupe retries, store durably, then count.
 
-An event is acknowledged only after the INSERT carrying it has returned (group commit). A client
-id seen inside the dedup window gets its first acknowledgement again and is not stored twice.
-Redis (dedup window, realtime counters) is optional: without it ingestion carries on.
+An event is acknowledged once it is durable: with the ingest log on (``ANALYTICS_INGEST_LOG``),
+once the record carrying it is in the log (``ingest_log.py``; the log writer stores it in
+ClickHouse in large blocks, ``log_writer.py``); otherwise once the INSERT carrying it has
+returned (group commit). A client id seen inside the dedup window gets its first acknowledgement
+again and is not stored twice. Redis (dedup window, realtime counters) is optional: without it
+ingestion carries on.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 
 from cartlytics.common.commerce.orders import NEWLY_DUPLICATED_IDS
 from cartlytics.common.erasure import SUPPRESSED_EVENTS, Suppression
-from cartlytics.common.errors import FieldViolation
+from cartlytics.common.errors import FieldViolation, unavailable
 from cartlytics.common.realtime import RealtimeCounters, RealtimeEvent
 from cartlytics.common.realtime_rebuild import RealtimeRecovery
 from cartlytics.common.redis_guard import Failure, RedisGuard
@@ -25,6 +28,8 @@ from cartlytics.common.storage.group_commit import GroupCommitter, TableSpec
 
 from .enrichment import Enrichment, enrich
 from .idempotency import Ack, IdempotencyWindow
+from .ingest_log import IngestLog, LogFull
+from .log_writer import LogRecord, LogWriter
 from .validation import MAX_EVENT_BYTES, IncomingEvent, ValidEvent, validate
 
 EVENTS = TableSpec(
@@ -199,8 +204,14 @@ class Ingestor:
         new_id: Callable[[], str] = new_event_id,
         recovery: RealtimeRecovery | None = None,
         suppression: Suppression | None = None,
+        ingest_log: IngestLog | None = None,
+        log_writer: LogWriter | None = None,
     ) -> None:
+        if (ingest_log is None) != (log_writer is None):
+            raise ValueError("the ingest log and its writer come together")
         self._storage = storage
+        self._log = ingest_log
+        self._log_writer = log_writer
         self._suppression = suppression
         self._committer = GroupCommitter(storage, TABLES)
         self._window = window
@@ -212,7 +223,12 @@ class Ingestor:
         self._new_id = new_id
         self._recovery = recovery
 
-    async def close(self) -> None:
+    async def close(self, grace_seconds: float = 10.0) -> None:
+        """Stop; with the ingest log, first store what it holds (for ``grace_seconds`` at most:
+        the rest is replayed at the next start)."""
+        if self._log is not None and self._log_writer is not None:
+            await self._log.close()
+            await self._log_writer.close(grace_seconds)
         await self._committer.close()
 
     async def ingest(
@@ -310,8 +326,15 @@ class Ingestor:
             if lines is not None:
                 rows[ORDER_LINES.name].append(lines)
             rows[PRODUCT_NAMES.name].extend(_name_rows(project_id, event))
-        await self._committer.write(rows)
         orders = tuple(sorted({e.order_id for e in events if e.order_id}))
+        if self._log is not None:
+            record = LogRecord(project_id, rows, orders)
+            try:
+                await self._log.append(record.encode(), len(events))
+            except LogFull as exc:
+                raise unavailable(str(exc), reason="INGEST_LOG_FULL") from exc
+            return  # the log writer stores the rows and lists the duplicated orderIds
+        await self._committer.write(rows)
         if orders:
             await self._mark_duplicate_orders(project_id, orders)
 

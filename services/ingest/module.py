@@ -6,7 +6,11 @@ Registered by the app (``cartlytics/modules.py``); the machinery is ``cartlytics
 
 from __future__ import annotations
 
+import asyncio
+
 from cartlytics.common.runtime import Module, Runtime, Stop
+
+REPLAY_WAIT_SECONDS = 120.0
 
 
 async def init(runtime: Runtime) -> Stop:
@@ -15,11 +19,31 @@ async def init(runtime: Runtime) -> Stop:
     from cartlytics.gen.analytics.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 
     from .idempotency import IdempotencyWindow
-    from .ingestor import IngestLimits, Ingestor
+    from .ingest_log import IngestLog
+    from .ingestor import TABLES, IngestLimits, Ingestor
+    from .log_writer import LogWriter
     from .servicer import IngestServicer
 
     config = runtime.config
     storage = runtime.require_storage()
+    ingest_log: IngestLog | None = None
+    writer: LogWriter | None = None
+    if config.ingest_log:
+        ingest_log = IngestLog(
+            config.ingest_log_path,
+            fsync=config.ingest_log_fsync,
+            max_bytes=config.ingest_log_max_bytes,
+            fsync_interval=config.ingest_log_fsync_interval,
+        )
+        # Replayed first (records a stop left unstored), before any request is taken.
+        replay = await asyncio.to_thread(ingest_log.open)
+        writer = LogWriter(storage, ingest_log, TABLES, max_rows=config.ingest_log_block_rows)
+        writer.start(replay)
+        if replay:
+            # Served once the replay is stored, so that no read misses an acknowledged event.
+            await writer.caught_up(limit_seconds=REPLAY_WAIT_SECONDS)
+        # This process's readers see every acknowledged event (other processes: once stored).
+        storage.read_barrier = writer.caught_up
     recovery = runtime.recovery()
     guard = RedisGuard(runtime.redis, on_unavailable=recovery.unavailable if recovery else None)
     ingestor = Ingestor(
@@ -31,13 +55,20 @@ async def init(runtime: Runtime) -> Stop:
         limits=IngestLimits(max_event_bytes=config.max_event_bytes, ip_mode=config.ip_mode),
         recovery=recovery,
         suppression=await runtime.suppression_list(),
+        ingest_log=ingest_log,
+        log_writer=writer,
     )
     servicer = IngestServicer(ingestor, config.max_batch_events, config.max_body_bytes)
     server = runtime.register_grpc(
         ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
     )
     ingest_pb2_grpc.add_IngestServiceServicer_to_server(servicer, server)
-    return ingestor.close
+
+    async def stop() -> None:
+        storage.read_barrier = None
+        await ingestor.close(config.shutdown_grace)
+
+    return stop
 
 
 MODULE = Module("ingest", dependencies=("storage", "redis", "grpc-server"), init=init, target=True)

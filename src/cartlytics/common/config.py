@@ -194,6 +194,48 @@ SETTINGS: dict[str, Setting] = {
         "86400",
         "How long Redis remembers a client event id to acknowledge its retries.",
     ),
+    "ingest_log": Setting(
+        "ANALYTICS_INGEST_LOG",
+        _yes_no,
+        "no",
+        "yes: acknowledge events once they are in the ingest log on this host's disk and store"
+        " them in ClickHouse from there in large blocks (docs/ingest-log.md); no: acknowledge"
+        " once ClickHouse has stored them (one shared INSERT per flush).",
+    ),
+    "ingest_log_dir": Setting(
+        "ANALYTICS_INGEST_LOG_DIR",
+        str,
+        "",
+        "Folder of the ingest log (empty: `ingest-log` in ANALYTICS_DATA_DIR). It holds"
+        " acknowledged events: keep it on a persistent volume.",
+    ),
+    "ingest_log_fsync": Setting(
+        "ANALYTICS_INGEST_LOG_FSYNC",
+        str,
+        "always",
+        "always: fsync each group of appends before acknowledging (survives a power cut);"
+        " interval: fsync every ANALYTICS_INGEST_LOG_FSYNC_INTERVAL seconds; off: leave it to the"
+        " OS (both survive the process being killed, not the machine going down).",
+    ),
+    "ingest_log_fsync_interval": Setting(
+        "ANALYTICS_INGEST_LOG_FSYNC_INTERVAL",
+        _float,
+        "0.2",
+        "Seconds between fsyncs of the ingest log with ANALYTICS_INGEST_LOG_FSYNC=interval.",
+    ),
+    "ingest_log_max_bytes": Setting(
+        "ANALYTICS_INGEST_LOG_MAX_BYTES",
+        _positive_int,
+        "268435456",
+        "Bytes of acknowledged events the ingest log may hold before ClickHouse has stored them;"
+        " past it, ingest answers 503 (UNAVAILABLE) with a retry delay.",
+    ),
+    "ingest_log_block_rows": Setting(
+        "ANALYTICS_INGEST_LOG_BLOCK_ROWS",
+        _positive_int,
+        "100000",
+        "Most events the ingest log writer puts in one INSERT.",
+    ),
     "ip_mode": Setting(
         "ANALYTICS_IP_MODE",
         str,
@@ -350,6 +392,12 @@ class Config:
     http_body_timeout: float
     grpc_max_message_bytes: int
     dedup_window_seconds: int
+    ingest_log: bool
+    ingest_log_dir: str
+    ingest_log_fsync: str
+    ingest_log_fsync_interval: float
+    ingest_log_max_bytes: int
+    ingest_log_block_rows: int
     ip_mode: str
     ip_salt: str
     erasure_suppression_days: int
@@ -370,6 +418,13 @@ class Config:
     log_level: str
     log_format: str
     migrate_on_start: bool
+
+    @property
+    def ingest_log_path(self) -> Path:
+        """The ingest log's folder (ANALYTICS_INGEST_LOG_DIR, else in the data folder)."""
+        if self.ingest_log_dir:
+            return Path(self.ingest_log_dir).expanduser().resolve()
+        return self.data_dir / "ingest-log"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -412,6 +467,13 @@ class Config:
             RetentionPolicy.parse(values["retention"])
         except ValueError as exc:
             raise ConfigError(f"ANALYTICS_RETENTION_DAYS: {exc}") from exc
+        if values["ingest_log_fsync"] not in ("always", "interval", "off"):
+            raise ConfigError("ANALYTICS_INGEST_LOG_FSYNC must be always, interval or off")
+        if not 0 < values["ingest_log_fsync_interval"] <= 60:
+            raise ConfigError("ANALYTICS_INGEST_LOG_FSYNC_INTERVAL must be more than 0, at most 60")
+        for name in ("ingest_log_max_bytes", "ingest_log_block_rows"):
+            if values[name] < 1:
+                raise ConfigError(f"{SETTINGS[name].env} must be at least 1")
         if values["ip_mode"] not in ("hash", "drop"):
             raise ConfigError("ANALYTICS_IP_MODE must be hash or drop")
         if values["log_format"] not in ("console", "json"):

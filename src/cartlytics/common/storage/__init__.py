@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for_futures
 from datetime import UTC, datetime
@@ -71,6 +71,9 @@ class Storage:
         self._ingest_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="storage-ingest")
         # The people snapshot a query names (current_snapshot.py), looked up when it needs one.
         self.snapshot = CurrentSnapshot(backend.execute)
+        # Awaited before every read but the ingest path's own: with the ingest log on, the log
+        # writer's ``caught_up`` (a read sees every event acknowledged before it started).
+        self.read_barrier: Callable[[], Awaitable[None]] | None = None
 
     @property
     def backend_name(self) -> str:
@@ -112,6 +115,8 @@ class Storage:
         self, sql: Sql, params: Mapping[str, Any] | None = None, *, ingest: bool = False
     ) -> list[Row]:
         """Rows of ``sql``; ``ingest=True`` for reads an acknowledgement waits on."""
+        if not ingest and self.read_barrier is not None:
+            await self.read_barrier()
         loop = asyncio.get_running_loop()
         pool = self._ingest_pool if ingest else self._pool
         # Rendered in the pool's thread: it may look the people snapshot up.
@@ -139,6 +144,7 @@ class Storage:
         return RowBlocks(
             self._pool,
             lambda: self.backend.open_stream(self._render_fresh(sql, params), block_rows),
+            self.read_barrier,
         )
 
     def stream_text(
@@ -153,6 +159,7 @@ class Storage:
         return Blocks(
             self._pool,
             lambda: self.backend.open_text_stream(self._render_fresh(sql, params), block_rows),
+            self.read_barrier,
         )
 
     def _render_fresh(self, sql: Sql, params: Mapping[str, Any] | None) -> str:
@@ -275,9 +282,15 @@ class Blocks(Generic[B]):
     under a running call), then stops the query and releases its connection.
     """
 
-    def __init__(self, pool: ThreadPoolExecutor, start: Callable[[], BlockStream[B]]) -> None:
+    def __init__(
+        self,
+        pool: ThreadPoolExecutor,
+        start: Callable[[], BlockStream[B]],
+        barrier: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self._pool = pool
         self._start = start
+        self._barrier = barrier
         self._stream: BlockStream[B] | None = None
         self._pending: Future[B | None] | None = None
         self._done = False
@@ -286,6 +299,8 @@ class Blocks(Generic[B]):
         """Start the query and read its first block (errors surface here, before any output)."""
         if self._stream is not None or self._done:
             return
+        if self._barrier is not None:
+            await self._barrier()
         loop = asyncio.get_running_loop()
         self._stream = await loop.run_in_executor(self._pool, self._start)
         self._pending = self._pool.submit(self._stream.fetch)

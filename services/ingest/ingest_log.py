@@ -1,0 +1,355 @@
+"""The ingest log: acknowledged events on the ingest host's disk before they reach ClickHouse.
+
+Each request's rows are appended as one record to a segmented, append-only log; the request is
+acknowledged once the record is written as the fsync policy says (``FSYNC_POLICIES``), and the
+log writer (``log_writer.py``) drains records into ClickHouse in large blocks and checkpoints
+what is stored. At start, the records after the checkpoint are replayed.
+
+On disk (``ANALYTICS_INGEST_LOG_DIR``): ``<first lsn, 20 digits>.log`` segments of records, each
+``<length u32><crc32 u32><lsn u64>`` then the payload, little-endian; ``checkpoint`` holds the
+highest log sequence number (lsn) stored in ClickHouse. A record cut by a crash (the tail of the
+last segment: short, or its crc wrong) was never acknowledged: it is cut off at open. A bad record
+anywhere else is corruption, and opening refuses (``LogCorrupt``) rather than skip acknowledged
+events.
+
+Appends are group-committed: records that arrive while the previous group is being written go
+out together in one ``write`` and (policy ``always``) one ``fsync``, on a thread of the log's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import struct
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+HEADER = struct.Struct("<IIQ")  # payload length, crc32 of the payload, lsn
+MAX_RECORD_BYTES = 1 << 30  # a length past this in a header is a torn or corrupt record
+SEGMENT_SUFFIX = ".log"
+CHECKPOINT = "checkpoint"
+
+FSYNC_POLICIES = {
+    "always": "each group of appends is fsynced before its requests are acknowledged: an"
+    " acknowledged event survives the process, the OS and a power cut",
+    "interval": "appends are written (the OS has them) before the acknowledgement and fsynced"
+    " every ANALYTICS_INGEST_LOG_FSYNC_INTERVAL seconds: survives the process being killed;"
+    " an OS crash or power cut may lose that interval",
+    "off": "appends are written before the acknowledgement, fsync is left to the OS: survives"
+    " the process being killed; an OS crash or power cut may lose what the OS had not flushed",
+}
+
+
+class LogFull(Exception):
+    """The records not yet stored in ClickHouse fill the log's budget: refuse, do not grow."""
+
+
+class LogCorrupt(Exception):
+    """A record before the log's tail does not read back: acknowledged data is damaged."""
+
+
+@dataclass(frozen=True)
+class Record:
+    lsn: int
+    payload: bytes
+
+
+@dataclass
+class _Append:
+    payload: bytes
+    weight: int
+    done: asyncio.Future[int]
+
+
+OnWritten = Callable[[int, bytes, int], None]
+"""Called with (lsn, payload, weight) for each record once it is written, in lsn order, before
+its append returns (the log writer queues it there)."""
+
+
+def _segment_name(first_lsn: int) -> str:
+    return f"{first_lsn:020d}{SEGMENT_SUFFIX}"
+
+
+def _read_records(path: Path) -> tuple[list[Record], int]:
+    """The records of a segment and the byte offset after the last good one."""
+    data = path.read_bytes()
+    records: list[Record] = []
+    offset = 0
+    while offset + HEADER.size <= len(data):
+        length, crc, lsn = HEADER.unpack_from(data, offset)
+        start = offset + HEADER.size
+        if length > MAX_RECORD_BYTES or start + length > len(data):
+            break
+        payload = data[start : start + length]
+        if zlib.crc32(payload) != crc:
+            break
+        records.append(Record(lsn, payload))
+        offset = start + length
+    return records, offset
+
+
+class IngestLog:
+    """A segmented log in ``directory``: ``open`` it (it returns the records to replay), then
+    ``append`` records and ``checkpoint`` what the writer stored."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        fsync: str = "always",
+        max_bytes: int = 256 << 20,
+        segment_bytes: int = 64 << 20,
+        fsync_interval: float = 0.2,
+    ) -> None:
+        if fsync not in FSYNC_POLICIES:
+            raise ValueError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}")
+        self.directory = directory
+        self.fsync = fsync
+        self.max_bytes = max_bytes
+        self.segment_bytes = segment_bytes
+        self.fsync_interval = fsync_interval
+        self._file: BinaryIO | None = None
+        self._segment_size = 0
+        self._next_lsn = 1
+        self._checkpoint = 0
+        # Records after the checkpoint: (lsn, bytes on disk), oldest first; their sum is what
+        # counts against max_bytes.
+        self._unstored: deque[tuple[int, int]] = deque()
+        self._unstored_bytes = 0
+        self._queued_bytes = 0
+        self._queue: list[_Append] = []
+        self._writing: list[_Append] = []  # the group being written
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._syncer: asyncio.Task[None] | None = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-log")
+        self.on_written: OnWritten | None = None
+
+    # -- opening and replay
+
+    def open(self) -> list[Record]:
+        """Read the checkpoint and every segment, cut a torn tail, and return the records after
+        the checkpoint (to be written to ClickHouse before anything newer)."""
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        checkpoint_file = self.directory / CHECKPOINT
+        if checkpoint_file.exists():
+            self._checkpoint = int(checkpoint_file.read_text().strip() or 0)
+        segments = self._segments()
+        replay: list[Record] = []
+        last_lsn = self._checkpoint
+        for index, path in enumerate(segments):
+            records, good = _read_records(path)
+            if good < path.stat().st_size:
+                if index != len(segments) - 1:
+                    raise LogCorrupt(f"{path}: a record at byte {good} does not read back")
+                log.warning("ingest log: cutting a torn record", segment=path.name, at=good)
+                with path.open("r+b") as f:
+                    f.truncate(good)
+                    os.fsync(f.fileno())
+            for record in records:
+                last_lsn = max(last_lsn, record.lsn)
+                if record.lsn > self._checkpoint:
+                    replay.append(record)
+                    size = HEADER.size + len(record.payload)
+                    self._unstored.append((record.lsn, size))
+                    self._unstored_bytes += size
+        self._next_lsn = last_lsn + 1
+        self._start_segment()
+        self._drop_stored_segments()
+        return replay
+
+    def _segments(self) -> list[Path]:
+        return sorted(self.directory.glob("*" + SEGMENT_SUFFIX))
+
+    def _start_segment(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        path = self.directory / _segment_name(self._next_lsn)
+        self._file = path.open("ab")
+        self._segment_size = self._file.tell()
+        _fsync_directory(self.directory)
+
+    # -- appending
+
+    @property
+    def unstored_bytes(self) -> int:
+        """Bytes of records appended (or being appended) and not yet checkpointed."""
+        return self._unstored_bytes + self._queued_bytes
+
+    @property
+    def last_lsn(self) -> int:
+        """The highest lsn handed out so far (0: none)."""
+        return self._next_lsn - 1
+
+    async def append(self, payload: bytes, weight: int = 1) -> int:
+        """Append one record; return its lsn once it is written as the fsync policy says.
+        Raise ``LogFull`` at once when the unstored records would pass ``max_bytes``.
+        ``weight`` (its rows) is handed to ``on_written`` with it."""
+        size = HEADER.size + len(payload)
+        if self.unstored_bytes + size > self.max_bytes and self.unstored_bytes > 0:
+            raise LogFull(
+                f"{self.unstored_bytes} bytes of acknowledged events wait for ClickHouse"
+                f" (ANALYTICS_INGEST_LOG_MAX_BYTES={self.max_bytes})"
+            )
+        loop = asyncio.get_running_loop()
+        pending = _Append(payload, weight, loop.create_future())
+        self._queue.append(pending)
+        self._queued_bytes += size
+        if self._task is None or self._task.done():
+            self._task = loop.create_task(self._flush_forever())
+        if self.fsync == "interval" and (self._syncer is None or self._syncer.done()):
+            self._syncer = loop.create_task(self._sync_forever())
+        self._wakeup.set()
+        return await pending.done
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                self._writing, self._queue = self._queue, []
+                await self._flush(self._writing)
+                self._writing = []
+
+    async def _flush(self, batch: list[_Append]) -> None:
+        chunks = []
+        entries = []
+        for pending in batch:
+            lsn = self._next_lsn
+            self._next_lsn += 1
+            payload = pending.payload
+            chunks.append(HEADER.pack(len(payload), zlib.crc32(payload), lsn))
+            chunks.append(payload)
+            entries.append((lsn, HEADER.size + len(payload)))
+        data = b"".join(chunks)
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._thread, self._write, data)
+        except BaseException as exc:
+            # Nothing of this group is acknowledged. Bytes of it may be in the segment (a short
+            # write, a full disk): cut them back, or the next group would follow a torn record
+            # that reads as corruption at the next open. Its lsns are handed out again.
+            self._cut_back()
+            for pending in batch:
+                self._queued_bytes -= HEADER.size + len(pending.payload)
+                if not pending.done.done():
+                    pending.done.set_exception(exc)
+            self._next_lsn -= len(batch)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for pending, (lsn, size) in zip(batch, entries, strict=True):
+            self._queued_bytes -= size
+            self._unstored.append((lsn, size))
+            self._unstored_bytes += size
+            if self.on_written is not None:
+                self.on_written(lsn, pending.payload, pending.weight)
+            if not pending.done.done():
+                pending.done.set_result(lsn)
+
+    def _write(self, data: bytes) -> None:
+        if self._segment_size >= self.segment_bytes:
+            self._start_segment()
+        assert self._file is not None
+        self._file.write(data)
+        self._file.flush()
+        self._segment_size += len(data)
+        if self.fsync == "always":
+            os.fsync(self._file.fileno())
+
+    def _cut_back(self) -> None:
+        """After a failed write: truncate the segment to where the group started."""
+        if self._file is None:
+            return
+        with contextlib.suppress(OSError):
+            start = self._segment_size
+            self._file.truncate(start)
+            self._file.seek(start)
+
+    async def _sync_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.fsync_interval)
+            await loop.run_in_executor(self._thread, self._sync)
+
+    def _sync(self) -> None:
+        if self._file is not None:
+            os.fsync(self._file.fileno())
+
+    # -- what the writer stored
+
+    def checkpoint(self, lsn: int) -> None:
+        """Record that every record up to ``lsn`` is stored in ClickHouse; drop whole segments
+        below it. Written without fsync: a stale checkpoint only makes the next start replay
+        records that the writer then finds stored (log_writer.py)."""
+        if lsn <= self._checkpoint:
+            return
+        self._checkpoint = lsn
+        while self._unstored and self._unstored[0][0] <= lsn:
+            self._unstored_bytes -= self._unstored.popleft()[1]
+        temporary = self.directory / (CHECKPOINT + ".tmp")
+        temporary.write_text(f"{lsn}\n")
+        os.replace(temporary, self.directory / CHECKPOINT)
+        self._drop_stored_segments()
+
+    def _drop_stored_segments(self) -> None:
+        segments = self._segments()
+        for path, following in itertools.pairwise(segments):
+            # Every record of ``path`` is below the next segment's first lsn.
+            if int(following.name.removesuffix(SEGMENT_SUFFIX)) - 1 <= self._checkpoint:
+                path.unlink(missing_ok=True)
+
+    def records_on_disk(self) -> Iterator[Record]:
+        """Every record in the segments (for tests and `cartlytics` tooling)."""
+        for path in self._segments():
+            yield from _read_records(path)[0]
+
+    async def close(self) -> None:
+        """Finish the appends under way, stop, and close the segment."""
+        waiting = [p.done for p in (*self._writing, *self._queue)]
+        await asyncio.gather(*waiting, return_exceptions=True)
+        for task in (self._task, self._syncer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._file is not None:
+            file, self._file = self._file, None
+            await asyncio.get_running_loop().run_in_executor(self._thread, _close_synced, file)
+        self._thread.shutdown(wait=True)
+
+
+def _close_synced(file: BinaryIO) -> None:
+    file.flush()
+    os.fsync(file.fileno())
+    file.close()
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a new segment's directory entry durable (a new file is not, until its folder is)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def unstored_records(directory: Path) -> list[Record]:
+    """The records of a log folder after its checkpoint, read without changing anything (a
+    torn tail is skipped, not cut): what the next start would replay."""
+    checkpoint_file = directory / CHECKPOINT
+    checkpoint = int(checkpoint_file.read_text().strip() or 0) if checkpoint_file.exists() else 0
+    records: list[Record] = []
+    for path in sorted(directory.glob("*" + SEGMENT_SUFFIX)):
+        records.extend(r for r in _read_records(path)[0] if r.lsn > checkpoint)
+    return records

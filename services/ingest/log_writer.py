@@ -1,0 +1,255 @@
+"""The log writer: drains the ingest log into ClickHouse in large blocks, exactly once.
+
+One task takes the records appended since its last INSERT (up to ``max_rows`` rows), writes
+their rows table by table in one INSERT each (``ingestor.TABLES`` order), lists the orderIds that
+are now duplicated (``order_dups``), then checkpoints the log. It starts again at once while
+records wait, so an idle system writes a lone event straight away, and under load the blocks grow
+by themselves (as group commit did; no linger timer, which would only delay freshness).
+
+Exactly once: a block whose INSERTs may have been partly done (replayed at start after an unclean
+stop, or after an INSERT that failed) is written *checked*: per table, the event ids of the block
+already there are looked up and their rows left out. The rows of one event in one table go in one
+INSERT (one part: the same partition), so an event is in a table wholly or not at all. Every
+other block is written plainly.
+
+While ClickHouse refuses, the writer retries the block (backoff up to ``MAX_BACKOFF_SECONDS``)
+and the log keeps acknowledging until it is full (``ingest_log.LogFull``: 503).
+
+``caught_up`` lets the process's readers see every event acknowledged before they started
+(``Storage.read_barrier``): a query waits until the writer has stored what was appended when it
+arrived, at most ``READ_WAIT_SECONDS``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import pickle
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from prometheus_client import Counter, Gauge, Histogram
+
+from cartlytics.common.commerce.orders import NEWLY_DUPLICATED_IDS
+from cartlytics.common.storage import Sql, Storage
+from cartlytics.common.storage.group_commit import TableSpec
+
+from .ingest_log import IngestLog, Record
+
+log = structlog.get_logger(__name__)
+
+MAX_BACKOFF_SECONDS = 2.0
+READ_WAIT_SECONDS = 1.0
+
+BLOCK_ROWS = Histogram(
+    "cartlytics_ingest_log_block_rows",
+    "Rows of `events` per block the ingest log writer INSERTs.",
+    buckets=(1, 10, 100, 1_000, 10_000, 50_000, 100_000),
+)
+WRITE_FAILURES = Counter(
+    "cartlytics_ingest_log_write_failures_total", "Blocks the ingest log writer had to retry."
+)
+UNSTORED_BYTES = Gauge(
+    "cartlytics_ingest_log_unstored_bytes",
+    "Bytes of acknowledged events in the ingest log not yet stored in ClickHouse.",
+)
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    """One request's rows, as the ingestor built them: per table name, its rows; and the
+    orderIds among them (their duplicates are listed after the INSERT)."""
+
+    project_id: str
+    rows: dict[str, list[tuple[Any, ...]]]
+    order_ids: tuple[str, ...]
+
+    def encode(self) -> bytes:
+        # pickle: the log is written and read only by this code, on the ingest host (rows hold
+        # datetimes and Decimals, which JSON would need converting).
+        return pickle.dumps((self.project_id, self.rows, self.order_ids), protocol=5)
+
+    @classmethod
+    def decode(cls, payload: bytes) -> LogRecord:
+        project_id, rows, order_ids = pickle.loads(payload)  # our own log, never a client's bytes
+        return cls(project_id, rows, order_ids)
+
+
+class LogWriter:
+    def __init__(
+        self,
+        storage: Storage,
+        ingest_log: IngestLog,
+        tables: Sequence[TableSpec],
+        max_rows: int = 100_000,
+    ) -> None:
+        self._storage = storage
+        self._log = ingest_log
+        self._tables = tuple(tables)
+        self._max_rows = max_rows
+        self._pending: deque[tuple[int, bytes, int]] = deque()  # (lsn, payload, rows)
+        self._checked_up_to = 0  # blocks with lsns up to this are written checked
+        self._stored_lsn = 0
+        self._wakeup = asyncio.Event()
+        self._stored = asyncio.Condition()
+        self._task: asyncio.Task[None] | None = None
+        self.failing = False
+
+    @property
+    def stored_lsn(self) -> int:
+        return self._stored_lsn
+
+    def start(self, replay: Sequence[Record]) -> None:
+        """Start draining: first the records ``IngestLog.open`` returned (written checked),
+        then each record the log writes (``IngestLog.on_written``)."""
+        for record in replay:
+            rows = len(LogRecord.decode(record.payload).rows.get("events", ()))
+            self._pending.append((record.lsn, record.payload, rows))
+        if replay:
+            self._checked_up_to = replay[-1].lsn
+            log.info("ingest log: replaying", records=len(replay), up_to=replay[-1].lsn)
+        self._stored_lsn = replay[0].lsn - 1 if replay else self._log.last_lsn
+        self._log.on_written = self._queue
+        self._task = asyncio.get_running_loop().create_task(self._drain_forever())
+        self._wakeup.set()
+
+    def _queue(self, lsn: int, payload: bytes, rows: int) -> None:
+        self._pending.append((lsn, payload, rows))
+        self._wakeup.set()
+
+    async def caught_up(self, limit_seconds: float = READ_WAIT_SECONDS) -> None:
+        """Wait until every record appended before this call is stored (at most
+        ``limit_seconds``:
+        then the reader goes on, and ClickHouse's own state is what it reads)."""
+        target = self._log.last_lsn
+        if self._stored_lsn >= target:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(limit_seconds), self._stored:
+                await self._stored.wait_for(lambda: self._stored_lsn >= target)
+
+    async def _drain_forever(self) -> None:
+        backoff = 0.05
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._pending:
+                block = self._take_block()
+                try:
+                    await self._write(block)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    WRITE_FAILURES.inc()
+                    self.failing = True
+                    log.warning("ingest log: block not stored, retrying", error=str(exc)[:300])
+                    # Put it back, to be written checked: some of its INSERTs may have landed.
+                    self._checked_up_to = max(self._checked_up_to, block[-1][0])
+                    self._pending.extendleft(reversed(block))
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+                    continue
+                backoff = 0.05
+                self.failing = False
+                UNSTORED_BYTES.set(self._log.unstored_bytes)
+
+    def _take_block(self) -> list[tuple[int, bytes, int]]:
+        block = [self._pending.popleft()]
+        rows = block[0][2]
+        while self._pending and rows + self._pending[0][2] <= self._max_rows:
+            entry = self._pending.popleft()
+            block.append(entry)
+            rows += entry[2]
+        return block
+
+    async def _write(self, block: list[tuple[int, bytes, int]]) -> None:
+        records = await asyncio.to_thread(lambda: [LogRecord.decode(p) for _, p, _ in block])
+        checked = block[0][0] <= self._checked_up_to
+        tables: dict[str, list[tuple[Any, ...]]] = {t.name: [] for t in self._tables}
+        for record in records:
+            for name, rows in record.rows.items():
+                tables[name].extend(rows)
+        if checked:
+            tables = await self._not_yet_stored(records, tables)
+        for table in self._tables:
+            if tables[table.name]:
+                await self._storage.insert(table.name, table.columns, tables[table.name])
+        BLOCK_ROWS.observe(len(tables.get("events", ())))
+        await self._list_duplicates(records)
+        last = block[-1][0]
+        await asyncio.to_thread(self._log.checkpoint, last)
+        async with self._stored:
+            self._stored_lsn = last
+            self._stored.notify_all()
+
+    async def _not_yet_stored(
+        self, records: list[LogRecord], tables: dict[str, list[tuple[Any, ...]]]
+    ) -> dict[str, list[tuple[Any, ...]]]:
+        """``tables`` without the rows of events already in their table (per project)."""
+        kept: dict[str, list[tuple[Any, ...]]] = {}
+        for table in self._tables:
+            rows = tables[table.name]
+            if not rows:
+                kept[table.name] = []
+                continue
+            project_at = table.columns.index("project_id")
+            event_at = table.columns.index("event_id")
+            present: set[tuple[str, str]] = set()
+            by_project: dict[str, set[str]] = {}
+            for row in rows:
+                by_project.setdefault(row[project_at], set()).add(row[event_at])
+            for project, ids in by_project.items():
+                found = await self._storage.query(
+                    Sql(f"SELECT DISTINCT event_id FROM {table.name}")
+                    + Sql(" WHERE project_id = {project} AND event_id IN {ids}"),
+                    {"project": project, "ids": tuple(sorted(ids))},
+                    ingest=True,
+                )
+                present.update((project, str(r[0])) for r in found)
+            kept[table.name] = [r for r in rows if (r[project_at], r[event_at]) not in present]
+            if len(kept[table.name]) != len(rows):
+                log.info(
+                    "ingest log: rows already stored left out",
+                    table=table.name,
+                    rows=len(rows) - len(kept[table.name]),
+                )
+        return kept
+
+    async def _list_duplicates(self, records: list[LogRecord]) -> None:
+        """List in ``order_dups`` the orderIds of the block that now have more than one stored
+        event row (after the INSERT, so two writers storing one orderId at once both see both).
+        Sales corrects their rollup rows at query time."""
+        by_project: dict[str, set[str]] = {}
+        for record in records:
+            if record.order_ids:
+                by_project.setdefault(record.project_id, set()).update(record.order_ids)
+        for project, order_ids in by_project.items():
+            rows = await self._storage.query(
+                NEWLY_DUPLICATED_IDS, {"project": project, "ids": tuple(sorted(order_ids))},
+                ingest=True,
+            )  # fmt: skip
+            if rows:
+                await self._storage.insert(
+                    "order_dups", ("project_id", "order_id"), [(project, r[0]) for r in rows]
+                )
+
+    async def close(self, grace_seconds: float) -> None:
+        """Store what waits (for at most ``grace_seconds``: the rest is replayed at the next
+        start), then stop."""
+        deadline = time.monotonic() + grace_seconds
+        while self._pending or self._stored_lsn < self._log.last_lsn:
+            if time.monotonic() > deadline or self._task is None or self._task.done():
+                log.warning(
+                    "ingest log: stopping with records not yet stored (replayed at next start)",
+                    unstored_bytes=self._log.unstored_bytes,
+                )
+                break
+            await asyncio.sleep(0.01)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

@@ -1,0 +1,222 @@
+"""The ingest log (services/ingest/ingest_log.py) on real files, and its writer
+(log_writer.py) into a real ClickHouse (both backends): acknowledged records read back after a
+restart from the checkpoint on, a torn tail is cut, damage before it refuses to open, a full log
+refuses until the writer checkpoints, and a replay after a partly done write stores each event
+exactly once. The system-level faults (kill -9 under load, ClickHouse stopped) are in
+tests/test_durability.py and tests/test_faults.py."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cartlytics.common.redis_guard import RedisGuard
+from cartlytics.common.storage import Sql, Storage
+from services.ingest.idempotency import IdempotencyWindow
+from services.ingest.ingest_log import HEADER, IngestLog, LogCorrupt, LogFull, unstored_records
+from services.ingest.ingestor import EVENTS, ORDER_ITEMS, ORDER_LINES, TABLES, Ingestor
+from services.ingest.log_writer import LogRecord, LogWriter
+from services.ingest.validation import IncomingEvent
+
+
+def _append_all(ingest_log: IngestLog, payloads: list[bytes]) -> list[int]:
+    async def run() -> list[int]:
+        lsns = [await ingest_log.append(p) for p in payloads]
+        await ingest_log.close()
+        return lsns
+
+    return asyncio.run(run())
+
+
+def test_records_read_back_after_a_restart_from_the_checkpoint(tmp_path: Path) -> None:
+    first = IngestLog(tmp_path)
+    assert first.open() == []
+    payloads = [f"record {n}".encode() * (n + 1) for n in range(5)]
+    assert _append_all(first, payloads) == [1, 2, 3, 4, 5]
+
+    second = IngestLog(tmp_path)
+    replay = second.open()
+    assert [(r.lsn, r.payload) for r in replay] == list(zip([1, 2, 3, 4, 5], payloads, strict=True))
+    second.checkpoint(2)
+    assert _append_all(second, [b"six"]) == [6]
+
+    third = IngestLog(tmp_path)
+    assert [(r.lsn, r.payload) for r in third.open()] == [
+        (3, payloads[2]), (4, payloads[3]), (5, payloads[4]), (6, b"six"),
+    ]  # fmt: skip
+    assert [r.lsn for r in unstored_records(tmp_path)] == [3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("cut", [3, HEADER.size + 2], ids=["in-header", "in-payload"])
+def test_a_torn_tail_is_cut_and_never_replayed(tmp_path: Path, cut: int) -> None:
+    first = IngestLog(tmp_path)
+    first.open()
+    _append_all(first, [b"a" * 10, b"b" * 10, b"c" * 10])
+    (segment,) = sorted(tmp_path.glob("*.log"))
+    good_size = segment.stat().st_size
+    # A crash in the middle of a write: part of a fourth record (never acknowledged).
+    torn = HEADER.pack(10, 0, 4) + b"d" * 10
+    with segment.open("ab") as f:
+        f.write(torn[:cut])
+
+    second = IngestLog(tmp_path)
+    assert [r.payload for r in second.open()] == [b"a" * 10, b"b" * 10, b"c" * 10]
+    assert segment.stat().st_size == good_size
+    assert _append_all(second, [b"e" * 10]) == [4]
+    assert [r.payload[:1] for r in IngestLog(tmp_path).open()] == [b"a", b"b", b"c", b"e"]
+
+
+def test_a_damaged_record_before_the_tail_refuses_to_open(tmp_path: Path) -> None:
+    first = IngestLog(tmp_path, segment_bytes=64)
+    first.open()
+    _append_all(first, [bytes([n]) * 40 for n in range(6)])
+    segments = sorted(tmp_path.glob("*.log"))
+    assert len(segments) >= 3
+    data = bytearray(segments[0].read_bytes())
+    data[HEADER.size + 5] ^= 0xFF  # one bit of an acknowledged record's payload
+    segments[0].write_bytes(bytes(data))
+    with pytest.raises(LogCorrupt):
+        IngestLog(tmp_path, segment_bytes=64).open()
+
+
+def test_a_full_log_refuses_until_the_writer_checkpoints(tmp_path: Path) -> None:
+    record = b"x" * 100
+    size = HEADER.size + len(record)
+    ingest_log = IngestLog(tmp_path, max_bytes=3 * size)
+    ingest_log.open()
+
+    async def run() -> None:
+        for _ in range(3):
+            await ingest_log.append(record)
+        with pytest.raises(LogFull):
+            await ingest_log.append(record)
+        assert ingest_log.unstored_bytes == 3 * size
+        ingest_log.checkpoint(2)  # the writer stored two of them
+        assert await ingest_log.append(record) == 4
+        await ingest_log.close()
+
+    asyncio.run(run())
+
+
+def test_stored_segments_are_deleted(tmp_path: Path) -> None:
+    ingest_log = IngestLog(tmp_path, segment_bytes=100)
+    ingest_log.open()
+    lsns = _append_all(ingest_log, [b"y" * 60 for _ in range(10)])
+    assert len(list(tmp_path.glob("*.log"))) > 3
+    reopened = IngestLog(tmp_path, segment_bytes=100)
+    assert len(reopened.open()) == 10
+    reopened.checkpoint(lsns[-1])
+    assert len(list(tmp_path.glob("*.log"))) == 1  # the one being appended to
+    assert IngestLog(tmp_path).open() == []
+
+
+# The writer ------------------------------------------------------------------------------------
+
+
+def _orders(at: datetime) -> list[IncomingEvent]:
+    """Orders with line items; orderId o3 twice (a duplicate the writer must list)."""
+    events = []
+    for n in range(40):
+        order_id = "o3" if n == 39 else f"o{n}"
+        lines: list[dict[str, Any]] = [
+            {"productId": f"p{n % 4}", "price": 100 + n, "quantity": 1 + n % 3},
+            {"productId": "p9", "name": "Nine", "price": 50, "quantity": 2},
+        ][: 1 + n % 2]
+        total = sum(line["price"] * line["quantity"] for line in lines)
+        events.append(
+            IncomingEvent(
+                "order_completed",
+                f"evt_log_{n}",
+                user_id=f"u{n % 7}",
+                timestamp=at + timedelta(seconds=n),
+                properties={
+                    "orderId": order_id,
+                    "total": total,
+                    "currency": "CHF",
+                    "products": lines,
+                },
+            )
+        )
+    return events
+
+
+def _rows_per_event(storage: Storage, table: str, project_id: str) -> Counter[str]:
+    rows = storage.query_sync(
+        Sql(f"SELECT event_id, count() FROM {table}")
+        + Sql(" WHERE project_id = {project} GROUP BY event_id"),
+        {"project": project_id},
+    )
+    return Counter({str(event_id): int(count) for event_id, count in rows})
+
+
+def test_a_replay_after_a_partly_done_write_stores_each_event_once(
+    storage: Storage, project_id: str, tmp_path: Path
+) -> None:
+    """Records acknowledged from the log, then a crash in the middle of their block: `events`
+    and `order_items` hold some of them, `order_lines` none. The next start's replay stores the
+    rest and nothing twice, and lists the duplicated orderId."""
+    at = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
+    events = _orders(at)
+    guard = RedisGuard(None)
+
+    async def acknowledge() -> None:
+        ingest_log = IngestLog(tmp_path)
+        ingest_log.open()
+        # A writer that never starts: the process dies before it stores anything.
+        writer = LogWriter(storage, ingest_log, TABLES)
+        ingestor = Ingestor(
+            storage, IdempotencyWindow(guard), None, guard, ip_salt=b"s",
+            ingest_log=ingest_log, log_writer=writer,
+        )  # fmt: skip
+        for start in range(0, len(events), 10):
+            result = await ingestor.ingest(project_id, events[start : start + 10])
+            assert not result.rejected and len(result.accepted) == 10
+        await ingest_log.close()
+
+    asyncio.run(acknowledge())
+    records = [LogRecord.decode(r.payload) for r in unstored_records(tmp_path)]
+    assert len(records) == 4
+    # The cut write: the first 25 events' `events` rows and the first 12 events' line items.
+    event_rows = [row for r in records for row in r.rows[EVENTS.name]]
+    item_rows = [row for r in records for row in r.rows[ORDER_ITEMS.name]]
+    storage.insert_sync(EVENTS.name, EVENTS.columns, event_rows[:25])
+    early = {f"evt_log_{n}" for n in range(12)}
+    event_at = ORDER_ITEMS.columns.index("event_id")
+    storage.insert_sync(
+        ORDER_ITEMS.name, ORDER_ITEMS.columns, [r for r in item_rows if r[event_at] in early]
+    )
+
+    async def replay() -> None:
+        ingest_log = IngestLog(tmp_path)
+        writer = LogWriter(storage, ingest_log, TABLES)
+        writer.start(ingest_log.open())
+        await writer.caught_up(limit_seconds=120)
+        assert writer.stored_lsn == 4
+        await writer.close(grace_seconds=5)
+        await ingest_log.close()
+
+    asyncio.run(replay())
+    ids = [e.id for e in events]
+    lines = {e.id: len(e.properties["products"]) for e in events}
+    assert _rows_per_event(storage, EVENTS.name, project_id) == Counter({i: 1 for i in ids})
+    assert _rows_per_event(storage, ORDER_ITEMS.name, project_id) == Counter(lines)
+    assert _rows_per_event(storage, ORDER_LINES.name, project_id) == Counter({i: 1 for i in ids})
+    dups = storage.query_sync(
+        Sql("SELECT DISTINCT order_id FROM order_dups WHERE project_id = {project}"),
+        {"project": project_id},
+    )
+    assert [row[0] for row in dups] == ["o3"]
+    # Sales reads the rollups the materialized views filled from `events`: each order once.
+    orders = storage.query_sync(
+        Sql("SELECT count(), sum(total) FROM orders WHERE project_id = {project}"),
+        {"project": project_id},
+    )
+    expected_total = sum(int(e.properties["total"]) for e in events)
+    assert [tuple(int(v) for v in orders[0])] == [(len(events), expected_total)]
+    # Stored: nothing left to replay.
+    assert IngestLog(tmp_path).open() == []
