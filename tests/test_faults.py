@@ -10,6 +10,7 @@ each test.
 from __future__ import annotations
 
 import signal
+import socket
 import sys
 import threading
 import time
@@ -255,6 +256,92 @@ def test_clickhouse_stopped_for_10_seconds_under_load(
         for load in loads:
             assert not load.errors, load.errors
         # A retried batch may have landed twice before merges; no figure counts it so.
+        assert sales(system, "PLN")["orders"] == len(stored)
+    finally:
+        for load in loads:
+            load.finish()
+        system.stop()
+
+
+def _watch_refusal(port: int, refused_from: list[float], limit: float = 30) -> None:
+    """Append the first moment a TCP connection to ``port`` is refused (within ``limit`` s)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            refused_from.append(time.monotonic())
+            return
+        time.sleep(0.02)
+
+
+@pytest.mark.clickhouse_server
+def test_clickhouse_stopped_for_10_seconds_with_the_ingest_log(
+    tmp_path: Path, own_clickhouse: ClickHouseServer
+) -> None:
+    """With the ingest log on, ClickHouse down does not stop acknowledgements: they go on into
+    the log until it is full, then every send is refused as retryable (503 / UNAVAILABLE, with
+    when to retry); once ClickHouse is back the writer stores the log, every acknowledged event
+    once."""
+    key = "cak_" + uuid.uuid4().hex
+    # A few seconds of this load: full during the outage, not before ClickHouse has stopped.
+    env = {"ANALYTICS_INGEST_LOG": "yes", "ANALYTICS_INGEST_LOG_MAX_BYTES": str(4 << 20)}
+    system = start_system(tmp_path / "data", key, clickhouse_url=own_clickhouse.url, extra_env=env)
+    loads: list[Load] = [
+        Stream(system.grpc_target, key, "PLN", prefix="g_", workers=2),
+        RestStream(system.http_url, key, "PLN", prefix="r_", workers=1),
+    ]
+    try:
+        for load in loads:
+            load.start()
+        for load in loads:
+            load.wait_for(60)
+        stopping = time.monotonic()
+        # The server closes its port at once and takes seconds to exit: the outage starts when
+        # a connection is first refused.
+        refused_from: list[float] = []
+        watcher = threading.Thread(target=_watch_refusal, args=(own_clickhouse.port, refused_from))
+        watcher.start()
+        own_clickhouse.stop()
+        watcher.join(timeout=30)
+        assert refused_from, "the server still took connections once stopped"
+        stopped = refused_from[0]
+        acked_at_stop = sum(len(load.acked) for load in loads)
+        queried = call("GET", f"{system.http_url}/analytics/sales?currency=PLN", key)
+        assert queried.status == 503, queried.body
+        time.sleep(10)
+        # Then until the log is full (a slow machine fills 1 MiB of events more slowly).
+        deadline = time.monotonic() + 60
+        while not all(any(r.at >= stopped for r in load.refusals) for load in loads):
+            assert time.monotonic() < deadline, "the log never filled"
+            time.sleep(0.2)
+        back = time.monotonic()
+        assert any(load.acks_between(stopped, back) for load in loads), (
+            f"the log took nothing: {acked_at_stop} acknowledged when the server exited"
+            f" ({stopped - stopping:.1f} s to stop), {sum(len(x.acked) for x in loads)} now,"
+            f" refusals from {min(r.at for x in loads for r in x.refusals) - stopping:.1f} s"
+        )
+        for load in loads:
+            during = [r for r in load.refusals if stopped <= r.at <= back]
+            assert {r.code for r in during} <= {"UNAVAILABLE", "503"}, statuses(during)
+            assert all(r.hint for r in during), "a refusal without Retry-After / RetryInfo"
+        own_clickhouse.start()
+        for load in loads:
+            load.wait_for(len(load.acked) + 60, timeout=60)
+        for load in loads:
+            load.finish()
+        for load in loads:
+            load.settle()
+        acked = loads[0].acked | loads[1].acked
+        # The writer drains the log as fast as ClickHouse takes it: wait for the last of it.
+        deadline = time.monotonic() + 60
+        while not acked <= set(stored := stored_ids(own_clickhouse.url, Path())):
+            assert time.monotonic() < deadline, f"{len(acked - set(stored))} still unstored"
+            time.sleep(0.5)
+        assert set(stored) == acked
+        assert all(count == 1 for count in stored.values()), "an event stored twice"
+        for load in loads:
+            assert not load.errors, load.errors
         assert sales(system, "PLN")["orders"] == len(stored)
     finally:
         for load in loads:

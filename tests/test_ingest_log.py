@@ -220,3 +220,49 @@ def test_a_replay_after_a_partly_done_write_stores_each_event_once(
     assert [tuple(int(v) for v in orders[0])] == [(len(events), expected_total)]
     # Stored: nothing left to replay.
     assert IngestLog(tmp_path).open() == []
+
+
+def test_a_replay_of_a_large_block_is_checked_in_slices(
+    storage: Storage, project_id: str, tmp_path: Path
+) -> None:
+    """A block past one query's worth of ids (the writer checks them in slices: all of them in
+    one IN passed ClickHouse's max_query_size, and the block was retried for ever)."""
+    at = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    views = [
+        IncomingEvent("page_view", f"evt_replayed_in_slices_{n}", anonymous_id=f"a{n % 50}",
+                      timestamp=at, properties={"page": f"/p{n % 9}"})
+        for n in range(20_000)
+    ]  # fmt: skip
+    guard = RedisGuard(None)
+
+    async def acknowledge() -> None:
+        ingest_log = IngestLog(tmp_path)
+        ingest_log.open()
+        writer = LogWriter(storage, ingest_log, TABLES)  # never started: the process dies
+        ingestor = Ingestor(
+            storage, IdempotencyWindow(guard), None, guard, ip_salt=b"s",
+            ingest_log=ingest_log, log_writer=writer,
+        )  # fmt: skip
+        for start in range(0, len(views), 500):
+            await ingestor.ingest(project_id, views[start : start + 500])
+        await ingest_log.close()
+
+    asyncio.run(acknowledge())
+    event_rows = [
+        row
+        for r in unstored_records(tmp_path)
+        for row in LogRecord.decode(r.payload).rows[EVENTS.name]
+    ]
+    storage.insert_sync(EVENTS.name, EVENTS.columns, event_rows[:10_100])
+
+    async def replay() -> None:
+        ingest_log = IngestLog(tmp_path)
+        writer = LogWriter(storage, ingest_log, TABLES)
+        writer.start(ingest_log.open())
+        await writer.caught_up(limit_seconds=120)
+        assert writer.stored_lsn == 40
+        await writer.close(grace_seconds=5)
+        await ingest_log.close()
+
+    asyncio.run(replay())
+    assert _rows_per_event(storage, EVENTS.name, project_id) == Counter({v.id: 1 for v in views})

@@ -43,6 +43,7 @@ from .ingest_log import IngestLog, Record
 log = structlog.get_logger(__name__)
 
 MAX_BACKOFF_SECONDS = 2.0
+CHECK_IDS_PER_QUERY = 2_000  # ~80 KB of SQL, well within ClickHouse's max_query_size (256 KiB)
 READ_WAIT_SECONDS = 1.0
 
 BLOCK_ROWS = Histogram(
@@ -203,13 +204,19 @@ class LogWriter:
             for row in rows:
                 by_project.setdefault(row[project_at], set()).add(row[event_at])
             for project, ids in by_project.items():
-                found = await self._storage.query(
-                    Sql(f"SELECT DISTINCT event_id FROM {table.name}")
-                    + Sql(" WHERE project_id = {project} AND event_id IN {ids}"),
-                    {"project": project, "ids": tuple(sorted(ids))},
-                    ingest=True,
-                )
-                present.update((project, str(r[0])) for r in found)
+                ordered = sorted(ids)
+                # In slices: a block's ids in one IN would pass ClickHouse's max_query_size.
+                for start in range(0, len(ordered), CHECK_IDS_PER_QUERY):
+                    found = await self._storage.query(
+                        Sql(f"SELECT DISTINCT event_id FROM {table.name}")
+                        + Sql(" WHERE project_id = {project} AND event_id IN {ids}"),
+                        {
+                            "project": project,
+                            "ids": tuple(ordered[start : start + CHECK_IDS_PER_QUERY]),
+                        },
+                        ingest=True,
+                    )
+                    present.update((project, str(r[0])) for r in found)
             kept[table.name] = [r for r in rows if (r[project_at], r[event_at]) not in present]
             if len(kept[table.name]) != len(rows):
                 log.info(
@@ -228,10 +235,13 @@ class LogWriter:
             if record.order_ids:
                 by_project.setdefault(record.project_id, set()).update(record.order_ids)
         for project, order_ids in by_project.items():
-            rows = await self._storage.query(
-                NEWLY_DUPLICATED_IDS, {"project": project, "ids": tuple(sorted(order_ids))},
-                ingest=True,
-            )  # fmt: skip
+            ordered = sorted(order_ids)
+            rows = []
+            for start in range(0, len(ordered), CHECK_IDS_PER_QUERY):
+                ids = tuple(ordered[start : start + CHECK_IDS_PER_QUERY])
+                rows += await self._storage.query(
+                    NEWLY_DUPLICATED_IDS, {"project": project, "ids": ids}, ingest=True
+                )
             if rows:
                 await self._storage.insert(
                     "order_dups", ("project_id", "order_id"), [(project, r[0]) for r in rows]
