@@ -361,7 +361,11 @@ def test_known_path_with_wrong_method_is_405_with_allow(
 
 
 def test_unknown_paths_stay_404_without_allow(stack: Stack) -> None:
-    for method, path in (("GET", "/analytics/nope"), ("POST", "/analytics/sales/x"), ("GET", "/")):
+    for method, path in (
+        ("GET", "/analytics/nope"),
+        ("POST", "/analytics/sales/x"),
+        ("GET", "/dashboard/nope.js"),
+    ):
         reply = stack.request(method, path)
         assert_status_error(reply, 404, 5)
         assert "Allow" not in reply.headers
