@@ -22,13 +22,29 @@ from pathlib import Path
 
 import pytest
 
-from tests.load import Load, RestStream, Stream, clickhouse_url, sales, statuses, stored_ids
+from cartlytics.common.config import Config
+from tests.load import (
+    Load,
+    RestStream,
+    Stream,
+    clickhouse_url,
+    logged_ids,
+    sales,
+    statuses,
+    stored_ids,
+)
 from tests.rest import call
 from tests.servers import ClickHouseServer, RedisServer, System, free_port, start_system
 
 pytestmark = pytest.mark.faults
 
 GRACE = 5  # ANALYTICS_SHUTDOWN_GRACE of the systems here: the drain timeout SIGTERM must meet
+
+
+def _ingest_log_on() -> bool:
+    """Whether the systems started here acknowledge from the ingest log (the environment's
+    ANALYTICS_INGEST_LOG, else its default)."""
+    return Config.from_env().ingest_log
 
 
 def _stored(url: str, data_dir: Path, prefix: str) -> dict[str, int]:
@@ -165,10 +181,13 @@ def test_each_service_stopped_under_load(
             assert code == 0, cluster.processes[service].log()[-2000:]
             assert time.monotonic() - started < GRACE + 5
         if service != "gateway":
-            # Every event acknowledged so far is already in ClickHouse, whatever happens next.
+            # Every event acknowledged so far is already in ClickHouse, whatever happens next;
+            # with the ingest log, in ClickHouse or in the ingest process's log.
             with load.lock:
                 acked = set(load.acked)
-            assert not acked - set(_stored(cluster.url, Path(), prefix)), "acknowledged, lost"
+            logged = logged_ids(cluster.root / "ingest") if _ingest_log_on() else set()
+            in_clickhouse = set(_stored(cluster.url, Path(), prefix))
+            assert not acked - in_clickhouse - logged, "acknowledged, lost"
         if service in ("metrics", "export"):
             # Reads of the stopped service fail cleanly (503, not 500), the others carry on,
             # and ingestion does not notice.
@@ -219,7 +238,11 @@ def test_clickhouse_stopped_for_10_seconds_under_load(
     tmp_path: Path, own_clickhouse: ClickHouseServer
 ) -> None:
     key = "cak_" + uuid.uuid4().hex
-    system = start_system(tmp_path / "data", key, clickhouse_url=own_clickhouse.url)
+    # Acknowledged once stored (the ingest log absorbs an outage: the test after this one).
+    system = start_system(
+        tmp_path / "data", key, clickhouse_url=own_clickhouse.url,
+        extra_env={"ANALYTICS_INGEST_LOG": "no"},
+    )  # fmt: skip
     loads: list[Load] = [
         Stream(system.grpc_target, key, "PLN", prefix="g_", workers=2),
         RestStream(system.http_url, key, "PLN", prefix="r_", workers=1),
