@@ -10,10 +10,13 @@ here each state is reached on purpose instead of as the keeper happens to leave 
 from __future__ import annotations
 
 import copy
+import re
 import threading
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import pytest
 
 from cartlytics.common.commerce.visitors import as_people
 from cartlytics.common.storage import Sql, Storage
@@ -199,3 +202,35 @@ def test_reads_stay_exact_while_builds_follow_each_other(storage: Storage, proje
         stop.set()
         thread.join()
     assert not errors, errors
+
+
+def test_one_query_names_one_build_while_new_ones_are_recorded(
+    storage: Storage, project_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new build recorded while a query is rendered (the keeper forgets the lookup) must not
+    give the query's slots two builds: it did, one slot each, and a device linked between the
+    two builds was in neither (found by test_reads_stay_exact_while_builds_follow_each_other)."""
+    store = Store(storage, project_id)
+    store.send((0, "", "d1"), (10, "u1", "d1"))
+    snapshot = PeopleSnapshot(storage)
+    assert snapshot.rebuild() is not None
+    looked_up = storage.snapshot.values
+
+    def then_a_new_build() -> dict[str, Any]:
+        values = looked_up()
+        store.send((20, "u2", "d2"))
+        assert snapshot.rebuild() is not None  # recorded, and the lookup forgotten
+        return values
+
+    monkeypatch.setattr(storage.snapshot, "values", then_a_new_build)
+    text = storage.render(
+        as_people(ROWS, ("event_id", "visitor_id"), "visitor_id"), {"project": project_id}
+    )
+    versions = set(re.findall(r"people_snapshot(?:_links)?_v(\d+)", text))
+    assert len(versions) == 1, versions
+    (version,) = versions
+    (block,) = storage.query_sync(
+        Sql("SELECT max_block FROM people_snapshots WHERE version = {version}"),
+        {"version": int(version)},
+    )[0]
+    assert f"> {block}" in text

@@ -82,17 +82,22 @@ class CurrentSnapshot:
 
 class WithSnapshot(Mapping[str, Any]):
     """A query's parameters, with the snapshot's values looked up only if the query has their
-    slots (``render`` asks for the slots it meets)."""
+    slots (``render`` asks for the slots it meets), and once: every slot of one query names the
+    same build, even if the lookup changes while the query is rendered (a new build recorded,
+    ``forget`` called), which paired one build's tables with another's block."""
 
     def __init__(self, params: Mapping[str, Any] | None, snapshot: CurrentSnapshot) -> None:
         self._params = params or {}
         self._snapshot = snapshot
+        self._values: dict[str, Any] | None = None
 
     def __getitem__(self, name: str) -> Any:
         if name in self._params:
             return self._params[name]
         if name in SLOTS:
-            return self._snapshot.values()[name]
+            if self._values is None:
+                self._values = self._snapshot.values()
+            return self._values[name]
         raise KeyError(name)
 
     def __contains__(self, name: object) -> bool:
