@@ -314,10 +314,16 @@ class IngestLog:
         for path in self._segments():
             yield from _read_records(path)[0]
 
-    async def close(self) -> None:
-        """Finish the appends under way, stop, and close the segment."""
+    async def close(self, grace_seconds: float = 10.0) -> None:
+        """Finish the appends under way (for ``grace_seconds`` at most), stop, and close the
+        segment. Appends still waiting then are refused (their requests were not answered)."""
         waiting = [p.done for p in (*self._writing, *self._queue)]
-        await asyncio.gather(*waiting, return_exceptions=True)
+        if waiting and self._task is not None and not self._task.done():
+            await asyncio.wait(waiting, timeout=grace_seconds)
+        for pending in (*self._writing, *self._queue):
+            if not pending.done.done():
+                pending.done.set_exception(LogFull("the ingest log is closing"))
+        self._writing, self._queue = [], []
         for task in (self._task, self._syncer):
             if task is not None:
                 task.cancel()

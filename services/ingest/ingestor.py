@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+import structlog
 
 from cartlytics.common.commerce.orders import NEWLY_DUPLICATED_IDS
 from cartlytics.common.erasure import SUPPRESSED_EVENTS, Suppression
@@ -65,6 +68,8 @@ PRODUCT_NAMES = TableSpec(
 # product_names after the events: a row there always has its event stored (products read
 # order_lines without a join and check that no event row lacks its order_lines row).
 TABLES = (ORDER_ITEMS, EVENTS, ORDER_LINES, PRODUCT_NAMES)
+log = structlog.get_logger(__name__)
+
 IN_FLIGHT = "an event with this id is being stored by another request; retry"
 
 
@@ -227,8 +232,11 @@ class Ingestor:
         """Stop; with the ingest log, first store what it holds (for ``grace_seconds`` at most:
         the rest is replayed at the next start)."""
         if self._log is not None and self._log_writer is not None:
-            await self._log.close()
-            await self._log_writer.close(grace_seconds)
+            log.info("ingest log: closing", unstored_bytes=self._log.unstored_bytes)
+            deadline = time.monotonic() + grace_seconds
+            await self._log.close(grace_seconds)
+            await self._log_writer.close(max(0.0, deadline - time.monotonic()))
+            log.info("ingest log: closed", unstored_bytes=self._log.unstored_bytes)
         await self._committer.close()
 
     async def ingest(
