@@ -87,12 +87,17 @@ class LogWriter:
         ingest_log: IngestLog,
         tables: Sequence[TableSpec],
         max_rows: int = 100_000,
+        linger_seconds: float = 0.1,
     ) -> None:
         self._storage = storage
         self._log = ingest_log
         self._tables = tuple(tables)
         self._max_rows = max_rows
+        self._linger = linger_seconds
         self._pending: deque[tuple[int, bytes, int]] = deque()  # (lsn, payload, rows)
+        self._pending_rows = 0
+        self._readers = 0  # callers of caught_up waiting: the block goes without lingering
+        self._hurry = asyncio.Event()
         self._checked_up_to = 0  # blocks with lsns up to this are written checked
         self._stored_lsn = 0
         self._wakeup = asyncio.Event()
@@ -110,6 +115,7 @@ class LogWriter:
         for record in replay:
             rows = len(LogRecord.decode(record.payload).rows.get("events", ()))
             self._pending.append((record.lsn, record.payload, rows))
+            self._pending_rows += rows
         if replay:
             self._checked_up_to = replay[-1].lsn
             log.info("ingest log: replaying", records=len(replay), up_to=replay[-1].lsn)
@@ -120,7 +126,10 @@ class LogWriter:
 
     def _queue(self, lsn: int, payload: bytes, rows: int) -> None:
         self._pending.append((lsn, payload, rows))
+        self._pending_rows += rows
         self._wakeup.set()
+        if self._pending_rows >= self._max_rows:
+            self._hurry.set()
 
     async def caught_up(self, limit_seconds: float = READ_WAIT_SECONDS) -> None:
         """Wait until every record appended before this call is stored (at most
@@ -129,15 +138,21 @@ class LogWriter:
         target = self._log.last_lsn
         if self._stored_lsn >= target:
             return
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(limit_seconds), self._stored:
-                await self._stored.wait_for(lambda: self._stored_lsn >= target)
+        self._readers += 1
+        self._hurry.set()  # a reader waits: no lingering for a bigger block
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(limit_seconds), self._stored:
+                    await self._stored.wait_for(lambda: self._stored_lsn >= target)
+        finally:
+            self._readers -= 1
 
     async def _drain_forever(self) -> None:
         backoff = 0.05
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
+            await self._linger_for_more()
             while self._pending:
                 block = self._take_block()
                 try:
@@ -151,12 +166,24 @@ class LogWriter:
                     # Put it back, to be written checked: some of its INSERTs may have landed.
                     self._checked_up_to = max(self._checked_up_to, block[-1][0])
                     self._pending.extendleft(reversed(block))
+                    self._pending_rows += sum(rows for _, _, rows in block)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
                     continue
                 backoff = 0.05
                 self.failing = False
                 UNSTORED_BYTES.set(self._log.unstored_bytes)
+
+    async def _linger_for_more(self) -> None:
+        """Let a block grow for up to ``linger_seconds`` after its first record (each INSERT
+        costs ClickHouse about the same up to thousands of rows: the six views), unless it is
+        full or a reader waits for it."""
+        if self._linger <= 0 or self._readers or self._pending_rows >= self._max_rows:
+            return
+        self._hurry.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._linger):
+                await self._hurry.wait()
 
     def _take_block(self) -> list[tuple[int, bytes, int]]:
         block = [self._pending.popleft()]
@@ -165,6 +192,7 @@ class LogWriter:
             entry = self._pending.popleft()
             block.append(entry)
             rows += entry[2]
+        self._pending_rows -= rows
         return block
 
     async def _write(self, block: list[tuple[int, bytes, int]]) -> None:

@@ -37,7 +37,13 @@ async def init(runtime: Runtime) -> Stop:
         )
         # Replayed first (records a stop left unstored), before any request is taken.
         replay = await asyncio.to_thread(ingest_log.open)
-        writer = LogWriter(storage, ingest_log, TABLES, max_rows=config.ingest_log_block_rows)
+        writer = LogWriter(
+            storage,
+            ingest_log,
+            TABLES,
+            max_rows=config.ingest_log_block_rows,
+            linger_seconds=config.ingest_log_linger_seconds,
+        )
         writer.start(replay)
         if replay:
             # Served once the replay is stored, so that no read misses an acknowledged event.

@@ -230,6 +230,13 @@ SETTINGS: dict[str, Setting] = {
         "Bytes of acknowledged events the ingest log may hold before ClickHouse has stored them;"
         " past it, ingest answers 503 (UNAVAILABLE) with a retry delay.",
     ),
+    "ingest_log_linger_seconds": Setting(
+        "ANALYTICS_INGEST_LOG_LINGER_SECONDS",
+        _float,
+        "0.1",
+        "How long the ingest log writer lets a block grow after its first event (0: write at"
+        " once); a read in the same process that waits for it cuts it short.",
+    ),
     "ingest_log_block_rows": Setting(
         "ANALYTICS_INGEST_LOG_BLOCK_ROWS",
         _positive_int,
@@ -397,6 +404,7 @@ class Config:
     ingest_log_fsync: str
     ingest_log_fsync_interval: float
     ingest_log_max_bytes: int
+    ingest_log_linger_seconds: float
     ingest_log_block_rows: int
     ip_mode: str
     ip_salt: str
@@ -471,6 +479,8 @@ class Config:
             raise ConfigError("ANALYTICS_INGEST_LOG_FSYNC must be always, interval or off")
         if not 0 < values["ingest_log_fsync_interval"] <= 60:
             raise ConfigError("ANALYTICS_INGEST_LOG_FSYNC_INTERVAL must be more than 0, at most 60")
+        if values["ingest_log_linger_seconds"] > 10:
+            raise ConfigError("ANALYTICS_INGEST_LOG_LINGER_SECONDS must be at most 10")
         for name in ("ingest_log_max_bytes", "ingest_log_block_rows"):
             if values[name] < 1:
                 raise ConfigError(f"{SETTINGS[name].env} must be at least 1")
