@@ -154,6 +154,44 @@ def _rows_per_event(storage: Storage, table: str, project_id: str) -> Counter[st
     return Counter({str(event_id): int(count) for event_id, count in rows})
 
 
+def _acknowledge_only(
+    storage: Storage, project_id: str, directory: Path, events: list[IncomingEvent], batch: int
+) -> None:
+    """Ingest ``events`` in batches with the log in ``directory`` and a writer that never starts
+    (the process dies before it stores anything): every event acknowledged, none stored."""
+    guard = RedisGuard(None)
+
+    async def run() -> None:
+        ingest_log = IngestLog(directory)
+        ingest_log.open()
+        ingestor = Ingestor(
+            storage, IdempotencyWindow(guard), None, guard, ip_salt=b"s",
+            ingest_log=ingest_log, log_writer=LogWriter(storage, ingest_log, TABLES),
+        )  # fmt: skip
+        for start in range(0, len(events), batch):
+            sent = events[start : start + batch]
+            result = await ingestor.ingest(project_id, sent)
+            assert not result.rejected and len(result.accepted) == len(sent)
+        await ingest_log.close()
+
+    asyncio.run(run())
+
+
+def _replay(storage: Storage, directory: Path) -> int:
+    """Start as the next process would: replay the log in ``directory``; the lsn stored."""
+
+    async def run() -> int:
+        ingest_log = IngestLog(directory)
+        writer = LogWriter(storage, ingest_log, TABLES)
+        writer.start(ingest_log.open())
+        await writer.caught_up(limit_seconds=120)
+        await writer.close(grace_seconds=5)
+        await ingest_log.close()
+        return writer.stored_lsn
+
+    return asyncio.run(run())
+
+
 def test_a_replay_after_a_partly_done_write_stores_each_event_once(
     storage: Storage, project_id: str, tmp_path: Path
 ) -> None:
@@ -162,23 +200,7 @@ def test_a_replay_after_a_partly_done_write_stores_each_event_once(
     rest and nothing twice, and lists the duplicated orderId."""
     at = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
     events = _orders(at)
-    guard = RedisGuard(None)
-
-    async def acknowledge() -> None:
-        ingest_log = IngestLog(tmp_path)
-        ingest_log.open()
-        # A writer that never starts: the process dies before it stores anything.
-        writer = LogWriter(storage, ingest_log, TABLES)
-        ingestor = Ingestor(
-            storage, IdempotencyWindow(guard), None, guard, ip_salt=b"s",
-            ingest_log=ingest_log, log_writer=writer,
-        )  # fmt: skip
-        for start in range(0, len(events), 10):
-            result = await ingestor.ingest(project_id, events[start : start + 10])
-            assert not result.rejected and len(result.accepted) == 10
-        await ingest_log.close()
-
-    asyncio.run(acknowledge())
+    _acknowledge_only(storage, project_id, tmp_path, events, batch=10)
     records = [LogRecord.decode(r.payload) for r in unstored_records(tmp_path)]
     assert len(records) == 4
     # The cut write: the first 25 events' `events` rows and the first 12 events' line items.
@@ -191,16 +213,7 @@ def test_a_replay_after_a_partly_done_write_stores_each_event_once(
         ORDER_ITEMS.name, ORDER_ITEMS.columns, [r for r in item_rows if r[event_at] in early]
     )
 
-    async def replay() -> None:
-        ingest_log = IngestLog(tmp_path)
-        writer = LogWriter(storage, ingest_log, TABLES)
-        writer.start(ingest_log.open())
-        await writer.caught_up(limit_seconds=120)
-        assert writer.stored_lsn == 4
-        await writer.close(grace_seconds=5)
-        await ingest_log.close()
-
-    asyncio.run(replay())
+    assert _replay(storage, tmp_path) == 4
     ids = [e.id for e in events]
     lines = {e.id: len(e.properties["products"]) for e in events}
     assert _rows_per_event(storage, EVENTS.name, project_id) == Counter({i: 1 for i in ids})
@@ -233,21 +246,7 @@ def test_a_replay_of_a_large_block_is_checked_in_slices(
                       timestamp=at, properties={"page": f"/p{n % 9}"})
         for n in range(20_000)
     ]  # fmt: skip
-    guard = RedisGuard(None)
-
-    async def acknowledge() -> None:
-        ingest_log = IngestLog(tmp_path)
-        ingest_log.open()
-        writer = LogWriter(storage, ingest_log, TABLES)  # never started: the process dies
-        ingestor = Ingestor(
-            storage, IdempotencyWindow(guard), None, guard, ip_salt=b"s",
-            ingest_log=ingest_log, log_writer=writer,
-        )  # fmt: skip
-        for start in range(0, len(views), 500):
-            await ingestor.ingest(project_id, views[start : start + 500])
-        await ingest_log.close()
-
-    asyncio.run(acknowledge())
+    _acknowledge_only(storage, project_id, tmp_path, views, batch=500)
     event_rows = [
         row
         for r in unstored_records(tmp_path)
@@ -255,14 +254,5 @@ def test_a_replay_of_a_large_block_is_checked_in_slices(
     ]
     storage.insert_sync(EVENTS.name, EVENTS.columns, event_rows[:10_100])
 
-    async def replay() -> None:
-        ingest_log = IngestLog(tmp_path)
-        writer = LogWriter(storage, ingest_log, TABLES)
-        writer.start(ingest_log.open())
-        await writer.caught_up(limit_seconds=120)
-        assert writer.stored_lsn == 40
-        await writer.close(grace_seconds=5)
-        await ingest_log.close()
-
-    asyncio.run(replay())
+    assert _replay(storage, tmp_path) == 40
     assert _rows_per_event(storage, EVENTS.name, project_id) == Counter({v.id: 1 for v in views})

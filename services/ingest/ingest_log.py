@@ -25,7 +25,7 @@ import os
 import struct
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,9 +142,7 @@ class IngestLog:
         """Read the checkpoint and every segment, cut a torn tail, and return the records after
         the checkpoint (to be written to ClickHouse before anything newer)."""
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        checkpoint_file = self.directory / CHECKPOINT
-        if checkpoint_file.exists():
-            self._checkpoint = int(checkpoint_file.read_text().strip() or 0)
+        self._checkpoint = _read_checkpoint(self.directory)
         segments = self._segments()
         replay: list[Record] = []
         last_lsn = self._checkpoint
@@ -309,11 +307,6 @@ class IngestLog:
             if int(following.name.removesuffix(SEGMENT_SUFFIX)) - 1 <= self._checkpoint:
                 path.unlink(missing_ok=True)
 
-    def records_on_disk(self) -> Iterator[Record]:
-        """Every record in the segments (for tests and `cartlytics` tooling)."""
-        for path in self._segments():
-            yield from _read_records(path)[0]
-
     async def close(self, grace_seconds: float = 10.0) -> None:
         """Finish the appends under way (for ``grace_seconds`` at most), stop, and close the
         segment. Appends still waiting then are refused (their requests were not answered)."""
@@ -335,6 +328,12 @@ class IngestLog:
         self._thread.shutdown(wait=True)
 
 
+def _read_checkpoint(directory: Path) -> int:
+    """The highest lsn stored in ClickHouse, as the folder's checkpoint says (0: none)."""
+    path = directory / CHECKPOINT
+    return int(path.read_text().strip() or 0) if path.exists() else 0
+
+
 def _close_synced(file: BinaryIO) -> None:
     file.flush()
     os.fsync(file.fileno())
@@ -353,8 +352,7 @@ def _fsync_directory(directory: Path) -> None:
 def unstored_records(directory: Path) -> list[Record]:
     """The records of a log folder after its checkpoint, read without changing anything (a
     torn tail is skipped, not cut): what the next start would replay."""
-    checkpoint_file = directory / CHECKPOINT
-    checkpoint = int(checkpoint_file.read_text().strip() or 0) if checkpoint_file.exists() else 0
+    checkpoint = _read_checkpoint(directory)
     records: list[Record] = []
     for path in sorted(directory.glob("*" + SEGMENT_SUFFIX)):
         records.extend(r for r in _read_records(path)[0] if r.lsn > checkpoint)

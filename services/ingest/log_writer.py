@@ -27,7 +27,7 @@ import contextlib
 import pickle
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +58,14 @@ UNSTORED_BYTES = Gauge(
     "cartlytics_ingest_log_unstored_bytes",
     "Bytes of acknowledged events in the ingest log not yet stored in ClickHouse.",
 )
+
+
+def _slices(ids: set[str]) -> Iterator[tuple[str, ...]]:
+    """``ids`` sorted, in tuples of CHECK_IDS_PER_QUERY: one IN of a whole block's ids would
+    pass ClickHouse's max_query_size."""
+    ordered = sorted(ids)
+    for start in range(0, len(ordered), CHECK_IDS_PER_QUERY):
+        yield tuple(ordered[start : start + CHECK_IDS_PER_QUERY])
 
 
 @dataclass(frozen=True)
@@ -103,7 +111,6 @@ class LogWriter:
         self._wakeup = asyncio.Event()
         self._stored = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
-        self.failing = False
 
     @property
     def stored_lsn(self) -> int:
@@ -161,7 +168,6 @@ class LogWriter:
                     raise
                 except Exception as exc:
                     WRITE_FAILURES.inc()
-                    self.failing = True
                     log.warning("ingest log: block not stored, retrying", error=str(exc)[:300])
                     # Put it back, to be written checked: some of its INSERTs may have landed.
                     self._checked_up_to = max(self._checked_up_to, block[-1][0])
@@ -171,7 +177,6 @@ class LogWriter:
                     backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
                     continue
                 backoff = 0.05
-                self.failing = False
                 UNSTORED_BYTES.set(self._log.unstored_bytes)
 
     async def _linger_for_more(self) -> None:
@@ -203,7 +208,7 @@ class LogWriter:
             for name, rows in record.rows.items():
                 tables[name].extend(rows)
         if checked:
-            tables = await self._not_yet_stored(records, tables)
+            tables = await self._not_yet_stored(tables)
         for table in self._tables:
             if tables[table.name]:
                 await self._storage.insert(table.name, table.columns, tables[table.name])
@@ -216,7 +221,7 @@ class LogWriter:
             self._stored.notify_all()
 
     async def _not_yet_stored(
-        self, records: list[LogRecord], tables: dict[str, list[tuple[Any, ...]]]
+        self, tables: dict[str, list[tuple[Any, ...]]]
     ) -> dict[str, list[tuple[Any, ...]]]:
         """``tables`` without the rows of events already in their table (per project)."""
         kept: dict[str, list[tuple[Any, ...]]] = {}
@@ -232,16 +237,11 @@ class LogWriter:
             for row in rows:
                 by_project.setdefault(row[project_at], set()).add(row[event_at])
             for project, ids in by_project.items():
-                ordered = sorted(ids)
-                # In slices: a block's ids in one IN would pass ClickHouse's max_query_size.
-                for start in range(0, len(ordered), CHECK_IDS_PER_QUERY):
+                for chunk in _slices(ids):
                     found = await self._storage.query(
                         Sql(f"SELECT DISTINCT event_id FROM {table.name}")
                         + Sql(" WHERE project_id = {project} AND event_id IN {ids}"),
-                        {
-                            "project": project,
-                            "ids": tuple(ordered[start : start + CHECK_IDS_PER_QUERY]),
-                        },
+                        {"project": project, "ids": chunk},
                         ingest=True,
                     )
                     present.update((project, str(r[0])) for r in found)
@@ -263,12 +263,10 @@ class LogWriter:
             if record.order_ids:
                 by_project.setdefault(record.project_id, set()).update(record.order_ids)
         for project, order_ids in by_project.items():
-            ordered = sorted(order_ids)
             rows = []
-            for start in range(0, len(ordered), CHECK_IDS_PER_QUERY):
-                ids = tuple(ordered[start : start + CHECK_IDS_PER_QUERY])
+            for chunk in _slices(order_ids):
                 rows += await self._storage.query(
-                    NEWLY_DUPLICATED_IDS, {"project": project, "ids": ids}, ingest=True
+                    NEWLY_DUPLICATED_IDS, {"project": project, "ids": chunk}, ingest=True
                 )
             if rows:
                 await self._storage.insert(
