@@ -69,6 +69,13 @@ SETTINGS: dict[str, Setting] = {
         "",
         "Empty: embedded chdb under the data dir. Else clickhouse://user:pass@host:9000/database.",
     ),
+    "clickhouse_cluster": Setting(
+        "CLICKHOUSE_CLUSTER",
+        str,
+        "",
+        "Empty: CLICKHOUSE_URL is one server. Else the name of a cluster in that server's "
+        "remote_servers: replicated tables on every node behind Distributed ones (docs/operations.md).",
+    ),
     "redis_url": Setting(
         "REDIS_URL",
         str,
@@ -378,6 +385,7 @@ class Config:
     grpc_host: str
     grpc_port: int
     clickhouse_url: str
+    clickhouse_cluster: str
     redis_url: str
     redis_restart_backoff: float
     realtime_check_seconds: float
