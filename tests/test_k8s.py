@@ -9,9 +9,14 @@ probes, the generated ConfigMap of Envoy's configuration and descriptor set.
 from __future__ import annotations
 
 import base64
+import copy
 import importlib.util
+import os
+import shutil
+import subprocess
 import sys
-from collections.abc import Iterator
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -167,3 +172,380 @@ def test_every_container_has_requests_and_a_memory_limit() -> None:
             resources = container["resources"]
             assert resources["requests"], name
             assert resources["limits"]["memory"], name
+
+
+# --- The cluster overlay (deploy/k8s-cluster) ---------------------------------------------------
+# Rendered by kustomize itself (what `kubectl apply -k` runs), pinned and built from the Go module
+# proxy into .tools/bin on first use; then held to the same rules as the base, and to what a
+# ClickHouse cluster needs: unique macros, every server in remote_servers once, Keeper's ids.
+
+CLUSTER = ROOT / "deploy" / "k8s-cluster"
+KUSTOMIZE_VERSION = "v5.7.1"
+KUSTOMIZE = ROOT / ".tools" / "bin" / "kustomize"
+HOSTNAME = "kubernetes.io/hostname"
+Objects = list[dict[str, Any]]
+
+
+def _kustomize() -> Path:
+    """kustomize at KUSTOMIZE_VERSION (built with `go install` when missing or another version)."""
+    if KUSTOMIZE.exists():
+        version = subprocess.run([KUSTOMIZE, "version"], capture_output=True, text=True).stdout
+        if version.strip() == KUSTOMIZE_VERSION:
+            return KUSTOMIZE
+    subprocess.run(
+        ["go", "install", f"sigs.k8s.io/kustomize/kustomize/v5@{KUSTOMIZE_VERSION}"],
+        env={**os.environ, "GOBIN": str(KUSTOMIZE.parent)},
+        check=True,
+        timeout=900,
+    )
+    return KUSTOMIZE
+
+
+def render(directory: Path) -> Objects:
+    """`kustomize build <directory>`: the objects `kubectl apply -k` would send."""
+    built = subprocess.run(
+        [_kustomize(), "build", directory], capture_output=True, text=True, timeout=300
+    )
+    assert built.returncode == 0, built.stderr
+    return [document for document in yaml.safe_load_all(built.stdout) if document]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Objects:
+    return render(CLUSTER)
+
+
+def _of(objects: Objects, kind: str) -> dict[str, dict[str, Any]]:
+    return {o["metadata"]["name"]: o for o in objects if o["kind"] == kind}
+
+
+def _workloads(objects: Objects) -> Iterator[dict[str, Any]]:
+    return (o for o in objects if o["kind"] in ("Deployment", "StatefulSet", "Job"))
+
+
+def _containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    return [*pod.get("initContainers", []), *pod["containers"]]
+
+
+def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+def _clickhouse_servers(objects: Objects) -> dict[str, dict[str, Any]]:
+    """The StatefulSets running clickhouse-server (not Keeper, which runs the same image)."""
+    return {
+        name: o
+        for name, o in _of(objects, "StatefulSet").items()
+        if any(c["name"] == "clickhouse" for c in o["spec"]["template"]["spec"]["containers"])
+    }
+
+
+def _pods(statefulset: dict[str, Any]) -> list[str]:
+    name = statefulset["metadata"]["name"]
+    return [f"{name}-{ordinal}" for ordinal in range(statefulset["spec"]["replicas"])]
+
+
+def _env_of(container: dict[str, Any], pod: str) -> dict[str, str]:
+    """A container's environment as it is in pod `pod`: literal values, the pod's name from the
+    downward API, a secret as `secret-<key>`, and $(VAR) expanded from the variables before it
+    (Kubernetes' rule)."""
+    env: dict[str, str] = {}
+    for variable in container.get("env", []):
+        if "secretKeyRef" in variable.get("valueFrom", {}):
+            env[variable["name"]] = "secret-" + variable["valueFrom"]["secretKeyRef"]["key"]
+        elif "value" in variable:
+            value = variable["value"]
+            for name, earlier in env.items():
+                value = value.replace(f"$({name})", earlier)
+            env[variable["name"]] = value
+        elif variable["valueFrom"].get("fieldRef", {}).get("fieldPath") == "metadata.name":
+            env[variable["name"]] = pod
+    return env
+
+
+def _mounted_file(objects: Objects, statefulset: dict[str, Any], path: str) -> ET.Element:
+    """The XML file that `path` in the StatefulSet's first container reads, from its ConfigMap."""
+    spec = statefulset["spec"]["template"]["spec"]
+    mount = next(
+        m
+        for m in spec["containers"][0]["volumeMounts"]
+        if path == m["mountPath"] or path.startswith(m["mountPath"] + "/")
+    )
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    config_map = _of(objects, "ConfigMap")[volume["configMap"]["name"]]
+    key = mount.get("subPath") or path.removeprefix(mount["mountPath"] + "/")
+    return ET.fromstring(config_map["data"][key])
+
+
+def _port(container: dict[str, Any], name: str) -> int:
+    return int(next(p["containerPort"] for p in container["ports"] if p["name"] == name))
+
+
+def _text(element: ET.Element, path: str) -> str:
+    found = element.find(path)
+    assert found is not None and found.text is not None, path
+    return found.text
+
+
+def _from_env(element: ET.Element, path: str) -> str:
+    """The variable a config element takes its value from (`<x from_env="VAR"/>`)."""
+    found = element.find(path)
+    assert found is not None, path
+    return found.attrib["from_env"]
+
+
+def check_clickhouse_cluster(objects: Objects) -> None:
+    """What a cluster of replicated tables behind Distributed ones needs of its servers."""
+    servers = _clickhouse_servers(objects)
+    assert servers, "no ClickHouse StatefulSet"
+    services = _of(objects, "Service")
+    cluster_name = _of(objects, "ConfigMap")["cartlytics-config"]["data"]["CLICKHOUSE_CLUSTER"]
+    macros: dict[str, tuple[str, str]] = {}  # pod -> (shard, replica)
+    hosts: dict[str, str] = {}  # pod -> the name other servers reach it by
+    configs = []
+    for statefulset in servers.values():
+        spec = statefulset["spec"]
+        container = spec["template"]["spec"]["containers"][0]
+        config = _mounted_file(objects, statefulset, "/etc/clickhouse-server/config.d/cluster.xml")
+        configs.append(ET.tostring(config))
+        # The governing Service names each pod, before it is ready (replicas must meet to be).
+        governing = services[spec["serviceName"]]["spec"]
+        assert governing["clusterIP"] == "None" and governing["publishNotReadyAddresses"]
+        assert _selects(governing["selector"], spec["template"]["metadata"]["labels"])
+        for pod in _pods(statefulset):
+            env = _env_of(container, pod)
+            macros[pod] = (
+                env[_from_env(config, "macros/shard")],
+                env[_from_env(config, "macros/replica")],
+            )
+            hosts[pod] = f"{pod}.{spec['serviceName']}"
+            # The name other replicas fetch this one's parts from is this pod's.
+            assert env[_from_env(config, "interserver_http_host")] == hosts[pod]
+    assert len(set(configs)) == 1, "every server reads the same cluster.xml"
+    # Each replica's Keeper paths ({shard}/{replica}) are its own.
+    assert len(set(macros.values())) == len(macros), macros
+    remote = config.find(f"remote_servers/{cluster_name}")
+    assert remote is not None, f"CLICKHOUSE_CLUSTER={cluster_name} is not in remote_servers"
+    listed: list[str] = []
+    for shard_element in remote.findall("shard"):
+        assert _text(shard_element, "internal_replication") == "true"
+        members = [_text(r, "host") for r in shard_element.findall("replica")]
+        listed += members
+        pods = [pod for pod, host in hosts.items() if host in members]
+        # A remote_servers shard is one macro shard, all of its replicas and nothing else.
+        assert pods and len({macros[pod][0] for pod in pods}) == 1, members
+        assert {hosts[p] for p in hosts if macros[p][0] == macros[pods[0]][0]} == set(members)
+        for r in shard_element.findall("replica"):
+            assert _text(r, "port") == str(_port(container, "native"))
+    assert sorted(listed) == sorted(hosts.values()), "every server listed exactly once"
+    # Keeper: the servers' <zookeeper> is every Keeper pod, whose raft ids match their ordinals.
+    keeper = _of(objects, "StatefulSet")["keeper"]
+    keeper_container = keeper["spec"]["template"]["spec"]["containers"][0]
+    keeper_hosts = {f"{pod}.{keeper['spec']['serviceName']}": pod for pod in _pods(keeper)}
+    nodes = [(_text(n, "host"), _text(n, "port")) for n in config.findall("zookeeper/node")]
+    assert sorted(h for h, _ in nodes) == sorted(keeper_hosts)
+    assert {p for _, p in nodes} == {str(_port(keeper_container, "client"))}
+    keeper_config = _mounted_file(objects, keeper, "/etc/clickhouse-keeper/keeper.xml")
+    raft = {
+        _text(s, "id"): _text(s, "hostname")
+        for s in keeper_config.findall("keeper_server/raft_configuration/server")
+    }
+    assert sorted(raft.values()) == sorted(keeper_hosts)
+    id_from = _from_env(keeper_config, "keeper_server/server_id")
+    for host, pod in keeper_hosts.items():
+        # The container's own command computes the id: run the part before `exec` in a shell.
+        setup = keeper_container["command"][-1].split(" && exec ")[0]
+        env = {**_env_of(keeper_container, pod), "PATH": os.environ["PATH"]}
+        shell = subprocess.run(
+            ["sh", "-c", f'{setup} && echo "${id_from}"'], env=env, capture_output=True, text=True
+        )
+        assert raft[shell.stdout.strip()] == host, (pod, shell.stdout, shell.stderr)
+
+
+def check_placement(objects: Objects) -> None:
+    """Replicas of a shard (and Keeper servers) never share a node, and a voluntary disruption
+    (a node drained) takes at most one of them at a time."""
+    budgets = _of(objects, "PodDisruptionBudget").values()
+    for statefulset in [
+        *_clickhouse_servers(objects).values(),
+        _of(objects, "StatefulSet")["keeper"],
+    ]:
+        template = statefulset["spec"]["template"]
+        labels = template["metadata"]["labels"]
+        terms = template["spec"]["affinity"]["podAntiAffinity"][
+            "requiredDuringSchedulingIgnoredDuringExecution"
+        ]
+        assert any(
+            t["topologyKey"] == HOSTNAME and _selects(t["labelSelector"]["matchLabels"], labels)
+            for t in terms
+        ), statefulset["metadata"]["name"]
+        # Its budget selects its pods and no other server's.
+        own = [b for b in budgets if _selects(b["spec"]["selector"]["matchLabels"], labels)]
+        assert len(own) == 1 and own[0]["spec"]["maxUnavailable"] == 1
+        for other in _workloads(objects):
+            if other is not statefulset:
+                other_labels = other["spec"]["template"]["metadata"]["labels"]
+                assert not _selects(own[0]["spec"]["selector"]["matchLabels"], other_labels)
+
+
+def test_the_cluster_overlay_is_valid_kubernetes(cluster: Objects) -> None:
+    for obj in cluster:
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+        assert obj["kind"] == "Namespace" or obj["metadata"]["namespace"] == "cartlytics"
+
+
+def test_the_cluster_overlay_replaces_the_single_server(cluster: Objects) -> None:
+    statefulsets = _of(cluster, "StatefulSet")
+    assert "clickhouse" not in statefulsets and "ingest" not in _of(cluster, "Deployment")
+    # CLICKHOUSE_URL names the Service `clickhouse`: it reaches every server of the cluster.
+    selector = _of(cluster, "Service")["clickhouse"]["spec"]["selector"]
+    for statefulset in statefulsets.values():
+        labels = statefulset["spec"]["template"]["metadata"]["labels"]
+        assert _selects(selector, labels) == (statefulset in _clickhouse_servers(cluster).values())
+    images = {
+        c["image"]
+        for o in [*_clickhouse_servers(cluster).values(), statefulsets["keeper"]]
+        for c in o["spec"]["template"]["spec"]["containers"]
+    }
+    base = _by_kind("StatefulSet")["clickhouse"]["spec"]["template"]["spec"]["containers"][0]
+    assert images == {base["image"]}, "the cluster runs the base's ClickHouse version"
+
+
+def test_the_cluster_overlay_is_a_consistent_clickhouse_cluster(cluster: Objects) -> None:
+    check_clickhouse_cluster(cluster)
+    check_placement(cluster)
+    shards = {
+        s["spec"]["template"]["metadata"]["labels"]["cartlytics.io/shard"]
+        for s in _clickhouse_servers(cluster).values()
+    }
+    assert len(shards) == gen_k8s.SHARDS and len(_clickhouse_servers(cluster)) == gen_k8s.SHARDS
+    assert {s["spec"]["replicas"] for s in _clickhouse_servers(cluster).values()} == {
+        gen_k8s.REPLICAS
+    }
+
+
+@pytest.mark.parametrize(("shards", "replicas"), [(3, 3), (1, 2)])
+def test_another_shape_is_as_consistent(shards: int, replicas: int, tmp_path: Path) -> None:
+    """The shape is a parameter of the generator: any other gives a cluster as consistent."""
+    shutil.copytree(K8S, tmp_path / "k8s")
+    overlay = tmp_path / "k8s-cluster"
+    overlay.mkdir()
+    for name in ("kustomization.yaml", "scaling.yaml"):
+        shutil.copy(CLUSTER / name, overlay / name)
+    for name, write in gen_k8s.cluster_outputs(gen_k8s.Shape(shards, replicas)).items():
+        (overlay / name).write_text(write())
+    objects = render(overlay)
+    check_clickhouse_cluster(objects)
+    check_placement(objects)
+    pods = [pod for s in _clickhouse_servers(objects).values() for pod in _pods(s)]
+    assert len(pods) == shards * replicas
+
+
+def _with_cluster_xml(objects: Objects, edit: Callable[[str], str]) -> Objects:
+    edited = copy.deepcopy(objects)
+    for o in edited:
+        if o["kind"] == "ConfigMap" and "cluster.xml" in o.get("data", {}):
+            o["data"]["cluster.xml"] = edit(o["data"]["cluster.xml"])
+    return edited
+
+
+def test_the_cluster_checks_can_fail(cluster: Objects) -> None:
+    """A server listed twice in remote_servers, a {replica} macro two replicas share, two
+    StatefulSets claiming one shard, replicas of a shard allowed on one node: each is refused."""
+
+    def list_first_twice(xml: str) -> str:
+        first, end = xml.index("<replica>"), xml.index("</replica>") + len("</replica>")
+        return xml[:end] + xml[first:]
+
+    def replica_macro_from_the_shard(xml: str) -> str:
+        return xml.replace(
+            '<replica from_env="CLICKHOUSE_REPLICA"/>', '<replica from_env="CLICKHOUSE_SHARD"/>'
+        )
+
+    one_shard = copy.deepcopy(cluster)
+    for statefulset in _clickhouse_servers(one_shard).values():
+        for variable in statefulset["spec"]["template"]["spec"]["containers"][0]["env"]:
+            if variable["name"] == "CLICKHOUSE_SHARD":
+                variable["value"] = "1"
+    for broken in (
+        _with_cluster_xml(cluster, list_first_twice),
+        _with_cluster_xml(cluster, replica_macro_from_the_shard),
+        one_shard,
+    ):
+        with pytest.raises(AssertionError):
+            check_clickhouse_cluster(broken)
+    one_zone = copy.deepcopy(cluster)
+    statefulset = next(iter(_clickhouse_servers(one_zone).values()))
+    affinity = statefulset["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    for term in affinity["requiredDuringSchedulingIgnoredDuringExecution"]:
+        term["topologyKey"] = "topology.kubernetes.io/zone"  # two replicas may share a node
+    with pytest.raises(AssertionError):
+        check_placement(one_zone)
+
+
+def test_the_cluster_overlay_env_names_are_settings_and_values_parse(cluster: Objects) -> None:
+    known = {s.env for s in SETTINGS.values()} | OTHER_ENV
+    config = _of(cluster, "ConfigMap")["cartlytics-config"]["data"]
+    assert set(config) <= known
+    ours = [
+        (o["metadata"]["name"], c)
+        for o in _workloads(cluster)
+        for c in _containers(o["spec"]["template"]["spec"])
+        if c["image"].split(":")[0] == IMAGE
+    ]
+    assert {name for name, _ in ours} >= {"ingest", "metrics", "export", "cartlytics-migrate"}
+    for name, container in ours:
+        assert [e["configMapRef"]["name"] for e in container["envFrom"]] == ["cartlytics-config"]
+        for variable in container.get("env", []):
+            assert variable["name"] in known, variable["name"]
+        secrets = {"ANALYTICS_BOOTSTRAP_KEY": "k", "ANALYTICS_IP_SALT": "s"}
+        parsed = Config.from_env({**config, **secrets, **_env_of(container, name)})
+        assert parsed.clickhouse_cluster == gen_k8s.CLUSTER_NAME, name
+        assert parsed.migrate_on_start is False
+
+
+def test_the_ingest_log_is_on_a_volume_of_each_ingest_pod(cluster: Objects) -> None:
+    ingest = _of(cluster, "StatefulSet")["ingest"]
+    pod = ingest["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = _env_of(container, "ingest-0")
+    assert Config.from_env({"ANALYTICS_INGEST_LOG": env["ANALYTICS_INGEST_LOG"]}).ingest_log
+    claims = {c["metadata"]["name"] for c in ingest["spec"]["volumeClaimTemplates"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert mounts[env["ANALYTICS_INGEST_LOG_DIR"]] in claims
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"]
+    # Room for the gRPC drain and then the log's store, each ANALYTICS_SHUTDOWN_GRACE at most.
+    grace = float(
+        _of(cluster, "ConfigMap")["cartlytics-config"]["data"]["ANALYTICS_SHUTDOWN_GRACE"]
+    )
+    assert pod["terminationGracePeriodSeconds"] > 2 * grace
+    assert _of(cluster, "Service")[ingest["spec"]["serviceName"]]["spec"]["clusterIP"] == "None"
+
+
+def test_the_autoscalers_target_what_exists(cluster: Objects) -> None:
+    autoscalers = _of(cluster, "HorizontalPodAutoscaler")
+    assert {"ingest", "metrics", "export", "gateway"} <= set(autoscalers)
+    for autoscaler in autoscalers.values():
+        assert autoscaler["apiVersion"] == "autoscaling/v2"
+        ref = autoscaler["spec"]["scaleTargetRef"]
+        target = _of(cluster, ref["kind"])[ref["name"]]
+        assert target["apiVersion"] == ref["apiVersion"]
+        # The autoscaler owns the count: one in the manifest would undo its scaling at each apply.
+        assert "replicas" not in target["spec"], ref["name"]
+        assert autoscaler["spec"]["minReplicas"] >= 2
+        resources = {m["resource"]["name"] for m in autoscaler["spec"]["metrics"]}
+        for container in target["spec"]["template"]["spec"]["containers"]:
+            assert resources <= set(container["resources"]["requests"])  # utilization of these
+        labels = target["spec"]["template"]["metadata"]["labels"]
+        assert any(
+            _selects(b["spec"]["selector"]["matchLabels"], labels)
+            for b in _of(cluster, "PodDisruptionBudget").values()
+        )
+
+
+def test_every_cluster_container_has_requests_and_a_memory_limit(cluster: Objects) -> None:
+    for workload in _workloads(cluster):
+        for container in _containers(workload["spec"]["template"]["spec"]):
+            resources = container["resources"]
+            assert resources["requests"], workload["metadata"]["name"]
+            assert resources["limits"]["memory"], workload["metadata"]["name"]

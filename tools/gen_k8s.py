@@ -7,12 +7,19 @@ Usage: python tools/gen_k8s.py [--check]   (run by `make gen`; --check: exit 1 i
   four stay alike (probes, init container, secrets, shutdown) and differ only where said below.
 - deploy/k8s/gateway-config.yaml: the `envoy-config` ConfigMap, with gateway/envoy.yaml and
   the descriptor set Envoy's transcoder reads (/etc/envoy/analytics.pb), byte for byte.
+- deploy/k8s-cluster/ (the cluster overlay): what follows from the cluster's shape (SHARDS x
+  REPLICAS ClickHouse servers, KEEPER_NODES Keeper servers): one StatefulSet and one
+  PodDisruptionBudget per shard, the Keeper StatefulSet, the servers' config.d file
+  (remote_servers lists every pod once) and Keeper's raft configuration, and ingest as a
+  StatefulSet with a volume for its log.
+  Change the shape here and run `make gen`; the overlay's other files are written by hand.
 """
 
 from __future__ import annotations
 
 import base64
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -178,18 +185,406 @@ def gateway_config_yaml() -> str:
     return HEADER + yaml.dump(config_map, Dumper=_Dumper, sort_keys=False, width=100)
 
 
-OUTPUTS = {"services.yaml": services_yaml, "gateway-config.yaml": gateway_config_yaml}
+# The cluster overlay (deploy/k8s-cluster). Its shape: change it here, run `make gen`.
+CLUSTER_DIR = ROOT / "deploy" / "k8s-cluster"
+CLUSTER_NAME = "cartlytics"  # the remote_servers entry; CLICKHOUSE_CLUSTER in kustomization.yaml
+SHARDS = 2
+REPLICAS = 2
+# Three Keeper servers: a quorum of two carries on with one down (five would survive two).
+KEEPER_NODES = 3
+CLICKHOUSE_IMAGE = "clickhouse/clickhouse-server:25.8"  # the base's clickhouse.yaml runs the same
+# Headless Services naming every pod (<pod>.clickhouse-nodes, <pod>.keeper), published before the
+# pods are ready: replicas and Keeper peers must find each other to become ready at all.
+CLICKHOUSE_NODES = "clickhouse-nodes"
+KEEPER = "keeper"
+SHARD_LABEL = "cartlytics.io/shard"
+NATIVE_PORT, HTTP_PORT, INTERSERVER_PORT = 9000, 8123, 9009
+KEEPER_PORT, RAFT_PORT, KEEPER_HTTP_PORT = 9181, 9234, 9182
+# ConfigMaps made by the overlay's configMapGenerator from cluster.xml and keeper.xml (kustomize
+# adds a hash of the content to the name, so a changed file rolls the pods that mount it).
+CLICKHOUSE_CONFIG = "clickhouse-cluster-config"
+KEEPER_CONFIG = "keeper-config"
+INGEST_LOG_DIR = "/var/lib/cartlytics-ingest-log"
+CLUSTER_HEADER = HEADER.replace("(`make gen`)", "(`make gen`; SHARDS, REPLICAS there)")
+
+
+@dataclass(frozen=True)
+class Shape:
+    shards: int = SHARDS
+    replicas: int = REPLICAS
+    keepers: int = KEEPER_NODES
+
+
+def shard_pods(shard: int, shape: Shape) -> list[str]:
+    """The pods of one shard's StatefulSet `clickhouse-<shard>`: its replicas."""
+    return [f"clickhouse-{shard}-{ordinal}" for ordinal in range(shape.replicas)]
+
+
+def keeper_pods(shape: Shape) -> list[str]:
+    return [f"{KEEPER}-{ordinal}" for ordinal in range(shape.keepers)]
+
+
+def _secret(name: str, key: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": "cartlytics-keys", "key": key}}}
+
+
+def _headless(name: str, labels: dict[str, str], ports: list[tuple[str, int]]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": labels,
+            "ports": [{"name": n, "port": p, "targetPort": n} for n, p in ports],
+        },
+    }
+
+
+def _pdb(name: str, selector: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector}},
+    }
+
+
+def _anti_affine(selector: dict[str, str]) -> dict[str, Any]:
+    return {"labelSelector": {"matchLabels": selector}, "topologyKey": "kubernetes.io/hostname"}
+
+
+def clickhouse_statefulset(shard: int, shape: Shape) -> dict[str, Any]:
+    selector = {"app.kubernetes.io/name": "clickhouse", SHARD_LABEL: str(shard)}
+    labels = {**selector, "app.kubernetes.io/part-of": "cartlytics"}
+    container = {
+        "name": "clickhouse",
+        "image": CLICKHOUSE_IMAGE,
+        "env": [
+            # The image's entrypoint makes the database and the user on each server.
+            {"name": "CLICKHOUSE_DB", "value": "analytics"},
+            {"name": "CLICKHOUSE_USER", "value": "cartlytics"},
+            _secret("CLICKHOUSE_PASSWORD", "clickhouse-password"),
+            # cluster.xml reads these (from_env): the {shard} and {replica} macros of the
+            # replicated tables' Keeper paths, and the name other replicas fetch parts from.
+            {"name": "CLICKHOUSE_SHARD", "value": str(shard)},
+            {
+                "name": "CLICKHOUSE_REPLICA",
+                "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+            },
+            {
+                "name": "CLICKHOUSE_INTERSERVER_HOST",
+                "value": f"$(CLICKHOUSE_REPLICA).{CLICKHOUSE_NODES}",
+            },
+        ],
+        "ports": [
+            {"name": "native", "containerPort": NATIVE_PORT},
+            {"name": "http", "containerPort": HTTP_PORT},
+            {"name": "interserver", "containerPort": INTERSERVER_PORT},
+        ],
+        "readinessProbe": {"httpGet": {"path": "/ping", "port": "http"}, "periodSeconds": 5},
+        "resources": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "8Gi"}},
+        "volumeMounts": [
+            {"name": "data", "mountPath": "/var/lib/clickhouse"},
+            # One file beside the image's own config.d files, which stay.
+            {
+                "name": "cluster-config",
+                "mountPath": "/etc/clickhouse-server/config.d/cluster.xml",
+                "subPath": "cluster.xml",
+            },
+        ],
+    }
+    affinity = {
+        "podAntiAffinity": {
+            # Never two replicas of a shard on one node: losing a node costs a shard one copy.
+            "requiredDuringSchedulingIgnoredDuringExecution": [_anti_affine(selector)],
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                # Nor in one zone, where there are zones; and the shards spread over the nodes.
+                {
+                    "weight": 100,
+                    "podAffinityTerm": {
+                        **_anti_affine(selector),
+                        "topologyKey": "topology.kubernetes.io/zone",
+                    },
+                },
+                {
+                    "weight": 50,
+                    "podAffinityTerm": _anti_affine({"app.kubernetes.io/name": "clickhouse"}),
+                },
+            ],
+        }
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": f"clickhouse-{shard}", "namespace": NAMESPACE, "labels": labels},
+        "spec": {
+            "serviceName": CLICKHOUSE_NODES,
+            "replicas": shape.replicas,
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "affinity": affinity,
+                    "containers": [container],
+                    "volumes": [
+                        {"name": "cluster-config", "configMap": {"name": CLICKHOUSE_CONFIG}}
+                    ],
+                },
+            },
+            "volumeClaimTemplates": [_claim("data", "50Gi")],
+        },
+    }
+
+
+def _claim(name: str, size: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}},
+    }
+
+
+def cluster_xml(shape: Shape) -> str:
+    """config.d/cluster.xml of every ClickHouse server: the same file on each, the per-pod
+    values (macros, interserver host) from the environment each StatefulSet gives its pods."""
+    shards = []
+    for shard in range(1, shape.shards + 1):
+        replicas = "".join(
+            f"""
+        <replica>
+          <host>{pod}.{CLICKHOUSE_NODES}</host>
+          <port>{NATIVE_PORT}</port>
+          <user>cartlytics</user>
+          <password from_env="CLICKHOUSE_PASSWORD"/>
+        </replica>"""
+            for pod in shard_pods(shard, shape)
+        )
+        shards.append(
+            f"""
+      <shard>
+        <!-- A write goes to one replica of the shard; the replicated table copies it. -->
+        <internal_replication>true</internal_replication>{replicas}
+      </shard>"""
+        )
+    keepers = "".join(
+        f"""
+    <node><host>{pod}.{KEEPER}</host><port>{KEEPER_PORT}</port></node>"""
+        for pod in keeper_pods(shape)
+    )
+    shape_text = f"{shape.shards} shards x {shape.replicas} replicas"
+    return f"""<!-- Generated by tools/gen_k8s.py (`make gen`): {shape_text}. -->
+<clickhouse>
+  <macros>
+    <shard from_env="CLICKHOUSE_SHARD"/>
+    <replica from_env="CLICKHOUSE_REPLICA"/>
+  </macros>
+  <interserver_http_host from_env="CLICKHOUSE_INTERSERVER_HOST"/>
+  <interserver_http_port>{INTERSERVER_PORT}</interserver_http_port>
+  <interserver_http_credentials>
+    <user>interserver</user>
+    <password from_env="CLICKHOUSE_PASSWORD"/>
+  </interserver_http_credentials>
+  <remote_servers>
+    <{CLUSTER_NAME}>{"".join(shards)}
+    </{CLUSTER_NAME}>
+  </remote_servers>
+  <zookeeper>{keepers}
+  </zookeeper>
+  <distributed_ddl>
+    <path>/clickhouse/task_queue/ddl</path>
+  </distributed_ddl>
+</clickhouse>
+"""
+
+
+def keeper_xml(shape: Shape) -> str:
+    servers = "".join(
+        f"""
+      <server>
+        <id>{ordinal + 1}</id><hostname>{pod}.{KEEPER}</hostname><port>{RAFT_PORT}</port>
+      </server>"""
+        for ordinal, pod in enumerate(keeper_pods(shape))
+    )
+    return f"""<!-- Generated by tools/gen_k8s.py (`make gen`): {shape.keepers} Keeper servers. -->
+<clickhouse>
+  <listen_host>0.0.0.0</listen_host>
+  <path>/var/lib/clickhouse-keeper</path>
+  <logger>
+    <level>information</level>
+    <console>1</console>
+  </logger>
+  <keeper_server>
+    <tcp_port>{KEEPER_PORT}</tcp_port>
+    <!-- The pod's ordinal + 1 (the container's command sets it), as numbered below. -->
+    <server_id from_env="KEEPER_SERVER_ID"/>
+    <log_storage_path>/var/lib/clickhouse-keeper/log</log_storage_path>
+    <snapshot_storage_path>/var/lib/clickhouse-keeper/snapshots</snapshot_storage_path>
+    <coordination_settings>
+      <operation_timeout_ms>10000</operation_timeout_ms>
+      <session_timeout_ms>30000</session_timeout_ms>
+      <raft_logs_level>warning</raft_logs_level>
+    </coordination_settings>
+    <http_control>
+      <port>{KEEPER_HTTP_PORT}</port>
+      <readiness><endpoint>/ready</endpoint></readiness>
+    </http_control>
+    <raft_configuration>{servers}
+    </raft_configuration>
+  </keeper_server>
+</clickhouse>
+"""
+
+
+def keeper_statefulset(shape: Shape) -> dict[str, Any]:
+    selector = {"app.kubernetes.io/name": KEEPER}
+    labels = {**selector, "app.kubernetes.io/part-of": "cartlytics"}
+    start = (
+        "export KEEPER_SERVER_ID=$(( ${POD_NAME##*-} + 1 )) && "
+        "exec clickhouse keeper --config-file=/etc/clickhouse-keeper/keeper.xml"
+    )
+    container = {
+        "name": "keeper",
+        # The server image carries Keeper (`clickhouse keeper`): one image, one version.
+        "image": CLICKHOUSE_IMAGE,
+        "command": ["sh", "-c", start],
+        "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+        "ports": [
+            {"name": "client", "containerPort": KEEPER_PORT},
+            {"name": "raft", "containerPort": RAFT_PORT},
+            {"name": "control", "containerPort": KEEPER_HTTP_PORT},
+        ],
+        # Ready once the node is in a quorum with a leader.
+        "readinessProbe": {"httpGet": {"path": "/ready", "port": "control"}, "periodSeconds": 5},
+        "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+        "volumeMounts": [
+            {"name": "data", "mountPath": "/var/lib/clickhouse-keeper"},
+            {"name": "config", "mountPath": "/etc/clickhouse-keeper", "readOnly": True},
+        ],
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": KEEPER, "namespace": NAMESPACE, "labels": labels},
+        "spec": {
+            "serviceName": KEEPER,
+            "replicas": shape.keepers,
+            # All at once: none is ready before a quorum is up.
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "securityContext": {
+                        # The image's clickhouse user, owning the volume.
+                        "runAsNonRoot": True,
+                        "runAsUser": 101,
+                        "runAsGroup": 101,
+                        "fsGroup": 101,
+                    },
+                    "affinity": {
+                        "podAntiAffinity": {
+                            "requiredDuringSchedulingIgnoredDuringExecution": [
+                                _anti_affine(selector)
+                            ]
+                        }
+                    },
+                    "containers": [container],
+                    "volumes": [{"name": "config", "configMap": {"name": KEEPER_CONFIG}}],
+                },
+            },
+            "volumeClaimTemplates": [_claim("data", "5Gi")],
+        },
+    }
+
+
+def clickhouse_yaml(shape: Shape) -> str:
+    labels = {"app.kubernetes.io/name": "clickhouse"}
+    ports = [("native", NATIVE_PORT), ("http", HTTP_PORT), ("interserver", INTERSERVER_PORT)]
+    documents = [_headless(CLICKHOUSE_NODES, labels, ports)]
+    for shard in range(1, shape.shards + 1):
+        selector = {"app.kubernetes.io/name": "clickhouse", SHARD_LABEL: str(shard)}
+        # Voluntary disruptions (drains, upgrades of nodes) take one replica of a shard at most.
+        documents += [clickhouse_statefulset(shard, shape), _pdb(f"clickhouse-{shard}", selector)]
+    return _dump(CLUSTER_HEADER, documents)
+
+
+def keeper_yaml(shape: Shape) -> str:
+    labels = {"app.kubernetes.io/name": KEEPER}
+    ports = [("client", KEEPER_PORT), ("raft", RAFT_PORT)]
+    documents = [
+        _headless(KEEPER, labels, ports),
+        keeper_statefulset(shape),
+        # One down at most: the other two keep the quorum.
+        _pdb(KEEPER, labels),
+    ]
+    return _dump(CLUSTER_HEADER, documents)
+
+
+def ingest_statefulset() -> dict[str, Any]:
+    """ingest as a StatefulSet: each pod keeps its ingest log on a volume of its own, which
+    outlives the pod (a restarted or rescheduled pod replays what it holds)."""
+    obj = deployment(next(s for s in SERVICES if s.name == "ingest"))
+    obj["kind"] = "StatefulSet"
+    spec = obj["spec"]
+    del spec["replicas"]  # the HorizontalPodAutoscaler's (scaling.yaml)
+    spec["serviceName"] = "ingest"
+    spec["podManagementPolicy"] = "Parallel"
+    pod = spec["template"]["spec"]
+    pod["securityContext"]["fsGroup"] = 10001  # the volume writable by the service's user
+    # The gRPC drain (ANALYTICS_SHUTDOWN_GRACE) and then the writer storing the log (as long
+    # again) before the kill; what is left is replayed at the pod's next start.
+    pod["terminationGracePeriodSeconds"] = 60
+    container = pod["containers"][0]
+    container["env"] += [
+        {"name": "ANALYTICS_INGEST_LOG", "value": "yes"},
+        {"name": "ANALYTICS_INGEST_LOG_DIR", "value": INGEST_LOG_DIR},
+    ]
+    container["volumeMounts"].append({"name": "ingest-log", "mountPath": INGEST_LOG_DIR})
+    # The log holds at most ANALYTICS_INGEST_LOG_MAX_BYTES (256 MiB) unstored, in 64 MiB segments.
+    spec["volumeClaimTemplates"] = [_claim("ingest-log", "2Gi")]
+    # A claim outlives a scale-down, so an ordinal that comes back replays what its log kept.
+    spec["persistentVolumeClaimRetentionPolicy"] = {"whenDeleted": "Retain", "whenScaled": "Retain"}
+    return obj
+
+
+def ingest_yaml() -> str:
+    return _dump(CLUSTER_HEADER, [ingest_statefulset()])
+
+
+def cluster_outputs(shape: Shape) -> dict[str, Callable[[], str]]:
+    """The overlay's generated files, by name in its folder."""
+    return {
+        "clickhouse.yaml": lambda: clickhouse_yaml(shape),
+        "cluster.xml": lambda: cluster_xml(shape),
+        "keeper.yaml": lambda: keeper_yaml(shape),
+        "keeper.xml": lambda: keeper_xml(shape),
+        "ingest.yaml": ingest_yaml,
+    }
+
+
+def _dump(header: str, documents: list[dict[str, Any]]) -> str:
+    return header + yaml.dump_all(documents, Dumper=_Dumper, sort_keys=False, width=100)
+
+
+OUTPUTS: dict[Path, Callable[[], str]] = {
+    K8S / "services.yaml": services_yaml,
+    K8S / "gateway-config.yaml": gateway_config_yaml,
+    **{CLUSTER_DIR / name: render for name, render in cluster_outputs(Shape()).items()},
+}
 
 
 def main(argv: list[str]) -> int:
     check = "--check" in argv
     stale = []
-    for name, render in OUTPUTS.items():
-        path, text = K8S / name, render()
+    for path, render in OUTPUTS.items():
+        text = render()
         if check:
             if not path.exists() or path.read_text() != text:
-                stale.append(name)
+                stale.append(str(path.relative_to(ROOT)))
         else:
+            path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
     if stale:
         print(f"stale: {', '.join(stale)}; run `make gen`", file=sys.stderr)
