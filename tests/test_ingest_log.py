@@ -12,9 +12,12 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
+from redis import asyncio as aioredis
 
+from cartlytics.common.realtime import RealtimeCounters
 from cartlytics.common.redis_guard import RedisGuard
 from cartlytics.common.storage import Sql, Storage
 from services.ingest.idempotency import IdempotencyWindow
@@ -22,6 +25,7 @@ from services.ingest.ingest_log import HEADER, IngestLog, LogCorrupt, LogFull, u
 from services.ingest.ingestor import EVENTS, ORDER_ITEMS, ORDER_LINES, TABLES, Ingestor
 from services.ingest.log_writer import LogRecord, LogWriter
 from services.ingest.validation import IncomingEvent
+from tests.servers import RedisServer
 
 
 def _append_all(ingest_log: IngestLog, payloads: list[bytes]) -> list[int]:
@@ -155,17 +159,25 @@ def _rows_per_event(storage: Storage, table: str, project_id: str) -> Counter[st
 
 
 def _acknowledge_only(
-    storage: Storage, project_id: str, directory: Path, events: list[IncomingEvent], batch: int
+    storage: Storage,
+    project_id: str,
+    directory: Path,
+    events: list[IncomingEvent],
+    batch: int,
+    redis_url: str = "",
 ) -> None:
     """Ingest ``events`` in batches with the log in ``directory`` and a writer that never starts
-    (the process dies before it stores anything): every event acknowledged, none stored."""
-    guard = RedisGuard(None)
+    (the process dies before it stores anything): every event acknowledged, none stored. With
+    ``redis_url``, the ingestor has realtime counters there."""
 
     async def run() -> None:
+        client = aioredis.Redis.from_url(redis_url) if redis_url else None
+        guard = RedisGuard(client)
         ingest_log = IngestLog(directory)
         ingest_log.open()
         ingestor = Ingestor(
-            storage, IdempotencyWindow(guard), None, guard, ip_salt=b"s",
+            storage, IdempotencyWindow(guard), RealtimeCounters(client) if client else None,
+            guard, ip_salt=b"s",
             ingest_log=ingest_log, log_writer=LogWriter(storage, ingest_log, TABLES),
         )  # fmt: skip
         for start in range(0, len(events), batch):
@@ -173,6 +185,8 @@ def _acknowledge_only(
             result = await ingestor.ingest(project_id, sent)
             assert not result.rejected and len(result.accepted) == len(sent)
         await ingest_log.close()
+        if client is not None:
+            await client.aclose()
 
     asyncio.run(run())
 
@@ -256,3 +270,53 @@ def test_a_replay_of_a_large_block_is_checked_in_slices(
 
     assert _replay(storage, tmp_path) == 40
     assert _rows_per_event(storage, EVENTS.name, project_id) == Counter({v.id: 1 for v in views})
+
+
+def test_realtime_counts_a_block_once_it_is_stored_and_a_replay_once(
+    storage: Storage, project_id: str, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """With the log, the realtime counters follow the writer: an event acknowledged but not yet
+    stored (the process died first) is not counted; the next start's replay stores and counts
+    it; counting a stored block again (a retried block) changes nothing."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    events = _orders(now - timedelta(minutes=2))
+    _acknowledge_only(storage, project_id, tmp_path, events, batch=10, redis_url=redis_server.url)
+    # The oracle: each orderId once, its earliest event (o3's second event, later, loses);
+    # "today" is UTC's; every shopper was active within the 5 minutes.
+    first: dict[str, IncomingEvent] = {}
+    for event in sorted(events, key=lambda e: (e.timestamp or now, e.id)):
+        first.setdefault(str(event.properties["orderId"]), event)
+    today = [e for e in first.values() if e.timestamp and e.timestamp.date() == now.date()]
+    expected = (
+        len({e.user_id for e in events}),
+        len(today),
+        sum(int(e.properties["total"]) for e in today),
+    )
+
+    async def figures(client: aioredis.Redis) -> tuple[int, int, int]:
+        snapshot = await RealtimeCounters(client).snapshot(project_id, ZoneInfo("UTC"), "CHF")
+        return snapshot.active_visitors, snapshot.orders_today, snapshot.revenue_today
+
+    async def run() -> list[tuple[int, int, int]]:
+        client = aioredis.Redis.from_url(redis_server.url)
+        guard = RedisGuard(client)
+        seen = [await figures(client)]  # acknowledged, not stored: not counted
+        ingest_log = IngestLog(tmp_path)
+        writer = LogWriter(storage, ingest_log, TABLES)
+        ingestor = Ingestor(
+            storage, IdempotencyWindow(guard), RealtimeCounters(client), guard, ip_salt=b"s",
+            ingest_log=ingest_log, log_writer=writer,
+        )  # fmt: skip
+        writer.on_stored = ingestor.count_stored
+        replay = ingest_log.open()
+        writer.start(replay)
+        await writer.caught_up(limit_seconds=120)
+        seen.append(await figures(client))
+        await ingestor.count_stored([LogRecord.decode(r.payload) for r in replay])
+        seen.append(await figures(client))
+        await writer.close(grace_seconds=5)
+        await ingest_log.close()
+        await client.aclose()
+        return seen
+
+    assert asyncio.run(run()) == [(0, 0, 0), expected, expected]

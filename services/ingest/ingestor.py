@@ -2,10 +2,10 @@
 
 An event is acknowledged once it is durable: with the ingest log on (``ANALYTICS_INGEST_LOG``),
 once the record carrying it is in the log (``ingest_log.py``; the log writer stores it in
-ClickHouse in large blocks, ``log_writer.py``); otherwise once the INSERT carrying it has
-returned (group commit). A client id seen inside the dedup window gets its first acknowledgement
-again and is not stored twice. Redis (dedup window, realtime counters) is optional: without it
-ingestion carries on.
+ClickHouse in large blocks, ``log_writer.py``, and then counts each block in the realtime
+counters); otherwise once the INSERT carrying it has returned (group commit), then counted. A
+client id seen inside the dedup window gets its first acknowledgement again and is not stored
+twice. Redis (dedup window, realtime counters) is optional: without it ingestion carries on.
 """
 
 from __future__ import annotations
@@ -193,6 +193,26 @@ def _realtime(e: ValidEvent) -> RealtimeEvent:
     )
 
 
+_AT = {name: index for index, name in enumerate(EVENTS.columns)}
+
+
+def realtime_of_row(row: Sequence[Any]) -> RealtimeEvent:
+    """The realtime part of an ``events`` row (``_event_row``), as ``_realtime`` of its event."""
+    event = row[_AT["event"]]
+    return RealtimeEvent(
+        event_id=row[_AT["event_id"]],
+        event=event,
+        ts=row[_AT["ts"]],
+        visitor_id=row[_AT["visitor_id"]],
+        page=row[_AT["page"]] if event == "page_view" else "",
+        order_id=row[_AT["order_id"]],
+        total=row[_AT["total"]],
+        currency=row[_AT["currency"]],
+        user_id=row[_AT["user_id"]],
+        anonymous_id=row[_AT["anonymous_id"]],
+    )
+
+
 class Ingestor:
     """Stores events through its own group committer (``close`` stops it), and reads and writes
     ``storage`` directly for the duplicate orders, once their rows are committed."""
@@ -294,15 +314,9 @@ class Ingestor:
         stored = [Ack(e.id, e.event, e.timestamp) for e in to_store]
         acks.update((a.id, a) for a in stored)
         await self._window.confirm(project_id, [acks[i] for i in claimed])
-        if self._realtime is not None and to_store:
-            counters, batch = self._realtime, [_realtime(e) for e in to_store]
-
-            def behind(failure: Failure) -> None:
-                # Stored but not counted: the project's counters are rebuilt from ClickHouse.
-                if self._recovery is not None:
-                    self._recovery.record_failed(project_id, failure)
-
-            await self._guard.run(lambda _: counters.record(project_id, batch), None, behind)
+        # With the ingest log, the writer counts each block once it is stored (count_stored).
+        if self._log is None and to_store:
+            await self._count(project_id, [_realtime(e) for e in to_store])
 
         refused = {r.index for r in result.rejected}
         for index, event in valid:
@@ -315,6 +329,34 @@ class Ingestor:
         result.rejected.sort(key=lambda r: r.index)
         result.accepted.sort(key=lambda a: a[0])
         return result
+
+    async def _count(self, project_id: str, batch: Sequence[RealtimeEvent]) -> None:
+        """Add stored events to the realtime counters (one script per call; safe to repeat)."""
+        if self._realtime is None or not batch:
+            return
+        counters = self._realtime
+
+        def behind(failure: Failure) -> None:
+            # Stored but not counted: the project's counters are rebuilt from ClickHouse.
+            if self._recovery is not None:
+                self._recovery.record_failed(project_id, failure)
+
+        await self._guard.run(lambda _: counters.record(project_id, batch), None, behind)
+
+    async def count_stored(self, records: Sequence[LogRecord]) -> None:
+        """The log writer's hook: count a block it has just stored, per project, in one script
+        each. Counting after the INSERT (not at the acknowledgement) means an event that is
+        counted is in ClickHouse, and one a crash left in the log is counted when the replay
+        stores it; counting is idempotent (RealtimeCounters.record), so a replayed or
+        retried block counts nothing twice."""
+        by_project: dict[str, list[RealtimeEvent]] = {}
+        for record in records:
+            rows = record.rows.get(EVENTS.name, ())
+            if rows:
+                batch = by_project.setdefault(record.project_id, [])
+                batch.extend(realtime_of_row(row) for row in rows)
+        for project_id, batch in by_project.items():
+            await self._count(project_id, batch)
 
     async def _store(self, project_id: str, events: Sequence[ValidEvent], client_ip: str) -> None:
         if not events:

@@ -2,7 +2,8 @@
 
 One task takes the records appended since its last INSERT (up to ``max_rows`` rows), writes
 their rows table by table in one INSERT each (``ingestor.TABLES`` order), lists the orderIds that
-are now duplicated (``order_dups``), then checkpoints the log. It starts again at once while
+are now duplicated (``order_dups``), hands the block to ``on_stored`` (the realtime counters, one
+script per project and block), then checkpoints the log. It starts again at once while
 records wait, so an idle system writes a lone event straight away, and under load the blocks grow
 by themselves (as group commit did; no linger timer, which would only delay freshness).
 
@@ -27,7 +28,7 @@ import contextlib
 import pickle
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,6 +112,9 @@ class LogWriter:
         self._wakeup = asyncio.Event()
         self._stored = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
+        # Called with each block's records once they are stored, before readers are let through
+        # (the ingestor counts them in the realtime counters). Set before ``start``.
+        self.on_stored: Callable[[list[LogRecord]], Awaitable[None]] | None = None
 
     @property
     def stored_lsn(self) -> int:
@@ -214,6 +218,8 @@ class LogWriter:
                 await self._storage.insert(table.name, table.columns, tables[table.name])
         BLOCK_ROWS.observe(len(tables.get("events", ())))
         await self._list_duplicates(records)
+        if self.on_stored is not None:
+            await self.on_stored(records)
         last = block[-1][0]
         await asyncio.to_thread(self._log.checkpoint, last)
         async with self._stored:

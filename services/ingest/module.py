@@ -19,7 +19,7 @@ async def init(runtime: Runtime) -> Stop:
     from cartlytics.gen.analytics.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 
     from .idempotency import IdempotencyWindow
-    from .ingest_log import IngestLog
+    from .ingest_log import IngestLog, Record
     from .ingestor import TABLES, IngestLimits, Ingestor
     from .log_writer import LogWriter
     from .servicer import IngestServicer
@@ -28,6 +28,7 @@ async def init(runtime: Runtime) -> Stop:
     storage = runtime.require_storage()
     ingest_log: IngestLog | None = None
     writer: LogWriter | None = None
+    replay: list[Record] = []
     if config.ingest_log:
         ingest_log = IngestLog(
             config.ingest_log_path,
@@ -44,12 +45,6 @@ async def init(runtime: Runtime) -> Stop:
             max_rows=config.ingest_log_block_rows,
             linger_seconds=config.ingest_log_linger_seconds,
         )
-        writer.start(replay)
-        if replay:
-            # Served once the replay is stored, so that no read misses an acknowledged event.
-            await writer.caught_up(limit_seconds=REPLAY_WAIT_SECONDS)
-        # This process's readers see every acknowledged event (other processes: once stored).
-        storage.read_barrier = writer.caught_up
     recovery = runtime.recovery()
     guard = RedisGuard(runtime.redis, on_unavailable=recovery.unavailable if recovery else None)
     ingestor = Ingestor(
@@ -64,6 +59,14 @@ async def init(runtime: Runtime) -> Stop:
         ingest_log=ingest_log,
         log_writer=writer,
     )
+    if ingest_log is not None and writer is not None:
+        writer.on_stored = ingestor.count_stored  # realtime counted per stored block
+        writer.start(replay)
+        if replay:
+            # Served once the replay is stored, so that no read misses an acknowledged event.
+            await writer.caught_up(limit_seconds=REPLAY_WAIT_SECONDS)
+        # This process's readers see every acknowledged event (other processes: once stored).
+        storage.read_barrier = writer.caught_up
     servicer = IngestServicer(ingestor, config.max_batch_events, config.max_body_bytes)
     server = runtime.register_grpc(
         ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name

@@ -62,6 +62,10 @@ class RealtimeReader:
     async def realtime(self, project_id: str, timezone: str, currency: str) -> RealtimeReport:
         zone = parse_timezone(timezone)
         code = parse_currency(currency, self._default_currency)
+        if self._storage.read_barrier is not None:
+            # With the ingest log, the counters follow the writer's blocks: wait, as a query
+            # would, until what was acknowledged before this call is stored and counted.
+            await self._storage.read_barrier()
         recovery = self._recovery
         if self._counters is not None and not (recovery and recovery.behind(project_id)):
             counters = self._counters

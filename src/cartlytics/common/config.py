@@ -74,7 +74,8 @@ SETTINGS: dict[str, Setting] = {
         str,
         "",
         "Empty: CLICKHOUSE_URL is one server. Else the name of a cluster in that server's "
-        "remote_servers: replicated tables on every node behind Distributed ones (docs/operations.md).",
+        "remote_servers: replicated tables on every node behind Distributed ones "
+        "(docs/cluster.md).",
     ),
     "redis_url": Setting(
         "REDIS_URL",
