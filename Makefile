@@ -51,8 +51,9 @@ typecheck: $(STAMP)
 unit: $(STAMP) $(TOOLS_STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-## bench: every benchmark with its references, on chdb and (when on PATH) clickhouse-server, into
-## bench/results/latest.{json,md} (26 min measured; BENCH_ARGS=--quick: ~5 min, bench/results/quick.*)
+## bench: every benchmark with its references, on chdb and (when on PATH) clickhouse-server, and
+## issue 16's targets with pass/fail, into bench/results/latest.{json,md} (26 min measured;
+## BENCH_ARGS=--quick: ~5 min, bench/results/quick.*)
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 

@@ -17,9 +17,9 @@ import grpc
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.ingest import Counter, make_event, run_for  # noqa: E402
+from bench.cpu import Meter  # noqa: E402
+from bench.ingest import PING_METHOD, Counter, make_event, run_for  # noqa: E402
 from bench.metrics import call, percentile  # noqa: E402
-from cartlytics.gen.analytics.ingest.v1 import ingest_pb2, ingest_pb2_grpc  # noqa: E402
 
 PING_PATH = "/analytics/ping"
 # Probe orders are in a currency nothing else sends, so each one moves the counts by exactly
@@ -50,40 +50,51 @@ def latency(
 
 
 async def ping_throughput(
-    http_url: str, grpc_target: str, key: str, seconds: float, connections: int
+    http_url: str,
+    grpc_target: str,
+    key: str,
+    seconds: float,
+    connections: int,
+    meter: Meter | None = None,
 ) -> list[dict[str, Any]]:
-    """Closed-loop Ping over REST and over gRPC, as bench/ingest.py drives TrackEvent."""
+    """Closed-loop Ping over REST and over gRPC, as bench/ingest.py drives ingest: the same
+    client (aiohttp, ``connections`` connections; one gRPC channel with as many calls in
+    flight), the request built once (gRPC: empty bytes through identity serializers)."""
     results = []
     headers = {"Authorization": f"Bearer {key}"}
-    async with aiohttp.ClientSession(headers=headers) as session:
+    connector = aiohttp.TCPConnector(limit=connections)
+    async with aiohttp.ClientSession(headers=headers, connector=connector) as session:
+        url = f"{http_url}{PING_PATH}"
 
-        async def rest_ping(c: Counter) -> None:
-            async with session.get(f"{http_url}{PING_PATH}") as reply:
+        async def rest_ping(c: Counter) -> bool:
+            async with session.get(url) as reply:
                 await reply.read()
                 c.requests += 1
                 if reply.status == 200:
-                    c.events += 1  # run_for's progress counts events: here, answered Pings
+                    c.events += 1  # run_for counts events: here, answered Pings
                 else:
                     c.errors += 1
+            return True
 
         progress(f"  no-op Ping over REST, {connections} connections")
-        results.append(await run_for(seconds, connections, rest_ping, "REST Ping"))
+        results.append(await run_for(seconds, connections, rest_ping, "REST Ping", meter=meter))
 
     async with grpc.aio.insecure_channel(grpc_target) as channel:
-        stub = ingest_pb2_grpc.IngestServiceStub(channel)
+        ping = channel.unary_unary(PING_METHOD)  # bytes in, bytes out
         metadata = (("authorization", f"Bearer {key}"),)
 
-        async def grpc_ping(c: Counter) -> None:
+        async def grpc_ping(c: Counter) -> bool:
             c.requests += 1
             try:
-                await stub.Ping(ingest_pb2.PingRequest(), metadata=metadata, timeout=30)
+                await ping(b"", metadata=metadata, timeout=30)
             except grpc.RpcError:
                 c.errors += 1
-                return
+                return True
             c.events += 1
+            return True
 
         progress(f"  no-op Ping over gRPC, {connections} concurrent calls")
-        results.append(await run_for(seconds, connections, grpc_ping, "gRPC Ping"))
+        results.append(await run_for(seconds, connections, grpc_ping, "gRPC Ping", meter=meter))
     return results
 
 

@@ -67,7 +67,163 @@ def machine_info() -> dict[str, Any]:
         "git_commit": _git("rev-parse", "HEAD"),
         # Uncommitted changes to tracked files: the figures are not exactly those of the commit.
         "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        # 1, 5 and 15 minutes: others' work on a shared machine shows here.
+        "load_average": [round(x, 2) for x in os.getloadavg()],
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 16's targets
+
+FRESHNESS_P99_MS = 1000.0
+
+
+def _target(
+    backend: str,
+    what: str,
+    measured: float | None,
+    goal: float,
+    unit: str,
+    at_least: bool = True,
+    detail: str = "",
+) -> dict[str, Any]:
+    met = None if measured is None else (measured >= goal if at_least else measured <= goal)
+    return {
+        "backend": backend,
+        "target": what,
+        "measured": measured,
+        "goal": goal,
+        "unit": unit,
+        "at_least": at_least,
+        "met": met,
+        "detail": detail,
+    }
+
+
+def _best(rows: Sequence[Mapping[str, Any]], key: str) -> Mapping[str, Any] | None:
+    measured = [r for r in rows if isinstance(r.get(key), int | float)]
+    return max(measured, key=lambda r: r[key]) if measured else None
+
+
+def _at_best(best: Mapping[str, Any] | None, counts: int) -> str:
+    if best is None:
+        return ""
+    return f"at {_num(best['connections'])} connections" + (
+        f" (the best of {counts})" if counts > 1 else ""
+    )
+
+
+def issue16_targets(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Each figure of issue 16's "Done when" beside its target, per backend measured: batches
+    at their best connection count, single events at each; freshness at the first store size.
+    ``met`` is None where the figure was not measured."""
+    out: list[dict[str, Any]] = []
+    for name, backend in _backends(result):
+        if backend.get("skipped"):
+            continue
+        ingest = backend.get("ingest") or {}
+        rows = ingest.get("rows", []) if not ingest.get("error") else []
+        grpc = [r for r in rows if str(r.get("mode", "")).startswith("gRPC batch")]
+        rest = [r for r in rows if str(r.get("mode", "")).startswith("REST batch")]
+        best = _best(grpc, "events_per_second")
+        at = _at_best(best, len(grpc))
+        out.append(
+            _target(
+                name,
+                "gRPC batches of 500: events/s",
+                best["events_per_second"] if best else None,
+                100_000,
+                "events/s",
+                detail=at,
+            )
+        )
+        best_ratio = _best(grpc, "columnar_ratio")
+        out.append(
+            _target(
+                name,
+                "gRPC batches of 500 / columnar INSERT of the same rows (views attached)",
+                best_ratio["columnar_ratio"] if best_ratio else None,
+                0.25,
+                "x",
+                detail=(
+                    f"{_num(best_ratio['events_per_second'])} / "
+                    f"{_num(best_ratio['columnar_events_per_second'])} events/s at "
+                    f"{_num(best_ratio['connections'])} connections"
+                    if best_ratio
+                    else ""
+                ),
+            )
+        )
+        best = _best(rest, "events_per_second")
+        out.append(
+            _target(
+                name,
+                "REST batches of 500: events/s",
+                best["events_per_second"] if best else None,
+                50_000,
+                "events/s",
+                detail=_at_best(best, len(rest)),
+            )
+        )
+        singles = [r for r in rows if str(r.get("mode", "")) == "REST single"]
+        for r in singles or [{}]:
+            connections = r.get("connections")
+            out.append(
+                _target(
+                    name,
+                    f"REST single events / REST Ping, {_num(connections)} connections",
+                    r.get("ping_ratio"),
+                    0.5,
+                    "x",
+                    detail=(
+                        f"{_num(r.get('requests_per_second'))} / "
+                        f"{_num(r.get('ping_requests_per_second'))} requests/s"
+                        if r
+                        else ""
+                    ),
+                )
+            )
+        freshness = backend.get("freshness") or {}
+        for r in freshness.get("rows", []) or [{"view": "sales and realtime"}]:
+            view = str(r.get("view", "")).split()[0]
+            out.append(
+                _target(
+                    name,
+                    f"freshness p99, {view}",
+                    r.get("p99_ms"),
+                    FRESHNESS_P99_MS,
+                    "ms",
+                    at_least=False,
+                    detail=(
+                        f"{_num(r.get('probes'))} probe orders at {_num(freshness.get('events'))} "
+                        "events"
+                        + (f", {r['not_visible']} never visible" if r.get("not_visible") else "")
+                        if "probes" in r
+                        else ""
+                    ),
+                )
+            )
+            if r.get("not_visible"):
+                out[-1]["met"] = False  # an order never seen is not fresh, whatever the p99
+    agents = result.get("user_agents")
+    if isinstance(agents, Mapping) and not agents.get("error"):
+        cliff = agents.get("no_cliff") or {}
+        service = agents.get("service") or {}
+        out.append(
+            _target(
+                "any",
+                f"{_num(agents.get('user_agents'))} distinct user agents, each parsed once: "
+                "no cliff (p99)",
+                service.get("p99_us"),
+                float(cliff.get("ceiling_us", 100.0)),
+                "µs",
+                at_least=False,
+                detail=f"p50 {_num(service.get('p50_us'), 1)} µs; rule: {cliff.get('rule', '-')}",
+            )
+        )
+        if "holds" in cliff:
+            out[-1]["met"] = bool(cliff["holds"])  # the rule has a second part: p99 / p50
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,6 +318,18 @@ def _machine(result: Mapping[str, Any]) -> list[str]:
         f"- **Command**: `{result.get('command', 'bench/run.py')}`"
         + (" (quick mode: small sizes, not the figures to quote)" if result.get("quick") else ""),
     ]
+    load, load_end = m.get("load_average"), m.get("load_average_end")
+    if load:
+        lines.append(
+            f"- **Load average** (1/5/15 min): {' / '.join(map(str, load))} at the start"
+            + (f", {' / '.join(map(str, load_end))} at the end" if load_end else "")
+            + " (the machine may be shared: others' work counts in these figures)"
+        )
+    settings = result.get("settings") or {}
+    if settings:
+        lines.append(
+            "- **Service settings**: " + ", ".join(f"`{k}={v}`" for k, v in settings.items())
+        )
     for name, backend in _backends(result):
         if backend.get("skipped"):
             lines.append(f"- **{_label(name)}**: skipped: {backend['skipped']}")
@@ -175,8 +343,18 @@ def _machine(result: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _cpu(row: Mapping[str, Any]) -> str:
+    """Server CPU µs per unit: the service's tree, plus a ClickHouse server's when measured."""
+    service, storage = row.get("service_cpu_us"), row.get("storage_cpu_us")
+    text = _num(service, 1)
+    if storage is not None:
+        text += f" + {_num(storage, 1)} ClickHouse"
+    return text
+
+
 def _ingest(result: Mapping[str, Any]) -> list[str]:
     rows = []
+    used_up = []
     for name, section in _section(result, "ingest"):
         for r in section.get("rows", []):
             rows.append(
@@ -185,40 +363,191 @@ def _ingest(result: Mapping[str, Any]) -> list[str]:
                     str(r.get("mode", "")),
                     _num(r.get("connections")),
                     _num(r.get("events_per_second")),
-                    f"{_num(r.get('insert_events_per_second'))} "
-                    f"({_num(r.get('insert_block_events'))}-event blocks)",
-                    _ratio(r.get("insert_ratio")),
                     _num(r.get("requests_per_second")),
-                    _num(r.get("ping_requests_per_second")),
+                    _cpu(r),
+                    _num(r.get("client_cpu_us"), 1),
+                    _ratio(r.get("columnar_ratio")),
+                    f"{_ratio(r.get('insert_ratio'))} ({_num(r.get('insert_block_events'))})",
                     _ratio(r.get("ping_ratio")),
                     _num(r.get("errors")),
                 ]
             )
+            if r.get("pool_used_up"):
+                used_up.append(
+                    f"- {_label(name)}, {r.get('mode')}, {_num(r.get('connections'))} "
+                    f"connections: its {_num(r.get('pool_requests'))} pre-built requests were "
+                    f"all sent after {_num(r.get('seconds'), 1)} s; its rate is over that time "
+                    "(raise --pool-rate for longer)."
+                )
     header = [
         "backend",
         "mode",
         "client connections",
         "events/s",
-        "ClickHouse INSERT of the same rows, events/s",
-        "/ INSERT",
         "requests/s",
-        "no-op Ping, requests/s",
-        "/ Ping",
+        "server CPU µs/event",
+        "client CPU µs/event",
+        "/ columnar INSERT (views)",
+        "/ row-path INSERT (events a block)",
+        "/ no-op Ping (requests)",
         "errors",
     ]
     lines = [
         "## Ingest",
         "",
         "Closed loop: each client connection sends its next request when the previous one is "
-        "answered (gRPC: concurrent calls on one channel). References: ClickHouse's own INSERT "
-        "of the rows these events become, through the same driver, one writer, in blocks of "
-        "the most events one group-commit flush can carry in that mode (connections x events "
-        "per request); and the no-op `Ping` RPC through the same server, interceptors and "
-        "gateway, with as many connections.",
+        "answered (gRPC: concurrent calls on one channel). Every request is built before the "
+        "clock starts (REST: JSON bodies as bytes; gRPC: serialized messages sent with identity "
+        "serializers), each sent once (every orderId new). Server CPU: the `cartlytics run` "
+        "process and its children (valkey-server), and on the server backend clickhouse-server, "
+        "from /proc before and after each mode, per event acknowledged; client CPU: the bench "
+        "process. References (next table), measured in the same run: the fastest columnar "
+        "INSERT of the same rows, with the materialized views attached; the row-path INSERT the "
+        "group commit uses, in blocks of as many events as one flush can carry in that mode "
+        "(connections x events per request); the no-op `Ping` through the same server, "
+        "interceptors and gateway, with as many connections (REST for REST, gRPC for gRPC).",
         "",
         *table(header, rows),
     ]
+    if used_up:
+        lines += ["", *used_up]
     return lines + _notes_block(result, "ingest")
+
+
+def _references(result: Mapping[str, Any]) -> list[str]:
+    rows = []
+    for name, section in _section(result, "ingest"):
+        for r in section.get("columnar_reference", []):
+            rows.append(
+                [
+                    _label(name),
+                    "columnar INSERT, "
+                    + (
+                        "materialized views attached"
+                        if r.get("views")
+                        else "no view (scratch tables `AS` the service's)"
+                    ),
+                    f"{_num(r.get('block_events'))} events ({_num(r.get('block_rows'))} rows)",
+                    _num(r.get("events_per_second")),
+                    _num(r.get("rows_per_second")),
+                    _num(r.get("client_cpu_us"), 1),
+                    _num(r.get("storage_cpu_us"), 1),
+                ]
+            )
+        for r in section.get("insert_reference", []):
+            rows.append(
+                [
+                    _label(name),
+                    "row-path INSERT (the group commit's storage code)",
+                    f"{_num(r.get('block_events'))} events ({_num(r.get('block_rows'))} rows)",
+                    _num(r.get("events_per_second")),
+                    "-",
+                    _num(r.get("client_cpu_us"), 1),
+                    _num(r.get("storage_cpu_us"), 1),
+                ]
+            )
+        for r in section.get("ping", []):
+            rows.append(
+                [
+                    _label(name),
+                    f"{r.get('mode')}, {_num(r.get('connections'))} connections",
+                    "one request",
+                    f"{_num(r.get('requests_per_second'))} requests/s",
+                    "-",
+                    f"{_num(r.get('client_cpu_us'), 1)} (client) / {_cpu(r)} (server)",
+                    "-",
+                ]
+            )
+    header = [
+        "backend",
+        "reference",
+        "block",
+        "events/s",
+        "rows/s",
+        "writer process CPU µs/event (chdb: engine included)",
+        "clickhouse-server CPU µs/event",
+    ]
+    lines = [
+        "## Ingest references",
+        "",
+        "ClickHouse's own INSERT of the rows the benchmark's events become (validated and "
+        "enriched before the clock, into the four tables ingest writes, in ingest's order), by "
+        "one writer. Columnar: each table's block built before the clock as the engine takes it "
+        "fastest (chdb: an Arrow table read in place through `Python()`; a server: "
+        "clickhouse-driver's `columnar=True`), once into the service's tables and once into "
+        "tables no view reads; the storage left idle before each. Row path: the storage code "
+        "the group commit calls, conversions in the clock. Ping: per request; server CPU as "
+        "for ingest.",
+        "",
+        *table(header, rows),
+    ]
+    return lines
+
+
+def _targets(result: Mapping[str, Any]) -> list[str]:
+    def text(value: Any, unit: str) -> str:
+        if value is None:
+            return "-"
+        if unit == "x":
+            return _ratio(value)
+        if unit in ("ms", "µs"):
+            return f"{_num(value, 0 if float(value).is_integer() else 1)} {unit}"
+        return f"{_num(value)} {unit}"
+
+    rows = []
+    for t in result.get("targets") or issue16_targets(result):
+        verdict = {True: "pass", False: "**FAIL**", None: "not measured"}[t.get("met")]
+        rows.append(
+            [
+                _label(str(t.get("backend"))),
+                str(t.get("target")),
+                text(t.get("measured"), str(t.get("unit"))),
+                ("≥ " if t.get("at_least") else "≤ ") + text(t.get("goal"), str(t.get("unit"))),
+                verdict,
+                str(t.get("detail") or ""),
+            ]
+        )
+    return [
+        "## Issue 16's targets",
+        "",
+        'Each figure of issue 16\'s "Done when" as measured in this run (the sections below '
+        "have the details): batches at their best client connection count, single events at "
+        "each; the single-event ratio is of requests/s to the REST Ping's at as many "
+        "connections; freshness at the smallest store size; the user-agent figure once per run "
+        "(it does not depend on the backend).",
+        "",
+        *table(["backend", "target", "measured", "goal", "verdict", "how"], rows),
+    ]
+
+
+def _user_agents(result: Mapping[str, Any]) -> list[str]:
+    agents = result.get("user_agents")
+    lines = ["## User-agent parsing", ""]
+    if not isinstance(agents, Mapping):
+        return [*lines, "_Not measured in this run._"]
+    if agents.get("error"):
+        return [*lines, f"Failed: {agents['error']}"]
+    rows = []
+    for label, key in (("service", "service"), ("pure-Python ua-parser (before)", "pure_python")):
+        r = agents.get(key) or {}
+        rows.append(
+            [
+                f"{label} ({r.get('resolver', '?')})",
+                _num(r.get("p50_us"), 1),
+                _num(r.get("p99_us"), 1),
+                _num(r.get("max_us"), 1),
+            ]
+        )
+    cliff = agents.get("no_cliff") or {}
+    return [
+        *lines,
+        f"`bench/user_agents.py`: {_num(agents.get('user_agents'))} distinct generated user "
+        "agents, each described once, the service's cache emptied first (every call a miss). "
+        f"No cliff: **{'holds' if cliff.get('holds') else 'does NOT hold'}** "
+        f"({cliff.get('rule', '-')}).",
+        "",
+        *table(["parser", "p50 µs", "p99 µs", "max µs"], rows),
+    ]
 
 
 def _notes_block(result: Mapping[str, Any], key: str) -> list[str]:
@@ -463,7 +792,16 @@ def _sustained(result: Mapping[str, Any]) -> list[str]:
 
 def render_markdown(result: Mapping[str, Any]) -> str:
     lines = ["# cartlytics benchmark report", "", *_machine(result)]
-    for section in (_ingest, _queries, _freshness, _export, _sustained):
+    for section in (
+        _targets,
+        _ingest,
+        _references,
+        _user_agents,
+        _queries,
+        _freshness,
+        _export,
+        _sustained,
+    ):
         lines += ["", *section(result)]
     errors = result.get("errors") or []
     if errors:

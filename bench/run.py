@@ -4,8 +4,11 @@ On the embedded default (chdb) and, when a ``clickhouse-server`` binary is on PA
 ClickHouse server started for the run in a temporary folder (as tests/servers.py does):
 
 - ingest events/s: REST single events, REST batches, gRPC batches, at each client connection
-  count, beside ClickHouse's own INSERT of the same rows through the same driver
-  (bench/reference.py) and the no-op Ping RPC through the same server and gateway;
+  count, every request built before the clock, with the server's and the client's CPU per
+  event; beside, measured in the same run, the fastest columnar INSERT of the same rows (10k-event
+  blocks, with and without the materialized views), the row-path INSERT the group commit uses
+  (bench/reference.py), and the no-op Ping through the same server and gateway (REST and gRPC);
+- user-agent parsing of 1,000 distinct user agents (bench/user_agents.py: no cliff);
 - p50/p99 of every query endpoint (bench/metrics.py's list) at each store size, beside Ping;
 - freshness: from an order's acknowledgement to its visibility in sales and in realtime;
 - export rows/s and server memory (bench/export.py --json; on the server backend with its
@@ -13,12 +16,14 @@ ClickHouse server started for the run in a temporary folder (as tests/servers.py
 - a sustained open-loop load of single events at half the highest measured REST single rate:
   server memory over time and ack latency per interval.
 
-Writes ``<out>.json`` and ``<out>.md`` (default bench/results/latest; --quick: bench/results/quick)
-and prints progress on stderr. The full run took 26 minutes on 2 cores (2026-11-26; most of it
-loading 10M events and 5 minutes of sustained load per backend); --quick (small sizes) about 5.
+Then issue 16's targets, each measured figure beside its target with pass or fail, on each
+backend. Writes ``<out>.json`` and ``<out>.md`` (default bench/results/latest; --quick:
+bench/results/quick) and prints progress on stderr. The full run took 26 minutes on 2 cores
+(2026-11-26; most of it loading 10M events and 5 minutes of sustained load per backend); --quick
+(small sizes) about 5.
 
     .venv/bin/python bench/run.py [--quick] [--backends auto|chdb|clickhouse-server|chdb,...]
-        [--sustain-seconds 300] [--sections ingest,sustained,queries,freshness,export]
+        [--sustain-seconds 300] [--sections ingest,sustained,queries,freshness,export,user_agents]
         [--out bench/results/latest]
 """
 
@@ -27,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -43,13 +49,18 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import ingest, probes  # noqa: E402
+from bench.cpu import Meter  # noqa: E402
 from bench.idle import settle  # noqa: E402
 from bench.metrics import ENDPOINTS  # noqa: E402
-from bench.report import machine_info, ratio, write_reports  # noqa: E402
+from bench.report import issue16_targets, machine_info, ratio, write_reports  # noqa: E402
 from tests.servers import ClickHouseServer, System, start_system  # noqa: E402
 
-SECTIONS = ("ingest", "sustained", "queries", "freshness", "export")
+SECTIONS = ("ingest", "sustained", "queries", "freshness", "export", "user_agents")
+# Settings of the service under test that change what ingest measures; reported with the figures
+# (the system inherits this process's environment: ANALYTICS_INGEST_LOG=yes make bench).
+REPORTED_SETTINGS = ("ANALYTICS_INGEST_LOG", "ANALYTICS_INGEST_LOG_FSYNC")
 PYTHON = sys.executable
+COLUMNAR_BLOCK = 10_000  # events per block of the columnar INSERT reference (issue 16's)
 STARTED = time.perf_counter()
 
 
@@ -64,6 +75,8 @@ class Plan:
     ingest_seconds: float
     connections: list[int]
     batch: int
+    pool_rate: float
+    pool_rate_single: float
     sizes: list[int]
     requests: int
     freshness_probes: int
@@ -121,30 +134,54 @@ def child(args: list[str]) -> None:
 # Ingest and sustained load
 
 
-def insert_reference(backend: Backend, plan: Plan, work: Path) -> dict[int, dict[str, Any]]:
+def insert_reference(backend: Backend, plan: Plan, work: Path) -> dict[str, Any]:
+    """bench/reference.py's figures: ``rows`` (row path, by events per block) and ``columnar``
+    (10k-event blocks, with and without the views)."""
     blocks = sorted({c * n for c in plan.connections for n in (1, plan.batch)})
     out = work / "reference.json"
-    log(f"{backend.name}: ClickHouse's own INSERT of the same rows, blocks of {blocks} events")
+    log(
+        f"{backend.name}: ClickHouse's own INSERT of the same rows: columnar, blocks of "
+        f"{COLUMNAR_BLOCK:,} events, with and without the views; row path, "
+        f"blocks of {blocks} events"
+    )
+    storage_pid = backend.server.process.pid if backend.server and backend.server.process else None
     child(
         [
             str(ROOT / "bench" / "reference.py"),
             "--data-dir", str(work / "reference"),
             "--clickhouse-url", backend.url("bench_reference"),
             "--blocks", ",".join(map(str, blocks)),
+            "--columnar-block", str(COLUMNAR_BLOCK),
             "--seconds", str(plan.ingest_seconds),
             "--json", str(out),
+            *(["--storage-pid", str(storage_pid)] if storage_pid else []),
         ]
     )  # fmt: skip
-    results = json.loads(out.read_text())["results"]
-    return {int(r["block_events"]): r for r in results}
+    raw = json.loads(out.read_text())
+    return {
+        "rows": {int(r["block_events"]): r for r in raw["results"]},
+        "columnar": raw.get("columnar", []),
+    }
 
 
 def ingest_and_sustain(backend: Backend, plan: Plan, work: Path) -> dict[str, Any]:
     """The ingest section, and the sustained section on the same system right after it."""
     reference = insert_reference(backend, plan, work)
-    out: dict[str, Any] = {"insert_reference": list(reference.values()), "rows": []}
+    row_path = reference["rows"]
+    columnar = {bool(r["views"]): r for r in reference["columnar"]}
+    with_views, without_views = columnar.get(True, {}), columnar.get(False, {})
+    out: dict[str, Any] = {
+        "insert_reference": list(row_path.values()),
+        "columnar_reference": reference["columnar"],
+        "rows": [],
+    }
     log(f"{backend.name}: starting the system for ingest")
     with running(work / "ingest", backend.url("bench_ingest")) as system:
+        log(f"  the service's start-up work done after {settle(system.process.pid)} s")
+        storage_pid = (
+            backend.server.process.pid if backend.server and backend.server.process else None
+        )
+        meter = Meter(system.process.pid, storage_pid)
         ping = probes.latency(
             system.http_url, system.key, "GET", probes.PING_PATH, None, plan.requests
         )
@@ -157,21 +194,26 @@ def ingest_and_sustain(backend: Backend, plan: Plan, work: Path) -> dict[str, An
                     system.key,
                     plan.ingest_seconds,
                     connections,
+                    meter,
                 )
             )
             out.setdefault("ping", []).extend(pings)
             log(f"{backend.name}: ingest with {connections} client connections")
             options = argparse.Namespace(
-                seconds=plan.ingest_seconds, connections=connections, batch=plan.batch
+                seconds=plan.ingest_seconds,
+                connections=connections,
+                batch=plan.batch,
+                pool_rate=plan.pool_rate,
+                pool_rate_single=plan.pool_rate_single,
             )
             modes = asyncio.run(
-                ingest.bench(system.http_url, system.grpc_target, system.key, options)
+                ingest.bench(system.http_url, system.grpc_target, system.key, options, meter)
             )
             for mode in modes:
                 grpc_mode = str(mode["mode"]).startswith("gRPC")
                 ping_rps = pings[1 if grpc_mode else 0]["requests_per_second"]
                 per_request = 1 if "single" in str(mode["mode"]) else plan.batch
-                block = reference[connections * per_request]
+                block = row_path[connections * per_request]
                 out["rows"].append(
                     {
                         **mode,
@@ -180,14 +222,27 @@ def ingest_and_sustain(backend: Backend, plan: Plan, work: Path) -> dict[str, An
                         "insert_ratio": ratio(
                             mode["events_per_second"], block["events_per_second"]
                         ),
+                        "columnar_events_per_second": with_views.get("events_per_second"),
+                        "columnar_ratio": ratio(
+                            mode["events_per_second"], with_views.get("events_per_second")
+                        ),
+                        "columnar_plain_events_per_second": without_views.get("events_per_second"),
                         "ping_requests_per_second": ping_rps,
                         "ping_ratio": ratio(mode["requests_per_second"], ping_rps),
                     }
                 )
                 log(
                     f"  {mode['mode']}, {connections} connections: "
-                    f"{mode['events_per_second']:,} events/s "
-                    f"(INSERT {block['events_per_second']:,}/s, Ping {ping_rps:,} requests/s)"
+                    f"{mode['events_per_second']:,} events/s, server CPU "
+                    f"{mode['service_cpu_us']} µs/event"
+                    + (
+                        f" + ClickHouse {mode['storage_cpu_us']}"
+                        if mode.get("storage_cpu_us") is not None
+                        else ""
+                    )
+                    + f", client {mode['client_cpu_us']} (columnar INSERT "
+                    f"{with_views.get('events_per_second', 0):,}/s, row-path INSERT "
+                    f"{block['events_per_second']:,}/s, Ping {ping_rps:,} requests/s)"
                 )
         if "sustained" in plan.sections:
             try:
@@ -399,6 +454,28 @@ def export(backend: Backend, plan: Plan, work: Path) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
+# User agents
+
+
+def user_agents(work: Path) -> dict[str, Any]:
+    """bench/user_agents.py: 1,000 distinct user agents, each parsed once (no cliff)."""
+    log("user-agent parsing of 1,000 distinct user agents (bench/user_agents.py)")
+    out = work / "user_agents.json"
+    child([str(ROOT / "bench" / "user_agents.py"), "--count", "1000", "--json", str(out)])
+    result: dict[str, Any] = json.loads(out.read_text())
+    # Counted here; the user agents themselves are in bench/user_agents.py's own report.
+    for key in ("browser_os_differ", "device_differ"):
+        result[key + "_count"] = len(result.pop(key, []))
+    result.pop("machine", None)
+    service, cliff = result["service"], result["no_cliff"]
+    log(
+        f"  no cliff: {'holds' if cliff['holds'] else 'does NOT hold'} (p50 "
+        f"{service['p50_us']} µs, p99 {service['p99_us']} µs; {cliff['rule']})"
+    )
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
 # Orchestration
 
 
@@ -479,6 +556,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
         ingest_seconds=pick(args.ingest_seconds, 10.0, 3.0),
         connections=[int(c) for c in str(pick(args.connections, "8,64", "8,64")).split(",")],
         batch=args.batch,
+        pool_rate=args.pool_rate,
+        pool_rate_single=args.pool_rate_single,
         sizes=[int(s) for s in str(pick(args.sizes, "1000000,10000000", "100000")).split(",")],
         requests=pick(args.requests, 30, 10),
         freshness_probes=pick(args.freshness_probes, 100, 10),
@@ -506,6 +585,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ingest-seconds", type=float, help="per mode (10; quick 3)")
     parser.add_argument("--connections", help="client connections, comma-separated (8,64)")
     parser.add_argument("--batch", type=int, default=500, help="events per batch request")
+    parser.add_argument(
+        "--pool-rate",
+        type=float,
+        default=ingest.POOL_RATE,
+        help="events/s a batch mode's pre-built requests cover (150000); a mode that uses them "
+        "up ends early",
+    )
+    parser.add_argument(
+        "--pool-rate-single",
+        type=float,
+        default=ingest.POOL_RATE_SINGLE,
+        help="the same for single events (20000)",
+    )
     parser.add_argument("--sizes", help="store sizes in events (1000000,10000000; quick 100000)")
     parser.add_argument("--requests", type=int, help="calls per endpoint (30; quick 10)")
     parser.add_argument("--freshness-probes", type=int, help="probe orders (100; quick 10)")
@@ -537,8 +629,13 @@ def main(argv: list[str] | None = None) -> int:
         "backends": {},
         "errors": [],
     }
+    result["settings"] = {name: os.environ.get(name, "(default)") for name in REPORTED_SETTINGS}
     log(f"benchmarks: {', '.join(sorted(plan.sections))} on {', '.join(names)}")
     with tempfile.TemporaryDirectory(prefix="cartlytics-bench-") as tmp:
+        if "user_agents" in plan.sections:
+            result["user_agents"] = attempt(
+                result, "all", "user_agents", lambda: user_agents(Path(tmp))
+            )
         for name in names:
             work = Path(tmp) / name
             work.mkdir(parents=True)
@@ -569,6 +666,8 @@ def main(argv: list[str] | None = None) -> int:
                 log("clickhouse-server: stopping")
                 server.stop()
                 remove(name, work)
+    result["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    result["targets"] = issue16_targets(result)
     json_path, md_path = write_reports(result, stem)
     log(f"report: {json_path.relative_to(ROOT) if json_path.is_relative_to(ROOT) else json_path}")
     log(f"report: {md_path.relative_to(ROOT) if md_path.is_relative_to(ROOT) else md_path}")

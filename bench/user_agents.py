@@ -23,7 +23,7 @@ issue measured for the cheapest uncached pure-Python parse).
 Progress goes to stderr, the result as JSON to stdout.
 
     .venv/bin/python bench/user_agents.py [--count 1000] [--seed 16] [--warm-up 200]
-        [--out bench/results/user_agents.md]
+        [--out bench/results/user_agents.md] [--json result.json]
 """
 
 from __future__ import annotations
@@ -309,6 +309,8 @@ def measure(count: int, seed: int, warm_up: int) -> dict[str, Any]:
         "no_cliff": {
             "holds": no_cliff,
             "rule": f"service p99 <= {CLIFF_FACTOR:g} x its p50 and <= {CLIFF_CEILING_US:g} µs",
+            "factor": CLIFF_FACTOR,
+            "ceiling_us": CLIFF_CEILING_US,
             "p99_over_p50": round(service["p99_us"] / service["p50_us"], 2),
         },
         "load_average_1min": {"before": load_before[0], "after": load_after[0]},
@@ -381,6 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--warm-up", type=int, default=WARM_UP, help="other user agents parsed first, apart"
     )
     parser.add_argument("--out", type=Path, help="also write a Markdown report there")
+    parser.add_argument("--json", type=Path, help="write the JSON there instead of stdout")
     args = parser.parse_args(argv)
     if args.count < 100 or args.warm_up < 100:
         parser.error("--count and --warm-up must be at least 100 (a p99 needs them)")
@@ -403,7 +406,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(render_markdown(result))
         print(f"wrote {args.out}", file=sys.stderr)
-    print(json.dumps(result, indent=2, ensure_ascii=False))
+    text = json.dumps(result, indent=2, ensure_ascii=False)
+    if args.json:
+        # A file of its own: the service's modules may log to stdout (structlog's default).
+        args.json.write_text(text)
+    else:
+        print(text)
     return 0
 
 

@@ -37,13 +37,54 @@ def synthetic() -> dict[str, Any]:
                             "events_per_second": 60,
                             "requests_per_second": 60,
                             "errors": 0,
+                            "service_cpu_us": 4000.0,
+                            "storage_cpu_us": None,
+                            "client_cpu_us": 150.5,
                             "insert_block_events": 8,
                             "insert_events_per_second": 120,
                             "insert_ratio": 0.5,
+                            "columnar_events_per_second": 200_000,
+                            "columnar_ratio": 0.0003,
                             "ping_requests_per_second": 1500,
                             "ping_ratio": 0.04,
-                        }
-                    ]
+                        },
+                        {
+                            "mode": "REST single",
+                            "connections": 64,
+                            "events_per_second": 900,
+                            "requests_per_second": 900,
+                            "errors": 0,
+                            "ping_requests_per_second": 1500,
+                            "ping_ratio": 0.6,
+                        },
+                        *(
+                            {
+                                "mode": f"{protocol} batch of 500",
+                                "connections": connections,
+                                "events_per_second": rate,
+                                "requests_per_second": rate // 500,
+                                "errors": 0,
+                                "columnar_events_per_second": 200_000,
+                                "columnar_ratio": rate / 200_000,
+                                "pool_requests": 3000,
+                                "pool_used_up": rate == 120_000,
+                                "seconds": 9.5,
+                            }
+                            for protocol, connections, rate in (
+                                ("gRPC", 8, 120_000),
+                                ("gRPC", 64, 40_000),
+                                ("REST", 8, 30_000),
+                                ("REST", 64, 45_000),
+                            )
+                        ),
+                    ],
+                    "columnar_reference": [
+                        {"views": True, "block_events": 10000, "events_per_second": 200_000},
+                        {"views": False, "block_events": 10000, "events_per_second": 400_000},
+                    ],
+                    "ping": [
+                        {"mode": "REST Ping", "connections": 8, "requests_per_second": 1500},
+                    ],
                 },
                 "queries": {
                     "requests": 10,
@@ -61,6 +102,7 @@ def synthetic() -> dict[str, Any]:
                     ],
                 },
                 "freshness": {
+                    "events": 100000,
                     "rows": [
                         {
                             "view": "sales (`GET /analytics/sales?period=1d&currency=CHF`)",
@@ -72,7 +114,7 @@ def synthetic() -> dict[str, Any]:
                             "ping_p50_ms": 1.5,
                             "ping_ratio": 16.67,
                         }
-                    ]
+                    ],
                 },
                 "export": {"error": "bench/export.py exited with 1"},
                 "sustained": {
@@ -103,6 +145,12 @@ def synthetic() -> dict[str, Any]:
             },
             "clickhouse-server": {"skipped": "no clickhouse-server binary on PATH"},
         },
+        "user_agents": {
+            "user_agents": 1000,
+            "service": {"resolver": "ua-parser-rs", "p50_us": 20.0, "p99_us": 140.0},
+            "pure_python": {"resolver": "ua_parser.basic", "p50_us": 400.0, "p99_us": 900.0},
+            "no_cliff": {"holds": False, "rule": "p99 <= 5 x p50 and <= 100 µs", "ceiling_us": 100},
+        },
         "errors": ["chdb export: bench/export.py exited with 1"],
     }
 
@@ -130,24 +178,57 @@ def test_the_report_is_valid_json_and_markdown(tmp_path: Path) -> None:
     assert markdown == render_markdown(result)
 
     found = tables(markdown)
-    assert len(found) == 5  # ingest, queries, freshness, sustained summary and intervals
+    # targets, ingest, its references, user agents, queries, freshness, sustained (2 tables)
+    assert len(found) == 8
     for rows in found:
         header, rule, *body = rows
         assert all(set(cell) == {"-"} for cell in rule) and len(rule) == len(header)
         assert body, header
         assert all(len(row) == len(header) for row in body), header
 
-    ingest = next(t for t in found if "events/s" in t[0])
+    ingest = next(t for t in found if "client CPU µs/event" in t[0])
     row = dict(zip(ingest[0], ingest[2], strict=True))
     assert row["events/s"] == "60"
-    assert row["ClickHouse INSERT of the same rows, events/s"] == "120 (8-event blocks)"
-    assert row["/ INSERT"] == "0.50x"
-    assert row["/ Ping"] == "0.04x"
+    assert row["server CPU µs/event"] == "4,000.0"
+    assert row["client CPU µs/event"] == "150.5"
+    assert row["/ row-path INSERT (events a block)"] == "0.50x (8)"
+    assert row["/ columnar INSERT (views)"] == "0.0003x"
+    assert row["/ no-op Ping (requests)"] == "0.04x"
+    assert "gRPC batch of 500, 8 connections: its 3,000 pre-built requests" in markdown
     # A pipe inside a cell is escaped, not a new column (the column counts above hold).
     assert "query visitors\\|page_views" in markdown
     assert "clickhouse-server**: skipped: no clickhouse-server binary on PATH" in markdown
     assert "- embedded chdb: failed: bench/export.py exited with 1" in markdown
     assert "commit** 0123456789ab" in markdown
+
+
+def test_each_issue_16_target_has_its_measure_and_verdict(tmp_path: Path) -> None:
+    found = tables(render_markdown(synthetic()))
+    targets = next(t for t in found if t[0][:2] == ["backend", "target"])
+    verdicts = {row[1]: (row[2], row[3], row[4]) for row in targets[2:]}
+    assert verdicts == {
+        # the best of 120k (8 connections) and 40k (64)
+        "gRPC batches of 500: events/s": ("120,000 events/s", "≥ 100,000 events/s", "pass"),
+        "gRPC batches of 500 / columnar INSERT of the same rows (views attached)": (
+            "0.60x",  # 120,000 / 200,000
+            "≥ 0.25x",
+            "pass",
+        ),
+        "REST batches of 500: events/s": ("45,000 events/s", "≥ 50,000 events/s", "**FAIL**"),
+        "REST single events / REST Ping, 8 connections": ("0.04x", "≥ 0.50x", "**FAIL**"),
+        "REST single events / REST Ping, 64 connections": ("0.60x", "≥ 0.50x", "pass"),
+        "freshness p99, sales": ("40 ms", "≤ 1,000 ms", "pass"),
+        # p99 140 µs over the 100 µs ceiling: the rule does not hold
+        "1,000 distinct user agents, each parsed once: no cliff (p99)": (
+            "140 µs",
+            "≤ 100 µs",
+            "**FAIL**",
+        ),
+    }
+    how = {row[1]: row[5] for row in targets[2:]}
+    assert how["gRPC batches of 500: events/s"] == "at 8 connections (the best of 2)"
+    # The skipped backend has no target rows; the user-agent row is the run's, not a backend's.
+    assert {row[0] for row in targets[2:]} == {"embedded chdb", "any"}
 
 
 def test_ratio_is_figure_over_reference() -> None:

@@ -1,0 +1,89 @@
+"""CPU time spent by the server under test and by the benchmark's own client, per measure.
+
+The server is a process tree (``cartlytics run`` and its children: the embedded valkey-server)
+plus, on the server backend, the clickhouse-server process: each read from /proc/<pid>/stat
+before and after a measure. The client is this process (every thread: grpc's, aiohttp's).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.idle import cpu_seconds
+
+
+def children(pid: int) -> list[int]:
+    """The live descendants of ``pid`` (by the parent field of /proc/<pid>/stat)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        parents[int(entry.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        kids = [p for p, pp in parents.items() if pp == parent]
+        found.extend(kids)
+        frontier.extend(kids)
+    return found
+
+
+def tree_seconds(pid: int) -> dict[int, float]:
+    """CPU seconds used so far by ``pid`` and each live descendant."""
+    out = {}
+    for p in [pid, *children(pid)]:
+        seconds = cpu_seconds(p)
+        if seconds is not None:
+            out[p] = seconds
+    return out
+
+
+@dataclass
+class Reading:
+    service: dict[int, float]
+    storage: float | None
+    client: float
+    wall: float
+
+
+@dataclass
+class Meter:
+    """CPU of the service's process tree, of a separate storage process (a clickhouse-server)
+    when there is one, and of this client process."""
+
+    service_pid: int | None = None
+    storage_pid: int | None = None
+
+    def read(self) -> Reading:
+        service = tree_seconds(self.service_pid) if self.service_pid else {}
+        storage = cpu_seconds(self.storage_pid) if self.storage_pid else None
+        return Reading(service, storage, time.process_time(), time.perf_counter())
+
+    def since(self, before: Reading) -> dict[str, float | None]:
+        """CPU seconds used since ``before``: service (a child started meanwhile counts from
+        zero; one that exited meanwhile is lost), storage (None without one) and client."""
+        after = self.read()
+        service = sum(s - before.service.get(p, 0.0) for p, s in after.service.items())
+        storage = None
+        if after.storage is not None and before.storage is not None:
+            storage = after.storage - before.storage
+        return {
+            "service_cpu_s": round(service, 3) if self.service_pid else None,
+            "storage_cpu_s": round(storage, 3) if storage is not None else None,
+            "client_cpu_s": round(after.client - before.client, 3),
+        }
+
+
+def per_unit_us(cpu: dict[str, float | None], units: int) -> dict[str, float | None]:
+    """Each CPU figure in µs per unit (event or request); None where not measured."""
+    out: dict[str, float | None] = {}
+    for name, seconds in cpu.items():
+        key = name.removesuffix("_cpu_s") + "_cpu_us"
+        out[key] = round(seconds * 1e6 / units, 2) if seconds is not None and units else None
+    return out
