@@ -10,15 +10,23 @@ its requests in flight. Registered by the app (``cartlytics/modules.py``); the m
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import structlog
 
 from cartlytics.common.config import grpc_message_options
 from cartlytics.common.runtime import Module, Runtime, Stop
+from cartlytics.common.upstreams import SERVICES, grpc_target, parse_upstreams
+
+if TYPE_CHECKING:
+    from grpc import aio
 
 log = structlog.get_logger("cartlytics")
 
 # The services behind the gateway (admin is gRPC only).
-ROUTED = ("ingest", "metrics", "export", "privacy")
+ROUTED = SERVICES
 
 # The gateway finds a restarted service again within a second. gRPC's default reconnect backoff
 # grows to 120 s, and while it waits every call fails at once: a service back after a crash
@@ -29,24 +37,29 @@ GATEWAY_RECONNECT_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
 
+# A service's replicas: gRPC's round_robin sends each call to the next replica that is connected
+# and whose health service says SERVING (a replica stopping says NOT_SERVING first, so it gets no
+# new call while it drains). A replica that refuses connections is skipped; a call gRPC knows
+# never reached the service (a stream refused, a GOAWAY before it was read) is retried on another
+# (gRPC's transparent retry); one that may have reached it is never sent again: it fails (503).
+# Only for lists: one address keeps gRPC's default, so that a lone process whose embedded Redis
+# died (NOT_SERVING, yet serving) still gets its calls.
+BALANCED = json.dumps(
+    {"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": {"serviceName": ""}}
+)
 
-def parse_upstreams(value: str) -> tuple[str, dict[str, str]]:
-    """``host:port`` or ``ingest=host:port,metrics=...`` -> (default address, per service)."""
-    default, per_service = "", {}
-    for part in filter(None, (p.strip() for p in value.split(","))):
-        name, sep, address = part.partition("=")
-        if not sep:
-            default = part
-        elif name in ROUTED and address:
-            per_service[name] = address
-        else:
-            raise ValueError(f"ANALYTICS_GATEWAY_UPSTREAM: cannot read {part!r}")
-    return default, per_service
+
+def open_channel(addresses: Sequence[str], options: list[tuple[str, int | str]]) -> aio.Channel:
+    """One channel to a service: its one address, or its replicas balanced by gRPC."""
+    from grpc import aio
+
+    if len(addresses) > 1:
+        options = [*options, ("grpc.service_config", BALANCED)]
+    return aio.insecure_channel(grpc_target(addresses), options=options)
 
 
 async def start(runtime: Runtime) -> Stop:
     from aiohttp import web
-    from grpc import aio
 
     from cartlytics.common import catalog
 
@@ -54,17 +67,21 @@ async def start(runtime: Runtime) -> Stop:
     from .server import GatewayLimits, GatewayRunner, create_app
 
     config = runtime.config
-    default, per_service = parse_upstreams(config.gateway_upstream)
+    parsed = parse_upstreams(config.gateway_upstream)  # checked at start by Config.from_env
+    default, per_service = parsed.default, parsed.per_service
     if not default:
         if not runtime.grpc_port and len(per_service) < len(ROUTED):
             raise ValueError("the gateway target alone needs ANALYTICS_GATEWAY_UPSTREAM")
-        default = f"127.0.0.1:{runtime.grpc_port}" if runtime.grpc_port else per_service["ingest"]
-    options = [*grpc_message_options(config), *GATEWAY_RECONNECT_OPTIONS]
-    channel = aio.insecure_channel(default, options=options)
-    upstreams = {
-        svc.full_name: aio.insecure_channel(
-            per_service[svc.full_name.split(".")[1]], options=options
+        default = (
+            (f"127.0.0.1:{runtime.grpc_port}",) if runtime.grpc_port else per_service["ingest"]
         )
+    options: list[tuple[str, int | str]] = [
+        *grpc_message_options(config),
+        *GATEWAY_RECONNECT_OPTIONS,
+    ]
+    channel = open_channel(default, options)
+    upstreams = {
+        svc.full_name: open_channel(per_service[svc.full_name.split(".")[1]], options)
         for svc in catalog.services()
         if svc.full_name.split(".")[1] in per_service
     }

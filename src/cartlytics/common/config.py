@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .money import READABLE as READABLE_CURRENCIES
+from .upstreams import parse_upstreams
 
 
 class ConfigError(ValueError):
@@ -32,6 +33,11 @@ def _float(raw: str) -> float:
     if value < 0:
         raise ValueError("must be >= 0")
     return value
+
+
+def _upstreams(raw: str) -> str:
+    parse_upstreams(raw)  # checked here, for every target; the gateway reads it (upstreams.py)
+    return raw
 
 
 def _yes_no(raw: str) -> bool:
@@ -125,11 +131,13 @@ SETTINGS: dict[str, Setting] = {
     ),
     "gateway_upstream": Setting(
         "ANALYTICS_GATEWAY_UPSTREAM",
-        str,
+        _upstreams,
         "",
         "Where the gateway sends gRPC: host:port, or per service "
         "ingest=host:port,metrics=host:port,export=host:port,privacy=host:port, one for each "
-        "(empty: this process's gRPC port).",
+        "(empty: this process's gRPC port). Replicas of a service: their IP addresses joined by "
+        "bars, `ingest=10.0.0.1:50051\\|10.0.0.2:50051`, balanced round-robin over the healthy "
+        "ones (docs/architecture.md).",
     ),
     "max_body_bytes": Setting(
         "ANALYTICS_MAX_BODY_BYTES",
