@@ -549,3 +549,21 @@ def test_every_cluster_container_has_requests_and_a_memory_limit(cluster: Object
             resources = container["resources"]
             assert resources["requests"], workload["metadata"]["name"]
             assert resources["limits"]["memory"], workload["metadata"]["name"]
+
+
+def test_envoy_upstreams_still_reach_their_targets_in_the_cluster_overlay(cluster: Objects) -> None:
+    """ingest is a StatefulSet there: Envoy's upstream Service must select its pods still."""
+    envoy = yaml.safe_load((ROOT / "gateway" / "envoy.yaml").read_text())
+    services = _of(cluster, "Service")
+    for upstream in envoy["static_resources"]["clusters"]:
+        endpoint = upstream["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+        service = services[endpoint["address"]["socket_address"]["address"]]["spec"]
+        assert service["clusterIP"] == "None"
+        targets = [
+            w["kind"]
+            for w in _workloads(cluster)
+            if _selects(service["selector"], w["spec"]["template"]["metadata"]["labels"])
+            and w["spec"]["template"]["spec"]["containers"][0].get("args", [])[-1:]
+            == [upstream["name"]]
+        ]
+        assert len(targets) == 1, (upstream["name"], targets)
