@@ -1,6 +1,6 @@
 """The REST gateway's module (``cartlytics run --target gateway``): the in-process REST/JSON
 gateway, in front of this process's gRPC server or of the services' own processes
-(``ANALYTICS_GATEWAY_UPSTREAM``).
+(``ANALYTICS_GATEWAY_UPSTREAM``), one or several replicas of each (``open_channel``).
 
 It depends on nothing: run alone it needs the upstream addresses; run beside services it starts
 after the process's gRPC server (``after``) and calls it, and at shutdown stops first, draining

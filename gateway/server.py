@@ -140,7 +140,8 @@ class _Gateway:
         upstreams: Mapping[str, grpc.aio.Channel] | None = None,
     ) -> None:
         self._channel = channel
-        # Per-service channels (microservices mode); services not listed use `channel`.
+        # Per-service channels (microservices mode; one channel balances a service's replicas,
+        # gateway/module.py); services not listed use `channel`.
         self._upstreams = dict(upstreams or {})
         self._routes = routes
         self._limits = limits

@@ -1,7 +1,8 @@
 """REST conformance: the spec's curl examples, status codes, JSON shapes and errors.
 
 Runs against the in-process gateway on both storage backends, and against Envoy (with
-gateway/envoy.yaml) when an ``envoy`` binary is on PATH.
+gateway/envoy.yaml) when an ``envoy`` binary is on PATH. tests/test_replicas.py collects these
+same tests again with its own ``api``: a gateway in front of two ingest and two metrics processes.
 """
 
 from __future__ import annotations
