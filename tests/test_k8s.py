@@ -567,3 +567,13 @@ def test_envoy_upstreams_still_reach_their_targets_in_the_cluster_overlay(cluste
             == [upstream["name"]]
         ]
         assert len(targets) == 1, (upstream["name"], targets)
+
+
+def test_the_cluster_kustomization_uses_every_file_of_its_folder() -> None:
+    kustomization = yaml.safe_load((CLUSTER / "kustomization.yaml").read_text())
+    used = {r for r in kustomization["resources"] if not r.startswith("..")}
+    used |= {f for g in kustomization["configMapGenerator"] for f in g["files"]}
+    present = {p.name for p in CLUSTER.iterdir()} - {"kustomization.yaml"}
+    assert used == present
+    generated = set(gen_k8s.cluster_outputs(gen_k8s.Shape()))
+    assert generated <= present and "scaling.yaml" in present - generated
