@@ -577,3 +577,30 @@ def test_the_cluster_kustomization_uses_every_file_of_its_folder() -> None:
     assert used == present
     generated = set(gen_k8s.cluster_outputs(gen_k8s.Shape()))
     assert generated <= present and "scaling.yaml" in present - generated
+
+
+def test_every_reference_in_the_cluster_overlay_resolves(cluster: Objects) -> None:
+    """Mounts name a volume or claim, ConfigMaps and Secret keys exist, probes name a port."""
+    config_maps = _of(cluster, "ConfigMap")
+    for workload in _workloads(cluster):
+        name, spec = workload["metadata"]["name"], workload["spec"]
+        pod = spec["template"]["spec"]
+        volumes = {v["name"] for v in pod.get("volumes", [])}
+        volumes |= {c["metadata"]["name"] for c in spec.get("volumeClaimTemplates", [])}
+        for volume in pod.get("volumes", []):
+            if "configMap" in volume:
+                assert volume["configMap"]["name"] in config_maps, (name, volume)
+        for container in _containers(pod):
+            for mount in container.get("volumeMounts", []):
+                assert mount["name"] in volumes, (name, mount)
+            for source in container.get("envFrom", []):
+                assert source["configMapRef"]["name"] in config_maps, name
+            for variable in container.get("env", []):
+                secret = variable.get("valueFrom", {}).get("secretKeyRef")
+                if secret:
+                    assert secret["name"] == "cartlytics-keys" and secret["key"] in SECRET_KEYS
+            ports = {p["name"] for p in container.get("ports", [])}
+            for probe in ("readinessProbe", "livenessProbe"):
+                for handler in ("httpGet", "tcpSocket", "grpc"):
+                    port = container.get(probe, {}).get(handler, {}).get("port")
+                    assert port is None or isinstance(port, int) or port in ports, (name, probe)
