@@ -580,9 +580,18 @@ def test_the_cluster_kustomization_uses_every_file_of_its_folder() -> None:
 
 
 def test_every_reference_in_the_cluster_overlay_resolves(cluster: Objects) -> None:
+    check_references(cluster)
+    broken = copy.deepcopy(cluster)
+    keeper = _of(broken, "StatefulSet")["keeper"]["spec"]["template"]["spec"]
+    keeper["volumes"][0]["configMap"]["name"] = "keeper-config"  # without kustomize's hash
+    with pytest.raises(AssertionError):
+        check_references(broken)
+
+
+def check_references(objects: Objects) -> None:
     """Mounts name a volume or claim, ConfigMaps and Secret keys exist, probes name a port."""
-    config_maps = _of(cluster, "ConfigMap")
-    for workload in _workloads(cluster):
+    config_maps = _of(objects, "ConfigMap")
+    for workload in _workloads(objects):
         name, spec = workload["metadata"]["name"], workload["spec"]
         pod = spec["template"]["spec"]
         volumes = {v["name"] for v in pod.get("volumes", [])}
