@@ -36,6 +36,7 @@ from google.protobuf.message import Message
 import cartlytics.gen
 from cartlytics.gen.analytics.options.v1 import options_pb2
 
+from .json_printer import message_to_json_value
 from .pathtemplate import PathTemplate, percent_decode, split_path
 from .status import GatewayError
 
@@ -55,7 +56,6 @@ __all__ = [
 
 HTTP_BODY = "google.api.HttpBody"
 _INVALID = grpc.StatusCode.INVALID_ARGUMENT
-_MAX_SAFE_INTEGER = 2**53
 
 _T = FieldDescriptor
 _INT_RANGES: dict[int, tuple[int, int, str]] = {
@@ -624,23 +624,8 @@ def render_response(route: Route, message: Message) -> Rendered:
 
 def render_json(route: Route, message: Message) -> bytes:
     """Protobuf's JSON mapping, all fields printed, whole doubles as integers, compact."""
-    value: Any = json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
+    value: Any = message_to_json_value(message)  # json_format's mapping, compiled per type
     for fd in route.response_fields:
         fallback: Any = {} if fd.message_type is not None and not fd.is_repeated else None
         value = value.get(fd.json_name, fallback) if isinstance(value, dict) else fallback
-    return json.dumps(
-        whole_numbers_as_ints(value), ensure_ascii=False, separators=(",", ":")
-    ).encode()
-
-
-def whole_numbers_as_ints(value: Any) -> Any:
-    """6578.0 -> 6578 (recursively), for doubles holding whole minor units; exact below 2^53."""
-    if isinstance(value, float):
-        if value.is_integer() and abs(value) < _MAX_SAFE_INTEGER:
-            return int(value)
-        return value
-    if isinstance(value, dict):
-        return {k: whole_numbers_as_ints(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [whole_numbers_as_ints(v) for v in value]
-    return value
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()

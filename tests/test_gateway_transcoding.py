@@ -30,9 +30,10 @@ from cartlytics.gen.analytics.export.v1 import export_pb2_grpc
 from cartlytics.gen.analytics.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from cartlytics.gen.analytics.metrics.v1 import metrics_pb2, metrics_pb2_grpc
 from gateway import RouteTable, create_app, load_routes, routes_from_descriptor_set
+from gateway.json_printer import whole_numbers_as_ints
 from gateway.pathtemplate import PathTemplate, PathTemplateError, split_path
 from gateway.status import GatewayError
-from gateway.transcoding import build_request, render_json, whole_numbers_as_ints
+from gateway.transcoding import build_request, render_json
 
 T = TypeVar("T")
 
