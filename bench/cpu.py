@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.idle import cpu_seconds
+from bench.idle import cpu_seconds, settle
 
 
 def children(pid: int) -> list[int]:
@@ -64,6 +64,15 @@ class Meter:
         service = tree_seconds(self.service_pid) if self.service_pid else {}
         storage = cpu_seconds(self.storage_pid) if self.storage_pid else None
         return Reading(service, storage, time.process_time(), time.perf_counter())
+
+    def settle(self, limit: float = 30.0) -> float:
+        """Wait until the server (and the storage server) is idle: the merges of what the last
+        measure wrote are then not counted in the next one. Returns the seconds waited."""
+        waited = 0.0
+        for pid in (self.service_pid, self.storage_pid):
+            if pid:
+                waited += settle(pid, limit=limit)
+        return round(waited, 1)
 
     def since(self, before: Reading) -> dict[str, float | None]:
         """CPU seconds used since ``before``: service (a child started meanwhile counts from

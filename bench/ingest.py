@@ -173,9 +173,11 @@ async def run_for(
     pool: list[bytes] | None = None,
     meter: Meter | None = None,
 ) -> dict[str, Any]:
-    """``connections`` loops calling ``one`` (False: nothing left to send) for ``seconds``."""
+    """``connections`` loops calling ``one`` (False: nothing left to send) for ``seconds``,
+    once the server is idle (the previous mode's merges not counted in this one)."""
     counter = Counter(pool)
     meter = meter or Meter()
+    settled = meter.settle()
     deadline = time.perf_counter() + seconds
     before = meter.read()
     started = time.perf_counter()
@@ -205,6 +207,7 @@ async def run_for(
         "errors": counter.errors,
         "events_per_second": round(counter.events / elapsed),
         "requests_per_second": round(counter.requests / elapsed),
+        "idle_wait_s": settled,
         **cpu,
         **per_unit_us(cpu, counter.events),
     }

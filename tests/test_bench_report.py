@@ -1,13 +1,22 @@
-"""The benchmark report writer (bench/report.py) on a small synthetic result: no benchmark runs."""
+"""The benchmark's report writer (bench/report.py) on a small synthetic result, and its measuring
+tools: the requests built before the clock (bench/ingest.py), the CPU meter (bench/cpu.py). No
+benchmark runs."""
 
 from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+from google.protobuf import json_format
+
+from bench import ingest
+from bench.cpu import Meter
 from bench.report import machine_info, ratio, render_markdown, write_reports
+from cartlytics.gen.analytics.ingest.v1 import ingest_pb2
 
 
 def synthetic() -> dict[str, Any]:
@@ -242,3 +251,90 @@ def test_machine_info_names_the_machine() -> None:
     info = machine_info()
     assert info["cores"] and info["cpu_model"] and info["platform"] and info["date"]
     assert isinstance(info["git_dirty"], bool)
+
+
+ORDER_ID = re.compile(r"^ord_[0-9a-f]{32}$")
+
+
+def without_order_id(event: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    properties = dict(event.get("properties", {}))
+    order_id = properties.pop("orderId", None)
+    return {**event, "properties": properties}, order_id
+
+
+def test_prebuilt_batches_carry_the_mix_and_every_order_id_once() -> None:
+    requests, batch, templates = 40, 500, ingest.BATCH_TEMPLATES
+    messages = ingest.grpc_batch_messages(requests, batch)
+    bodies = ingest.rest_batch_bodies(requests, batch)
+    assert len(messages) == len(bodies) == requests
+    order_ids: list[str] = []
+    for k, (message, body) in enumerate(zip(messages, bodies, strict=True)):
+        grpc_events = [
+            json_format.MessageToDict(e)
+            for e in ingest_pb2.BatchTrackEventsRequest.FromString(message).events
+        ]
+        rest_events = json.loads(body)["events"]
+        assert len(grpc_events) == len(rest_events) == batch
+        for i, (grpc_event, rest_event) in enumerate(zip(grpc_events, rest_events, strict=True)):
+            # The request's events are template k % templates's: events n = t * batch + i.
+            expected, _ = without_order_id(ingest.make_event((k % templates) * batch + i))
+            for got in (grpc_event, rest_event):
+                event, order_id = without_order_id(got)
+                assert event == expected
+                if got["event"] == "order_completed":
+                    assert order_id is not None and ORDER_ID.match(order_id), order_id
+                    order_ids.append(order_id)
+    # One event in 20 is an order: each protocol's requests carry 40 x 25 distinct orderIds.
+    assert len(order_ids) == 2 * requests * batch // 20
+    assert len(set(order_ids)) == len(order_ids)
+
+
+def test_prebuilt_single_events_repeat_no_order_id() -> None:
+    bodies = [json.loads(b) for b in ingest.single_bodies(3000)]
+    order_ids = [b["properties"]["orderId"] for b in bodies if b["event"] == "order_completed"]
+    assert len(order_ids) == 3000 // 20
+    assert len(set(order_ids)) == len(order_ids) and all(map(ORDER_ID.match, order_ids))
+    for n, body in enumerate(bodies):
+        assert without_order_id(body)[0] == without_order_id(ingest.make_event(n % 1000))[0]
+
+
+BURNER = """
+import sys, time
+sys.stdin.readline()
+start = time.process_time()
+while time.process_time() - start < 0.4:
+    pass
+print(time.process_time() - start, flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_the_meter_counts_the_cpu_of_the_server_s_children() -> None:
+    # A shell whose child burns CPU when told: the meter, given the shell, must count the child
+    # (as it counts cartlytics run's valkey-server).
+    shell = subprocess.Popen(
+        ["sh", "-c", f"{sys.executable} -c '{BURNER}'; true"],  # "; true": no exec, a child
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert shell.stdin is not None and shell.stdout is not None
+    try:
+        meter = Meter(service_pid=shell.pid)
+        deadline = 100
+        while not meter.read().service.keys() - {shell.pid} and deadline:
+            deadline -= 1  # the child is still starting
+            subprocess.run(["sleep", "0.05"], check=True)
+        assert deadline, "the shell's child never showed in /proc"
+        before = meter.read()
+        shell.stdin.write("go\n")
+        shell.stdin.flush()
+        burned = float(shell.stdout.readline())
+        used = meter.since(before)
+    finally:
+        shell.stdin.close()
+        shell.wait(timeout=10)
+    assert used["service_cpu_s"] is not None
+    # /proc counts in clock ticks (10 ms); the child's own reading is the oracle.
+    assert abs(used["service_cpu_s"] - burned) < 0.05, (used, burned)
+    assert used["storage_cpu_s"] is None
