@@ -208,6 +208,7 @@ async def run_for(
         "events_per_second": round(counter.events / elapsed),
         "requests_per_second": round(counter.requests / elapsed),
         "idle_wait_s": settled,
+        "load_average_1min": round(os.getloadavg()[0], 2),  # others' work on a shared machine
         **cpu,
         **per_unit_us(cpu, counter.events),
     }

@@ -65,8 +65,8 @@ STARTED = time.perf_counter()
 
 
 def log(message: str) -> None:
-    elapsed = time.perf_counter() - STARTED
-    print(f"[{elapsed // 60:02.0f}:{elapsed % 60:02.0f}] {message}", file=sys.stderr, flush=True)
+    minutes, seconds = divmod(int(time.perf_counter() - STARTED), 60)
+    print(f"[{minutes:02d}:{seconds:02d}] {message}", file=sys.stderr, flush=True)
 
 
 @dataclass
