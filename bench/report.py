@@ -166,26 +166,26 @@ def issue16_targets(result: Mapping[str, Any]) -> list[dict[str, Any]]:
             )
         )
         singles = [r for r in rows if str(r.get("mode", "")) == "REST single"]
-        for r in singles or [{}]:
-            connections = r.get("connections")
+        planned = (result.get("plan") or {}).get("connections") or ["each number of"]
+        for r in singles or [{"connections": c} for c in planned]:
             out.append(
                 _target(
                     name,
-                    f"REST single events / REST Ping, {_num(connections)} connections",
+                    f"REST single events / REST Ping, {_num(r['connections'])} connections",
                     r.get("ping_ratio"),
                     0.5,
                     "x",
                     detail=(
                         f"{_num(r.get('requests_per_second'))} / "
                         f"{_num(r.get('ping_requests_per_second'))} requests/s"
-                        if r
+                        if "requests_per_second" in r
                         else ""
                     ),
                 )
             )
         freshness = backend.get("freshness") or {}
         for r in freshness.get("rows", []) or [{"view": "sales and realtime"}]:
-            view = str(r.get("view", "")).split()[0]
+            view = str(r.get("view", "")).split(" (")[0]  # "sales (`GET ...`)"
             out.append(
                 _target(
                     name,

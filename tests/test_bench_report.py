@@ -240,6 +240,27 @@ def test_each_issue_16_target_has_its_measure_and_verdict(tmp_path: Path) -> Non
     assert {row[0] for row in targets[2:]} == {"embedded chdb", "any"}
 
 
+def test_a_target_whose_section_failed_is_not_measured() -> None:
+    result = {
+        "plan": {"connections": [8, 64]},
+        "backends": {
+            "chdb": {"ingest": {"error": "bench/reference.py exited with 1"}},
+            "clickhouse-server": {"skipped": "no clickhouse-server binary on PATH"},
+        },
+    }
+    found = tables(render_markdown(result))
+    targets = next(t for t in found if t[0][:2] == ["backend", "target"])
+    assert [(row[1], row[2], row[4]) for row in targets[2:]] == [
+        ("gRPC batches of 500: events/s", "-", "not measured"),
+        ("gRPC batches of 500 / columnar INSERT of the same rows (views attached)", "-",
+         "not measured"),
+        ("REST batches of 500: events/s", "-", "not measured"),
+        ("REST single events / REST Ping, 8 connections", "-", "not measured"),
+        ("REST single events / REST Ping, 64 connections", "-", "not measured"),
+        ("freshness p99, sales and realtime", "-", "not measured"),
+    ]  # fmt: skip
+
+
 def test_ratio_is_figure_over_reference() -> None:
     assert ratio(60, 120) == 0.5
     assert ratio(1, 3) == 0.3333
