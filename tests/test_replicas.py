@@ -124,8 +124,9 @@ def replicas(
         root=tmp_path_factory.mktemp("replicas"),
         key="cak_" + uuid.uuid4().hex,
         clickhouse_url=clickhouse_server.url.replace("/analytics", "/" + database),
-        # What replicas must share besides ClickHouse and Redis: the salt (IP hashes and erasure
-        # records agree) and the limits (docs/architecture.md, "Replicas").
+        # What replicas must share besides ClickHouse, Redis and the bootstrap key (start_system
+        # gives each `key`): the salt (IP hashes and erasure records agree) and the limits
+        # (docs/architecture.md, "Replicas behind the in-process gateway").
         env={
             "REDIS_URL": redis_server.url,
             "ANALYTICS_IP_SALT": uuid.uuid4().hex,
@@ -146,16 +147,9 @@ def replicas(
     try:
         for replica in system.services.values():
             system.start(replica)
-        upstreams = ",".join(
-            f"{service}={'|'.join(r.address for r in system.services.values() if r.target == t)}"
-            for service, t in (
-                ("ingest", "ingest"),
-                ("metrics", "metrics"),
-                ("export", "export,privacy,admin"),
-                ("privacy", "export,privacy,admin"),
-            )
-        )
-        assert "ingest=127.0.0.1:" in upstreams and "|" in upstreams
+        ingest, metrics = ("|".join(r.address for r in system.of(s)) for s in ("ingest", "metrics"))
+        rest = system.services["rest"].address
+        upstreams = f"ingest={ingest},metrics={metrics},export={rest},privacy={rest}"
         system.gateway = start_system(
             system.root / "gateway", system.key, target="gateway",
             extra_env={**system.env, "ANALYTICS_GATEWAY_UPSTREAM": upstreams},
@@ -512,6 +506,13 @@ def test_one_ingest_replica_stopped_under_load_loses_nothing(
     finally:
         load.finish()
         replicas.start(stopped)  # the module's other tests have both replicas again
+    # Back on its port, the replica gets calls again (the gateway retries within a second).
+    deadline = time.monotonic() + 5
+    while stopped.counter("cartlytics_rpc", method=TRACK, code="OK") == 0:
+        assert time.monotonic() < deadline, "the restarted replica gets no call"
+        reply = call("POST", f"{api.http_url}/analytics/event", probe, _order("back", "CZK"))
+        assert reply.status == 201, reply.body
+        time.sleep(0.1)
     refused = Counter(r.code for r in load.refusals)
     assert set(refused) <= {"429", "503"}, refused  # 503: calls the stopped replica had taken
     stored = _eventually(lambda: set(_rows_of(replicas, prefix)), load.acked)
