@@ -137,3 +137,51 @@ def test_client_ids_are_kept_and_checked() -> None:
 
 def test_oversized_event_is_refused() -> None:
     assert _fields(_check("wishlist_added", {"blob": "x" * 40_000})) == ["properties"]
+
+
+def _size(value: Any) -> int:
+    """The size rule's measure: json.dumps' default text (docs/semantics.md, "Limits")."""
+    import json
+
+    return len(json.dumps(value))
+
+
+@pytest.mark.parametrize("limit", [64, 200, 1_000, 32_768])
+@pytest.mark.parametrize(
+    "content",
+    [
+        "a",  # ASCII: one character either way
+        "\U0001f600",  # astral: 1 character compact, 12 as json.dumps escapes it
+        "é",  # BMP: 1 compact, 6 escaped
+    ],
+)
+def test_the_size_rule_is_exact_at_its_boundary(limit: int, content: str) -> None:
+    """An event is refused exactly when properties and context, printed as json.dumps prints
+    them, exceed the limit: at the boundary, with separators and escaped characters, and where
+    the compact text is far shorter than the printed one."""
+    context = {"page": {"path": "/x"}}
+
+    def props_of(repeat: int) -> dict[str, Any]:
+        return {"productId": "p", "s": content * repeat, "list": [1, {"k": "v"}]}
+
+    # Around the repeat count where the printed size passes the limit, and none at all.
+    boundary = (limit - _size(props_of(0)) - _size(context)) // (_size(content) - 2)
+    for repeat in [0, *range(max(0, boundary - 3), boundary + 4)]:
+        props = props_of(repeat)
+        outcome = validate(
+            IncomingEvent(event="product_view", user_id="u", properties=props, context=context),
+            NOW,
+            lambda: "evt_new",
+            max_event_bytes=limit,
+        )
+        refused = isinstance(outcome, list) and "properties" in _fields(outcome)
+        assert refused == (_size(props) + _size(context) > limit), (limit, repeat)
+        if not refused:
+            assert isinstance(outcome, ValidEvent)
+            assert outcome.properties_json == json_text(props)
+
+
+def json_text(value: Any) -> str:
+    import json
+
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))

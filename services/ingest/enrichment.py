@@ -44,6 +44,8 @@ CAMPAIGN_KEYS = {
     "content": "content",
 }
 
+_CAMPAIGN_ITEMS = tuple(CAMPAIGN_KEYS.items())
+
 # Automated clients that ua-parser does not classify as "Spider" (it does catch Googlebot, bingbot,
 # GPTBot, ...). Whole words only, so that phone makers such as Cubot are not taken for bots.
 BOT_MARKERS = re.compile(
@@ -118,8 +120,8 @@ def enrich(
     invalid. Any ``ip_mode`` but "hash", and an empty salt, keep nothing of the IP: an unsalted hash
     of an IPv4 address is reversed by trying all 2**32 of them.
     """
-    props = properties if isinstance(properties, Mapping) else {}
-    ctx = context if isinstance(context, Mapping) else {}
+    props = _mapping(properties)
+    ctx = _mapping(context)
     device, browser, os = describe_user_agent(ctx.get("userAgent"))
     location = _mapping(ctx.get("location"))
     utm = _utm(props, ctx)
@@ -240,10 +242,23 @@ def _device(user_agent: str, spider: bool) -> str:
 def _ip_hash(context_ip: object, client_ip: object, salt: object, mode: object) -> str:
     if mode != "hash" or not isinstance(salt, bytes | bytearray) or not salt:
         return ""
-    address = _ip(context_ip) or _ip(client_ip)
+    salt = bytes(salt)
+    if isinstance(context_ip, str):
+        found = _hash_of(context_ip, salt)
+        if found:
+            return found
+    return _hash_of(client_ip, salt) if isinstance(client_ip, str) else ""
+
+
+@lru_cache(maxsize=16384)
+def _hash_of(value: str, salt: bytes) -> str:
+    """The salted hash of an address's canonical text ("" for no valid address). Cached: a shop's
+    shoppers send many events each, and parsing plus HMAC cost more than the rest of enrichment.
+    The cache holds hashes only of addresses already seen, keyed by what was sent."""
+    address = _ip(value)
     if not address:
         return ""
-    digest = hmac.new(bytes(salt), address.encode(), hashlib.sha256).hexdigest()
+    digest = hmac.new(salt, address.encode(), hashlib.sha256).hexdigest()
     return digest[:IP_HASH_HEX_CHARS]
 
 
@@ -271,9 +286,12 @@ def _utm(props: Mapping[str, Any], ctx: Mapping[str, Any]) -> dict[str, str]:
     """From context.campaign when it has any field (the SDK read it off the landing URL), else
     from the page URL's utm_* parameters; never a mix of both."""
     campaign = _mapping(ctx.get("campaign"))
-    utm = {name: _text(campaign.get(key), MAX_UTM_LENGTH) for name, key in CAMPAIGN_KEYS.items()}
-    if any(utm.values()):
-        return utm
+    if campaign:
+        utm = {
+            name: _text(campaign.get(key), MAX_UTM_LENGTH) for name, key in CAMPAIGN_KEYS.items()
+        }
+        if any(utm.values()):
+            return utm
     page = ctx.get("page")
     candidates = (
         _mapping(page).get("url"),
@@ -283,10 +301,11 @@ def _utm(props: Mapping[str, Any], ctx: Mapping[str, Any]) -> dict[str, str]:
         props.get("page"),
     )
     for url in candidates:
-        found = _utm_from_url(url)
-        if any(found.values()):
-            return found
-    return utm
+        if isinstance(url, str) and "?" in url:  # no query, no utm_* (most events)
+            found = _utm_from_url(url)
+            if any(found.values()):
+                return found
+    return dict.fromkeys(CAMPAIGN_KEYS, "")
 
 
 def _utm_from_url(url: object) -> dict[str, str]:
@@ -335,7 +354,13 @@ def _host(url: str) -> str:
 
 def _without_ip(ctx: Mapping[str, Any]) -> dict[str, Any]:
     """A copy to store with every "ip" key removed at any depth; iterative, so no nesting depth
-    can exhaust the stack, and a container reached twice (or cyclically) is copied once."""
+    can exhaust the stack, and a container reached twice (or cyclically) is copied once. A
+    context of plain, flat values without such a key (most) is copied in one step."""
+    if type(ctx) is dict and not any(
+        type(value) in _CONTAINERS or (key.lower() == "ip" if isinstance(key, str) else False)
+        for key, value in ctx.items()
+    ):
+        return dict(ctx)
     root: dict[str, Any] = {}
     copies: dict[int, Any] = {id(ctx): root}
     pending: list[tuple[Mapping[Any, Any] | list[Any] | tuple[Any, ...], Any]] = [(ctx, root)]
@@ -357,8 +382,17 @@ def _without_ip(ctx: Mapping[str, Any]) -> dict[str, Any]:
     return root
 
 
+_CONTAINERS = (dict, list, tuple)
+
+
 def _mapping(value: object) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
+    # dict first: decoded JSON is made of dicts, and the ABC check costs more than the rest.
+    if type(value) is dict or isinstance(value, Mapping):
+        return value
+    return _EMPTY
+
+
+_EMPTY: Mapping[str, Any] = {}
 
 
 def _text(value: object, limit: int) -> str:

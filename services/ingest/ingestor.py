@@ -10,7 +10,7 @@ twice. Redis (dedup window, realtime counters) is optional: without it ingestion
 
 from __future__ import annotations
 
-import json
+import os
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -33,7 +33,7 @@ from .enrichment import Enrichment, enrich
 from .idempotency import Ack, IdempotencyWindow
 from .ingest_log import IngestLog, LogFull
 from .log_writer import LogRecord, LogWriter
-from .validation import MAX_EVENT_BYTES, IncomingEvent, ValidEvent, validate
+from .validation import MAX_EVENT_BYTES, IncomingEvent, ValidEvent, compact_json, validate
 
 EVENTS = TableSpec(
     "events",
@@ -73,8 +73,19 @@ log = structlog.get_logger(__name__)
 IN_FLIGHT = "an event with this id is being stored by another request; retry"
 
 
+_IDS_PER_DRAW = 256
+_fresh_ids: list[str] = []
+# A forked child must not hand out the ids its parent drew.
+os.register_at_fork(after_in_child=_fresh_ids.clear)
+
+
 def new_event_id() -> str:
-    return "evt_" + secrets.token_hex(12)
+    """``evt_`` and 24 random hex digits (96 bits from the OS's CSPRNG), drawn 256 at a time:
+    one system call per id was a tenth of validating an event."""
+    if not _fresh_ids:
+        raw = secrets.token_hex(12 * _IDS_PER_DRAW)
+        _fresh_ids.extend("evt_" + raw[i : i + 24] for i in range(0, len(raw), 24))
+    return _fresh_ids.pop()
 
 
 @dataclass(frozen=True)
@@ -103,15 +114,12 @@ class IngestLimits:
     ip_mode: str = "hash"
 
 
-def _compact(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
 def _event_row(project_id: str, e: ValidEvent, extra: Enrichment) -> tuple[Any, ...]:
     return (
         project_id, e.id, e.event, e.timestamp, e.received_at, e.user_id, e.anonymous_id,
         e.session_id, e.visitor_id, e.order_id, e.total, e.currency, e.product_id, e.page,
-        _compact(e.properties), _compact(extra.context), extra.device, extra.browser, extra.os,
+        e.properties_json or compact_json(e.properties), compact_json(extra.context),
+        extra.device, extra.browser, extra.os,
         extra.ip_hash, extra.country, extra.region, extra.utm_source, extra.utm_medium,
         extra.utm_campaign, extra.utm_term, extra.utm_content, extra.referrer_host,
     )  # fmt: skip

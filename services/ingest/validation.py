@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from cartlytics.common.errors import FieldViolation
 from cartlytics.common.money import is_currency
@@ -66,9 +66,10 @@ class LineItem:
     quantity: int
 
 
-@dataclass(frozen=True)
-class ValidEvent:
-    """An event that passed every rule, with its typed commerce fields extracted."""
+class ValidEvent(NamedTuple):
+    """An event that passed every rule, with its typed commerce fields extracted. Immutable; a
+    NamedTuple rather than a frozen dataclass, whose __init__ sets each of these fields through
+    object.__setattr__ (a fifth of validating an event)."""
 
     id: str
     event: str
@@ -87,6 +88,8 @@ class ValidEvent:
     context: dict[str, Any]
     line_items: tuple[LineItem, ...]
     client_id: bool  # the id came from the client (so a retry may repeat it)
+    # ``properties`` as compact JSON (the text stored), made once while checking the size.
+    properties_json: str = ""
 
 
 class _Checker:
@@ -268,10 +271,22 @@ def _bad_number(item: Any) -> bool:
 
 
 def _any_bad_number(value: Any) -> bool:
+    # Exact types first (decoded JSON holds nothing else), then the general checks; this runs
+    # over every value of every event.
     stack = [value]
     while stack:
         item = stack.pop()
-        if isinstance(item, dict):
+        kind = type(item)
+        if kind is str or item is None or kind is bool:
+            continue
+        if kind is dict:
+            stack.extend(item.values())
+        elif kind is list:
+            stack.extend(item)
+        elif kind is int:
+            if not -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
+                return True
+        elif isinstance(item, dict):
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
@@ -341,6 +356,24 @@ def _event_time(
     return timestamp
 
 
+def compact_json(value: Any) -> str:
+    """The JSON text stored for ``properties`` and ``context``."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _too_large(properties_json: str, incoming: IncomingEvent, max_event_bytes: int) -> bool:
+    """The size rule: ``properties`` and ``context`` as ``json.dumps`` prints them by default
+    (", " and ": " between items, non-ASCII characters as \\u escapes) take more than
+    ``max_event_bytes`` characters. That text is at most 12 characters for each character of the
+    compact one (an escaped astral character; a separator gains one), so it is printed only
+    when the compact text is long enough for the rule to matter."""
+    compact = len(properties_json) + len(compact_json(incoming.context))
+    if compact * 12 <= max_event_bytes:
+        return False
+    size = len(json.dumps(incoming.properties)) + len(json.dumps(incoming.context))
+    return size > max_event_bytes
+
+
 def validate(
     incoming: IncomingEvent,
     received_at: datetime,
@@ -358,8 +391,8 @@ def validate(
         )
     _check_identity(incoming, violations)
     timestamp = _event_time(incoming, received_at, violations)
-    size = len(json.dumps(incoming.properties)) + len(json.dumps(incoming.context))
-    if size > max_event_bytes:
+    properties_json = compact_json(incoming.properties)
+    if _too_large(properties_json, incoming, max_event_bytes):
         violations.append(
             FieldViolation("properties", f"event must be at most {max_event_bytes} bytes")
         )
@@ -402,4 +435,5 @@ def validate(
         context=incoming.context,
         line_items=line_items,
         client_id=bool(incoming.id),
+        properties_json=properties_json,
     )
