@@ -79,9 +79,17 @@ async def start(runtime: Runtime) -> Stop:
         *grpc_message_options(config),
         *GATEWAY_RECONNECT_OPTIONS,
     ]
-    channel = open_channel(default, options)
+    # One channel per list of addresses: services served by the same processes share it.
+    channels: dict[tuple[str, ...], aio.Channel] = {}
+
+    def channel_to(addresses: tuple[str, ...]) -> aio.Channel:
+        if addresses not in channels:
+            channels[addresses] = open_channel(addresses, options)
+        return channels[addresses]
+
+    channel = channel_to(default)
     upstreams = {
-        svc.full_name: open_channel(per_service[svc.full_name.split(".")[1]], options)
+        svc.full_name: channel_to(per_service[svc.full_name.split(".")[1]])
         for svc in catalog.services()
         if svc.full_name.split(".")[1] in per_service
     }
@@ -97,7 +105,6 @@ async def start(runtime: Runtime) -> Stop:
     app = create_app(
         channel, upstreams=upstreams, limits=limits, cors=CorsPolicy.parse(config.cors_origins)
     )
-    channels = [channel, *upstreams.values()]
     # The gateway stops first: it waits for its requests in flight up to the grace period
     # (aiohttp's default is 60 s); the gRPC server then drains with what is left of it.
     runner = GatewayRunner(
@@ -106,8 +113,8 @@ async def start(runtime: Runtime) -> Stop:
 
     async def stop() -> None:
         await runner.cleanup()
-        for open_channel in channels:
-            await open_channel.close()
+        for each in channels.values():
+            await each.close()
 
     try:
         await runner.setup()
