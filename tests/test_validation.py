@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from cartlytics.common.errors import FieldViolation
-from services.ingest.validation import IncomingEvent, ValidEvent, validate
+from services.ingest.validation import IncomingEvent, ValidEvent, compact_json, validate
 
 NOW = datetime(2024, 1, 15, 10, 36, tzinfo=UTC)
 
@@ -185,3 +185,31 @@ def json_text(value: Any) -> str:
     import json
 
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {},
+        {"a": 1, "b": [1, 2.5, -0.0, 1e20, 1e-7, float("nan"), float("inf"), -float("inf")]},
+        {"é": "ü 漢 \U0001f600", "lone": "\ud800", "ctl": '\n\t\x00"\\/'},
+        {"deep": [[[{"x": None, "y": True, "z": False}]]], "big": 10**40, "neg": -(2**63)},
+        {1: "int key", "s": "x" * 1000},
+    ],
+)
+def test_compact_json_is_json_dumps_compact_text(value: dict[Any, Any]) -> None:
+    """The stored text is exactly what json.dumps prints with these options (the fast encoder
+    must not change a stored byte)."""
+    import json
+
+    assert compact_json(value) == json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def test_compact_json_refuses_what_json_dumps_refuses() -> None:
+    import json
+
+    for value in ({"x": object()}, {"s": {1, 2}}):
+        with pytest.raises(TypeError):
+            json.dumps(value)
+        with pytest.raises(TypeError):
+            compact_json(value)

@@ -7,6 +7,7 @@ Plain Python over plain data, so the rules are testable without gRPC. Every refu
 from __future__ import annotations
 
 import json
+import json.encoder
 import math
 import re
 from collections.abc import Callable
@@ -356,9 +357,30 @@ def _event_time(
     return timestamp
 
 
+def _compact_encoder() -> Callable[[Any, int], Any] | None:
+    """CPython's C encoder, made once: ``json.dumps`` builds a JSONEncoder and a C encoder on
+    every call whenever it is given options (two thirds of its time for an event's properties).
+    No circular-reference markers: decoded JSON (or a Struct) cannot hold a cycle, and the C
+    encoder still stops at the interpreter's recursion limit."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # an interpreter without the C accelerator: json.dumps then
+        return None
+    plain = json.JSONEncoder()
+    encoder: Callable[[Any, int], Any] = make(
+        None, plain.default, json.encoder.encode_basestring, None, ":", ",", False, False, True
+    )
+    return encoder
+
+
+_COMPACT = _compact_encoder()
+
+
 def compact_json(value: Any) -> str:
-    """The JSON text stored for ``properties`` and ``context``."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    """The JSON text stored for ``properties`` and ``context``: ``json.dumps(value,
+    ensure_ascii=False, separators=(",", ":"))``, the same text, faster."""
+    if _COMPACT is None:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return "".join(_COMPACT(value, 0))
 
 
 def _too_large(properties_json: str, incoming: IncomingEvent, max_event_bytes: int) -> bool:
