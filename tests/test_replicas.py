@@ -266,6 +266,9 @@ def test_calls_are_spread_over_both_replicas_of_a_service(replicas: Replicas) ->
         assert sum(served) == calls, (method, served)
         # Round-robin over two healthy replicas: about half each (a quarter at the very least).
         assert min(served) >= calls / 4, (method, served)
+    # Written by two processes, read by two others: one store.
+    expected = (calls, 100 * calls)  # every order of 100, each counted once
+    assert _eventually(lambda: _sales(replicas, key, "SEK"), expected) == expected
 
 
 # ---------------------------------------------------------------------------------------------
