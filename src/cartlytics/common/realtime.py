@@ -100,7 +100,7 @@ import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 from zoneinfo import ZoneInfo
 
 import redis.asyncio as aioredis
@@ -153,9 +153,9 @@ STALE_KEY = "rt:{.meta}:stale"
 _K = TypeVar("_K")
 
 
-@dataclass(frozen=True)
-class RealtimeEvent:
-    """The part of an accepted event the realtime counters need."""
+class RealtimeEvent(NamedTuple):
+    """The part of an accepted event the realtime counters need. A NamedTuple: the log writer
+    makes one per stored event, and a frozen dataclass's __init__ costs several times more."""
 
     event_id: str
     event: str  # e.g. "page_view", "order_completed"
