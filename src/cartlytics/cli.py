@@ -52,7 +52,7 @@ def _migrate(args: argparse.Namespace, config: Config) -> int:
     from cartlytics.common.storage.migrations import Irreversible
 
     secure_data_dir(config.data_dir)  # the embedded store is made here on a first migrate
-    storage = open_storage(config.clickhouse_url, config.data_dir)
+    storage = open_storage(config.clickhouse_url, config.data_dir, config.clickhouse_cluster)
     try:
         if args.down_to is not None:
             try:

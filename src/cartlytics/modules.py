@@ -55,7 +55,9 @@ log = structlog.get_logger("cartlytics")
 
 async def init_storage(runtime: Runtime) -> Stop:
     config = runtime.config
-    storage = await asyncio.to_thread(open_storage, config.clickhouse_url, config.data_dir)
+    storage = await asyncio.to_thread(
+        open_storage, config.clickhouse_url, config.data_dir, config.clickhouse_cluster
+    )
     if config.migrate_on_start:
         applied = await asyncio.to_thread(storage.migrate)
     else:

@@ -70,7 +70,7 @@ class Storage:
         # duplicate-order check and order_dups inserts alongside it.
         self._ingest_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="storage-ingest")
         # The people snapshot a query names (current_snapshot.py), looked up when it needs one.
-        self.snapshot = CurrentSnapshot(backend.execute)
+        self.snapshot = CurrentSnapshot(backend.execute, cluster=bool(backend.layout.cluster))
         # Awaited before every read but the ingest path's own: with the ingest log on, the log
         # writer's ``caught_up`` (a read sees every event acknowledged before it started).
         self.read_barrier: Callable[[], Awaitable[None]] | None = None
@@ -173,14 +173,14 @@ class Storage:
         """Apply every migration not yet recorded (of ``migrations``, by default all of them);
         return the versions applied now."""
         migrations = schema.MIGRATIONS if migrations is None else migrations
-        self.backend.execute(SCHEMA_MIGRATIONS.text)
+        self._execute_ddl(SCHEMA_MIGRATIONS.text)
         pending = set(self.pending_migrations(migrations))
         applied = []
         for migration in migrations:
             if migration.version not in pending:
                 continue
             for statement in migration.render(self.backend.types):
-                self.backend.execute(statement)
+                self._execute_ddl(statement)
             if migration.repair_after and pending != {m.version for m in migrations}:
                 # Not on a new store (nothing to repair); see Migration.repair_after.
                 from .repair import repair_rollups  # built from commerce's rollups, imported here
@@ -218,11 +218,21 @@ class Storage:
         for version in undo:
             migration = known[version]
             for statement in migration.render_backward(self.backend.types):
-                self.backend.execute(statement)
+                self._execute_ddl(statement)
             self._forget(version)
             log.info("migration undone", version=version, name=migration.name)
             undone.append(version)
         return undone
+
+    def _execute_ddl(self, statement: str) -> None:
+        """A migration's statement, as this store's layout makes it (layout.py)."""
+        for sql in self.backend.layout.statements(statement):
+            self.backend.execute(sql)
+
+    @property
+    def cluster(self) -> str:
+        """The ClickHouse cluster's name in cluster mode, else empty."""
+        return self.backend.layout.cluster
 
     def _forget(self, version: int, timeout: float = 60) -> None:
         """Delete ``version``'s row of schema_migrations and wait until it is gone (a mutation:
@@ -261,8 +271,10 @@ class Storage:
         self.backend.close()
 
 
-def open_storage(clickhouse_url: str, data_dir: Path) -> Storage:
-    return Storage(open_backend(clickhouse_url, data_dir))
+def open_storage(clickhouse_url: str, data_dir: Path, cluster: str = "") -> Storage:
+    """The store at ``clickhouse_url`` (a node of ``cluster`` in cluster mode), else chdb under
+    ``data_dir``."""
+    return Storage(open_backend(clickhouse_url, data_dir, cluster))
 
 
 class BlockStream(Protocol[B_co]):

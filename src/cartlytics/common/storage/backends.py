@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
 
+from .layout import SINGLE, Layout, layout_for
 from .migrations import CLASSIC_TYPES, MODERN_TYPES
-from .sql import Row
+from .sql import Row, literal
 
 
 class StorageError(Exception):
@@ -40,6 +41,8 @@ class Backend(Protocol):
     interrupted: bool
     """The last process that used this store stopped in the middle of its writes, maybe (chdb:
     it never closed it; the engine died with it). Its rollups need ``repair.repair_rollups``."""
+    layout: Layout
+    """How tables are made here (layout.py): as written, or sharded and replicated."""
 
     def execute(self, sql: str) -> list[Row]: ...
 
@@ -98,6 +101,7 @@ ARROW_MIN_ROWS = 200  # measured: below this JSONEachRow's lower fixed cost wins
 class ChdbBackend:
     name = "chdb"
     types = MODERN_TYPES
+    layout: Layout = SINGLE
 
     def __init__(self, path: Path, database: str = "analytics") -> None:
         from chdb import session  # imported here: the server backend must not need it
@@ -298,11 +302,50 @@ def _plain(value: Any) -> Any:
     return value
 
 
+CLUSTER_SETTINGS: dict[str, Any] = {
+    # An INSERT into a Distributed table returns once its rows are on their shards (written on
+    # one replica of each), not once queued on this node's disk to be sent later.
+    "insert_distributed_sync": 1,
+    # Replicated tables drop a block identical to one of the last 100 inserted: two orders of
+    # one currency, quarter hour and total make identical sales_15m blocks. Every row counts.
+    "insert_deduplicate": 0,
+    # Each shard's first replica that is up takes every read and write: a read sees what was
+    # acknowledged before it, whatever replication lags; a replica still catching up (back from
+    # an outage) is passed over while more than a second behind.
+    "load_balancing": "in_order",
+    "max_replica_delay_for_distributed_queries": 1,
+    # IN and JOIN subqueries over Distributed tables are run once, whole, and sent to the shards
+    # (GLOBAL), never each shard against its own part.
+    "distributed_product_mode": "global",
+}
+"""What a cluster's client sets on every query (docs/cluster.md)."""
+
+
+UNREACHABLE_CODES = frozenset({
+    209,  # SOCKET_TIMEOUT: a shard (or replica) did not answer in time
+    210,  # NETWORK_ERROR: a shard refused the connection
+    279,  # ALL_CONNECTION_TRIES_FAILED: no replica of a shard answered
+    242,  # TABLE_IS_READ_ONLY: a replicated table without ZooKeeper takes no writes
+    225,  # NO_ZOOKEEPER
+    999,  # KEEPER_EXCEPTION: ZooKeeper lost or unreachable
+    319,  # UNKNOWN_STATUS_OF_INSERT: ZooKeeper lost during an INSERT (sent again, ids dedupe)
+})  # fmt: skip
+"""The server's errors that say another server is out of reach, not that the statement is
+wrong: they reach callers as ``StorageUnavailable`` (503, retried), as the server itself down
+does. Only a cluster (Distributed and replicated tables) raises them."""
+
+
+def _server_error(exc: Exception) -> StorageError:
+    if getattr(exc, "code", None) in UNREACHABLE_CODES:
+        return StorageUnavailable(str(exc))
+    return StorageError(str(exc))
+
+
 class ServerBackend:
     name = "clickhouse"
     interrupted = False  # a server finishes or drops a whole INSERT, whatever its client does
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, cluster: str = "") -> None:
         parsed = urlparse(url)
         if parsed.scheme not in ("clickhouse", "tcp"):
             raise ValueError("CLICKHOUSE_URL must look like clickhouse://user:pass@host:9000/db")
@@ -316,12 +359,28 @@ class ServerBackend:
             "send_receive_timeout": 60,
             "settings": {"strings_encoding": "utf-8"},
         }
+        # Settings of every query, beside the driver's own (cluster mode only).
+        self._settings: dict[str, Any] = dict(CLUSTER_SETTINGS) if cluster else {}
+        self._params["settings"].update(self._settings)
         self._local = threading.local()
         self._clients: list[Any] = []
         self._clients_lock = threading.Lock()
+        self.layout = layout_for(cluster, self._database)
         admin = self._new_client(database="default")
-        self._run(admin, f"CREATE DATABASE IF NOT EXISTS {self._database}")
+        if cluster:
+            self._check_cluster(admin, cluster)
+        on_cluster = f" ON CLUSTER {cluster}" if cluster else ""
+        self._run(admin, f"CREATE DATABASE IF NOT EXISTS {self._database}{on_cluster}")
         self.types = CLASSIC_TYPES if self._server_major() < 20 else MODERN_TYPES
+
+    def _check_cluster(self, client: Any, cluster: str) -> None:
+        rows = self._run(
+            client, f"SELECT count() FROM system.clusters WHERE cluster = {literal(cluster)}"
+        )
+        if not rows[0][0]:
+            raise ValueError(
+                f"CLICKHOUSE_CLUSTER={cluster}: the server's remote_servers has no such cluster"
+            )
 
     def _new_client(self, database: str) -> Any:
         from clickhouse_driver import Client
@@ -350,7 +409,7 @@ class ServerBackend:
             client.disconnect()
             raise StorageUnavailable(str(exc)) from exc
         except errors.Error as exc:
-            raise StorageError(str(exc)) from exc
+            raise _server_error(exc) from exc
 
     def _server_major(self) -> int:
         version = str(self.execute("SELECT version()")[0][0])
@@ -391,7 +450,7 @@ class ServerBackend:
         """As ``open_stream``, the values kept as the server's bytes (no decoding per row)."""
         from clickhouse_driver import Client
 
-        params = {**self._params, "settings": {"strings_as_bytes": True}}
+        params = {**self._params, "settings": {"strings_as_bytes": True, **self._settings}}
         client = Client(database=self._database, **params)
         rows = client.execute_iter(sql, settings={"max_block_size": block_rows})
         return _ServerTextStream(_ServerStream(client, rows, block_rows))
@@ -418,7 +477,7 @@ class _ServerStream:
             raise StorageUnavailable(str(exc)) from exc
         except errors.Error as exc:
             self.close()
-            raise StorageError(str(exc)) from exc
+            raise _server_error(exc) from exc
         if not block:
             self.close()
             return None
@@ -457,8 +516,11 @@ class _ServerTextStream:
         self._rows.close()
 
 
-def open_backend(clickhouse_url: str, data_dir: Path) -> Backend:
-    """The server backend when a URL is configured, else chdb under ``data_dir/clickhouse``."""
+def open_backend(clickhouse_url: str, data_dir: Path, cluster: str = "") -> Backend:
+    """The server backend when a URL is configured (the node of cluster ``cluster`` it names,
+    if any), else chdb under ``data_dir/clickhouse``."""
     if clickhouse_url:
-        return ServerBackend(clickhouse_url)
+        return ServerBackend(clickhouse_url, cluster)
+    if cluster:
+        raise ValueError("CLICKHOUSE_CLUSTER needs CLICKHOUSE_URL (a node of the cluster)")
     return ChdbBackend(data_dir / "clickhouse")

@@ -50,6 +50,12 @@ def snapshot_values(version: int, block: int) -> dict[str, Any]:
     }
 
 
+EVERY_PART = -1
+"""The block of cluster mode, which builds no snapshot: every part of ``people`` is read as
+changes, including a replicated table's first, whose block numbers start at 0 (a single
+server's start at 1, so block 0 covers them all there)."""
+
+
 def missing(error: Exception) -> bool:
     """Whether ``error`` is a query's snapshot table gone (ClickHouse's UNKNOWN_TABLE, 60)."""
     text = str(error)
@@ -57,15 +63,21 @@ def missing(error: Exception) -> bool:
 
 
 class CurrentSnapshot:
-    """A store's current build, looked up through ``execute`` and reused for a second."""
+    """A store's current build, looked up through ``execute`` and reused for a second; in cluster
+    mode (``cluster``) none: the fixed empty tables, and every part of ``people`` as changes."""
 
-    def __init__(self, execute: Callable[[str], Sequence[Sequence[Any]]]) -> None:
+    def __init__(
+        self, execute: Callable[[str], Sequence[Sequence[Any]]], cluster: bool = False
+    ) -> None:
         self._execute = execute
+        self._cluster = cluster
         self._lock = threading.Lock()
         self._values: dict[str, Any] | None = None
         self._looked_up = 0.0
 
     def values(self) -> dict[str, Any]:
+        if self._cluster:
+            return {**snapshot_values(0, 0), "snapshot_block": EVERY_PART}
         with self._lock:
             now = time.monotonic()
             if self._values is None or now - self._looked_up >= LOOKUP_SECONDS:

@@ -150,7 +150,9 @@ class PeopleSnapshot:
         return int(str(rows or 0))
 
     def due(self, now: float | None = None) -> bool:
-        """Whether the keeper should rebuild now."""
+        """Whether the keeper should rebuild now (never in cluster mode: see ``rebuild``)."""
+        if self._storage.cluster:
+            return False
         state = self.state()
         newer = self.newer_rows(state.block)
         if newer == 0:
@@ -161,7 +163,11 @@ class PeopleSnapshot:
     def rebuild(self) -> Rebuilt | None:
         """Build a snapshot of ``people`` as it is and record it; None when two devices share a
         hash or another build or an invalidation was recorded meanwhile (readers stay exact
-        either way)."""
+        either way). None in cluster mode: a build is made of one node's ``Join`` tables and
+        block numbers of one ``people`` table, neither of which a cluster has (readers there hash
+        every row of ``people`` per query, exact; docs/cluster.md)."""
+        if self._storage.cluster:
+            return None
         started = time.monotonic()
         with _LOCK:
             version = time.time_ns()
