@@ -39,6 +39,7 @@ from grpc_health.v1 import health_pb2
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cartlytics.common.config import SETTINGS
+from cartlytics.common.interceptors import SUCCESS_CODE_KNOWN_KEY
 
 from . import dashboard, metrics
 from .cors import CorsPolicy
@@ -288,7 +289,8 @@ class _Gateway:
         rendered = render_response(route, reply)
         headers = _response_headers(request_id, initial, trailing)
         headers["Content-Type"] = rendered.content_type
-        return web.Response(status=_success_status(initial), body=rendered.body, headers=headers)
+        status = _success_status(initial, route.success_code)
+        return web.Response(status=status, body=rendered.body, headers=headers)
 
     async def _server_stream(
         self,
@@ -313,7 +315,7 @@ class _Gateway:
             except grpc.aio.AioRpcError as err:
                 return self._rpc_error(err, outcome, request_id)
             initial = await call.initial_metadata()
-            status = _success_status(initial)
+            status = _success_status(initial, route.success_code)
             headers = _response_headers(request_id, initial, ())
             if first is grpc.aio.EOF:
                 headers["Content-Type"] = "application/octet-stream" if raw else JSON_CONTENT_TYPE
@@ -616,7 +618,7 @@ def _request_id(request: web.Request) -> str:
 
 def _outgoing_metadata(request: web.Request, request_id: str) -> tuple[tuple[str, str], ...]:
     """The gRPC metadata for the call: an allowlist, never the client's headers wholesale."""
-    metadata = [("x-request-id", request_id)]
+    metadata = [("x-request-id", request_id), (SUCCESS_CODE_KNOWN_KEY, "gateway")]
     for name in FORWARDED_REQUEST_HEADERS:
         value = request.headers.get(name)
         if value and _valid_metadata_value(value):
@@ -646,14 +648,16 @@ def _response_headers(request_id: str, *metadata: _Metadata | None) -> dict[str,
     return headers
 
 
-def _success_status(initial: _Metadata | None) -> int:
-    """200, or the 2xx the service asked for with `x-http-code` (Envoy's Lua filter does this)."""
+def _success_status(initial: _Metadata | None, route_code: int) -> int:
+    """The 2xx the service asked for with `x-http-code` (Envoy's Lua filter does this), else the
+    route's own `http_success_code` (the service leaves it to this gateway, which says so with
+    SUCCESS_CODE_KNOWN_KEY), else 200."""
     for key, value in initial or ():
         if key == _SUCCESS_CODE_KEY and isinstance(value, str) and _STATUS_TEXT.fullmatch(value):
             code = int(value)
             if 200 <= code <= 299:
                 return code
-    return 200
+    return route_code if 200 <= route_code <= 299 else 200
 
 
 def _json_error(

@@ -102,8 +102,9 @@ class Route:
     response_body: str
     response_fields: tuple[FieldDescriptor, ...]
     success_code: int
-    """`(analytics.options.v1.http_success_code)`, 0 when unset. Informative only: like Envoy,
-    the gateway answers with the `x-http-code` the service sends, so both gateways agree."""
+    """`(analytics.options.v1.http_success_code)`, 0 when unset. The gateway answers with it
+    (and the service, told so by metadata, does not send it); an `x-http-code` the service sends
+    anyway wins, as it does in Envoy's Lua filter, so both gateways agree."""
 
     @property
     def grpc_path(self) -> str:

@@ -66,6 +66,10 @@ def test_grpc_calls_need_a_key_and_get_rich_errors(system: System) -> None:
         json_reply, call_ = stub.TrackEventJson.with_call(body, metadata=metadata, timeout=5)
         assert json_reply.result.id.startswith("evt_")
         assert ("x-http-code", "201") in [(m.key, m.value) for m in call_.initial_metadata()]
+        # The in-process gateway knows the code from the same option and says so: no header.
+        told = (*metadata, ("x-cartlytics-success-code", "gateway"))
+        _, call_ = stub.TrackEventJson.with_call(body, metadata=told, timeout=5)
+        assert "x-http-code" not in [m.key for m in call_.initial_metadata()]
         bad = ingest_pb2.TrackEventRequest(event=_order("o_grpc_2", 100, "usd"))
         with pytest.raises(grpc.RpcError) as refused:
             stub.TrackEvent(bad, metadata=metadata, timeout=5)

@@ -45,6 +45,10 @@ STATUS_DETAILS_KEY = "grpc-status-details-bin"
 # message, so the response is trailers-only and Envoy's transcoder passes this on as the HTTP
 # `Retry-After` header; the in-process gateway forwards it too.
 RETRY_AFTER_KEY = "retry-after"
+# Sent by the in-process gateway, which reads each RPC's success code from the same proto option:
+# the service then does not send `x-http-code` as initial metadata of its own (an extra frame and
+# a tenth of a single event's CPU in the service). Envoy does not send it and gets the header.
+SUCCESS_CODE_KNOWN_KEY = "x-cartlytics-success-code"
 
 
 def _metadata(context: aio.ServicerContext[Any, Any], key: str) -> str | None:
@@ -109,7 +113,7 @@ class ServiceInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
             # Before any metadata is sent, so a refusal stays a trailers-only response.
             await self._limiter.enforce(info.scope, principal.key_id)
         current_principal.set(principal)
-        if info.http_success_code:
+        if info.http_success_code and _metadata(context, SUCCESS_CODE_KNOWN_KEY) is None:
             await context.send_initial_metadata((("x-http-code", str(info.http_success_code)),))
 
     def _finish(
