@@ -337,6 +337,9 @@ def check_clickhouse_cluster(objects: Objects) -> None:
         assert {hosts[p] for p in hosts if macros[p][0] == macros[pods[0]][0]} == set(members)
         for r in shard_element.findall("replica"):
             assert _text(r, "port") == str(_port(container, "native"))
+        # The storage reads and writes a shard on its first replica up (in_order): ordinal 0,
+        # the pods the placement spreads over nodes (check_placement).
+        assert members[0].split(".")[0].endswith("-0"), members
     assert sorted(listed) == sorted(hosts.values()), "every server listed exactly once"
     # Keeper: the servers' <zookeeper> is every Keeper pod, whose raft ids match their ordinals.
     keeper = _of(objects, "StatefulSet")["keeper"]
@@ -379,6 +382,23 @@ def check_placement(objects: Objects) -> None:
             t["topologyKey"] == HOSTNAME and _selects(t["labelSelector"]["matchLabels"], labels)
             for t in terms
         ), statefulset["metadata"]["name"]
+        if statefulset is not _of(objects, "StatefulSet").get("keeper"):
+            servers = [
+                o["spec"]["template"]["metadata"]["labels"]
+                for o in _clickhouse_servers(objects).values()
+            ]
+            preferred = template["spec"]["affinity"]["podAntiAffinity"][
+                "preferredDuringSchedulingIgnoredDuringExecution"
+            ]
+            assert any(
+                t["podAffinityTerm"].get("matchLabelKeys") == [gen_k8s.POD_INDEX]
+                and t["podAffinityTerm"]["topologyKey"] == HOSTNAME
+                and all(
+                    _selects(t["podAffinityTerm"]["labelSelector"]["matchLabels"], labels)
+                    for labels in servers
+                )
+                for t in preferred
+            ), "the shards' first replicas spread over nodes"
         # Its budget selects its pods and no other server's.
         own = [b for b in budgets if _selects(b["spec"]["selector"]["matchLabels"], labels)]
         assert len(own) == 1 and own[0]["spec"]["maxUnavailable"] == 1

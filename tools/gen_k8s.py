@@ -198,6 +198,7 @@ CLICKHOUSE_IMAGE = "clickhouse/clickhouse-server:25.8"  # the base's clickhouse.
 CLICKHOUSE_NODES = "clickhouse-nodes"
 KEEPER = "keeper"
 SHARD_LABEL = "cartlytics.io/shard"
+POD_INDEX = "apps.kubernetes.io/pod-index"  # set on every StatefulSet pod (Kubernetes 1.28+)
 NATIVE_PORT, HTTP_PORT, INTERSERVER_PORT = 9000, 8123, 9009
 KEEPER_PORT, RAFT_PORT, KEEPER_HTTP_PORT = 9181, 9234, 9182
 # ConfigMaps made by the overlay's configMapGenerator from cluster.xml and keeper.xml (kustomize
@@ -306,6 +307,16 @@ def clickhouse_statefulset(shard: int, shape: Shape) -> dict[str, Any]:
                     "podAffinityTerm": {
                         **_anti_affine(selector),
                         "topologyKey": "topology.kubernetes.io/zone",
+                    },
+                },
+                # Each shard's first replica that is up takes all its reads and writes (the
+                # storage's in_order, over cluster.xml's order: ordinal 0 first), so the shards'
+                # pods of one ordinal go to different nodes, then any two servers.
+                {
+                    "weight": 80,
+                    "podAffinityTerm": {
+                        **_anti_affine({"app.kubernetes.io/name": "clickhouse"}),
+                        "matchLabelKeys": [POD_INDEX],
                     },
                 },
                 {
