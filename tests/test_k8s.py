@@ -322,8 +322,11 @@ def check_clickhouse_cluster(objects: Objects) -> None:
             # The name other replicas fetch this one's parts from is this pod's.
             assert env[_from_env(config, "interserver_http_host")] == hosts[pod]
     assert len(set(configs)) == 1, "every server reads the same cluster.xml"
-    # Each replica's Keeper paths ({shard}/{replica}) are its own.
+    # Each replica's Keeper paths are its own: a sharded table's replica is {replica} under its
+    # shard's path, a table every server holds whole is {shard}-{replica} under one path
+    # (common/storage/layout.py).
     assert len(set(macros.values())) == len(macros), macros
+    assert len({f"{shard}-{replica}" for shard, replica in macros.values()}) == len(macros)
     remote = config.find(f"remote_servers/{cluster_name}")
     assert remote is not None, f"CLICKHOUSE_CLUSTER={cluster_name} is not in remote_servers"
     listed: list[str] = []
