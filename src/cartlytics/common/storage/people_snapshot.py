@@ -45,6 +45,7 @@ from prometheus_client import Counter, Gauge
 from ..commerce.visitors import user_of
 from . import Storage
 from .current_snapshot import BASE_TABLES, build_tables
+from .duplicates import relist_duplicates
 from .migrations import type_slots
 from .sql import Sql
 
@@ -250,11 +251,15 @@ def _version_of(table: str) -> int:
 
 
 async def keep(storage: Storage, interval: float, changed_rows: int) -> None:
-    """The keeper: every ``interval`` seconds, rebuild when due (an outage only delays it)."""
+    """The keeper: every ``interval`` seconds, rebuild when due (an outage only delays it). In
+    cluster mode, which builds none, it lists the duplicated orderIds ingest could not see
+    instead (``duplicates.py``)."""
     snapshot = PeopleSnapshot(storage, changed_rows)
     while True:
         try:
-            if await asyncio.to_thread(snapshot.due):
+            if storage.cluster:
+                await asyncio.to_thread(relist_duplicates, storage)
+            elif await asyncio.to_thread(snapshot.due):
                 rebuilt = await asyncio.to_thread(snapshot.rebuild)
                 if rebuilt:
                     log.info(
