@@ -205,25 +205,27 @@ def test_queued_events_are_sent_when_the_page_is_hidden(
     fragment = urllib.parse.urlencode(
         {"mode": "queue", "api": api, "key": key, "name": name, "count": count}
     )
-    driver = _chromium()
-    try:
-        driver.get(f"{page}#{fragment}")
-        _text_when_done(driver, "status")
-        driver.get("about:blank")  # the page is hidden, then unloaded: keepalive requests
-    finally:
-        driver.quit()
     query = {
         "metrics": ["events"],
         "dimensions": ["event"],
         "filters": {"event": name, "period": "1d"},
     }
-    deadline = time.monotonic() + 60
     rows: list[Any] = []
-    while time.monotonic() < deadline:
-        rows = call("POST", f"{api}/analytics/query", key, body=query).json()["rows"]
-        if rows and rows[0]["events"] == count:
-            break
-        time.sleep(0.5)
+    driver = _chromium()
+    try:
+        driver.get(f"{page}#{fragment}")
+        _text_when_done(driver, "status")
+        driver.get("about:blank")  # the page is hidden, then unloaded: keepalive requests
+        # Read while the browser lives on, as a shopper's does: quitting it at once could kill
+        # its network process before a keepalive request leaves (seen on a loaded machine).
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            rows = call("POST", f"{api}/analytics/query", key, body=query).json()["rows"]
+            if rows and rows[0]["events"] == count:
+                break
+            time.sleep(0.5)
+    finally:
+        driver.quit()
     assert rows == [{"event": name, "events": count}]
 
 

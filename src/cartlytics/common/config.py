@@ -213,10 +213,11 @@ SETTINGS: dict[str, Setting] = {
     "ingest_log": Setting(
         "ANALYTICS_INGEST_LOG",
         _yes_no,
-        "no",
+        "yes",
         "yes: acknowledge events once they are in the ingest log on this host's disk and store"
-        " them in ClickHouse from there in large blocks (docs/ingest-log.md); no: acknowledge"
-        " once ClickHouse has stored them (one shared INSERT per flush).",
+        " them in ClickHouse from there in large blocks (docs/ingest-log.md; give the log a"
+        " persistent disk); no: acknowledge once ClickHouse has stored them (one shared INSERT"
+        " per flush).",
     ),
     "ingest_log_dir": Setting(
         "ANALYTICS_INGEST_LOG_DIR",
