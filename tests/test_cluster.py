@@ -20,6 +20,7 @@ import pytest
 from clickhouse_driver import Client
 
 from cartlytics.common.storage import Storage, open_storage
+from cartlytics.common.storage.backends import ServerBackend
 from cartlytics.common.storage.layout import (
     EVERYWHERE,
     PER_NODE,
@@ -303,3 +304,29 @@ def test_a_replica_killed_and_restarted_loses_no_acknowledged_row(
     shard_one = _count(clickhouse_cluster.shard(1)[0], table, project)
     assert shard_one + _count(first, table, project) == acknowledged
     assert stored() == acknowledged
+
+
+def test_a_url_with_other_nodes_outlives_its_first(
+    clickhouse_cluster: ClickHouseCluster, cluster_storage: Storage, database: str
+) -> None:
+    """``?alt_hosts=``: a store whose first node is killed goes on through another."""
+    first, other = clickhouse_cluster.shard(1)
+    url = f"{first.url_for(database)}?alt_hosts=127.0.0.1:{other.port}"
+    storage = open_storage(url, Path("/nonexistent"), CLUSTER)
+    count = Sql("SELECT count() FROM schema_migrations")
+    try:
+        assert storage.query_sync(count) == [(len(MIGRATIONS),)]
+        # Replicated to the other node first (a row written on a node killed before it passed
+        # it on is elsewhere only once that node is back).
+        on_other = f"SELECT count() FROM {database}.schema_migrations"
+        _wait_until(lambda: _node_rows(other, on_other) == [(len(MIGRATIONS),)])
+        first.kill()
+        # New connections (a service starting, a thread's first query) go to the other node.
+        backend = ServerBackend(url, CLUSTER)
+        try:
+            assert backend.execute(count.text) == [(len(MIGRATIONS),)]
+        finally:
+            backend.close()
+    finally:
+        first.restart()
+        storage.close()

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import unquote, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 from .layout import SINGLE, Layout, layout_for
 from .migrations import CLASSIC_TYPES, MODERN_TYPES
@@ -359,6 +359,11 @@ class ServerBackend:
             "send_receive_timeout": 60,
             "settings": {"strings_encoding": "utf-8"},
         }
+        # ?alt_hosts=host:port,...: other nodes to connect to when this one is down (a cluster's
+        # service connects through any node; docs/cluster.md).
+        alt_hosts = parse_qs(parsed.query).get("alt_hosts")
+        if alt_hosts:
+            self._params["alt_hosts"] = ",".join(alt_hosts)
         # Settings of every query, beside the driver's own (cluster mode only).
         self._settings: dict[str, Any] = dict(CLUSTER_SETTINGS) if cluster else {}
         self._params["settings"].update(self._settings)
@@ -367,10 +372,17 @@ class ServerBackend:
         self._clients_lock = threading.Lock()
         self.layout = layout_for(cluster, self._database)
         admin = self._new_client(database="default")
-        if cluster:
+        if not cluster:
+            self._run(admin, f"CREATE DATABASE IF NOT EXISTS {self._database}")
+        else:
             self._check_cluster(admin, cluster)
-        on_cluster = f" ON CLUSTER {cluster}" if cluster else ""
-        self._run(admin, f"CREATE DATABASE IF NOT EXISTS {self._database}{on_cluster}")
+            # ON CLUSTER waits for every node: only when this one lacks it (a first start),
+            # not at every start (a service starting while a node is down would wait minutes).
+            found = f"SELECT count() FROM system.databases WHERE name = {literal(self._database)}"
+            if not self._run(admin, found)[0][0]:
+                self._run(
+                    admin, f"CREATE DATABASE IF NOT EXISTS {self._database} ON CLUSTER {cluster}"
+                )
         self.types = CLASSIC_TYPES if self._server_major() < 20 else MODERN_TYPES
 
     def _check_cluster(self, client: Any, cluster: str) -> None:
