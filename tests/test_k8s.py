@@ -332,6 +332,7 @@ def check_clickhouse_cluster(objects: Objects) -> None:
     listed: list[str] = []
     for shard_element in remote.findall("shard"):
         assert _text(shard_element, "internal_replication") == "true"
+        assert int(_text(shard_element, "weight")) >= 1
         members = [_text(r, "host") for r in shard_element.findall("replica")]
         listed += members
         pods = [pod for pod, host in hosts.items() if host in members]
@@ -449,15 +450,21 @@ def test_the_cluster_overlay_is_a_consistent_clickhouse_cluster(cluster: Objects
 
 @pytest.mark.parametrize(("shards", "replicas"), [(3, 3), (1, 2)])
 def test_another_shape_is_as_consistent(shards: int, replicas: int, tmp_path: Path) -> None:
-    """The shape is a parameter of the generator: any other gives a cluster as consistent."""
+    """The shape is a parameter of the generator: any other gives a cluster as consistent (the
+    3-shard one with a new third shard weighted to fill sooner)."""
     shutil.copytree(K8S, tmp_path / "k8s")
     overlay = tmp_path / "k8s-cluster"
     overlay.mkdir()
     for name in ("kustomization.yaml", "scaling.yaml"):
         shutil.copy(CLUSTER / name, overlay / name)
-    for name, write in gen_k8s.cluster_outputs(gen_k8s.Shape(shards, replicas)).items():
+    weights = (1, 1, 3) if shards == 3 else ()
+    shape = gen_k8s.Shape(shards, replicas, weights=weights)
+    for name, write in gen_k8s.cluster_outputs(shape).items():
         (overlay / name).write_text(write())
     objects = render(overlay)
+    config_map = next(o for o in objects if "cluster.xml" in o.get("data", {}))
+    listed = ET.fromstring(config_map["data"]["cluster.xml"]).findall("remote_servers/*/shard")
+    assert tuple(int(_text(s, "weight")) for s in listed) == (weights or (1,) * shards)
     check_clickhouse_cluster(objects)
     check_placement(objects)
     pods = [pod for s in _clickhouse_servers(objects).values() for pod in _pods(s)]

@@ -190,6 +190,9 @@ CLUSTER_DIR = ROOT / "deploy" / "k8s-cluster"
 CLUSTER_NAME = "cartlytics"  # the remote_servers entry; CLICKHOUSE_CLUSTER in kustomization.yaml
 SHARDS = 2
 REPLICAS = 2
+# Each shard's share of new rows, in order (empty: equal). A shard just added starts empty: a
+# weight above the others' fills it sooner; stored rows stay put (docs/operations.md).
+SHARD_WEIGHTS: tuple[int, ...] = ()
 # Three Keeper servers: a quorum of two carries on with one down (five would survive two).
 KEEPER_NODES = 3
 CLICKHOUSE_IMAGE = "clickhouse/clickhouse-server:25.8"  # the base's clickhouse.yaml runs the same
@@ -214,6 +217,14 @@ class Shape:
     shards: int = SHARDS
     replicas: int = REPLICAS
     keepers: int = KEEPER_NODES
+    weights: tuple[int, ...] = SHARD_WEIGHTS
+
+    def weight(self, shard: int) -> int:
+        if not self.weights:
+            return 1
+        if len(self.weights) != self.shards or min(self.weights) < 1:
+            raise ValueError(f"SHARD_WEIGHTS: one weight of at least 1 per shard ({self.shards})")
+        return self.weights[shard - 1]
 
 
 def shard_pods(shard: int, shape: Shape) -> list[str]:
@@ -376,7 +387,8 @@ def cluster_xml(shape: Shape) -> str:
             f"""
       <shard>
         <!-- A write goes to one replica of the shard; the replicated table copies it. -->
-        <internal_replication>true</internal_replication>{replicas}
+        <internal_replication>true</internal_replication>
+        <weight>{shape.weight(shard)}</weight>{replicas}
       </shard>"""
         )
     keepers = "".join(
