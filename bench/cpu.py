@@ -1,8 +1,9 @@
 """CPU time spent by the server under test and by the benchmark's own client, per measure.
 
 The server is a process tree (``cartlytics run`` and its children: the embedded valkey-server)
-plus, on the server backend, the clickhouse-server process: each read from /proc/<pid>/stat
-before and after a measure. The client is this process (every thread: grpc's, aiohttp's).
+plus, on the server backend, the clickhouse-server process (on a cluster started for the run,
+its servers and ZooKeeper, summed): each read from /proc/<pid>/stat before and after a measure.
+The client is this process (every thread: grpc's, aiohttp's).
 """
 
 from __future__ import annotations
@@ -54,22 +55,31 @@ class Reading:
 
 @dataclass
 class Meter:
-    """CPU of the service's process tree, of a separate storage process (a clickhouse-server)
-    when there is one, and of this client process."""
+    """CPU of the service's process tree, of the separate storage processes (a clickhouse-server;
+    a cluster's servers and ZooKeeper) when there are some, and of this client process."""
 
     service_pid: int | None = None
-    storage_pid: int | None = None
+    storage_pid: int | tuple[int, ...] | None = None
+
+    def _storage_pids(self) -> tuple[int, ...]:
+        if self.storage_pid is None:
+            return ()
+        return (self.storage_pid,) if isinstance(self.storage_pid, int) else self.storage_pid
 
     def read(self) -> Reading:
         service = tree_seconds(self.service_pid) if self.service_pid else {}
-        storage = cpu_seconds(self.storage_pid) if self.storage_pid else None
+        storage = None
+        if pids := self._storage_pids():
+            seconds = [cpu_seconds(pid) for pid in pids]
+            # One gone meanwhile: the sum is no longer comparable, so not measured.
+            storage = None if None in seconds else sum(s for s in seconds if s is not None)
         return Reading(service, storage, time.process_time(), time.perf_counter())
 
     def settle(self, limit: float = 30.0) -> float:
         """Wait until the server (and the storage server) is idle: the merges of what the last
         measure wrote are then not counted in the next one. Returns the seconds waited."""
         waited = 0.0
-        for pid in (self.service_pid, self.storage_pid):
+        for pid in (self.service_pid, *self._storage_pids()):
             if pid:
                 waited += settle(pid, limit=limit)
         return round(waited, 1)

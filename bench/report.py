@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-BACKEND_LABELS = {"chdb": "embedded chdb", "clickhouse-server": "clickhouse-server"}
+BACKEND_LABELS = {
+    "chdb": "embedded chdb",
+    "clickhouse-server": "clickhouse-server",
+    "clickhouse-cluster-2x2": "cluster 2x2 (started here)",
+    "clickhouse-cluster": "cluster (existing)",
+}
+SINGLE_SERVER = "clickhouse-server"  # what a cluster is put beside
+CLUSTER_PREFIX = "clickhouse-cluster"  # bench/cluster.py's backend names
 
 
 def _cpu_model() -> str:
@@ -119,8 +126,8 @@ def issue16_targets(result: Mapping[str, Any]) -> list[dict[str, Any]]:
     ``met`` is None where the figure was not measured."""
     out: list[dict[str, Any]] = []
     for name, backend in _backends(result):
-        if backend.get("skipped"):
-            continue
+        if backend.get("skipped") or _is_cluster(name):
+            continue  # a cluster's figures are put beside the single server's (_cluster)
         ingest = backend.get("ingest") or {}
         rows = ingest.get("rows", []) if not ingest.get("error") else []
         grpc = [r for r in rows if str(r.get("mode", "")).startswith("gRPC batch")]
@@ -277,6 +284,10 @@ def _backends(result: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
     return list(result.get("backends", {}).items())
 
 
+def _is_cluster(name: str) -> bool:
+    return name.startswith(CLUSTER_PREFIX)
+
+
 def _label(name: str) -> str:
     return BACKEND_LABELS.get(name, name)
 
@@ -406,7 +417,9 @@ def _ingest(result: Mapping[str, Any]) -> list[str]:
         "INSERT of the same rows, with the materialized views attached; the row-path INSERT the "
         "group commit uses, in blocks of as many events as one flush can carry in that mode "
         "(connections x events per request); the no-op `Ping` through the same server, "
-        "interceptors and gateway, with as many connections (REST for REST, gRPC for gRPC).",
+        "interceptors and gateway, with as many connections (REST for REST, gRPC for gRPC). "
+        "A cluster has no INSERT references: its reference is the single server (Cluster "
+        "beside one server, below), and its ClickHouse CPU is its servers' and ZooKeeper's.",
         "",
         *table(header, rows),
     ]
@@ -515,7 +528,8 @@ def _targets(result: Mapping[str, Any]) -> list[str]:
         "have the details): batches at their best client connection count, single events at "
         "each; the single-event ratio is of requests/s to the REST Ping's at as many "
         "connections; freshness at the smallest store size; the user-agent figure once per run "
-        "(it does not depend on the backend).",
+        "(it does not depend on the backend). A cluster's figures are not held to these targets "
+        "here: they sit beside the single server's (Cluster beside one server, below).",
         "",
         *table(["backend", "target", "measured", "goal", "verdict", "how"], rows),
     ]
@@ -791,6 +805,131 @@ def _sustained(result: Mapping[str, Any]) -> list[str]:
     return lines + _notes_block(result, "sustained")
 
 
+def _side(section: Any, key: str) -> list[Mapping[str, Any]]:
+    """A measured section's rows (none when it failed, was skipped or is absent)."""
+    if not isinstance(section, Mapping) or section.get("error") or section.get("skipped"):
+        return []
+    return list(section.get(key, []))
+
+
+def _cluster(result: Mapping[str, Any]) -> list[str]:
+    """Each cluster's ingest rates and query latencies beside the single server's of the same
+    run, with their ratio (cluster / one server)."""
+    lines = ["## Cluster beside one server", ""]
+    pairs = [(n, b) for n, b in _backends(result) if _is_cluster(n)]
+    if not pairs:
+        return [*lines, f"_No cluster in this run (`--backends ...,{CLUSTER_PREFIX}-2x2`)._"]
+    single = result.get("backends", {}).get(SINGLE_SERVER) or {}
+    ingest_rows, query_rows, notes = [], [], []
+    for name, backend in pairs:
+        if backend.get("skipped"):
+            notes.append(f"- {_label(name)}: skipped: {backend['skipped']}")
+            continue
+        shape = backend.get("cluster") or {}
+        label = _label(name)
+        server_ingest = {
+            (r.get("mode"), r.get("connections")): r for r in _side(single.get("ingest"), "rows")
+        }
+        for r in _side(backend.get("ingest"), "rows"):
+            other = server_ingest.get((r.get("mode"), r.get("connections")), {})
+            ingest_rows.append(
+                [
+                    label,
+                    str(r.get("mode", "")),
+                    _num(r.get("connections")),
+                    _num(r.get("events_per_second")),
+                    _num(other.get("events_per_second")),
+                    _ratio(ratio(r.get("events_per_second"), other.get("events_per_second"))),
+                    _cpu(r),
+                    _cpu(other) if other else "-",
+                    f"{_num(r.get('errors'))} / {_num(other.get('errors'))}",
+                ]
+            )
+        server_queries = {
+            (r.get("events"), r.get("endpoint")): r for r in _side(single.get("queries"), "rows")
+        }
+        for r in _side(backend.get("queries"), "rows"):
+            other = server_queries.get((r.get("events"), r.get("endpoint")), {})
+            query_rows.append(
+                [
+                    label,
+                    _num(r.get("events")),
+                    str(r.get("endpoint", "")),
+                    f"{_num(r.get('status'))} / {_num(other.get('status'))}",
+                    _num(r.get("p50_ms"), 1),
+                    _num(other.get("p50_ms"), 1),
+                    _ratio(ratio(r.get("p50_ms"), other.get("p50_ms"))),
+                    _num(r.get("p99_ms"), 1),
+                    _num(other.get("p99_ms"), 1),
+                    _ratio(ratio(r.get("p99_ms"), other.get("p99_ms"))),
+                ]
+            )
+        loads = {
+            int(x["events"]): x["seconds"] for x in _side(single.get("queries"), "load_seconds")
+        }
+        for x in _side(backend.get("queries"), "load_seconds"):
+            theirs = loads.get(int(x["events"]))
+            notes.append(
+                f"- {label}: loading {_num(x['events'])} events took {_num(x['seconds'])} s "
+                f"(one server: {_num(theirs)} s, {_ratio(ratio(x['seconds'], theirs))})."
+            )
+        if shape:
+            notes.append(
+                f"- {label}: `{shape.get('name')}`, {_num(shape.get('shards'))} shards x "
+                f"{_num(shape.get('replicas'))} replicas"
+                + (
+                    ", every server and ZooKeeper on this machine"
+                    if shape.get("started_here")
+                    else ""
+                )
+                + "."
+            )
+    if single.get("skipped"):
+        notes.append(f"- {_label(SINGLE_SERVER)}: skipped: {single['skipped']} (no ratio)")
+    lines += [
+        "The same sections on the cluster (the services at its first node with "
+        "`CLICKHOUSE_CLUSTER`; reads and writes through its Distributed tables, each shard on "
+        "two replicas) and on one clickhouse-server, in the same run, with the same requests "
+        "and the same loader. Ratio: the cluster's figure / the one server's. Events/s below "
+        "1x: the cluster ingests slower; a latency above 1x: it answers slower. A cluster "
+        "started here runs its four servers and ZooKeeper on the cores one server had to "
+        "itself: it cannot be faster here, and the ratio is the cost of the Distributed tables "
+        "and of replication, not the scale-out a cluster on its own hosts gives.",
+        "",
+        *table(
+            [
+                "cluster",
+                "mode",
+                "client connections",
+                "cluster events/s",
+                "one server events/s",
+                "cluster / one server",
+                "cluster server CPU µs/event",
+                "one server's",
+                "errors (cluster / one server)",
+            ],
+            ingest_rows,
+        ),
+        "",
+        *table(
+            [
+                "cluster",
+                "events",
+                "endpoint",
+                "status (cluster / one server)",
+                "cluster p50 ms",
+                "one server p50 ms",
+                "p50 cluster / one server",
+                "cluster p99 ms",
+                "one server p99 ms",
+                "p99 cluster / one server",
+            ],
+            query_rows,
+        ),
+    ]
+    return lines + (["", *notes] if notes else [])
+
+
 def render_markdown(result: Mapping[str, Any]) -> str:
     lines = ["# cartlytics benchmark report", "", *_machine(result)]
     for section in (
@@ -800,6 +939,7 @@ def render_markdown(result: Mapping[str, Any]) -> str:
         _user_agents,
         _queries,
         _freshness,
+        _cluster,
         _export,
         _sustained,
     ):

@@ -1,7 +1,12 @@
 """Every benchmark of the project, in one command, with its references, into one report.
 
 On the embedded default (chdb) and, when a ``clickhouse-server`` binary is on PATH, on a
-ClickHouse server started for the run in a temporary folder (as tests/servers.py does):
+ClickHouse server started for the run in a temporary folder (as tests/servers.py does), and,
+when Debian's ``zookeeper`` is installed too, on a cluster of 2 shards x 2 replicas started the
+same way (bench/cluster.py: tests/cluster.py's; or an existing one: ``--cluster-url``,
+``--cluster-name``), ``CLICKHOUSE_CLUSTER`` set. The cluster runs the ingest, queries and
+freshness sections (no references: its reference is the single server, measured in the same
+run; the report puts each figure beside the server's, with their ratio):
 
 - ingest events/s: REST single events, REST batches, gRPC batches, at each client connection
   count, every request built before the clock, with the server's and the client's CPU per
@@ -22,7 +27,8 @@ bench/results/quick) and prints progress on stderr. The full run took 26 minutes
 (2026-11-26; most of it loading 10M events and 5 minutes of sustained load per backend); --quick
 (small sizes) about 5.
 
-    .venv/bin/python bench/run.py [--quick] [--backends auto|chdb|clickhouse-server|chdb,...]
+    .venv/bin/python bench/run.py [--quick] [--backends auto|chdb|clickhouse-server|
+        clickhouse-cluster-2x2|chdb,...] [--cluster-url URL --cluster-name NAME]
         [--sustain-seconds 300] [--sections ingest,sustained,queries,freshness,export,user_agents]
         [--out bench/results/latest]
 """
@@ -48,6 +54,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import cluster as clusters  # noqa: E402
 from bench import ingest, probes  # noqa: E402
 from bench.cpu import Meter  # noqa: E402
 from bench.idle import settle  # noqa: E402
@@ -56,6 +63,9 @@ from bench.report import issue16_targets, machine_info, ratio, write_reports  # 
 from tests.servers import ClickHouseServer, System, start_system  # noqa: E402
 
 SECTIONS = ("ingest", "sustained", "queries", "freshness", "export", "user_agents")
+# What a cluster runs: the sustained load (5 minutes) and the export (bench/export.py starts a
+# server of its own) are the single server's.
+CLUSTER_SECTIONS = {"ingest", "queries", "freshness"}
 # Settings of the service under test that change what ingest measures; reported with the figures
 # (the system inherits this process's environment: ANALYTICS_INGEST_LOG=yes make bench).
 REPORTED_SETTINGS = ("ANALYTICS_INGEST_LOG", "ANALYTICS_INGEST_LOG_FSYNC")
@@ -90,13 +100,29 @@ class Plan:
 
 @dataclass
 class Backend:
-    name: str  # "chdb" or "clickhouse-server"
+    name: str  # "chdb", "clickhouse-server" or a cluster's (bench/cluster.py)
     server: ClickHouseServer | None = None
+    cluster: clusters.BenchCluster | None = None
 
     def url(self, database: str) -> str:
+        if self.cluster is not None:
+            return self.cluster.url(database)
         if self.server is None:
             return ""
         return f"clickhouse://default@127.0.0.1:{self.server.port}/{database}"
+
+    @property
+    def cluster_name(self) -> str:
+        """``CLICKHOUSE_CLUSTER`` for the services and the loader (empty: not a cluster)."""
+        return self.cluster.name if self.cluster is not None else ""
+
+    def storage_pids(self) -> int | tuple[int, ...] | None:
+        """The storage's processes on this machine, for their CPU (None: in-process or remote)."""
+        if self.cluster is not None:
+            return self.cluster.pids() or None
+        if self.server is not None and self.server.process is not None:
+            return self.server.process.pid
+        return None
 
 
 # Rate limits stay on, so every call pays its Redis check as in production, but far above
@@ -112,11 +138,12 @@ SYSTEM_ENV = {
 
 
 @contextmanager
-def running(data_dir: Path, clickhouse_url: str) -> Iterator[System]:
+def running(data_dir: Path, clickhouse_url: str, cluster: str = "") -> Iterator[System]:
     key = "cak_bench_" + uuid.uuid4().hex
-    system = start_system(
-        data_dir, key, clickhouse_url=clickhouse_url, extra_env=SYSTEM_ENV, timeout=600
-    )
+    # Set even when empty: a CLICKHOUSE_CLUSTER in the bench's own environment must not turn
+    # the single server's system into a cluster's.
+    env = {**SYSTEM_ENV, "CLICKHOUSE_CLUSTER": cluster}
+    system = start_system(data_dir, key, clickhouse_url=clickhouse_url, extra_env=env, timeout=600)
     try:
         yield system
     finally:
@@ -165,8 +192,15 @@ def insert_reference(backend: Backend, plan: Plan, work: Path) -> dict[str, Any]
 
 
 def ingest_and_sustain(backend: Backend, plan: Plan, work: Path) -> dict[str, Any]:
-    """The ingest section, and the sustained section on the same system right after it."""
-    reference = insert_reference(backend, plan, work)
+    """The ingest section, and the sustained section on the same system right after it.
+
+    A cluster has no INSERT references (bench/reference.py's scratch tables are a single
+    server's): its reference is the single server's run."""
+    reference = (
+        {"rows": {}, "columnar": []}
+        if backend.cluster is not None
+        else insert_reference(backend, plan, work)
+    )
     row_path = reference["rows"]
     columnar = {bool(r["views"]): r for r in reference["columnar"]}
     with_views, without_views = columnar.get(True, {}), columnar.get(False, {})
@@ -176,12 +210,9 @@ def ingest_and_sustain(backend: Backend, plan: Plan, work: Path) -> dict[str, An
         "rows": [],
     }
     log(f"{backend.name}: starting the system for ingest")
-    with running(work / "ingest", backend.url("bench_ingest")) as system:
+    with running(work / "ingest", backend.url("bench_ingest"), backend.cluster_name) as system:
         log(f"  the service's start-up work done after {settle(system.process.pid)} s")
-        storage_pid = (
-            backend.server.process.pid if backend.server and backend.server.process else None
-        )
-        meter = Meter(system.process.pid, storage_pid)
+        meter = Meter(system.process.pid, backend.storage_pids())
         ping = probes.latency(
             system.http_url, system.key, "GET", probes.PING_PATH, None, plan.requests
         )
@@ -213,14 +244,14 @@ def ingest_and_sustain(backend: Backend, plan: Plan, work: Path) -> dict[str, An
                 grpc_mode = str(mode["mode"]).startswith("gRPC")
                 ping_rps = pings[1 if grpc_mode else 0]["requests_per_second"]
                 per_request = 1 if "single" in str(mode["mode"]) else plan.batch
-                block = row_path[connections * per_request]
+                block = row_path.get(connections * per_request, {})
                 out["rows"].append(
                     {
                         **mode,
-                        "insert_block_events": block["block_events"],
-                        "insert_events_per_second": block["events_per_second"],
+                        "insert_block_events": block.get("block_events"),
+                        "insert_events_per_second": block.get("events_per_second"),
                         "insert_ratio": ratio(
-                            mode["events_per_second"], block["events_per_second"]
+                            mode["events_per_second"], block.get("events_per_second")
                         ),
                         "columnar_events_per_second": with_views.get("events_per_second"),
                         "columnar_ratio": ratio(
@@ -240,11 +271,16 @@ def ingest_and_sustain(backend: Backend, plan: Plan, work: Path) -> dict[str, An
                         if mode.get("storage_cpu_us") is not None
                         else ""
                     )
-                    + f", client {mode['client_cpu_us']} (columnar INSERT "
-                    f"{with_views.get('events_per_second', 0):,}/s, row-path INSERT "
-                    f"{block['events_per_second']:,}/s, Ping {ping_rps:,} requests/s)"
+                    + f", client {mode['client_cpu_us']} ("
+                    + (
+                        f"columnar INSERT {with_views.get('events_per_second', 0):,}/s, "
+                        f"row-path INSERT {block['events_per_second']:,}/s, "
+                        if block
+                        else ""
+                    )
+                    + f"Ping {ping_rps:,} requests/s)"
                 )
-        if "sustained" in plan.sections:
+        if "sustained" in plan.sections and backend.cluster is None:
             try:
                 out["sustained"] = sustain(backend, plan, system, out)
             except Exception as exc:  # keep the ingest figures measured above
@@ -298,7 +334,7 @@ from pathlib import Path
 sys.path.insert(0, {root!r})
 from cartlytics.common.storage import open_storage
 from bench.demo_data import load
-storage = open_storage({url!r}, Path({data!r}))
+storage = open_storage({url!r}, Path({data!r}), {cluster!r})
 storage.migrate()
 load(storage, "default", {events}, first={first})
 storage.close()
@@ -313,12 +349,21 @@ def queries_and_freshness(backend: Backend, plan: Plan, work: Path) -> dict[str,
         log(f"{backend.name}: loading demo events {loaded:,} -> {size:,}")
         started = time.perf_counter()
         script = LOADER.format(
-            root=str(ROOT), url=url, data=str(data_dir), events=size - loaded, first=loaded
+            root=str(ROOT),
+            url=url,
+            data=str(data_dir),
+            cluster=backend.cluster_name,
+            events=size - loaded,
+            first=loaded,
         )
         child(["-c", script])
-        log(f"  loaded in {time.perf_counter() - started:.0f} s")
+        seconds = time.perf_counter() - started
+        out.setdefault("load_seconds", []).append(
+            {"events": size - loaded, "seconds": round(seconds)}
+        )
+        log(f"  loaded in {seconds:.0f} s")
         loaded = size
-        with running(data_dir, url) as system:
+        with running(data_dir, url, backend.cluster_name) as system:
             if "queries" in plan.sections:
                 out["rows"].extend(measure_queries(backend, plan, system, size, out))
             if "freshness" in plan.sections and "freshness" not in out:
@@ -496,15 +541,28 @@ def attempt(
 
 def run_backend(backend: Backend, plan: Plan, work: Path, result: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    if backend.server is not None:
+    if backend.server is not None or backend.cluster is not None:
         from clickhouse_driver import Client
 
-        client = Client(host="127.0.0.1", port=backend.server.port)
-        out["version"] = f"ClickHouse {client.execute('SELECT version()')[0][0]}"
+        client = Client.from_url(backend.url("system"))
+        version = str(client.execute("SELECT version()")[0][0])
         client.disconnect()
+        out["version"] = f"ClickHouse {version}"
+        if backend.cluster is not None:
+            out["version"] = backend.cluster.describe(version)
+            out["cluster"] = {
+                "name": backend.cluster.name,
+                "shards": backend.cluster.shards,
+                "replicas": backend.cluster.replicas,
+                "started_here": backend.cluster.started is not None,
+            }
     else:
         out["version"] = f"chdb {result['machine']['chdb']} (ClickHouse in-process)"
     sections = plan.sections
+    if backend.cluster is not None:
+        for key in sorted(sections - CLUSTER_SECTIONS - {"user_agents"}):
+            out[key] = {"skipped": "measured on the single server only"}
+        sections = sections & CLUSTER_SECTIONS
     if "ingest" in sections:
         ingested = attempt(
             result, backend.name, "ingest", lambda: ingest_and_sustain(backend, plan, work)
@@ -578,7 +636,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--backends",
         default="auto",
-        help="auto (chdb, and clickhouse-server when on PATH), or a comma-separated list",
+        help=f"auto (chdb, clickhouse-server and {clusters.NAME}: each server backend when its "
+        "binaries are installed), or a comma-separated list",
+    )
+    parser.add_argument(
+        "--cluster-url",
+        help="an existing cluster's node (clickhouse://user:pass@host:9000/db?alt_hosts=...): "
+        f"the cluster backend runs on it instead of starting {clusters.NAME} here",
+    )
+    parser.add_argument(
+        "--cluster-name", help="with --cluster-url: the cluster's name in its remote_servers"
     )
     parser.add_argument("--sections", default=",".join(SECTIONS))
     parser.add_argument("--out", type=Path, help="report path without suffix")
@@ -609,17 +676,65 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--settle-seconds", type=float, help="idle pause before the sustained load (10; quick 5)"
     )
     args = parser.parse_args(argv)
+    if bool(args.cluster_url) != bool(args.cluster_name):
+        parser.error("--cluster-url and --cluster-name go together")
     unknown = {s.strip() for s in args.sections.split(",")} - set(SECTIONS) - {""}
     if unknown:
         parser.error(f"--sections: unknown {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
     return args
 
 
+def run_cluster(args: argparse.Namespace, plan: Plan, work: Path, result: dict[str, Any]) -> None:
+    """The cluster backend: an existing cluster (--cluster-url), or the 2 x 2 started here for
+    the run and stopped after it."""
+    if args.cluster_url:
+        name = clusters.EXISTING
+        log(f"{name}: the existing cluster {args.cluster_name!r}")
+        try:
+            cluster = clusters.existing(args.cluster_url, args.cluster_name)
+        except Exception as exc:  # report what was measured on the others all the same
+            log(f"{name}: unreachable: {exc}")
+            result["errors"].append(f"{name} unreachable: {exc}")
+            result["backends"][name] = {"skipped": f"the cluster is unreachable: {exc}"}
+            return
+        result["backends"][name] = run_backend(Backend(name, cluster=cluster), plan, work, result)
+        return
+    name = clusters.NAME
+    if missing := clusters.missing():
+        note = f"no {', '.join(missing)} (apt-get install clickhouse-server zookeeper)"
+        log(f"{name}: skipped: {note}")
+        result["backends"][name] = {"skipped": note}
+        return
+    log(f"{name}: starting ZooKeeper and {clusters.SHARDS} x {clusters.REPLICAS} servers")
+    started = time.perf_counter()
+    try:
+        cluster = clusters.start(work / "cluster")
+    except Exception as exc:  # report what was measured on the others all the same
+        log(f"{name}: did not start: {exc}")
+        result["errors"].append(f"{name} did not start: {exc}")
+        result["backends"][name] = {"skipped": f"the cluster did not start: {exc}"}
+        return
+    log(f"  started in {time.perf_counter() - started:.0f} s")
+    try:
+        result["backends"][name] = run_backend(Backend(name, cluster=cluster), plan, work, result)
+    finally:
+        log(f"{name}: stopping")
+        cluster.stop()
+        remove(name, work)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     plan = make_plan(args)
     stem = args.out or ROOT / "bench" / "results" / ("quick" if plan.quick else "latest")
-    names = ["chdb", "clickhouse-server"] if args.backends == "auto" else args.backends.split(",")
+    names = (
+        ["chdb", "clickhouse-server", clusters.NAME]
+        if args.backends == "auto"
+        else args.backends.split(",")
+    )
+    known = {"chdb", "clickhouse-server", clusters.NAME, clusters.EXISTING}
+    if unknown := [n for n in names if n not in known]:
+        raise SystemExit(f"--backends: unknown {unknown} (choose from {', '.join(sorted(known))})")
     result: dict[str, Any] = {
         "schema": 1,
         "command": " ".join(["bench/run.py", *(argv if argv is not None else sys.argv[1:])]),
@@ -643,8 +758,9 @@ def main(argv: list[str] | None = None) -> int:
                 result["backends"][name] = run_backend(Backend(name), plan, work, result)
                 remove(name, work)
                 continue
-            if name != "clickhouse-server":
-                raise SystemExit(f"--backends: unknown {name!r} (chdb, clickhouse-server)")
+            if name in (clusters.NAME, clusters.EXISTING):
+                run_cluster(args, plan, work, result)
+                continue
             if shutil.which("clickhouse-server") is None:
                 note = "no clickhouse-server binary on PATH (apt-get install clickhouse-server)"
                 log(f"clickhouse-server: skipped: {note}")

@@ -14,6 +14,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from bench import ingest
+from bench.cluster import with_database
 from bench.cpu import Meter
 from bench.report import machine_info, ratio, render_markdown, write_reports
 from cartlytics.gen.analytics.ingest.v1 import ingest_pb2
@@ -359,3 +360,101 @@ def test_the_meter_counts_the_cpu_of_the_server_s_children() -> None:
     # /proc counts in clock ticks (10 ms); the child's own reading is the oracle.
     assert abs(used["service_cpu_s"] - burned) < 0.05, (used, burned)
     assert used["storage_cpu_s"] is None
+
+
+def with_a_cluster() -> dict[str, Any]:
+    """The synthetic result with a single server and a 2x2 cluster measured beside it."""
+    result = synthetic()
+
+    def ingest_row(mode: str, connections: int, rate: int, cpu: float) -> dict[str, Any]:
+        return {
+            "mode": mode,
+            "connections": connections,
+            "events_per_second": rate,
+            "requests_per_second": rate if mode == "REST single" else rate // 500,
+            "errors": 0,
+            "service_cpu_us": cpu,
+            "storage_cpu_us": cpu / 2,
+            "client_cpu_us": 2.0,
+        }
+
+    def query_row(endpoint: str, p50: float, p99: float) -> dict[str, Any]:
+        return {"events": 100000, "endpoint": endpoint, "status": 200, "p50_ms": p50,
+                "p99_ms": p99, "target_p50_ms": 50, "ping_p50_ms": 2.0}  # fmt: skip
+
+    result["backends"]["clickhouse-server"] = {
+        "version": "ClickHouse 18.16.1",
+        "ingest": {"rows": [ingest_row("REST single", 8, 250, 3000.0),
+                            ingest_row("gRPC batch of 500", 8, 20_000, 70.0)]},
+        "queries": {"requests": 10, "load_seconds": [{"events": 100000, "seconds": 12}],
+                    "rows": [query_row("sales 30d/day", 24.0, 40.0),
+                             query_row("funnel 7d", 80.0, 160.0)]},
+    }  # fmt: skip
+    result["backends"]["clickhouse-cluster-2x2"] = {
+        "version": "ClickHouse 18.16.1, cluster `c2x2`: 2 shards x 2 replicas",
+        "cluster": {"name": "c2x2", "shards": 2, "replicas": 2, "started_here": True},
+        "ingest": {"rows": [ingest_row("REST single", 8, 150, 3100.0),
+                            ingest_row("gRPC batch of 500", 8, 8_000, 65.0),
+                            ingest_row("REST batch of 500", 8, 9_000, 66.0)]},
+        "queries": {"requests": 10, "load_seconds": [{"events": 100000, "seconds": 30}],
+                    "rows": [query_row("sales 30d/day", 60.0, 90.0),
+                             query_row("funnel 7d", 40.0, 400.0)]},
+        "sustained": {"skipped": "measured on the single server only"},
+        "export": {"skipped": "measured on the single server only"},
+    }  # fmt: skip
+    return result
+
+
+def test_the_cluster_sits_beside_the_single_server_with_their_ratio() -> None:
+    markdown = render_markdown(with_a_cluster())
+    found = tables(markdown)
+    ingest = next(t for t in found if "cluster events/s" in t[0])
+    rows = [dict(zip(ingest[0], row, strict=True)) for row in ingest[2:]]
+    assert [(r["mode"], r["cluster events/s"], r["one server events/s"],
+             r["cluster / one server"]) for r in rows] == [
+        ("REST single", "150", "250", "0.60x"),  # 150 / 250
+        ("gRPC batch of 500", "8,000", "20,000", "0.40x"),  # 8,000 / 20,000
+        ("REST batch of 500", "9,000", "-", "-"),  # the single server did not measure it
+    ]  # fmt: skip
+    assert {r["cluster"] for r in rows} == {"cluster 2x2 (started here)"}
+    assert rows[1]["cluster server CPU µs/event"] == "65.0 + 32.5 ClickHouse"
+    assert rows[1]["one server's"] == "70.0 + 35.0 ClickHouse"
+
+    queries = next(t for t in found if "cluster p50 ms" in t[0])
+    rows = [dict(zip(queries[0], row, strict=True)) for row in queries[2:]]
+    assert [(r["endpoint"], r["cluster p50 ms"], r["one server p50 ms"],
+             r["p50 cluster / one server"], r["p99 cluster / one server"]) for r in rows] == [
+        ("sales 30d/day", "60.0", "24.0", "2.50x", "2.25x"),  # 60 / 24, 90 / 40
+        ("funnel 7d", "40.0", "80.0", "0.50x", "2.50x"),  # 40 / 80, 400 / 160
+    ]  # fmt: skip
+    assert rows[0]["status (cluster / one server)"] == "200 / 200"
+    # 30 s / 12 s
+    assert (
+        "cluster 2x2 (started here): loading 100,000 events took 30 s (one server: 12 s, "
+        "2.50x)." in markdown
+    )
+    assert "`c2x2`, 2 shards x 2 replicas, every server and ZooKeeper on this machine" in markdown
+    # The skipped sections say so; the cluster is held to no issue 16 target.
+    assert "- cluster 2x2 (started here): skipped: measured on the single server only" in markdown
+    targets = next(t for t in found if t[0][:2] == ["backend", "target"])
+    assert "cluster 2x2 (started here)" not in {row[0] for row in targets[2:]}
+    assert "clickhouse-server" in {row[0] for row in targets[2:]}
+
+
+def test_without_a_cluster_the_section_says_so() -> None:
+    assert "_No cluster in this run" in render_markdown(synthetic())
+    result = with_a_cluster()
+    result["backends"]["clickhouse-cluster-2x2"] = {"skipped": "no java"}
+    del result["backends"]["clickhouse-server"]["ingest"]
+    markdown = render_markdown(result)
+    assert "- cluster 2x2 (started here): skipped: no java" in markdown
+
+
+def test_an_existing_cluster_s_url_keeps_its_hosts_per_database() -> None:
+    url = "clickhouse://bench:pw@ch-0-0:9000/analytics?alt_hosts=ch-0-1:9000,ch-1-0:9000"
+    assert with_database(url, "bench_metrics") == (
+        "clickhouse://bench:pw@ch-0-0:9000/bench_metrics?alt_hosts=ch-0-1:9000,ch-1-0:9000"
+    )
+    assert with_database("clickhouse://default@127.0.0.1:9001", "system") == (
+        "clickhouse://default@127.0.0.1:9001/system"
+    )
