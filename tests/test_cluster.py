@@ -31,6 +31,7 @@ from cartlytics.common.storage.layout import (
 )
 from cartlytics.common.storage.migrations import CLASSIC_TYPES, SCHEMA_MIGRATIONS
 from cartlytics.common.storage.migrations.registry import MIGRATIONS
+from cartlytics.common.storage.purge import NotOnACluster, Purger, Selection
 from cartlytics.common.storage.sql import Sql
 from tests.cluster import CLUSTER, ClickHouseCluster, ClusterNode
 
@@ -330,3 +331,18 @@ def test_a_url_with_other_nodes_outlives_its_first(
     finally:
         first.restart()
         storage.close()
+
+
+def test_purges_are_refused_before_deleting_anything(cluster_storage: Storage) -> None:
+    """Erasure and retention delete with mutations of the tables by their own names, which a
+    Distributed table does not take: refused whole on a cluster, never run half."""
+    project = "p_" + uuid.uuid4().hex[:8]
+    cluster_storage.insert_sync("events", EVENT_COLUMNS, [_event(project, 1, "v")])
+    purger = Purger(cluster_storage)
+    every = Sql("1")
+    with pytest.raises(NotOnACluster):
+        purger.purge(project, Selection(every, every, every, None, None, None))
+    with pytest.raises(NotOnACluster):
+        purger.drop_months([202601])
+    count = Sql("SELECT count() FROM events WHERE project_id = {p}")
+    assert cluster_storage.query_sync(count, {"p": project}) == [(1,)]

@@ -115,6 +115,17 @@ class Selection:
     """The name of a tuple parameter of ``rows`` too long for one statement: chunked."""
 
 
+class NotOnACluster(StorageError):
+    """Purges delete with mutations and drop partitions of the tables by their own names, which
+    are Distributed tables in cluster mode and take neither: refused before anything is deleted
+    (docs/cluster.md, "Costs and limits")."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "erasure and retention are not supported in cluster mode yet (docs/cluster.md)"
+        )
+
+
 @dataclass
 class PurgeReport:
     mutations: int = 0
@@ -143,6 +154,8 @@ class Purger:
 
     def purge(self, project: str, selection: Selection) -> PurgeReport:
         """Remove the selected events of ``project`` and make every rollup exact again."""
+        if self._storage.cluster:
+            raise NotOnACluster()
         started = time.monotonic()
         report = PurgeReport()
         params = {"project": project, **selection.params}
@@ -213,6 +226,8 @@ class Purger:
     def drop_months(self, months: Iterable[int]) -> list[int]:
         """Drop whole months (YYYYMM) of every table partitioned by month: only for months that
         no project keeps any more (the caller checks; ``retention.expired_months``)."""
+        if self._storage.cluster:
+            raise NotOnACluster()
         dropped = []
         for month in sorted(months):
             for table in MONTHLY_TABLES:
