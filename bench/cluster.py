@@ -9,7 +9,8 @@ and ``CLICKHOUSE_CLUSTER`` naming the cluster (docs/cluster.md).
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -47,8 +48,15 @@ class BenchCluster:
     shards: int
     replicas: int
     started: ClickHouseCluster | None = None  # None: an existing cluster, not ours to stop
+    # On an existing cluster each database the bench makes is this run's own (a suffix), and
+    # dropped at the end: a second run must not load its events on top of the first's.
+    tag: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    databases: set[str] = field(default_factory=set)
 
     def url(self, database: str) -> str:
+        if self.started is None:
+            database = f"{database}_{self.tag}"
+            self.databases.add(database)
         return with_database(self.node_url, database)
 
     def pids(self) -> tuple[int, ...]:
@@ -72,8 +80,18 @@ class BenchCluster:
         )
 
     def stop(self) -> None:
+        """Stop a cluster started here; on an existing one, drop this run's databases."""
         if self.started is not None:
             self.started.stop()
+            return
+        from clickhouse_driver import Client
+
+        client = Client.from_url(with_database(self.node_url, "system"))
+        try:
+            for database in sorted(self.databases):
+                client.execute(f"DROP DATABASE IF EXISTS {database} ON CLUSTER {self.name}")
+        finally:
+            client.disconnect()
 
 
 def start(directory: Path) -> BenchCluster:

@@ -893,8 +893,10 @@ def _cluster(result: Mapping[str, Any]) -> list[str]:
         "and the same loader. Ratio: the cluster's figure / the one server's. Events/s below "
         "1x: the cluster ingests slower; a latency above 1x: it answers slower. A cluster "
         "started here runs its four servers and ZooKeeper on the cores one server had to "
-        "itself: it cannot be faster here, and the ratio is the cost of the Distributed tables "
-        "and of replication, not the scale-out a cluster on its own hosts gives.",
+        "itself: it has no more capacity than one server here, and the ratio is the cost of "
+        "the Distributed tables and of replication (the ClickHouse CPU per event shows it), not "
+        "the scale-out a cluster on its own hosts gives. A ratio near 1x means the service's "
+        "own work bounds that figure, not ClickHouse; above it, the noise of a shared machine.",
         "",
         *table(
             [

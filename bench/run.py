@@ -544,7 +544,11 @@ def run_backend(backend: Backend, plan: Plan, work: Path, result: dict[str, Any]
     if backend.server is not None or backend.cluster is not None:
         from clickhouse_driver import Client
 
-        client = Client.from_url(backend.url("system"))
+        client = Client.from_url(
+            clusters.with_database(backend.cluster.node_url, "system")
+            if backend.cluster is not None
+            else backend.url("system")
+        )
         version = str(client.execute("SELECT version()")[0][0])
         client.disconnect()
         out["version"] = f"ClickHouse {version}"
@@ -697,7 +701,14 @@ def run_cluster(args: argparse.Namespace, plan: Plan, work: Path, result: dict[s
             result["errors"].append(f"{name} unreachable: {exc}")
             result["backends"][name] = {"skipped": f"the cluster is unreachable: {exc}"}
             return
-        result["backends"][name] = run_backend(Backend(name, cluster=cluster), plan, work, result)
+        try:
+            result["backends"][name] = run_backend(
+                Backend(name, cluster=cluster), plan, work, result
+            )
+        finally:
+            log(f"{name}: dropping this run's databases ({', '.join(sorted(cluster.databases))})")
+            cluster.stop()
+            remove(name, work)
         return
     name = clusters.NAME
     if missing := clusters.missing():
