@@ -52,8 +52,9 @@ unit: $(STAMP) $(TOOLS_STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 ## bench: every benchmark with its references, on chdb and (when on PATH) clickhouse-server, and
-## issue 16's targets with pass/fail, into bench/results/latest.{json,md} (26 min measured;
-## BENCH_ARGS=--quick: ~5 min, bench/results/quick.*)
+## issue 16's targets with pass/fail; with zookeeper installed too, a 2x2 cluster beside the server
+## (ingest, queries, their ratios); into bench/results/latest.{json,md} (26 min measured without
+## the cluster, which adds ~10-15 min, estimated; BENCH_ARGS=--quick: ~8 min, bench/results/quick.*)
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
