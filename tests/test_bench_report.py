@@ -458,3 +458,36 @@ def test_an_existing_cluster_s_url_keeps_its_hosts_per_database() -> None:
     assert with_database("clickhouse://default@127.0.0.1:9001", "system") == (
         "clickhouse://default@127.0.0.1:9001/system"
     )
+
+
+def test_the_meter_sums_a_cluster_s_storage_processes() -> None:
+    # Two processes burning CPU when told stand for a cluster's servers: the meter, given both
+    # as the storage, counts their sum (each one's own reading is the oracle).
+    script = "print('ready', flush=True)\n" + BURNER  # its start-up CPU before the reading
+    burners = [
+        subprocess.Popen(
+            [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    try:
+        for burner in burners:
+            assert burner.stdout is not None and burner.stdout.readline() == "ready\n"
+        meter = Meter(storage_pid=tuple(b.pid for b in burners))
+        before = meter.read()
+        burned = 0.0
+        for burner in burners:
+            assert burner.stdin is not None and burner.stdout is not None
+            burner.stdin.write("go\n")
+            burner.stdin.flush()
+            burned += float(burner.stdout.readline())
+        used = meter.since(before)
+    finally:
+        for burner in burners:
+            assert burner.stdin is not None
+            burner.stdin.close()
+            burner.wait(timeout=10)
+    assert used["storage_cpu_s"] is not None
+    assert abs(used["storage_cpu_s"] - burned) < 0.1, (used, burned)
+    # One of them gone: the sum is not comparable any more, so not measured.
+    assert Meter(storage_pid=(burners[0].pid, burners[1].pid)).read().storage is None
