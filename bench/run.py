@@ -708,7 +708,11 @@ def run_cluster(args: argparse.Namespace, plan: Plan, work: Path, result: dict[s
             )
         finally:
             log(f"{name}: dropping this run's databases ({', '.join(sorted(cluster.databases))})")
-            cluster.stop()
+            try:
+                cluster.stop()
+            except Exception as exc:  # the figures stand; say what is left behind
+                log(f"{name}: could not drop them: {exc}")
+                result["errors"].append(f"{name}: this run's databases not dropped: {exc}")
             remove(name, work)
         return
     name = clusters.NAME
