@@ -376,8 +376,11 @@ def measure_queries(
     backend: Backend, plan: Plan, system: System, size: int, out: dict[str, Any]
 ) -> list[dict[str, Any]]:
     waited = settle(system.process.pid)
+    # The storage's merges of the load (on a cluster, its replicas' fetches too) done first:
+    # else the first endpoints are timed beside them, and a cluster's longer than a server's.
+    merged = Meter(storage_pid=backend.storage_pids()).settle(limit=120)
     log(f"{backend.name}: query latency at {size:,} events ({plan.requests} calls each; the")
-    log(f"  service's start-up work done after {waited} s)")
+    log(f"  service's start-up work done after {waited} s, the storage idle after {merged} s)")
     ping = probes.latency(system.http_url, system.key, "GET", probes.PING_PATH, None, plan.requests)
     out["ping"].append({"events": size, **ping})
     rows = []
