@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -209,3 +210,15 @@ class ClickHouseCluster:
         for node in self.nodes:
             node.stop()
         self.zookeeper.stop()
+
+
+def own_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClickHouseCluster]:
+    """A fixture's body: a cluster for one module, started and stopped with it (for tests that
+    kill and stop nodes: the others then run on a cluster no fault has touched)."""
+    need_cluster()
+    cluster = ClickHouseCluster(tmp_path_factory.mktemp("clickhouse-cluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()

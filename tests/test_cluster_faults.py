@@ -16,10 +16,16 @@ from pathlib import Path
 import pytest
 
 from cartlytics.common.storage import Sql, Storage, open_storage
-from tests.cluster import CLUSTER, ClickHouseCluster, ClusterNode
+from tests.cluster import CLUSTER, ClickHouseCluster, ClusterNode, own_cluster
 from tests.load import Load, RestStream, Stream, sales, statuses
 from tests.rest import call
 from tests.servers import System, start_system
+
+
+@pytest.fixture(scope="module")
+def clickhouse_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClickHouseCluster]:
+    """This module's own cluster (overrides the session's): its tests kill and stop nodes."""
+    yield from own_cluster(tmp_path_factory)
 
 
 @pytest.fixture
