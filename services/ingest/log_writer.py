@@ -18,7 +18,9 @@ and the log keeps acknowledging until it is full (``ingest_log.LogFull``: 503).
 
 ``caught_up`` lets the process's readers see every event acknowledged before they started
 (``Storage.read_barrier``): a query waits until the writer has stored what was appended when it
-arrived, at most ``READ_WAIT_SECONDS``.
+arrived, at most ``read_wait_seconds`` (``ANALYTICS_INGEST_LOG_READ_WAIT_SECONDS``, 10 s: a
+second was shorter than a cluster here took to store a burst of 5,000 events, and the reads
+after it came back short).
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ log = structlog.get_logger(__name__)
 
 MAX_BACKOFF_SECONDS = 2.0
 CHECK_IDS_PER_QUERY = 2_000  # ~80 KB of SQL, well within ClickHouse's max_query_size (256 KiB)
-READ_WAIT_SECONDS = 1.0
+READ_WAIT_SECONDS = 10.0
 
 BLOCK_ROWS = Histogram(
     "cartlytics_ingest_log_block_rows",
@@ -97,12 +99,14 @@ class LogWriter:
         tables: Sequence[TableSpec],
         max_rows: int = 100_000,
         linger_seconds: float = 0.1,
+        read_wait_seconds: float = READ_WAIT_SECONDS,
     ) -> None:
         self._storage = storage
         self._log = ingest_log
         self._tables = tuple(tables)
         self._max_rows = max_rows
         self._linger = linger_seconds
+        self._read_wait = read_wait_seconds
         self._pending: deque[tuple[int, bytes, int]] = deque()  # (lsn, payload, rows)
         self._pending_rows = 0
         self._readers = 0  # callers of caught_up waiting: the block goes without lingering
@@ -142,12 +146,16 @@ class LogWriter:
         if self._pending_rows >= self._max_rows:
             self._hurry.set()
 
-    async def caught_up(self, limit_seconds: float = READ_WAIT_SECONDS) -> None:
+    async def caught_up(self, limit_seconds: float | None = None) -> None:
         """Wait until every record appended before this call is stored (at most
-        ``limit_seconds``:
-        then the reader goes on, and ClickHouse's own state is what it reads)."""
+        ``limit_seconds``, by default the writer's read wait: then the reader goes on, and
+        ClickHouse's own state is what it reads)."""
         target = self._log.last_lsn
         if self._stored_lsn >= target:
+            return
+        if limit_seconds is None:
+            limit_seconds = self._read_wait
+        if limit_seconds <= 0:
             return
         self._readers += 1
         self._hurry.set()  # a reader waits: no lingering for a bigger block

@@ -44,6 +44,7 @@ async def init(runtime: Runtime) -> Stop:
             TABLES,
             max_rows=config.ingest_log_block_rows,
             linger_seconds=config.ingest_log_linger_seconds,
+            read_wait_seconds=config.ingest_log_read_wait_seconds,
         )
     recovery = runtime.recovery()
     guard = RedisGuard(runtime.redis, on_unavailable=recovery.unavailable if recovery else None)

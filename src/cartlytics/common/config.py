@@ -260,6 +260,13 @@ SETTINGS: dict[str, Setting] = {
         "100000",
         "Most events the ingest log writer puts in one INSERT.",
     ),
+    "ingest_log_read_wait_seconds": Setting(
+        "ANALYTICS_INGEST_LOG_READ_WAIT_SECONDS",
+        _float,
+        "10",
+        "Longest a read in the ingest process waits for the log writer to store what was"
+        " acknowledged before it (then it reads what ClickHouse has; 0: never waits).",
+    ),
     "ip_mode": Setting(
         "ANALYTICS_IP_MODE",
         str,
@@ -424,6 +431,7 @@ class Config:
     ingest_log_max_bytes: int
     ingest_log_linger_seconds: float
     ingest_log_block_rows: int
+    ingest_log_read_wait_seconds: float
     ip_mode: str
     ip_salt: str
     erasure_suppression_days: int
@@ -499,6 +507,8 @@ class Config:
             raise ConfigError("ANALYTICS_INGEST_LOG_FSYNC_INTERVAL must be more than 0, at most 60")
         if values["ingest_log_linger_seconds"] > 10:
             raise ConfigError("ANALYTICS_INGEST_LOG_LINGER_SECONDS must be at most 10")
+        if not 0 <= values["ingest_log_read_wait_seconds"] <= 300:
+            raise ConfigError("ANALYTICS_INGEST_LOG_READ_WAIT_SECONDS must be from 0 to 300")
         for name in ("ingest_log_max_bytes", "ingest_log_block_rows"):
             if values[name] < 1:
                 raise ConfigError(f"{SETTINGS[name].env} must be at least 1")
