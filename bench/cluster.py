@@ -8,13 +8,12 @@ and ``CLICKHOUSE_CLUSTER`` naming the cluster (docs/cluster.md).
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from tests.cluster import CLUSTER, ZOOKEEPER_JAR, ClickHouseCluster
+from tests.cluster import CLUSTER, ClickHouseCluster, missing_binaries
 
 SHARDS, REPLICAS = 2, 2
 NAME = f"clickhouse-cluster-{SHARDS}x{REPLICAS}"  # the --backends name of the started cluster
@@ -23,15 +22,7 @@ EXISTING = "clickhouse-cluster"  # the report's name of an existing one (--clust
 
 def missing() -> list[str]:
     """What starting the cluster here needs and is not installed (empty: nothing)."""
-    return [
-        name
-        for name, present in (
-            ("clickhouse-server", shutil.which("clickhouse-server") is not None),
-            ("java", shutil.which("java") is not None),
-            (str(ZOOKEEPER_JAR), ZOOKEEPER_JAR.is_file()),
-        )
-        if not present
-    ]
+    return missing_binaries()
 
 
 def with_database(url: str, database: str) -> str:

@@ -46,9 +46,9 @@ NODE_CONFIG = """<?xml version="1.0"?>
 """
 
 
-def need_cluster() -> None:
-    """Skip without the binaries (a failure where CI requires the server tests to run)."""
-    missing = [
+def missing_binaries() -> list[str]:
+    """What starting a cluster here needs and is not installed (empty: nothing)."""
+    return [
         name
         for name, present in (
             ("clickhouse-server", shutil.which("clickhouse-server") is not None),
@@ -57,6 +57,11 @@ def need_cluster() -> None:
         )
         if not present
     ]
+
+
+def need_cluster() -> None:
+    """Skip without the binaries (a failure where CI requires the server tests to run)."""
+    missing = missing_binaries()
     if missing:
         if REQUIRE_SERVER:
             pytest.fail(f"the ClickHouse cluster tests need {missing} (apt-get install zookeeper)")

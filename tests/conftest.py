@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from cartlytics.common.storage import Storage, open_storage
-from tests.cluster import ClickHouseCluster, need_cluster
+from tests.cluster import ClickHouseCluster, own_cluster
 from tests.servers import ClickHouseServer, EnvoyGateway, RedisServer, System, start_system
 
 BACKENDS = ("chdb", "clickhouse")
@@ -154,10 +154,4 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 def clickhouse_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClickHouseCluster]:
     """ZooKeeper and 2 shards x 2 replicas of clickhouse-server (tests/cluster.py), for the
     cluster tests (tests/test_cluster*.py); skipped as the server tests are without them."""
-    need_cluster()
-    cluster = ClickHouseCluster(tmp_path_factory.mktemp("clickhouse-cluster"))
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from own_cluster(tmp_path_factory)
