@@ -142,7 +142,7 @@ def test_a_rebuild_overtaken_by_an_invalidation_elsewhere_is_never_current(
             if "INSERT INTO people_snapshot_v" in sql.text:
                 # The other process records its invalidation (this process's lock is held: a
                 # second PeopleSnapshot here would wait for it).
-                PeopleSnapshot(storage)._record(time.time_ns(), 0, 0)
+                PeopleSnapshot(storage)._record(time.time_ns(), 0, 0, 0)
             return rows
 
     assert Interrupted(storage).rebuild() is None

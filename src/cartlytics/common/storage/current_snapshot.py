@@ -1,6 +1,7 @@
-"""Which people snapshot a query reads: one build's tables and the ``people`` block it holds,
-given to the query together as values (``{snapshot_people}``, ``{snapshot_links}``,
-``{snapshot_block}``), so that nothing can pair one build's tables with another's block.
+"""Which people snapshot a query reads: one build's tables and the ``people`` and
+``customer_first`` blocks it holds, given to the query together as values
+(``{snapshot_people}``, ``{snapshot_links}``, ``{snapshot_first}``, ``{snapshot_block}``,
+``{snapshot_first_block}``), so that nothing can pair one build's tables with another's blocks.
 
 Builds are never changed once recorded (``people_snapshot.py``): any recorded build read with its
 own block is exact (``commerce.visitors``), however old. So each ``Storage`` looks the current one
@@ -22,38 +23,47 @@ from .sql import Sql
 LOOKUP_SECONDS = 1.0
 """How long a looked-up build is reused (a newer one only makes queries hash fewer rows)."""
 
-SLOTS = frozenset({"snapshot_people", "snapshot_links", "snapshot_block"})
+SLOTS = frozenset({
+    "snapshot_people",
+    "snapshot_links",
+    "snapshot_first",
+    "snapshot_block",
+    "snapshot_first_block",
+})  # fmt: skip
 
-# The fixed, empty tables of migration 11: what a query joins when there is no build (block 0:
-# every ``people`` row is then read as a change).
-BASE_TABLES = ("people_snapshot", "people_snapshot_links")
+# The fixed, empty tables of migrations 11 and 12: what a query joins when there is no build
+# (block 0: every ``people`` and ``customer_first`` row is then read as a change).
+BASE_TABLES = ("people_snapshot", "people_snapshot_links", "people_snapshot_first")
 
 LOOKUP = (
-    "SELECT max(version), argMax(max_block, version) FROM people_snapshots"
+    "SELECT max(version), argMax(max_block, version), argMax(first_block, version)"
+    " FROM people_snapshots"
     " WHERE version > 0"  # an empty table gives one row of zeros either way
 )
 
 
-def build_tables(version: int) -> tuple[str, str]:
-    """The two tables of the build recorded as ``version``."""
-    people, links = BASE_TABLES
-    return f"{people}_v{version}", f"{links}_v{version}"
+def build_tables(version: int) -> tuple[str, ...]:
+    """The tables of the build recorded as ``version``, in the order of ``BASE_TABLES``."""
+    return tuple(f"{base}_v{version}" for base in BASE_TABLES)
 
 
-def snapshot_values(version: int, block: int) -> dict[str, Any]:
+def snapshot_values(version: int, block: int, first_block: int = 0) -> dict[str, Any]:
     """The query values of a build (version 0 or block 0: none, the empty fixed tables)."""
-    people, links = BASE_TABLES if version == 0 or block == 0 else build_tables(version)
+    built = version != 0 and block != 0
+    people, links, first = build_tables(version) if built else BASE_TABLES
     return {
         "snapshot_people": Sql(people),
         "snapshot_links": Sql(links),
-        "snapshot_block": block if version else 0,
+        "snapshot_first": Sql(first),
+        "snapshot_block": block if built else 0,
+        "snapshot_first_block": first_block if built else 0,
     }
 
 
 EVERY_PART = -1
-"""The block of cluster mode, which builds no snapshot: every part of ``people`` is read as
-changes, including a replicated table's first, whose block numbers start at 0 (a single
-server's start at 1, so block 0 covers them all there)."""
+"""The blocks of cluster mode, which builds no snapshot: every part of ``people`` (and of
+``customer_first``) is read as changes, including a replicated table's first, whose block
+numbers start at 0 (a single server's start at 1, so block 0 covers them all there)."""
 
 
 def missing(error: Exception) -> bool:
@@ -64,7 +74,8 @@ def missing(error: Exception) -> bool:
 
 class CurrentSnapshot:
     """A store's current build, looked up through ``execute`` and reused for a second; in cluster
-    mode (``cluster``) none: the fixed empty tables, and every part of ``people`` as changes."""
+    mode (``cluster``) none: the fixed empty tables, and every part of ``people`` and
+    ``customer_first`` as changes."""
 
     def __init__(
         self, execute: Callable[[str], Sequence[Sequence[Any]]], cluster: bool = False
@@ -77,12 +88,18 @@ class CurrentSnapshot:
 
     def values(self) -> dict[str, Any]:
         if self._cluster:
-            return {**snapshot_values(0, 0), "snapshot_block": EVERY_PART}
+            return {
+                **snapshot_values(0, 0),
+                "snapshot_block": EVERY_PART,
+                "snapshot_first_block": EVERY_PART,
+            }
         with self._lock:
             now = time.monotonic()
             if self._values is None or now - self._looked_up >= LOOKUP_SECONDS:
-                version, block = self._execute(LOOKUP)[0]
-                self._values = snapshot_values(int(version or 0), int(block or 0))
+                version, block, first_block = self._execute(LOOKUP)[0]
+                self._values = snapshot_values(
+                    int(version or 0), int(block or 0), int(first_block or 0)
+                )
                 self._looked_up = now
             return self._values
 

@@ -65,7 +65,7 @@ EVERYWHERE: Final = frozenset({
 })  # fmt: skip
 """Small tables every node holds whole (one replicated table across the cluster)."""
 
-PER_NODE: Final = frozenset({"people_snapshot", "people_snapshot_links"})
+PER_NODE: Final = frozenset({"people_snapshot", "people_snapshot_links", "people_snapshot_first"})
 """Tables made on each node and never replicated (``Join`` engine): empty in cluster mode."""
 
 _CREATE_TABLE = re.compile(

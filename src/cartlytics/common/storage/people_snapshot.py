@@ -7,22 +7,29 @@ what ``people`` held up to one of its insert blocks, and ``people``'s later inse
 (``visitors.CHANGES``, hashed per query) for the rest. Readers are exact whatever the build's
 age; the older it is, the more they hash per query.
 
-A build is immutable: ``rebuild`` notes the highest insert block of ``people``, fills
-``people_snapshot_v<version>`` and ``people_snapshot_links_v<version>`` from ``people`` (every
-block up to that one at least) and records (version, block) in ``people_snapshots``; a query
-names one recorded build's tables and block, looked up together (``current_snapshot.py``). So no
-query can pair one build's tables with another's block (migration 10's fixed tables swapped in
-place allowed that, and a loaded run once showed it). Versions are ``time.time_ns()`` taken when
-a build starts, and the highest recorded one is current: a build that an invalidation or a newer
-build overtook while it was filled is never current, whichever process made it.
+A build is immutable: ``rebuild`` notes the highest insert blocks of ``people`` and
+``customer_first``, fills ``people_snapshot_v<version>`` and
+``people_snapshot_links_v<version>`` from ``people`` (every block up to the noted one at least),
+then ``people_snapshot_first_v<version>`` (per person of the build, hashed: the earliest
+``customer_first`` time of its devices, every block up to the noted one at least; what the
+customers figures read for "ordered before the period", later blocks as changes:
+services/metrics/customers.py), and records (version, block, first block) in
+``people_snapshots``; a query names one recorded build's tables and blocks, looked up together
+(``current_snapshot.py``). So no query can pair one build's tables with another's block
+(migration 10's fixed tables swapped in place allowed that, and a loaded run once showed it).
+Versions are ``time.time_ns()`` taken when a build starts, and the highest recorded one is
+current: a build that an invalidation or a newer build overtook while it was filled is never
+current, whichever process made it.
 
-- ``invalidate``, run by every purge of ``people`` (erasure, retention), records a version with
-  block 0 (no build: every row is a change, the fixed tables are empty) and drops every build:
-  no erased link stays in any table. A query that looked up a dropped build fails on its missing
-  table and ``Storage`` runs it again with the build current then.
+- ``invalidate``, run by every purge (erasure, retention: they remove ``people`` and
+  ``customer_first`` rows), records a version with block 0 (no build: every row is a change, the
+  fixed tables are empty) and drops every build: no erased link or order time stays in any
+  table. A query that looked up a dropped build fails on its missing table and ``Storage`` runs
+  it again with the build current then.
 - ``keep`` (the privacy module's keeper, one per store or several) rebuilds when the newer rows
-  pass ``ANALYTICS_PEOPLE_SNAPSHOT_CHANGES`` or are older than ``REBUILD_AGE_SECONDS``, and drops
-  builds superseded for ``DROP_AFTER_SECONDS`` (queries reuse a lookup for a second).
+  (of ``people`` and ``customer_first`` together) pass ``ANALYTICS_PEOPLE_SNAPSHOT_CHANGES`` or
+  are older than ``REBUILD_AGE_SECONDS``, and drops builds superseded for
+  ``DROP_AFTER_SECONDS`` (queries reuse a lookup for a second).
 
 ClickHouse 18.16 crashes on ``TRUNCATE`` of a Join table: tables are only created and dropped.
 
@@ -52,8 +59,9 @@ from .sql import Sql
 log = structlog.get_logger(__name__)
 
 REBUILD_CHANGED_ROWS = 20_000
-"""``people`` rows newer than the snapshot past which the keeper rebuilds it, by default
-(``ANALYTICS_PEOPLE_SNAPSHOT_CHANGES``; a query hashes them: ~20k rows cost a few ms)."""
+"""``people`` and ``customer_first`` rows newer than the snapshot past which the keeper rebuilds
+it, by default (``ANALYTICS_PEOPLE_SNAPSHOT_CHANGES``; a query hashes them: ~20k rows cost a few
+ms)."""
 REBUILD_AGE_SECONDS = 600
 """A snapshot with newer rows is rebuilt at least this often."""
 DROP_AFTER_SECONDS = 10.0
@@ -87,26 +95,44 @@ _FILLS = (
     INSERT INTO {table}
     SELECT cityHash64(project_id, anonymous_id), anonymous_id, link_key, user FROM {stage}"""),
 )
+# Per person of the build (its people table's, so the same people as the other two tables): the
+# earliest order time of its devices, and whether it is some device's user (then it holds
+# devices other than its own id). Every device with an order is a key (an unlinked one as its own
+# person), so a person the table lacks has no order up to the build's block.
+_FILL_FIRST = Sql("""
+    INSERT INTO {table}
+    SELECT if(snapshot_person != 0, snapshot_person, visitor_hash) AS person,
+           min(first) AS first_ts, 1 AS known,
+           person IN (SELECT cityHash64(project_id, user) FROM {stage}) AS others
+    FROM (
+        SELECT cityHash64(project_id, visitor_id) AS visitor_hash,
+               joinGet('{people}', 'snapshot_person', visitor_hash) AS snapshot_person,
+               finalizeAggregation(first_ts) AS first
+        FROM customer_first
+    )
+    GROUP BY person""")
 _DEVICES = Sql("""
     SELECT count(), uniqExact(cityHash64(project_id, anonymous_id)) FROM {stage}""")
 _MAX_BLOCK = Sql("""
     SELECT max(max_block_number) FROM system.parts
-    WHERE database = currentDatabase() AND table = 'people' AND active""")
+    WHERE database = currentDatabase() AND table = {table} AND active""")
 _NEWER_ROWS = Sql("""
     SELECT sum(rows) FROM system.parts
-    WHERE database = currentDatabase() AND table = 'people' AND active
-      AND max_block_number > {block}""")
+    WHERE database = currentDatabase() AND active
+      AND (table = 'people' AND max_block_number > {block}
+           OR table = 'customer_first' AND max_block_number > {first_block})""")
 _STATE = Sql("""
-    SELECT max(version), argMax(max_block, version), toUInt64(argMax(built_at, version))
+    SELECT max(version), argMax(max_block, version), toUInt64(argMax(built_at, version)),
+           argMax(first_block, version)
     FROM people_snapshots""")
 _RECORD = Sql("""
-    INSERT INTO people_snapshots (version, max_block, devices, built_at)
-    SELECT {version}, {block}, {devices}, toDateTime({built_at}, 'UTC')""")
+    INSERT INTO people_snapshots (version, max_block, devices, built_at, first_block)
+    SELECT {version}, {block}, {devices}, toDateTime({built_at}, 'UTC'), {first_block}""")
 _DROP = "DROP TABLE IF EXISTS {table}{drop_sync}"
 _BUILDS = Sql("""
     SELECT name FROM system.tables
     WHERE database = currentDatabase()
-      AND match(name, '^people_snapshot(_links|_stage)?_v[0-9]+$')""")
+      AND match(name, '^people_snapshot(_links|_first|_stage)?_v[0-9]+$')""")
 
 # One rebuild or invalidation at a time in this process (the keeper's thread, a purge's).
 _LOCK = threading.Lock()
@@ -117,6 +143,7 @@ class SnapshotState:
     version: int  # the current build's (0: none yet): time.time_ns() when it started
     block: int  # the highest insert block of ``people`` it holds (0: no build)
     built_at: int  # epoch seconds
+    first_block: int = 0  # the highest insert block of ``customer_first`` it holds
 
 
 @dataclass(frozen=True)
@@ -142,20 +169,27 @@ class PeopleSnapshot:
         self._run(Sql(_DROP.replace("{table}", table)))
 
     def state(self) -> SnapshotState:
-        version, block, built_at = self._run(_STATE)[0]
-        return SnapshotState(int(str(version)), int(str(block)), int(str(built_at)))
+        version, block, built_at, first_block = self._run(_STATE)[0]
+        return SnapshotState(
+            int(str(version)), int(str(block)), int(str(built_at)), int(str(first_block))
+        )
 
-    def newer_rows(self, block: int) -> int:
-        """Rows of ``people`` in parts holding blocks after ``block`` (what readers hash)."""
-        (rows,) = self._run(_NEWER_ROWS, {"block": block})[0]
+    def newer_rows(self, block: int, first_block: int = 0) -> int:
+        """Rows of ``people`` in parts holding blocks after ``block`` and of ``customer_first``
+        after ``first_block`` (what readers read as changes)."""
+        (rows,) = self._run(_NEWER_ROWS, {"block": block, "first_block": first_block})[0]
         return int(str(rows or 0))
+
+    def _max_block(self, table: str) -> int:
+        (max_block,) = self._run(_MAX_BLOCK, {"table": table})[0]
+        return int(str(max_block or 0))
 
     def due(self, now: float | None = None) -> bool:
         """Whether the keeper should rebuild now (never in cluster mode: see ``rebuild``)."""
         if self._storage.cluster:
             return False
         state = self.state()
-        newer = self.newer_rows(state.block)
+        newer = self.newer_rows(state.block, state.first_block)
         if newer == 0:
             return False
         age = (now if now is not None else time.time()) - state.built_at
@@ -172,8 +206,9 @@ class PeopleSnapshot:
         started = time.monotonic()
         with _LOCK:
             version = time.time_ns()
-            (max_block,) = self._run(_MAX_BLOCK)[0]
-            block = int(str(max_block or 0))
+            # Noted before reading: rows of later blocks are the readers' changes.
+            block = self._max_block("people")
+            first_block = self._max_block("customer_first")
             stage = Sql(f"people_snapshot_stage_v{version}")
             tables = build_tables(version)
             try:
@@ -185,11 +220,16 @@ class PeopleSnapshot:
                     SNAPSHOT_REBUILDS.labels("collision").inc()
                     self._drop(stage.text)
                     return None
-                for base, table, fill in zip(BASE_TABLES, tables, _FILLS, strict=True):
+                fills = (
+                    *(fill.fill(stage=stage) for fill in _FILLS),
+                    # After the people table's fill: it reads it.
+                    _FILL_FIRST.fill(stage=stage, people=Sql(tables[0])),
+                )
+                for base, table, fill in zip(BASE_TABLES, tables, fills, strict=True):
                     self._run(Sql(f"CREATE TABLE {table} AS {base}"))
-                    self._run(fill.fill(table=Sql(table), stage=stage))
+                    self._run(fill.fill(table=Sql(table)))
                 self._drop(stage.text)
-                self._record(version, block, devices)
+                self._record(version, block, devices, first_block)
             except BaseException:
                 self._drop_quietly((stage.text, *tables))
                 raise
@@ -206,7 +246,7 @@ class PeopleSnapshot:
         """No build: every ``people`` row is read as a change, and every build is dropped (a
         purge removed rows they may hold)."""
         with _LOCK:
-            self._record(time.time_ns(), 0, 0)
+            self._record(time.time_ns(), 0, 0, 0)
             for table in self._builds():
                 self._drop(table)
         self._storage.snapshot.forget()
@@ -234,7 +274,7 @@ class PeopleSnapshot:
             except Exception as exc:  # the store is down: drop_superseded gets it later
                 log.warning("people snapshot build not dropped", table=table, error=str(exc))
 
-    def _record(self, version: int, block: int, devices: int) -> None:
+    def _record(self, version: int, block: int, devices: int, first_block: int) -> None:
         self._run(
             _RECORD,
             {
@@ -242,6 +282,7 @@ class PeopleSnapshot:
                 "block": block,
                 "devices": devices,
                 "built_at": int(time.time()),
+                "first_block": first_block,
             },
         )
 

@@ -212,8 +212,9 @@ class Purger:
             people = _and(PROJECT, selection.people)
             self.delete("people", people, params, report)
             self._run(PEOPLE_FIRST.backfill(where=people), params)
-            # The snapshot may hold the links just removed: emptied (the keeper rebuilds it).
-            PeopleSnapshot(self._storage).invalidate()
+        # The snapshot may hold the links and order times just removed: emptied (the keeper
+        # rebuilds it).
+        PeopleSnapshot(self._storage).invalidate()
 
         if selection.products is None or selection.products:
             products = _and(PROJECT, selection.products)

@@ -14,6 +14,7 @@ from . import (
     m0009_create_erasures,
     m0010_create_people_snapshot,
     m0011_version_people_snapshots,
+    m0012_snapshot_first_orders,
 )
 from .migration import Migration
 
@@ -29,4 +30,5 @@ MIGRATIONS: tuple[Migration, ...] = (
     m0009_create_erasures.MIGRATION,
     m0010_create_people_snapshot.MIGRATION,
     m0011_version_people_snapshots.MIGRATION,
+    m0012_snapshot_first_orders.MIGRATION,
 )
