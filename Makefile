@@ -54,7 +54,7 @@ unit: $(STAMP) $(TOOLS_STAMP)
 ## bench: every benchmark with its references, on chdb and (when on PATH) clickhouse-server, and
 ## issue 16's targets with pass/fail; with zookeeper installed too, a 2x2 cluster beside the server
 ## (ingest, queries, their ratios); into bench/results/latest.{json,md} (26 min measured without
-## the cluster, which adds ~15-20 min, estimated; BENCH_ARGS=--quick: ~8 min, bench/results/quick.*)
+## the cluster, which adds ~11-12 min (9.5 measured at 10M alone); BENCH_ARGS=--quick: ~8 min, bench/results/quick.*)
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 

@@ -25,7 +25,7 @@ Then issue 16's targets, each measured figure beside its target with pass or fai
 backend. Writes ``<out>.json`` and ``<out>.md`` (default bench/results/latest; --quick:
 bench/results/quick) and prints progress on stderr. The full run took 26 minutes on 2 cores
 (2026-11-26, before the cluster; most of it loading 10M events and 5 minutes of sustained load
-per backend); the cluster adds an estimated 15-20 (its parts measured apart: README). --quick
+per backend); the cluster adds about 11-12 (9.5 measured at 10M events alone: README). --quick
 (small sizes) took about 5 before the cluster, whose quick part took 2.5.
 
     .venv/bin/python bench/run.py [--quick] [--backends auto|chdb|clickhouse-server|
