@@ -314,8 +314,9 @@ SETTINGS: dict[str, Setting] = {
         "ANALYTICS_PEOPLE_SNAPSHOT_CHANGES",
         _positive_int,
         "20000",
-        "Rows of `people` written since the people snapshot past which it is rebuilt (visitor"
-        " figures hash those rows per query; it is rebuilt every 10 minutes anyway while any).",
+        "Rows of `people` and `customer_first` written since the people snapshot past which it"
+        " is rebuilt (visitor and customers figures read those rows as changes per query; it is"
+        " rebuilt every 10 minutes anyway while any).",
     ),
     "shutdown_grace": Setting(
         "ANALYTICS_SHUTDOWN_GRACE",
