@@ -257,7 +257,10 @@ def _loose(root: Path) -> list[str]:
     """Every entry under ``root`` (and itself) with a group or other permission bit."""
     found = []
     for entry in [root, *root.rglob("*")]:
-        info = entry.lstat()
+        try:
+            info = entry.lstat()
+        except FileNotFoundError:  # gone since listed (the snapshot keeper's stage table)
+            continue
         if not stat.S_ISLNK(info.st_mode) and info.st_mode & 0o077:
             found.append(f"{entry.relative_to(root.parent)} {stat.filemode(info.st_mode)}")
     return found
