@@ -54,15 +54,15 @@ from .reports import CustomerRow, CustomersQuery, CustomersReport
 #   build, the earliest customer_first time of its devices (rows up to {snapshot_first_block}).
 #   Customers it does not call returning, and whom an earlier row could make so, are listed
 #   (``candidates``);
-# - SIDE: the persons that rows the build does not hold, or holds for another person, make
-#   returning (EARLIER_CHANGES): customer_first rows of later blocks, each read as its person
-#   now, and the build's figure of each device whose person changed since (visitors.CHANGES) as
-#   its person now; and HAZARDS, the changes after which the build's figure of some person may
-#   be wrong: a device moved away from a person whose figure is "before" and who keeps other
-#   devices (a device linked in the build, given an earlier link since; an unlinked one whose
-#   own id is also a user's: an anonymousId equal to a userId). Rare: the reader then counts
-#   with EXACT_EARLIER, which hashes every earlier customer per query (~28 ms at 10M events).
-# A candidate in EARLIER_CHANGES is returning. Both queries are given the same build's values.
+# - SIDE: its second column, the persons that rows the build does not hold, or holds for another
+#   person, make returning: customer_first rows of later blocks, each read as its person now,
+#   and the build's figure of each device whose person changed since (visitors.CHANGES) as its
+#   person now; its first, whether a change is a hazard, i.e. may have made the build's figure of
+#   some person wrong: a device moved away from a person whose figure is "before" and who keeps
+#   other devices (a device linked in the build, given an earlier link since; an unlinked one
+#   whose own id is also a user's: an anonymousId equal to a userId). Rare: the reader then
+#   counts with EXACT_EARLIER, which hashes every earlier customer per query (~28 ms at 10M).
+# A candidate among SIDE's persons is returning. Both queries are given the same build's values.
 #
 # Per device whose person changed since the build: its person now, its person in the build (the
 # user it was linked to, else its own id) and what the build says of that person. A device
