@@ -409,3 +409,52 @@ def test_ingest_writes_order_lines_and_names(storage: Storage, project_id: str) 
         {"product_id": "b", "name": "B view", "revenue": 200, "units_sold": 2,
          "conversion_rate": 100.0},
     ]  # fmt: skip
+
+
+def test_products_guessed_beside_the_top_sellers_stay_exact(
+    storage: Storage, project_id: str
+) -> None:
+    """The reader reads the viewers and names of the products it answered last beside the top
+    sellers (a dashboard asks the same again): whatever changed since, each answer is the one a
+    fresh reader gives, and the figures worked out by hand."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    at = now - timedelta(days=1)
+    reader = ProductsReader(storage, "USD", clock=lambda: now)
+
+    def top(period: str, limit: int, currency: str = "SEK") -> list[tuple[str, str, int, float]]:
+        asked = ProductsQuery(period, limit, currency)
+        rows = asyncio.run(reader.top_sellers(project_id, asked)).top_sellers
+        fresh = ProductsReader(storage, "USD", clock=lambda: now)
+        assert asyncio.run(fresh.top_sellers(project_id, asked)).top_sellers == rows
+        return [(r.product_id, r.name, r.revenue, r.conversion_rate) for r in rows]
+
+    def name(event_id: str, product: str, value: str, line: int = 0) -> None:
+        storage.insert_sync(
+            PRODUCT_NAMES.name,
+            PRODUCT_NAMES.columns,
+            [(project_id, product, value, at, event_id, line)],
+        )
+
+    _store_order(storage, project_id, "g1", "go1", "v1", at, [("a", 100, 3), ("b", 100, 2)])
+    _store_order(storage, project_id, "g2", "go2", "v2", at, [("c", 100, 1)])
+    views = [("g3", "v1", "a"), ("g4", "v3", "a"), ("g5", "v2", "b")]
+    storage.insert_sync(
+        "events", EVENT_COLUMNS, [_view_row(project_id, e, who, at, p) for e, who, p in views]
+    )
+    name("g1", "a", "A")
+    # a: bought by v1, viewed by v1 and v3; b: bought by v1, viewed by v2.
+    assert top("7d", 2) == [("a", "A", 300, 50.0), ("b", "", 200, 100.0)]
+    # Asked again after a new view of a (its viewers now guessed), a new name of b, and c
+    # overtaking both: c is read in a second round, a from the guess, b no longer listed.
+    storage.insert_sync("events", EVENT_COLUMNS, [_view_row(project_id, "g6", "v4", at, "a")])
+    name("g7", "b", "B")
+    _store_order(storage, project_id, "g8", "go3", "v5", at, [("c", 500, 1)])
+    assert top("7d", 2) == [("c", "", 600, 0.0), ("a", "A", 300, 33.3)]
+    # A longer limit: b back, with its new name (the guess held only c and a).
+    assert top("7d", 3) == [("c", "", 600, 0.0), ("a", "A", 300, 33.3), ("b", "B", 200, 100.0)]
+    # Another period guesses the project's last answer (c, a, b); d, older, is read after.
+    _store_order(storage, project_id, "g9", "go4", "v1", now - timedelta(days=20), [("d", 900, 1)])
+    storage.insert_sync("events", EVENT_COLUMNS, [_view_row(project_id, "g10", "v1", at, "d")])
+    assert top("30d", 2) == [("d", "", 900, 100.0), ("c", "", 600, 0.0)]
+    # Another currency: nothing guessed, nothing sold.
+    assert top("30d", 2, "NOK") == []

@@ -19,11 +19,20 @@ products):
    Projects without duplicated orderIds take the single row of each order; others also pick the
    winner of each duplicated orderId (commerce/orders.py).
 2. Viewers (``product_views``) and names (``product_names_latest``) of those products.
+
+Round 2 starts with round 1 for the products the reader answered last to the same ask, or to the
+project in that currency (``TopSellerGuesses``): a dashboard asks the same again and again, and
+its top sellers seldom change; a product not guessed is read after, and the figures are read
+afresh either way (at 10M events, ~50 -> ~38 ms in-process: decision 63).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import cast
 
 from cartlytics.common.commerce.orders import (
     DUPLICATE_COUNT,
@@ -43,7 +52,7 @@ from cartlytics.common.commerce.products import (
 from cartlytics.common.commerce.visitors import HASHED_PERSON, as_people, joined_people
 from cartlytics.common.errors import invalid_field
 from cartlytics.common.money import percent
-from cartlytics.common.storage import Row, Sql
+from cartlytics.common.storage import Row, Sql, Storage
 
 from .base import OrdersReader, quarter_ceil, quarter_floor
 from .reports import ProductRow, ProductsQuery, ProductsReport
@@ -168,7 +177,38 @@ def parse_limit(value: int, field: str = "limit") -> int:
     return value
 
 
+class TopSellerGuesses:
+    """The products last answered per ask (project, currency, period, zone), the guess of the
+    next answer to it: a dashboard asks the same again and again, and its top sellers seldom
+    change. Else the project's last answer in that currency (another period of the same shop).
+    Bounded: the least recently used are forgotten."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        # Keyed by the whole ask, and by its first two parts (the project, the currency).
+        self._answers: OrderedDict[tuple[str, ...], tuple[str, ...]] = OrderedDict()
+
+    def guess(self, ask: tuple[str, str, str, str]) -> tuple[str, ...]:
+        return self._answers.get(ask) or self._answers.get(ask[:2], ())
+
+    def remember(self, ask: tuple[str, str, str, str], products: tuple[str, ...]) -> None:
+        for key in (ask, ask[:2]):
+            self._answers[key] = products
+            self._answers.move_to_end(key)
+        while len(self._answers) > self._size:
+            self._answers.popitem(last=False)
+
+
 class ProductsReader(OrdersReader):
+    def __init__(
+        self,
+        storage: Storage,
+        default_currency: str,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        super().__init__(storage, default_currency, clock)
+        self._guesses = TopSellerGuesses()
+
     async def top_sellers(self, project_id: str, query: ProductsQuery) -> ProductsReport:
         window = self._window(query.period, query.timezone)
         limit = parse_limit(query.limit)
@@ -182,16 +222,24 @@ class ProductsReader(OrdersReader):
             "check_end": quarter_ceil(window.end),
             "limit": limit,
         }
-        sellers = await self._sellers(project_id, params)
+        asked = (project_id, currency, query.period, query.timezone)
+        guessed = self._guesses.guess(asked)
+        if guessed:
+            # The viewers and names of the guessed products run beside the top sellers.
+            sellers, (viewers, names) = await asyncio.gather(
+                self._sellers(project_id, params), self._details({**params, "products": guessed})
+            )
+        else:
+            sellers = await self._sellers(project_id, params)
+            viewers, names = {}, {}
         products = tuple(str(row[0]) for row in sellers)
-        if not products:
-            return ProductsReport(top_sellers=[])
-        chosen = {**params, "products": products}
-        viewer_rows, name_rows = await asyncio.gather(
-            self._storage.query(VIEWERS, chosen), self._storage.query(LATEST_NAMES, chosen)
-        )
-        viewers = {str(product): int(count) for product, count in viewer_rows}
-        names = {str(product): str(name) for product, name in name_rows}
+        if products:
+            self._guesses.remember(asked, products)
+        missing = tuple(product for product in products if product not in viewers)
+        if missing:
+            more_viewers, more_names = await self._details({**params, "products": missing})
+            viewers.update(more_viewers)
+            names.update(more_names)
         return ProductsReport(
             top_sellers=[
                 ProductRow(
@@ -199,11 +247,21 @@ class ProductsReader(OrdersReader):
                     name=names.get(str(product), ""),
                     revenue=int(revenue),
                     units_sold=int(units),
-                    conversion_rate=percent(int(buyers), viewers.get(str(product), 0)),
+                    conversion_rate=percent(int(buyers), viewers[str(product)]),
                 )
                 for product, revenue, units, buyers in sellers
             ]
         )
+
+    async def _details(self, params: dict[str, object]) -> tuple[dict[str, int], dict[str, str]]:
+        """The viewers (every product asked, 0 when nobody viewed it) and the names (those
+        known) of the ``{products}`` in ``params``."""
+        viewer_rows, name_rows = await asyncio.gather(
+            self._storage.query(VIEWERS, params), self._storage.query(LATEST_NAMES, params)
+        )
+        viewers = dict.fromkeys(cast(tuple[str, ...], params["products"]), 0)
+        viewers.update((str(product), int(count)) for product, count in viewer_rows)
+        return viewers, {str(product): str(name) for product, name in name_rows}
 
     async def _sellers(self, project_id: str, params: dict[str, object]) -> list[Row]:
         """(product, revenue, units, buyers) of the top sellers, best first."""
