@@ -102,8 +102,15 @@ async def start(runtime: Runtime) -> Stop:
         header_timeout=config.http_header_timeout,
         body_timeout=config.http_body_timeout,
     )
+    # Served by this process and not sent elsewhere: called without the gRPC hop.
+    in_process = config.gateway_local_calls and runtime.grpc_port and not parsed.default
+    local = runtime.local_calls(excluded=upstreams) if in_process else None
     app = create_app(
-        channel, upstreams=upstreams, limits=limits, cors=CorsPolicy.parse(config.cors_origins)
+        channel,
+        upstreams=upstreams,
+        limits=limits,
+        cors=CorsPolicy.parse(config.cors_origins),
+        local=local,
     )
     # The gateway stops first: it waits for its requests in flight up to the grace period
     # (aiohttp's default is 60 s); the gRPC server then drains with what is left of it.

@@ -40,6 +40,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cartlytics.common.config import SETTINGS
 from cartlytics.common.interceptors import SUCCESS_CODE_KNOWN_KEY
+from cartlytics.common.local_calls import LocalCalls
 
 from . import dashboard, metrics
 from .cors import CorsPolicy
@@ -139,8 +140,11 @@ class _Gateway:
         routes: RouteTable,
         limits: GatewayLimits,
         upstreams: Mapping[str, grpc.aio.Channel] | None = None,
+        local: LocalCalls | None = None,
     ) -> None:
         self._channel = channel
+        # This process's own unary methods, called without the gRPC hop (local_calls.py).
+        self._local = local
         # Per-service channels (microservices mode; one channel balances a service's replicas,
         # gateway/module.py); services not listed use `channel`.
         self._upstreams = dict(upstreams or {})
@@ -279,13 +283,21 @@ class _Gateway:
         outcome: _Outcome,
         request_id: str,
     ) -> web.StreamResponse:
-        call = self._callable(route)(message, metadata=metadata)
+        initial: _Metadata | None
+        trailing: _Metadata | None
         try:
-            reply = await call
+            if self._local is not None and self._local.serves(route.grpc_path):
+                data, initial, trailing = await self._local.unary(
+                    route.grpc_path, _serialize(message), metadata
+                )
+                reply = route.response_class.FromString(data)
+            else:
+                call = self._callable(route)(message, metadata=metadata)
+                reply = await call
+                initial = await call.initial_metadata()
+                trailing = await call.trailing_metadata()
         except grpc.aio.AioRpcError as err:
             return self._rpc_error(err, outcome, request_id)
-        initial = await call.initial_metadata()
-        trailing = await call.trailing_metadata()
         rendered = render_response(route, reply)
         headers = _response_headers(request_id, initial, trailing)
         headers["Content-Type"] = rendered.content_type
@@ -444,15 +456,19 @@ def create_app(
     upstreams: Mapping[str, grpc.aio.Channel] | None = None,
     limits: GatewayLimits | None = None,
     cors: CorsPolicy | None = None,
+    local: LocalCalls | None = None,
 ) -> web.Application:
     """The gateway application over `channel` (routes default to the generated descriptor set).
 
     ``upstreams`` maps a full service name to its own channel, for services run apart.
     ``limits`` (default: the config defaults with ``max_body_bytes``) also sets the parser
-    limits and timeouts when the app is run by `GatewayRunner`.
+    limits and timeouts when the app is run by `GatewayRunner`. ``local``: the methods this
+    process serves itself, called without gRPC (the others go over the channels).
     """
     limits = limits if limits is not None else GatewayLimits(max_body_bytes=max_body_bytes)
-    gateway = _Gateway(channel, routes if routes is not None else load_routes(), limits, upstreams)
+    gateway = _Gateway(
+        channel, routes if routes is not None else load_routes(), limits, upstreams, local
+    )
     app = web.Application(middlewares=[_json_router_errors])
     app[_LIMITS_KEY] = limits
     app.router.add_get("/healthz", gateway.healthz, allow_head=False)

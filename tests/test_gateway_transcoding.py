@@ -26,6 +26,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from multidict import CIMultiDictProxy
 
+from cartlytics.common.local_calls import HandlerRecorder, LocalCalls
 from cartlytics.gen.analytics.export.v1 import export_pb2_grpc
 from cartlytics.gen.analytics.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from cartlytics.gen.analytics.metrics.v1 import metrics_pb2, metrics_pb2_grpc
@@ -168,9 +169,12 @@ class Reply:
 
 
 class Stack:
-    """A gRPC server and the gateway in front of it, on an event loop in a background thread."""
+    """A gRPC server and the gateway in front of it, on an event loop in a background thread.
+    ``local``: the gateway calls the servicers in-process (as beside its own services) instead
+    of over gRPC; every test here runs both ways."""
 
-    def __init__(self) -> None:
+    def __init__(self, local: bool = False) -> None:
+        self.local = local
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -180,9 +184,11 @@ class Stack:
 
     async def start(self) -> None:
         self.server = grpc.aio.server()
-        metrics_pb2_grpc.add_MetricsServiceServicer_to_server(MetricsEcho(), self.server)
-        ingest_pb2_grpc.add_IngestServiceServicer_to_server(IngestEcho(), self.server)
-        export_pb2_grpc.add_ExportServiceServicer_to_server(ExportEcho(), self.server)
+        recorder = HandlerRecorder(self.server)
+        metrics_pb2_grpc.add_MetricsServiceServicer_to_server(MetricsEcho(), recorder)
+        ingest_pb2_grpc.add_IngestServiceServicer_to_server(IngestEcho(), recorder)
+        export_pb2_grpc.add_ExportServiceServicer_to_server(ExportEcho(), recorder)
+        local = LocalCalls(recorder.handlers) if self.local else None
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         port = self.server.add_insecure_port("127.0.0.1:0")
@@ -194,7 +200,7 @@ class Stack:
         self.urls = []
         for limit in (1 << 20, SMALL_BODY_LIMIT):
             runner = aiohttp.web.AppRunner(
-                create_app(self.channel, routes=routes, max_body_bytes=limit)
+                create_app(self.channel, routes=routes, max_body_bytes=limit, local=local)
             )
             await runner.setup()
             site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
@@ -230,9 +236,9 @@ class Stack:
         return self.request("POST", path, data=body, headers=headers, **kwargs)
 
 
-@pytest.fixture(scope="module")
-def stack() -> Iterator[Stack]:
-    s = Stack()
+@pytest.fixture(scope="module", params=["grpc", "local"])
+def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
+    s = Stack(local=request.param == "local")
     s.run(s.start())
     try:
         yield s

@@ -150,9 +150,9 @@ async def init_grpc_server(runtime: Runtime) -> None:
     from cartlytics.common.redis_guard import RedisGuard
 
     limiter = RateLimiter(RedisGuard(runtime.redis), limits_from_config(runtime.config))
+    runtime.grpc_interceptors = [ServiceInterceptor(runtime.keyring, limiter)]
     server = aio.server(
-        interceptors=[ServiceInterceptor(runtime.keyring, limiter)],
-        options=grpc_message_options(runtime.config),
+        interceptors=runtime.grpc_interceptors, options=grpc_message_options(runtime.config)
     )
     runtime.health = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(runtime.health, server)

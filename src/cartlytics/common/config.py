@@ -139,6 +139,14 @@ SETTINGS: dict[str, Setting] = {
         "bars, `ingest=10.0.0.1:50051\\|10.0.0.2:50051`, balanced round-robin over the healthy "
         "ones (docs/architecture.md).",
     ),
+    "gateway_local_calls": Setting(
+        "ANALYTICS_GATEWAY_LOCAL_CALLS",
+        _yes_no,
+        "yes",
+        "The gateway calls the unary methods of services in its own process directly, through "
+        "the same interceptors, instead of over gRPC on loopback (docs/decisions.md, 70). "
+        "no: every call over gRPC.",
+    ),
     "max_body_bytes": Setting(
         "ANALYTICS_MAX_BODY_BYTES",
         _positive_int,
@@ -413,6 +421,7 @@ class Config:
     admin_key: str
     default_currency: str
     gateway_upstream: str
+    gateway_local_calls: bool
     cors_origins: str
     max_body_bytes: int
     max_batch_events: int

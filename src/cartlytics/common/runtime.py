@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -40,6 +40,7 @@ from grpc import aio
 
 from .auth import KeyRing
 from .config import Config
+from .local_calls import HandlerRecorder, LocalCalls
 
 if TYPE_CHECKING:
     from grpc_health.v1 import health
@@ -142,6 +143,8 @@ class Runtime:
     key_refresher: KeyRefresher | None = None
     grpc_server: aio.Server | None = None
     grpc_services: list[str] = field(default_factory=list)  # full names, as registered
+    grpc_interceptors: list[aio.ServerInterceptor] = field(default_factory=list)
+    handlers: HandlerRecorder | None = None  # the method handlers of grpc_services
     grpc_port: int = 0
     health: health.aio.HealthServicer | None = None
     health_names: list[str] = field(default_factory=list)  # what the gRPC server reports SERVING
@@ -153,13 +156,27 @@ class Runtime:
     stopping_since: float | None = None  # time.monotonic() when the shutdown began
 
     # For the modules ---------------------------------------------------------------------------
-    def register_grpc(self, full_name: str) -> aio.Server:
-        """The process's gRPC server, for the servicer of ``full_name`` (say
-        ``analytics.ingest.v1.IngestService``): served, with reflection and health, once every
-        module is initialised."""
+    def register_grpc(self, full_name: str) -> HandlerRecorder:
+        """Where to add the servicer of ``full_name`` (say ``analytics.ingest.v1.IngestService``)
+        with its generated ``add_*Servicer_to_server``: the process's gRPC server, which serves
+        it with reflection and health once every module is initialised, and the in-process
+        gateway's ``local_calls``."""
         assert self.grpc_server is not None, "a gRPC service module depends on grpc-server"
         self.grpc_services.append(full_name)
-        return self.grpc_server
+        if self.handlers is None:
+            self.handlers = HandlerRecorder(self.grpc_server)
+        return self.handlers
+
+    def local_calls(self, excluded: Collection[str] = ()) -> LocalCalls:
+        """The unary methods registered so far, but those of the ``excluded`` services (full
+        names), callable without gRPC through the server's interceptors (``local_calls.py``)."""
+        handlers = self.handlers.handlers if self.handlers is not None else {}
+        kept = {
+            path: handler
+            for path, handler in handlers.items()
+            if path.split("/")[1] not in excluded
+        }
+        return LocalCalls(kept, self.grpc_interceptors)
 
     def require_storage(self) -> Storage:
         assert self.storage is not None, "the module depends on storage"
