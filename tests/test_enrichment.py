@@ -94,7 +94,7 @@ def expected_hash(ip: str, salt: bytes = SALT) -> str:
 
 
 def scalar_fields(e: Enrichment) -> dict[str, str]:
-    return {k: v for k, v in vars(e).items() if k != "context"}
+    return {k: v for k, v in e._asdict().items() if k != "context"}
 
 
 # --- user agent -------------------------------------------------------------------------------

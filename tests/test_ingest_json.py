@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -40,7 +41,7 @@ from services.ingest.json_events import (
     read_body,
 )
 from services.ingest.servicer import _struct
-from services.ingest.validation import IncomingEvent
+from services.ingest.validation import IncomingEvent, validate
 from tests.rest import Reply, call
 from tests.servers import System
 
@@ -652,3 +653,57 @@ def test_grpc_struct_numbers_that_json_cannot_hold_are_400s(system: System) -> N
             status = rpc_status.from_call(caught.value)
             assert status is not None
             assert f"properties.{name}" in status.message
+
+
+# The parser checks the number rule while it walks properties and context (validation then skips
+# its own walk): numbers at and beyond the edges of the safe range, as JSON text.
+_edge_numbers = st.sampled_from(
+    ["9007199254740991", "-9007199254740991", "9007199254740992", "-9007199254740992",
+     "9007199254740991.0", "9007199254740992.0", "1e400", "-1e400", "1" + "0" * 40, "0.5",
+     "1e15", "2999.0", "-0.0"]
+)  # fmt: skip
+_numbers_tree = st.recursive(
+    _edge_numbers | st.sampled_from(['"a"', "null", "true"]),
+    lambda inner: (
+        st.lists(inner, max_size=3).map(lambda items: "[" + ",".join(items) + "]")
+        | st.dictionaries(st.sampled_from(["k", "total", "x"]), inner, max_size=3).map(
+            lambda pairs: "{" + ",".join(f'"{k}":{v}' for k, v in pairs.items()) + "}"
+        )
+    ),
+    max_leaves=8,
+)
+
+
+def _unsafe_numbers(value: Any) -> bool:
+    """Oracle: a number of the decoded JSON outside +-(2^53 - 1), or not finite."""
+    if isinstance(value, dict):
+        return any(_unsafe_numbers(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_unsafe_numbers(v) for v in value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return not (math.isfinite(value) and abs(value) <= 2**53 - 1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(["my_event", "order_completed", "page_view"]),
+    st.dictionaries(st.sampled_from(["total", "n", "page"]), _numbers_tree, max_size=3),
+    st.dictionaries(st.sampled_from(["screen", "n"]), _numbers_tree, max_size=2),
+)
+def test_the_parsers_number_check_refuses_what_validation_would(
+    event: str, properties: dict[str, str], context: dict[str, str]
+) -> None:
+    def obj(pairs: dict[str, str]) -> str:
+        return "{" + ",".join(f'"{k}":{v}' for k, v in pairs.items()) + "}"
+
+    text = f'{{"event":"{event}","userId":"u","properties":{obj(properties)},'
+    text += f'"context":{obj(context)}}}'
+    [parsed] = parse_single(text.encode(), JSON, 1 << 20).events
+    raw = json.loads(text)
+    assert parsed.numbers_checked == (
+        not _unsafe_numbers(raw["properties"]) and not _unsafe_numbers(raw["context"])
+    )
+    at = datetime(2026, 6, 1, tzinfo=UTC)
+    walked = validate(replace(parsed, numbers_checked=False), at, lambda: "evt_x")
+    assert validate(parsed, at, lambda: "evt_x") == walked

@@ -18,9 +18,8 @@ import ipaddress
 import re
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, urlsplit
 
 import structlog
@@ -87,9 +86,10 @@ _COUNTRY_CODES = """
 COUNTRIES = frozenset(_COUNTRY_CODES.split())
 
 
-@dataclass(frozen=True)
-class Enrichment:
-    """The derived columns of one event, every one a string ("" when unknown)."""
+class Enrichment(NamedTuple):
+    """The derived columns of one event, every one a string ("" when unknown). A NamedTuple: a
+    frozen dataclass sets each field through object.__setattr__, a fifth of enriching an
+    event."""
 
     device: str  # "desktop" | "mobile" | "tablet" | "bot" | "" (no user agent)
     browser: str  # ua-parser's family: "Chrome", "Chrome Mobile", "Mobile Safari", "Edge", ...
@@ -122,24 +122,35 @@ def enrich(
     """
     props = _mapping(properties)
     ctx = _mapping(context)
-    device, browser, os = describe_user_agent(ctx.get("userAgent"))
-    location = _mapping(ctx.get("location"))
-    utm = _utm(props, ctx)
+    get = ctx.get
+    user_agent = get("userAgent")
+    device, browser, os = describe_user_agent(user_agent) if user_agent is not None else _NO_UA
+    location = get("location")
+    if location is None:
+        country = region = ""
+    else:
+        location = _mapping(location)
+        country = _country(location.get("country"))
+        region = _text(location.get("region"), MAX_REGION_LENGTH)
+    source, medium, campaign, term, content = _utm(props, ctx)
     return Enrichment(
-        device=device,
-        browser=browser,
-        os=os,
-        ip_hash=_ip_hash(ctx.get("ip"), client_ip, ip_salt, ip_mode),
-        country=_country(location.get("country")),
-        region=_text(location.get("region"), MAX_REGION_LENGTH),
-        utm_source=utm["source"],
-        utm_medium=utm["medium"],
-        utm_campaign=utm["campaign"],
-        utm_term=utm["term"],
-        utm_content=utm["content"],
-        referrer_host=_referrer_host(props, ctx),
-        context=_without_ip(ctx),
+        device,
+        browser,
+        os,
+        _ip_hash(get("ip"), client_ip, ip_salt, ip_mode),
+        country,
+        region,
+        source,
+        medium,
+        campaign,
+        term,
+        content,
+        _referrer_host(props, ctx),
+        _without_ip(ctx),
     )
+
+
+_NO_UA = ("", "", "")
 
 
 def describe_user_agent(user_agent: object) -> tuple[str, str, str]:
@@ -282,30 +293,36 @@ def _country(value: object) -> str:
     return code if code in COUNTRIES else ""
 
 
-def _utm(props: Mapping[str, Any], ctx: Mapping[str, Any]) -> dict[str, str]:
-    """From context.campaign when it has any field (the SDK read it off the landing URL), else
-    from the page URL's utm_* parameters; never a mix of both."""
-    campaign = _mapping(ctx.get("campaign"))
-    if campaign:
-        utm = {
-            name: _text(campaign.get(key), MAX_UTM_LENGTH) for name, key in CAMPAIGN_KEYS.items()
-        }
-        if any(utm.values()):
-            return utm
+_NO_UTM = ("", "", "", "", "")
+
+
+def _utm(props: Mapping[str, Any], ctx: Mapping[str, Any]) -> tuple[str, str, str, str, str]:
+    """(source, medium, campaign, term, content) from context.campaign when it has any field
+    (the SDK read it off the landing URL), else from the page URL's utm_* parameters; never a
+    mix of both."""
+    campaign = ctx.get("campaign")
+    if campaign is not None:
+        fields = _mapping(campaign)
+        if fields:
+            utm = tuple(_text(fields.get(key), MAX_UTM_LENGTH) for key in CAMPAIGN_KEYS.values())
+            if any(utm):
+                return utm  # type: ignore[return-value]
     page = ctx.get("page")
+    page_fields = _mapping(page) if page is not None else _EMPTY
     candidates = (
-        _mapping(page).get("url"),
-        _mapping(page).get("search"),
+        page_fields.get("url"),
+        page_fields.get("search"),
         props.get("url"),
-        page if isinstance(page, str) else None,
+        page if type(page) is str else None,
         props.get("page"),
     )
     for url in candidates:
-        if isinstance(url, str) and "?" in url:  # no query, no utm_* (most events)
+        if type(url) is str and "?" in url:  # no query, no utm_* (most events)
             found = _utm_from_url(url)
             if any(found.values()):
-                return found
-    return dict.fromkeys(CAMPAIGN_KEYS, "")
+                source, medium, name, term, content = found.values()
+                return source, medium, name, term, content
+    return _NO_UTM
 
 
 def _utm_from_url(url: object) -> dict[str, str]:
@@ -326,13 +343,14 @@ def _utm_from_url(url: object) -> dict[str, str]:
 
 def _referrer_host(props: Mapping[str, Any], ctx: Mapping[str, Any]) -> str:
     """Host of the first referrer given; a bad one does not fall through to the next."""
+    page = ctx.get("page")
     candidates = (
         props.get("referrer"),
         ctx.get("referrer"),
-        _mapping(ctx.get("page")).get("referrer"),
+        _mapping(page).get("referrer") if page is not None else None,
     )
     for value in candidates:
-        if isinstance(value, str) and value.strip():
+        if type(value) is str and value.strip():
             return _host(value.strip())
     return ""
 
@@ -355,12 +373,20 @@ def _host(url: str) -> str:
 def _without_ip(ctx: Mapping[str, Any]) -> dict[str, Any]:
     """A copy to store with every "ip" key removed at any depth; iterative, so no nesting depth
     can exhaust the stack, and a container reached twice (or cyclically) is copied once. A
-    context of plain, flat values without such a key (most) is copied in one step."""
-    if type(ctx) is dict and not any(
-        type(value) in _CONTAINERS or (key.lower() == "ip" if isinstance(key, str) else False)
-        for key, value in ctx.items()
-    ):
-        return dict(ctx)
+    context of plain, flat values (most) is copied in one step."""
+    if type(ctx) is dict:
+        flat, has_ip = True, False
+        for key, value in ctx.items():
+            if type(value) in _CONTAINERS or type(key) is not str:
+                flat = False
+                break
+            # Only a 2-character key can lower-case to "ip" (no character lower-cases to none).
+            if len(key) == 2 and key.lower() == "ip":
+                has_ip = True
+        if flat:
+            if not has_ip:
+                return dict(ctx)
+            return {k: v for k, v in ctx.items() if not (len(k) == 2 and k.lower() == "ip")}
     root: dict[str, Any] = {}
     copies: dict[int, Any] = {id(ctx): root}
     pending: list[tuple[Mapping[Any, Any] | list[Any] | tuple[Any, ...], Any]] = [(ctx, root)]
@@ -386,10 +412,13 @@ _CONTAINERS = (dict, list, tuple)
 
 
 def _mapping(value: object) -> Mapping[str, Any]:
-    # dict first: decoded JSON is made of dicts, and the ABC check costs more than the rest.
-    if type(value) is dict or isinstance(value, Mapping):
+    # dict and None first: decoded JSON is made of dicts, most optional fields are absent, and
+    # the ABC check costs more than the rest.
+    if type(value) is dict:
         return value
-    return _EMPTY
+    if value is None or not isinstance(value, Mapping):
+        return _EMPTY
+    return value
 
 
 _EMPTY: Mapping[str, Any] = {}

@@ -170,18 +170,40 @@ def parse_event(
     problems: list[FieldViolation] = []
     # Segment's messageId is the id when there is none; a refusal then names it (see `finish`).
     id_name = "messageId" if _id_from_message_id(raw) else "id"
-    incoming = IncomingEvent(
-        event=_string(raw, "event", "event", problems, check_text),
-        id=_string(raw, id_name, id_name, problems, check_text),
-        user_id=_string(raw, "userId", "user_id", problems, check_text),
-        anonymous_id=_string(raw, "anonymousId", "anonymous_id", problems, check_text),
-        session_id=_string(raw, "sessionId", "session_id", problems, check_text),
-        timestamp=_time(raw, "timestamp", "timestamp", problems),
-        sent_at=_time(raw, "sentAt", "sent_at", problems),
-        properties=_object(raw, "properties", problems, check_text),
-        context=_object(raw, "context", problems, check_text),
-    )
-    return problems or incoming
+    # Whether a number out of the safe range was met walking properties and context.
+    unsafe = [False]
+    if _PROTO_NAMES.isdisjoint(raw):  # the usual case: JSON names only, one lookup each
+        incoming = IncomingEvent(
+            event=_string_of(raw.get("event"), "event", problems, check_text),
+            id=_string_of(raw.get(id_name), id_name, problems, check_text),
+            user_id=_string_of(raw.get("userId"), "userId", problems, check_text),
+            anonymous_id=_string_of(raw.get("anonymousId"), "anonymousId", problems, check_text),
+            session_id=_string_of(raw.get("sessionId"), "sessionId", problems, check_text),
+            timestamp=_time_of(raw.get("timestamp"), "timestamp", problems),
+            sent_at=_time_of(raw.get("sentAt"), "sentAt", problems),
+            properties=_object(raw, "properties", problems, check_text, unsafe),
+            context=_object(raw, "context", problems, check_text, unsafe),
+        )
+    else:
+        incoming = IncomingEvent(
+            event=_string(raw, "event", "event", problems, check_text),
+            id=_string(raw, id_name, id_name, problems, check_text),
+            user_id=_string(raw, "userId", "user_id", problems, check_text),
+            anonymous_id=_string(raw, "anonymousId", "anonymous_id", problems, check_text),
+            session_id=_string(raw, "sessionId", "session_id", problems, check_text),
+            timestamp=_time(raw, "timestamp", "timestamp", problems),
+            sent_at=_time(raw, "sentAt", "sent_at", problems),
+            properties=_object(raw, "properties", problems, check_text, unsafe),
+            context=_object(raw, "context", problems, check_text, unsafe),
+        )
+    if problems:
+        return problems
+    incoming.numbers_checked = not unsafe[0]
+    return incoming
+
+
+# The proto names of the fields whose JSON name differs (protobuf's parser takes either).
+_PROTO_NAMES = frozenset(("user_id", "anonymous_id", "session_id", "sent_at"))
 
 
 def _value(raw: dict[str, Any], name: str, proto_name: str, problems: list[FieldViolation]) -> Any:
@@ -199,7 +221,10 @@ def _value(raw: dict[str, Any], name: str, proto_name: str, problems: list[Field
 def _string(
     raw: dict[str, Any], name: str, proto_name: str, problems: list[FieldViolation], check: bool
 ) -> str:
-    value = _value(raw, name, proto_name, problems)
+    return _string_of(_value(raw, name, proto_name, problems), name, problems, check)
+
+
+def _string_of(value: Any, name: str, problems: list[FieldViolation], check: bool) -> str:
     if type(value) is str:
         if check and not value.isascii() and _SURROGATE.search(value):
             problems.append(FieldViolation(name, SURROGATE_RULE))
@@ -213,9 +238,12 @@ def _string(
 def _time(
     raw: dict[str, Any], name: str, proto_name: str, problems: list[FieldViolation]
 ) -> datetime | None:
+    return _time_of(_value(raw, name, proto_name, problems), name, problems)
+
+
+def _time_of(value: Any, name: str, problems: list[FieldViolation]) -> datetime | None:
     """An RFC 3339 time as protobuf's Timestamp reads it (``T``, ``Z`` or an offset, at most 9
     fractional digits), in UTC; one outside 0001-9999 once in UTC is refused like over gRPC."""
-    value = _value(raw, name, proto_name, problems)
     if value is None:
         return None
     if type(value) is not str or not _RFC3339.fullmatch(value):
@@ -232,7 +260,11 @@ def _time(
 
 
 def _object(
-    raw: dict[str, Any], name: str, problems: list[FieldViolation], check: bool
+    raw: dict[str, Any],
+    name: str,
+    problems: list[FieldViolation],
+    check: bool,
+    unsafe: list[bool],
 ) -> dict[str, Any]:
     value = raw.get(name)
     if value is None:
@@ -240,14 +272,15 @@ def _object(
     if type(value) is not dict:
         problems.append(FieldViolation(name, OBJECT_RULE))
         return {}
-    found = _walk(value, 1, check)
+    found = _walk(value, 1, check, unsafe)
     if found is not None:
         problems.append(FieldViolation(_bounded(name + found[0]), found[1]))
     return value
 
 
-def _walk(node: Any, depth: int, check: bool) -> tuple[str, str] | None:
-    """The first problem below a container as (path below it, rule), or None.
+def _walk(node: Any, depth: int, check: bool, unsafe: list[bool]) -> tuple[str, str] | None:
+    """The first problem below a container as (path below it, rule), or None; ``unsafe[0]``
+    becomes True at a number validation's number rule refuses (beyond +-(2^53 - 1)).
 
     Numbers are normalised in place: integers too long to be amounts or counts become ±inf, so
     that no later ``float()`` of them raises OverflowError (validation refuses non-finite numbers
@@ -262,14 +295,20 @@ def _walk(node: Any, depth: int, check: bool) -> tuple[str, str] | None:
             if check and not value.isascii() and _SURROGATE.search(value):
                 return _step(key), SURROGATE_RULE
         elif kind is dict or kind is list:
-            found = _walk(value, depth + 1, check)
+            found = _walk(value, depth + 1, check, unsafe)
             if found is not None:
                 return _step(key) + found[0], found[1]
         elif kind is int:
-            if not -LONG_INTEGER < value < LONG_INTEGER:
-                node[key] = math.inf if value > 0 else -math.inf
-        elif kind is float and value.is_integer() and -SAFE_INTEGER < value < SAFE_INTEGER:
-            node[key] = int(value)  # 2999.0 is 2999, as a Struct's doubles have always been
+            if not -SAFE_INTEGER < value < SAFE_INTEGER:
+                unsafe[0] = True
+                if not -LONG_INTEGER < value < LONG_INTEGER:
+                    node[key] = math.inf if value > 0 else -math.inf
+        elif kind is float:
+            if -SAFE_INTEGER < value < SAFE_INTEGER:
+                if value.is_integer():
+                    node[key] = int(value)  # 2999.0 is 2999, as a Struct's doubles have always been
+            else:  # beyond, infinite (1e999) or not a number
+                unsafe[0] = True
         if check and type(key) is str and not key.isascii() and _SURROGATE.search(key):
             return _step(key), SURROGATE_RULE
     return None

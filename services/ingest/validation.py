@@ -56,6 +56,10 @@ class IncomingEvent:
     context: dict[str, Any] = field(default_factory=dict)
     decode_violations: list[FieldViolation] = field(default_factory=list)
     """What could not even be decoded from the wire (e.g. a Timestamp out of range)."""
+    numbers_checked: bool = False
+    """Every number in ``properties`` and ``context`` is already known to be finite and within
+    +-(2^53 - 1) (the REST parser checks while it walks them), so validation need not walk them
+    again for the number rule."""
 
 
 @dataclass(frozen=True)
@@ -317,19 +321,22 @@ def _check_numbers(base: str, value: Any, violations: list[FieldViolation]) -> N
 
 
 def _check_identity(incoming: IncomingEvent, violations: list[FieldViolation]) -> None:
-    for name, value in (
-        ("userId", incoming.user_id),
-        ("anonymousId", incoming.anonymous_id),
-        ("sessionId", incoming.session_id),
-    ):
-        if len(value) > MAX_ID_LENGTH:
-            violations.append(FieldViolation(name, f"must be at most {MAX_ID_LENGTH} characters"))
-    if not incoming.user_id and not incoming.anonymous_id:
+    user_id, anonymous_id = incoming.user_id, incoming.anonymous_id
+    if len(user_id) > MAX_ID_LENGTH:
+        violations.append(FieldViolation("userId", _ID_LENGTH_RULE))
+    if len(anonymous_id) > MAX_ID_LENGTH:
+        violations.append(FieldViolation("anonymousId", _ID_LENGTH_RULE))
+    if len(incoming.session_id) > MAX_ID_LENGTH:
+        violations.append(FieldViolation("sessionId", _ID_LENGTH_RULE))
+    if not user_id and not anonymous_id:
         violations.append(FieldViolation("userId", "userId or anonymousId is required"))
     if incoming.id and not CLIENT_ID.match(incoming.id):
         violations.append(
             FieldViolation("id", "must be 1-64 characters of letters, digits, '_', '.', ':', '-'")
         )
+
+
+_ID_LENGTH_RULE = f"must be at most {MAX_ID_LENGTH} characters"
 
 
 def _event_time(
@@ -424,12 +431,14 @@ def validate(
         rules(checker, incoming.context)
     line_items = _line_items(checker) if name == "order_completed" else ()
     violations.extend(checker.violations)
-    # The general number rule, for the fields the event's own rules did not already refuse.
-    numbers: list[FieldViolation] = []
-    _check_numbers("properties", incoming.properties, numbers)
-    _check_numbers("context", incoming.context, numbers)
-    named = {v.field for v in checker.violations}
-    violations.extend(v for v in numbers if v.field not in named)
+    if not incoming.numbers_checked:
+        # The general number rule, for the fields the event's own rules did not already refuse.
+        numbers: list[FieldViolation] = []
+        _check_numbers("properties", incoming.properties, numbers)
+        _check_numbers("context", incoming.context, numbers)
+        if numbers:
+            named = {v.field for v in checker.violations}
+            violations.extend(v for v in numbers if v.field not in named)
     if violations:
         return violations
     props = incoming.properties

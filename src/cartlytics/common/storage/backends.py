@@ -159,7 +159,8 @@ class ChdbBackend:
             # fixed cost, so small inserts (single events) stay on JSONEachRow.
             import pyarrow as pa
 
-            data = pa.table({c: [row[i] for row in rows] for i, c in enumerate(columns)})
+            # zip(*rows): the columns transposed in C, not one Python index per value.
+            data = pa.table(dict(zip(columns, map(list, zip(*rows, strict=True)), strict=True)))
             self.insert_arrow(table, columns, data)
             return
         names = ", ".join(columns)
