@@ -215,8 +215,20 @@ def test_each_service_stopped_under_load(
     while _reads(cluster.gateway, currency) != [200, 200]:
         assert time.monotonic() < deadline, _read_errors(cluster.gateway, currency)
         time.sleep(0.2)
+    # The ingest process is another process: its log writer stores the last acknowledgements
+    # within its linger (no read here waits for it, as one in the same process would).
+    _wait_until_the_log_is_stored(cluster.root / "ingest")
     stored = _stored(cluster.url, Path(), prefix)
     _check_counts(load, stored, sales(cluster.gateway, currency)["orders"])
+
+
+def _wait_until_the_log_is_stored(data_dir: Path, timeout: float = 30) -> None:
+    if not _ingest_log_on():
+        return
+    deadline = time.monotonic() + timeout
+    while logged_ids(data_dir):
+        assert time.monotonic() < deadline, "the ingest log writer stored nothing for 30 s"
+        time.sleep(0.1)
 
 
 # ClickHouse stopped for 10 seconds ----------------------------------------------------------

@@ -320,3 +320,56 @@ def test_realtime_counts_a_block_once_it_is_stored_and_a_replay_once(
         return seen
 
     assert asyncio.run(run()) == [(0, 0, 0), expected, expected]
+
+
+def test_under_steady_load_a_block_waits_until_its_oldest_record_has_lingered(
+    storage: Storage, project_id: str, tmp_path: Path
+) -> None:
+    """Records appended while the writer stores a block are the next block, written once the
+    oldest of them has waited ``linger_seconds`` (the writer wrote them at once after each
+    block: under steady load, blocks as small as one INSERT's duration, each paying the
+    views' fixed cost), so a record appended meanwhile joins them."""
+    at = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+    event_at = EVENTS.columns.index("event_id")
+
+    def view(name: str) -> IncomingEvent:
+        return IncomingEvent("page_view", f"evt_linger_{name}", anonymous_id="a", timestamp=at,
+                             properties={"page": "/"})  # fmt: skip
+
+    async def run() -> list[list[str]]:
+        guard = RedisGuard(None)
+        ingest_log = IngestLog(tmp_path)
+        writer = LogWriter(storage, ingest_log, TABLES, linger_seconds=1.5)
+        ingestor = Ingestor(
+            storage, IdempotencyWindow(guard), None, guard, ip_salt=b"s",
+            ingest_log=ingest_log, log_writer=writer,
+        )  # fmt: skip
+        blocks: list[list[str]] = []
+        late: list[asyncio.Task[Any]] = []
+        all_stored = asyncio.Event()
+
+        async def stored(records: list[LogRecord]) -> None:
+            blocks.append([str(row[event_at]) for r in records for row in r.rows[EVENTS.name]])
+            if sum(map(len, blocks)) >= 5:
+                all_stored.set()
+            if len(blocks) == 1:  # the writer is between its INSERTs and its checkpoint
+                for name in "BCD":
+                    await ingestor.ingest(project_id, [view(name)])
+
+                async def later() -> None:
+                    await asyncio.sleep(0.2)
+                    await ingestor.ingest(project_id, [view("E")])
+
+                late.append(asyncio.create_task(later()))
+
+        writer.on_stored = stored
+        writer.start(ingest_log.open())
+        await ingestor.ingest(project_id, [view("A")])
+        await asyncio.wait_for(all_stored.wait(), timeout=60)
+        await asyncio.gather(*late)
+        await writer.close(grace_seconds=5)
+        await ingest_log.close()
+        return blocks
+
+    blocks = asyncio.run(run())
+    assert blocks == [["evt_linger_A"], [f"evt_linger_{n}" for n in "BCDE"]]

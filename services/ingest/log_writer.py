@@ -111,6 +111,7 @@ class LogWriter:
         self._pending_rows = 0
         self._readers = 0  # callers of caught_up waiting: the block goes without lingering
         self._hurry = asyncio.Event()
+        self._oldest_at = 0.0  # when the oldest record waiting was appended (monotonic)
         self._checked_up_to = 0  # blocks with lsns up to this are written checked
         self._stored_lsn = 0
         self._wakeup = asyncio.Event()
@@ -140,6 +141,8 @@ class LogWriter:
         self._wakeup.set()
 
     def _queue(self, lsn: int, payload: bytes, rows: int) -> None:
+        if not self._pending:
+            self._oldest_at = time.monotonic()
         self._pending.append((lsn, payload, rows))
         self._pending_rows += rows
         self._wakeup.set()
@@ -171,8 +174,12 @@ class LogWriter:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            await self._linger_for_more()
             while self._pending:
+                # Before every block, not only after an idle spell: under steady load records
+                # arrive while the previous block is written, and writing again at once made
+                # blocks as small as one INSERT's duration (each costs ClickHouse about the same
+                # up to thousands of rows: the six views).
+                await self._linger_for_more()
                 block = self._take_block()
                 try:
                     await self._write(block)
@@ -192,14 +199,17 @@ class LogWriter:
                 UNSTORED_BYTES.set(self._log.unstored_bytes)
 
     async def _linger_for_more(self) -> None:
-        """Let a block grow for up to ``linger_seconds`` after its first record (each INSERT
-        costs ClickHouse about the same up to thousands of rows: the six views), unless it is
-        full or a reader waits for it."""
+        """Let a block grow until ``linger_seconds`` after its oldest record was appended
+        (each INSERT costs ClickHouse about the same up to thousands of rows: the six views),
+        unless it is full or a reader waits for it."""
         if self._linger <= 0 or self._readers or self._pending_rows >= self._max_rows:
+            return
+        left = self._oldest_at + self._linger - time.monotonic()
+        if left <= 0:
             return
         self._hurry.clear()
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self._linger):
+            async with asyncio.timeout(left):
                 await self._hurry.wait()
 
     def _take_block(self) -> list[tuple[int, bytes, int]]:
@@ -210,6 +220,8 @@ class LogWriter:
             block.append(entry)
             rows += entry[2]
         self._pending_rows -= rows
+        if self._pending:  # what is left of a full block goes next, without lingering again
+            self._oldest_at = 0.0
         return block
 
     async def _write(self, block: list[tuple[int, bytes, int]]) -> None:

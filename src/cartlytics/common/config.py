@@ -259,8 +259,9 @@ SETTINGS: dict[str, Setting] = {
         "ANALYTICS_INGEST_LOG_LINGER_SECONDS",
         _float,
         "0.1",
-        "How long the ingest log writer lets a block grow after its first event (0: write at"
-        " once); a read in the same process that waits for it cuts it short.",
+        "How long the ingest log writer lets a block's oldest event wait for more before it"
+        " writes the block (0: at once); a read in the same process that waits for it cuts it"
+        " short.",
     ),
     "ingest_log_block_rows": Setting(
         "ANALYTICS_INGEST_LOG_BLOCK_ROWS",
