@@ -18,6 +18,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -83,8 +84,9 @@ class Cluster:
     ports: dict[str, int] = field(default_factory=dict)
     processes: dict[str, System] = field(default_factory=dict)
 
-    def start(self, name: str) -> System:
+    def start(self, name: str, extra_env: dict[str, str] | None = None) -> System:
         env = {"REDIS_URL": self.redis_url, "ANALYTICS_SHUTDOWN_GRACE": str(GRACE)}
+        env |= extra_env or {}
         if name == "gateway":
             upstreams = ",".join(f"{s}=127.0.0.1:{self.ports[s]}" for s in ROUTED)
             env |= {
@@ -590,3 +592,62 @@ def test_sigterm_drains_the_single_process_under_load(
     stored = stored_ids(url, tmp_path / "data")
     assert set(stored) == loads[0].acked | loads[1].acked
     assert counted == len(stored), "an order counted twice (or not at all)"
+
+
+# An erasure in another process while the shopper's events wait in ingest's log -------------------
+
+
+@pytest.mark.clickhouse_server
+def test_an_erasure_elsewhere_drops_the_events_still_in_ingests_log(
+    tmp_path: Path, clickhouse_server: ClickHouseServer
+) -> None:
+    """Microservices: the shopper's events are acknowledged by the ingest process and wait in
+    its log (a long linger) when the privacy process erases the shopper; they are stored by
+    nobody afterwards (ingest's writer drops them once its suppression list has the erasure),
+    while another shopper's events of the same requests are stored."""
+    if not _ingest_log_on():
+        pytest.skip("without the ingest log an acknowledged event is already stored")
+    redis_server = RedisServer(tmp_path / "redis")
+    redis_server.start()
+    database = "erase_elsewhere_" + uuid.uuid4().hex[:8]
+    cluster = Cluster(
+        root=tmp_path / "cluster",
+        key="cak_" + uuid.uuid4().hex,
+        url=clickhouse_server.url.replace("/analytics", "/" + database),
+        redis_url=redis_server.url,
+    )
+    shared = {"ANALYTICS_IP_SALT": "erase-elsewhere-" + uuid.uuid4().hex}
+    env = {
+        "ingest": {
+            **shared,
+            "ANALYTICS_INGEST_LOG_LINGER_SECONDS": "8",
+            "ANALYTICS_KEY_REFRESH_SECONDS": "0.5",
+        },
+        "privacy": shared,
+    }
+    try:
+        for name in ("ingest", "privacy", "gateway"):
+            cluster.ports[name] = free_port()
+        # Not started: the gateway needs an address for each, and nothing here calls them.
+        cluster.ports["metrics"] = cluster.ports["export"] = cluster.ports["ingest"]
+        for name in ("ingest", "privacy", "gateway"):
+            cluster.start(name, env.get(name, {}))
+        base = cluster.gateway.http_url
+        at = datetime.now(UTC) - timedelta(minutes=10)
+        events = [
+            {"event": "order_completed", "userId": user, "id": f"evt_{user}_{n}",
+             "timestamp": (at + timedelta(seconds=n)).isoformat(),
+             "properties": {"orderId": f"o_{user}_{n}", "total": 100 + n, "currency": "EUR"}}
+            for n in range(5)
+            for user in ("erase_me", "keep_me")
+        ]  # fmt: skip
+        reply = call("POST", f"{base}/analytics/event/batch", cluster.key, {"events": events})
+        assert reply.status == 200 and reply.json()["acceptedCount"] == 10, reply.body
+        assert call("DELETE", f"{base}/analytics/users/erase_me", cluster.key).status == 200
+        _wait_until_the_log_is_stored(cluster.root / "ingest")
+        stored = stored_ids(cluster.url, Path())
+        assert set(stored) == {f"keep_me_{n}" for n in range(5)}
+    finally:
+        for process in cluster.processes.values():
+            process.stop()
+        redis_server.stop()

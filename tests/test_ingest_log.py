@@ -17,6 +17,12 @@ from zoneinfo import ZoneInfo
 import pytest
 from redis import asyncio as aioredis
 
+from cartlytics.common.erasure import (
+    RECORD_COLUMNS,
+    SUPPRESSED_EVENTS,
+    Suppression,
+    subject_hash,
+)
 from cartlytics.common.realtime import RealtimeCounters
 from cartlytics.common.redis_guard import RedisGuard
 from cartlytics.common.storage import Sql, Storage
@@ -373,3 +379,83 @@ def test_under_steady_load_a_block_waits_until_its_oldest_record_has_lingered(
 
     blocks = asyncio.run(run())
     assert blocks == [["evt_linger_A"], [f"evt_linger_{n}" for n in "BCDE"]]
+
+
+def test_events_of_a_shopper_erased_since_they_were_acknowledged_are_never_stored(
+    storage: Storage, project_id: str, tmp_path: Path
+) -> None:
+    """Another process erased u3 while u3's events waited in this process's log (acknowledged,
+    not yet stored); once this process's suppression list has the erasure, its writer stores the
+    rest and none of u3's rows, and every figure is the oracle's over the events without u3:
+    o3's order (u3's event, then u4's duplicate) becomes u4's, counted once."""
+    at = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=3)
+    events = _orders(at)
+    _acknowledge_only(storage, project_id, tmp_path, events, batch=10)
+    # The erasure's record, as the other process wrote it; this process's list has not been read
+    # since (the writer reads it again before each block).
+    salt = b"s" * 16
+    now = datetime.now(UTC).replace(microsecond=0)
+    subject = subject_hash(salt, project_id, "user", "u3")
+    storage.insert_sync(
+        "erasures",
+        RECORD_COLUMNS,
+        [(project_id, "era_elsewhere", subject, [], "key_x", now, "done", 0, now, 2)],
+    )
+    suppression = Suppression(salt, days=30)
+    before = SUPPRESSED_EVENTS._value.get()
+
+    async def run() -> None:
+        guard = RedisGuard(None)
+        ingest_log = IngestLog(tmp_path)
+        writer = LogWriter(storage, ingest_log, TABLES)
+        ingestor = Ingestor(
+            storage, IdempotencyWindow(guard), None, guard, ip_salt=b"s",
+            suppression=suppression, ingest_log=ingest_log, log_writer=writer,
+        )  # fmt: skip
+        writer.keep = ingestor.without_suppressed
+        writer.start(ingest_log.open())
+        await writer.caught_up(limit_seconds=120)
+        await writer.close(grace_seconds=5)
+        await ingest_log.close()
+
+    asyncio.run(run())
+    kept = [e for e in events if e.user_id != "u3"]
+    assert len(kept) < len(events)
+    assert SUPPRESSED_EVENTS._value.get() - before == len(events) - len(kept)
+    lines = {e.id: len(e.properties["products"]) for e in kept}
+    assert _rows_per_event(storage, EVENTS.name, project_id) == Counter({e.id: 1 for e in kept})
+    assert _rows_per_event(storage, ORDER_ITEMS.name, project_id) == Counter(lines)
+    assert _rows_per_event(storage, ORDER_LINES.name, project_id) == Counter(
+        {e.id: 1 for e in kept}
+    )
+    first: dict[str, IncomingEvent] = {}
+    for event in sorted(kept, key=lambda e: (e.timestamp or at, e.id)):
+        first.setdefault(str(event.properties["orderId"]), event)
+    orders = storage.query_sync(
+        Sql("SELECT count(), sum(total) FROM orders WHERE project_id = {project}"),
+        {"project": project_id},
+    )
+    expected = (len(first), sum(int(e.properties["total"]) for e in first.values()))
+    assert tuple(int(v) for v in orders[0]) == expected
+    dups = storage.query_sync(
+        Sql("SELECT count() FROM order_dups WHERE project_id = {project}"), {"project": project_id}
+    )
+    assert int(dups[0][0]) == 0  # o3 has one stored event now
+
+
+def test_a_refresh_that_read_before_an_erasure_keeps_what_the_erasure_added(
+    storage: Storage, project_id: str
+) -> None:
+    """The process that erases adds the shopper to its list at once (after writing the record);
+    a refresh whose query ran before that record was written must not forget the addition."""
+    suppression = Suppression(b"s" * 16, days=30)
+    subject = subject_hash(suppression.salt, project_id, "user", "u_erased_meanwhile")
+
+    async def run() -> bool:
+        refresh = asyncio.create_task(suppression.refresh(storage))
+        await asyncio.sleep(0)  # its query is on its way: it cannot see what follows
+        suppression.add(project_id, [subject], [])
+        await refresh
+        return suppression.suppressed(project_id, "u_erased_meanwhile", "")
+
+    assert asyncio.run(run())

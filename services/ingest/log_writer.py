@@ -120,6 +120,9 @@ class LogWriter:
         # Called with each block's records once they are stored, before readers are let through
         # (the ingestor counts them in the realtime counters). Set before ``start``.
         self.on_stored: Callable[[list[LogRecord]], Awaitable[None]] | None = None
+        # Applied to each block's records before they are written (the ingestor drops the
+        # events of shoppers erased since they were acknowledged). Set before ``start``.
+        self.keep: Callable[[list[LogRecord]], Awaitable[list[LogRecord]]] | None = None
 
     @property
     def stored_lsn(self) -> int:
@@ -226,6 +229,8 @@ class LogWriter:
 
     async def _write(self, block: list[tuple[int, bytes, int]]) -> None:
         records = await asyncio.to_thread(lambda: [LogRecord.decode(p) for _, p, _ in block])
+        if self.keep is not None:
+            records = await self.keep(records)
         checked = block[0][0] <= self._checked_up_to
         tables: dict[str, list[tuple[Any, ...]]] = {t.name: [] for t in self._tables}
         for record in records:

@@ -62,6 +62,7 @@ async def init(runtime: Runtime) -> Stop:
     )
     if ingest_log is not None and writer is not None:
         writer.on_stored = ingestor.count_stored  # realtime counted per stored block
+        writer.keep = ingestor.without_suppressed  # erased since acknowledged: never stored
         writer.start(replay)
         if replay:
             # Served once the replay is stored, so that no read misses an acknowledged event.

@@ -197,6 +197,9 @@ class Suppression:
     days: int
     users: dict[str, set[str]] = field(default_factory=dict)
     anonymous: dict[str, set[str]] = field(default_factory=dict)
+    _added: list[tuple[str, list[str], list[str]]] = field(default_factory=list)
+    """What ``add`` was given since the last refresh began: a refresh whose query ran before
+    an erasure's record was written must not forget it."""
 
     @property
     def enabled(self) -> bool:
@@ -205,8 +208,10 @@ class Suppression:
     def add(self, project_id: str, users: Iterable[str], anonymous: Iterable[str]) -> None:
         if not self.enabled:
             return
+        users, anonymous = list(users), list(anonymous)
         self.users.setdefault(project_id, set()).update(users)
         self.anonymous.setdefault(project_id, set()).update(anonymous)
+        self._added.append((project_id, users, anonymous))
 
     def suppressed(self, project_id: str, user_id: str, anonymous_id: str) -> bool:
         """Whether an event of ``project_id`` with these ids belongs to an erased shopper."""
@@ -224,13 +229,21 @@ class Suppression:
         if not self.enabled:
             return
         since = (now or datetime.now(UTC)) - timedelta(days=self.days)
-        rows = await storage.query(_SUPPRESSED, {"since": since})
+        added_before = len(self._added)
+        # Not behind this process's ingest log: its writer drops the events of shoppers on
+        # this list, and waiting for it to store what it holds first would store the very
+        # events of an erasure this refresh is about to read.
+        rows = await storage.query(_SUPPRESSED, {"since": since}, behind_log=False)
         users: dict[str, set[str]] = {}
         anonymous: dict[str, set[str]] = {}
         for project, kind, value in rows:
             into = users if kind == "user" else anonymous
             into.setdefault(str(project), set()).add(str(value))
-        self.users, self.anonymous = users, anonymous
+        added = self._added[added_before:]  # recorded before they were added: maybe not read
+        for project_id, user_hashes, anonymous_hashes in added:
+            users.setdefault(project_id, set()).update(user_hashes)
+            anonymous.setdefault(project_id, set()).update(anonymous_hashes)
+        self.users, self.anonymous, self._added = users, anonymous, added
 
     async def run(self, storage: Storage, interval: float) -> None:
         """Refresh every ``interval`` seconds, forever (an outage only delays it)."""

@@ -150,7 +150,8 @@ class KeyStore:
         return revoked
 
     async def _select(self, where: Sql, params: dict[str, object]) -> list[StoredKey]:
-        rows = await self._storage.query(SELECT_KEYS, {**params, "where": where})
+        # Keys are not in the ingest log: no wait for it.
+        rows = await self._storage.query(SELECT_KEYS, {**params, "where": where}, behind_log=False)
         return [_row(row) for row in rows]
 
     async def _write(self, key: StoredKey, version: int) -> None:

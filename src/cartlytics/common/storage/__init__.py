@@ -120,10 +120,18 @@ class Storage:
 
     # Asynchronous API (servicers).
     async def query(
-        self, sql: Sql, params: Mapping[str, Any] | None = None, *, ingest: bool = False
+        self,
+        sql: Sql,
+        params: Mapping[str, Any] | None = None,
+        *,
+        ingest: bool = False,
+        behind_log: bool = True,
     ) -> list[Row]:
-        """Rows of ``sql``; ``ingest=True`` for reads an acknowledgement waits on."""
-        if not ingest and self.read_barrier is not None:
+        """Rows of ``sql``; ``ingest=True`` for reads an acknowledgement waits on (neither waits
+        for the process's ingest log: ``read_barrier``). ``behind_log=False`` for reads of
+        tables ingest does not write (keys, erasures): a wait would only cut the log writer's
+        linger short."""
+        if not ingest and behind_log and self.read_barrier is not None:
             await self.read_barrier()
         loop = asyncio.get_running_loop()
         pool = self._ingest_pool if ingest else self._pool
