@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import secrets
 import time
-import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -629,7 +630,21 @@ def _serialize(message: Any) -> bytes:
 def _request_id(request: web.Request) -> str:
     """The client's x-request-id when it is a sane token, else a fresh one."""
     given = request.headers.get("X-Request-Id", "")
-    return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    return given if _REQUEST_ID.fullmatch(given) else _fresh_request_id()
+
+
+_IDS_PER_DRAW = 256
+_fresh_ids: list[str] = []
+os.register_at_fork(after_in_child=_fresh_ids.clear)  # a child must not repeat its parent's
+
+
+def _fresh_request_id() -> str:
+    """32 random hex digits (128 bits from the OS's CSPRNG, like ``uuid4().hex``), drawn 256 at
+    a time: one ``getrandom`` system call per request cost 15-40 µs on a busy VM."""
+    if not _fresh_ids:
+        raw = secrets.token_hex(16 * _IDS_PER_DRAW)
+        _fresh_ids.extend(raw[i : i + 32] for i in range(0, len(raw), 32))
+    return _fresh_ids.pop()
 
 
 def _outgoing_metadata(request: web.Request, request_id: str) -> tuple[tuple[str, str], ...]:

@@ -604,6 +604,9 @@ def test_request_id_is_generated_when_absent_or_unsafe(stack: Stack) -> None:
             c["customerId"] for c in reply.json()["topCustomers"]
         }
     assert "X-Request-Id" in stack.get("/analytics/nope").headers
+    # Drawn in bulk (256 a system call): past a draw's end, still each its own.
+    ids = [stack.get("/analytics/nope").headers["X-Request-Id"] for _ in range(300)]
+    assert len(set(ids)) == len(ids) and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
 
 
 # --------------------------------------------------------------------------- streaming
