@@ -202,6 +202,8 @@ def _realtime(e: ValidEvent) -> RealtimeEvent:
 
 
 _AT = {name: index for index, name in enumerate(EVENTS.columns)}
+# Each table and where its rows hold the event id.
+_EVENT_ID_AT = tuple((spec, spec.columns.index("event_id")) for spec in TABLES)
 
 
 def realtime_of_row(row: Sequence[Any]) -> RealtimeEvent:
@@ -395,12 +397,8 @@ class Ingestor:
                 continue
             SUPPRESSED_EVENTS.inc(len(erased))
             rows = {
-                spec.name: [
-                    row
-                    for row in record.rows.get(spec.name, ())
-                    if row[spec.columns.index("event_id")] not in erased
-                ]
-                for spec in TABLES
+                spec.name: [row for row in record.rows.get(spec.name, ()) if row[at] not in erased]
+                for spec, at in _EVENT_ID_AT
             }
             kept.append(LogRecord(project_id, rows, record.order_ids))
         return kept
