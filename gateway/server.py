@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import secrets
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -42,6 +40,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from cartlytics.common.config import SETTINGS
 from cartlytics.common.interceptors import SUCCESS_CODE_KNOWN_KEY
 from cartlytics.common.local_calls import LocalCalls
+from cartlytics.common.random_ids import RandomIds
 
 from . import dashboard, metrics
 from .cors import CorsPolicy
@@ -633,18 +632,8 @@ def _request_id(request: web.Request) -> str:
     return given if _REQUEST_ID.fullmatch(given) else _fresh_request_id()
 
 
-_IDS_PER_DRAW = 256
-_fresh_ids: list[str] = []
-os.register_at_fork(after_in_child=_fresh_ids.clear)  # a child must not repeat its parent's
-
-
-def _fresh_request_id() -> str:
-    """32 random hex digits (128 bits from the OS's CSPRNG, like ``uuid4().hex``), drawn 256 at
-    a time: one ``getrandom`` system call per request cost 15-40 µs on a busy VM."""
-    if not _fresh_ids:
-        raw = secrets.token_hex(16 * _IDS_PER_DRAW)
-        _fresh_ids.extend(raw[i : i + 32] for i in range(0, len(raw), 32))
-    return _fresh_ids.pop()
+# 32 random hex digits (128 bits, as ``uuid4().hex``), drawn in bulk.
+_fresh_request_id = RandomIds(32)
 
 
 def _outgoing_metadata(request: web.Request, request_id: str) -> tuple[tuple[str, str], ...]:

@@ -10,8 +10,6 @@ twice. Redis (dedup window, realtime counters) is optional: without it ingestion
 
 from __future__ import annotations
 
-import os
-import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +21,7 @@ import structlog
 from cartlytics.common.commerce.orders import NEWLY_DUPLICATED_IDS
 from cartlytics.common.erasure import SUPPRESSED_EVENTS, Suppression
 from cartlytics.common.errors import FieldViolation, unavailable
+from cartlytics.common.random_ids import RandomIds
 from cartlytics.common.realtime import RealtimeCounters, RealtimeEvent
 from cartlytics.common.realtime_rebuild import RealtimeRecovery
 from cartlytics.common.redis_guard import Failure, RedisGuard
@@ -73,19 +72,8 @@ log = structlog.get_logger(__name__)
 IN_FLIGHT = "an event with this id is being stored by another request; retry"
 
 
-_IDS_PER_DRAW = 256
-_fresh_ids: list[str] = []
-# A forked child must not hand out the ids its parent drew.
-os.register_at_fork(after_in_child=_fresh_ids.clear)
-
-
-def new_event_id() -> str:
-    """``evt_`` and 24 random hex digits (96 bits from the OS's CSPRNG), drawn 256 at a time:
-    one system call per id was a tenth of validating an event."""
-    if not _fresh_ids:
-        raw = secrets.token_hex(12 * _IDS_PER_DRAW)
-        _fresh_ids.extend("evt_" + raw[i : i + 24] for i in range(0, len(raw), 24))
-    return _fresh_ids.pop()
+new_event_id = RandomIds(24, prefix="evt_")
+"""``evt_`` and 24 random hex digits (96 bits from the OS's CSPRNG), drawn in bulk."""
 
 
 @dataclass(frozen=True)

@@ -172,30 +172,24 @@ def parse_event(
     id_name = "messageId" if _id_from_message_id(raw) else "id"
     # Whether a number out of the safe range was met walking properties and context.
     unsafe = [False]
-    if _PROTO_NAMES.isdisjoint(raw):  # the usual case: JSON names only, one lookup each
-        incoming = IncomingEvent(
-            event=_string_of(raw.get("event"), "event", problems, check_text),
-            id=_string_of(raw.get(id_name), id_name, problems, check_text),
-            user_id=_string_of(raw.get("userId"), "userId", problems, check_text),
-            anonymous_id=_string_of(raw.get("anonymousId"), "anonymousId", problems, check_text),
-            session_id=_string_of(raw.get("sessionId"), "sessionId", problems, check_text),
-            timestamp=_time_of(raw.get("timestamp"), "timestamp", problems),
-            sent_at=_time_of(raw.get("sentAt"), "sentAt", problems),
-            properties=_object(raw, "properties", problems, check_text, unsafe),
-            context=_object(raw, "context", problems, check_text, unsafe),
-        )
-    else:
-        incoming = IncomingEvent(
-            event=_string(raw, "event", "event", problems, check_text),
-            id=_string(raw, id_name, id_name, problems, check_text),
-            user_id=_string(raw, "userId", "user_id", problems, check_text),
-            anonymous_id=_string(raw, "anonymousId", "anonymous_id", problems, check_text),
-            session_id=_string(raw, "sessionId", "session_id", problems, check_text),
-            timestamp=_time(raw, "timestamp", "timestamp", problems),
-            sent_at=_time(raw, "sentAt", "sent_at", problems),
-            properties=_object(raw, "properties", problems, check_text, unsafe),
-            context=_object(raw, "context", problems, check_text, unsafe),
-        )
+    plain = _PROTO_NAMES.isdisjoint(raw)  # the usual case: JSON names only, one lookup each
+
+    def pick(name: str, proto_name: str) -> Any:
+        return raw.get(name) if plain else _value(raw, name, proto_name, problems)
+
+    incoming = IncomingEvent(
+        event=_string_of(raw.get("event"), "event", problems, check_text),
+        id=_string_of(raw.get(id_name), id_name, problems, check_text),
+        user_id=_string_of(pick("userId", "user_id"), "userId", problems, check_text),
+        anonymous_id=_string_of(
+            pick("anonymousId", "anonymous_id"), "anonymousId", problems, check_text
+        ),
+        session_id=_string_of(pick("sessionId", "session_id"), "sessionId", problems, check_text),
+        timestamp=_time_of(raw.get("timestamp"), "timestamp", problems),
+        sent_at=_time_of(pick("sentAt", "sent_at"), "sentAt", problems),
+        properties=_object(raw, "properties", problems, check_text, unsafe),
+        context=_object(raw, "context", problems, check_text, unsafe),
+    )
     if problems:
         return problems
     incoming.numbers_checked = not unsafe[0]
@@ -218,12 +212,6 @@ def _value(raw: dict[str, Any], name: str, proto_name: str, problems: list[Field
     return value
 
 
-def _string(
-    raw: dict[str, Any], name: str, proto_name: str, problems: list[FieldViolation], check: bool
-) -> str:
-    return _string_of(_value(raw, name, proto_name, problems), name, problems, check)
-
-
 def _string_of(value: Any, name: str, problems: list[FieldViolation], check: bool) -> str:
     if type(value) is str:
         if check and not value.isascii() and _SURROGATE.search(value):
@@ -233,12 +221,6 @@ def _string_of(value: Any, name: str, problems: list[FieldViolation], check: boo
     if value is not None:
         problems.append(FieldViolation(name, STRING_RULE))
     return ""
-
-
-def _time(
-    raw: dict[str, Any], name: str, proto_name: str, problems: list[FieldViolation]
-) -> datetime | None:
-    return _time_of(_value(raw, name, proto_name, problems), name, problems)
 
 
 def _time_of(value: Any, name: str, problems: list[FieldViolation]) -> datetime | None:
