@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from cartlytics.common.storage import Storage
-from services.ingest.ingestor import EVENTS, ORDER_ITEMS, ORDER_LINES, PRODUCT_NAMES
+from services.ingest.rows import EVENTS, ORDER_ITEMS, ORDER_LINES, PRODUCT_NAMES
 
 EVENT_TYPES = np.array(
     [

@@ -159,7 +159,7 @@ def load(data_dir: Path, orders: int, clickhouse_url: str = "") -> None:
     import pyarrow as pa
 
     from cartlytics.common.storage import open_storage
-    from services.ingest.ingestor import EVENTS, ORDER_ITEMS, ORDER_LINES, PRODUCT_NAMES
+    from services.ingest.rows import EVENTS, ORDER_ITEMS, ORDER_LINES, PRODUCT_NAMES
 
     storage = open_storage(clickhouse_url, data_dir)
     storage.migrate()

@@ -45,13 +45,13 @@ from bench.idle import settle  # noqa: E402
 from bench.ingest import make_event  # noqa: E402
 from cartlytics.common.storage import Storage, open_storage  # noqa: E402
 from services.ingest.enrichment import enrich  # noqa: E402
-from services.ingest.ingestor import (  # noqa: E402
+from services.ingest.preparation import new_event_id  # noqa: E402
+from services.ingest.rows import (  # noqa: E402
     TABLES,
-    _event_row,
-    _item_rows,
-    _name_rows,
-    _order_lines_row,
-    new_event_id,
+    event_row,
+    item_rows,
+    name_rows,
+    order_lines_row,
 )
 from services.ingest.validation import IncomingEvent, ValidEvent, validate  # noqa: E402
 
@@ -78,12 +78,12 @@ def event_rows(count: int, project_id: str = PROJECT) -> list[Rows]:
             raise ValueError(f"benchmark event {n} is invalid: {valid}")
         extra = enrich(valid.properties, valid.context, ip_salt=b"bench", client_ip="127.0.0.1")
         rows: Rows = {spec.name: [] for spec in TABLES}
-        rows["events"].append(_event_row(project_id, valid, extra))
-        rows["order_items"].extend(_item_rows(project_id, valid))
-        lines = _order_lines_row(project_id, valid)
+        rows["events"].append(event_row(project_id, valid, extra))
+        rows["order_items"].extend(item_rows(project_id, valid))
+        lines = order_lines_row(project_id, valid)
         if lines is not None:
             rows["order_lines"].append(lines)
-        rows["product_names"].extend(_name_rows(project_id, valid))
+        rows["product_names"].extend(name_rows(project_id, valid))
         out.append(rows)
     return out
 

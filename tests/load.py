@@ -291,8 +291,8 @@ def logged_ids(data_dir: Path) -> set[str]:
     """Event ids (without ``evt_``) in the ingest log of ``data_dir`` not yet stored in
     ClickHouse (ANALYTICS_INGEST_LOG=yes): what the next start writes."""
     from services.ingest.ingest_log import unstored_records
-    from services.ingest.ingestor import EVENTS
     from services.ingest.log_writer import LogRecord
+    from services.ingest.rows import EVENTS
 
     at = EVENTS.columns.index("event_id")
     ids: set[str] = set()

@@ -29,7 +29,7 @@ from services.export import formats
 from services.export.exporter import Exporter
 from services.export.formats import Column, Kind, LocalTime
 from services.export.request import ExportQuery, plan_export
-from services.ingest.ingestor import EVENTS, ORDER_ITEMS
+from services.ingest.rows import EVENTS, ORDER_ITEMS
 from tests import dataset
 from tests import oracle_export as ox
 from tests.rest import Reply, call

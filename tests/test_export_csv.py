@@ -25,7 +25,7 @@ from services.export.exporter import Exporter
 from services.export.formats import ENCODERS, LocalTime
 from services.export.request import ExportQuery
 from services.export.sources import SOURCES, Scope
-from services.ingest.ingestor import EVENTS, ORDER_ITEMS
+from services.ingest.rows import EVENTS, ORDER_ITEMS
 from tests.test_export import _event_row, _item_row
 
 TEXTS = [
@@ -211,7 +211,7 @@ def test_items_is_the_orders_own_count_else_its_line_items(
     storage: Storage, project_id: str, path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from services.export.sources import OrdersSource
-    from services.ingest.ingestor import ORDER_LINES
+    from services.ingest.rows import ORDER_LINES
 
     _load(storage, project_id)
     storage.insert_sync("order_lines", ORDER_LINES.columns, _lines_rows(storage, project_id))
@@ -239,7 +239,7 @@ def test_orders_from_order_lines_equal_orders_from_line_items(
     """Where every order event has its order_lines row, the orders export reads the arrays
     there; it must give what grouping order_items gives (including events stored twice)."""
     from services.export.sources import OrdersSource
-    from services.ingest.ingestor import ORDER_LINES
+    from services.ingest.rows import ORDER_LINES
 
     _load(storage, project_id)
     storage.insert_sync("order_lines", ORDER_LINES.columns, _lines_rows(storage, project_id))
@@ -263,7 +263,7 @@ def test_an_order_event_without_its_lines_row_reads_line_items(
 ) -> None:
     """A flush that stopped between `events` and `order_lines`: the page is not complete."""
     from services.export.sources import OrdersSource
-    from services.ingest.ingestor import ORDER_LINES
+    from services.ingest.rows import ORDER_LINES
 
     _load(storage, project_id)
     rows = _lines_rows(storage, project_id)

@@ -25,8 +25,6 @@ from hypothesis import strategies as st
 from cartlytics.common.errors import ApiError, FieldViolation
 from cartlytics.gen.analytics.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from services.ingest import json_events
-from services.ingest.idempotency import Ack
-from services.ingest.ingestor import IngestResult, Rejected
 from services.ingest.json_events import (
     DEPTH_RULE,
     MAX_DEPTH,
@@ -40,7 +38,8 @@ from services.ingest.json_events import (
     parse_single,
     read_body,
 )
-from services.ingest.servicer import _struct
+from services.ingest.outcome import Rejected
+from services.ingest.proto_events import plain_struct
 from services.ingest.validation import IncomingEvent, validate
 from tests.rest import Reply, call
 from tests.servers import System
@@ -306,7 +305,7 @@ def test_each_element_of_a_batch_is_parsed_on_its_own() -> None:
     ]
 
 
-def test_finish_puts_results_back_in_the_requests_positions() -> None:
+def test_refusals_merge_the_parsers_and_name_messageid_where_the_id_came_from() -> None:
     events: list[Any] = [
         {"event": "a", "userId": "u", "messageId": "bad id!"},
         7,
@@ -316,17 +315,13 @@ def test_finish_puts_results_back_in_the_requests_positions() -> None:
     batch = parse_batch(json.dumps({"events": events}).encode(), JSON, 10, 1 << 20)
     assert batch.positions == [0, 2, 3]
     rule = "must be 1-64 characters"
-    ack = Ack("evt_1", "c", NOW)
-    result = IngestResult(
-        accepted=[(2, ack)],
-        rejected=[
-            Rejected(0, [FieldViolation("id", rule), FieldViolation("userId", "x")]),
-            Rejected(1, [FieldViolation("id", rule)]),
-        ],
-    )
-    finished = json_events.finish(result, batch)
-    assert finished.accepted == [(3, ack)]
-    assert [(r.index, _violations_of(r)) for r in finished.rejected] == [
+    # Validation's refusals, already by request position (preparation.prepare's positions).
+    validated = [
+        Rejected(0, [FieldViolation("id", rule), FieldViolation("userId", "x")]),
+        Rejected(2, [FieldViolation("id", rule)]),
+    ]
+    merged = json_events.refusals(batch, validated)
+    assert [(r.index, _violations_of(r)) for r in merged] == [
         (0, [("messageId", rule), ("userId", "x")]),
         (1, [("events[1]", OBJECT_RULE)]),
         (2, [("id", rule)]),
@@ -421,7 +416,7 @@ def test_grpc_structs_are_read_directly_and_pass_inf_and_nan() -> None:
         {"inf": math.inf, "whole": 2999.0, "half": 0.5, "big": 2.0**60, "none": None,
          "list": [1.0, "a", True, {"x": -math.inf}], "nested": {"y": {"z": 3.0}}}
     )  # fmt: skip
-    plain = _struct(struct)
+    plain = plain_struct(struct)
     assert plain["inf"] == math.inf and plain["list"][3] == {"x": -math.inf}
     assert plain == {
         "inf": math.inf, "whole": 2999, "half": 0.5, "big": 2.0**60, "none": None,
@@ -430,7 +425,7 @@ def test_grpc_structs_are_read_directly_and_pass_inf_and_nan() -> None:
     assert type(plain["whole"]) is int and type(plain["big"]) is float
     nan = struct_pb2.Struct()
     nan.update({"n": math.nan})
-    assert math.isnan(_struct(nan)["n"])
+    assert math.isnan(plain_struct(nan)["n"])
 
 
 # ============================================================================ over REST

@@ -28,8 +28,9 @@ from cartlytics.common.redis_guard import RedisGuard
 from cartlytics.common.storage import Sql, Storage
 from services.ingest.idempotency import IdempotencyWindow
 from services.ingest.ingest_log import HEADER, IngestLog, LogCorrupt, LogFull, unstored_records
-from services.ingest.ingestor import EVENTS, ORDER_ITEMS, ORDER_LINES, TABLES, Ingestor
+from services.ingest.ingestor import Ingestor
 from services.ingest.log_writer import LogRecord, LogWriter
+from services.ingest.rows import EVENTS, ORDER_ITEMS, ORDER_LINES, TABLES
 from services.ingest.validation import IncomingEvent
 from tests.servers import RedisServer
 

@@ -13,7 +13,8 @@ import pytest
 from cartlytics.common.redis_guard import RedisGuard
 from cartlytics.common.storage import Sql, Storage
 from services.ingest.idempotency import IdempotencyWindow
-from services.ingest.ingestor import ORDER_LINES, PRODUCT_NAMES, Ingestor
+from services.ingest.ingestor import Ingestor
+from services.ingest.rows import ORDER_LINES, PRODUCT_NAMES
 from services.ingest.validation import IncomingEvent
 from services.metrics.products import ProductsReader
 from services.metrics.reports import ProductsQuery

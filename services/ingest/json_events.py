@@ -33,7 +33,7 @@ from typing import Any
 
 from cartlytics.common.errors import ApiError, FieldViolation, invalid_argument
 
-from .ingestor import IngestResult, Rejected
+from .outcome import Rejected
 from .validation import IncomingEvent
 
 MAX_DEPTH = 32
@@ -169,7 +169,7 @@ def parse_event(
     """
     problems: list[FieldViolation] = []
     # Segment's messageId is the id when there is none; a refusal then names it (see `finish`).
-    id_name = "messageId" if _id_from_message_id(raw) else "id"
+    id_name = "messageId" if id_from_message_id(raw) else "id"
     # Whether a number out of the safe range was met walking properties and context.
     unsafe = [False]
     plain = _PROTO_NAMES.isdisjoint(raw)  # the usual case: JSON names only, one lookup each
@@ -307,30 +307,26 @@ def _bounded(path: str) -> str:
     return path if len(path) <= MAX_PATH else path[: MAX_PATH - 3] + "..."
 
 
-def finish(result: IngestResult, batch: Batch) -> IngestResult:
-    """The ingest result of ``batch.events`` in the request's positions, with the events refused
-    while parsing; an id refusal names ``messageId`` when that is where the id came from."""
-    remap = len(batch.events) != len(batch.raw)
-    positions = batch.positions
-    accepted = [(positions[i], ack) for i, ack in result.accepted] if remap else result.accepted
-    rejected = list(batch.refused)
-    for entry in result.rejected:
-        index = positions[entry.index]
+def refusals(batch: Batch, rejected: list[Rejected]) -> list[Rejected]:
+    """The request's refusals, by position: ``rejected`` (validation's, by request position)
+    with those made while parsing; an id refusal names ``messageId`` when that is where the id
+    came from."""
+    merged = list(batch.refused)
+    for entry in rejected:
         violations = entry.violations
-        if any(v.field == "id" for v in violations) and _id_from_message_id(batch.raw[index]):
+        if any(v.field == "id" for v in violations) and id_from_message_id(batch.raw[entry.index]):
             violations = [
                 FieldViolation("messageId", v.description) if v.field == "id" else v
                 for v in violations
             ]
-        if remap or violations is not entry.violations:
-            entry = replace(entry, index=index, violations=violations)
-        rejected.append(entry)
+            entry = replace(entry, violations=violations)
+        merged.append(entry)
     if batch.refused:
-        rejected.sort(key=lambda r: r.index)
-    return IngestResult(accepted, rejected)
+        merged.sort(key=lambda r: r.index)
+    return merged
 
 
-def _id_from_message_id(raw: Any) -> bool:
+def id_from_message_id(raw: Any) -> bool:
     """No ``id`` (absent, null or empty) but a ``messageId`` (Segment's)."""
     if type(raw) is not dict or raw.get("messageId") is None:
         return False

@@ -20,8 +20,10 @@ async def init(runtime: Runtime) -> Stop:
 
     from .idempotency import IdempotencyWindow
     from .ingest_log import IngestLog, Record
-    from .ingestor import TABLES, IngestLimits, Ingestor
+    from .ingestor import Ingestor
     from .log_writer import LogWriter
+    from .preparation import IngestLimits
+    from .rows import TABLES
     from .servicer import IngestServicer
 
     config = runtime.config
@@ -59,7 +61,12 @@ async def init(runtime: Runtime) -> Stop:
         suppression=await runtime.suppression_list(),
         ingest_log=ingest_log,
         log_writer=writer,
+        max_batch_events=config.max_batch_events,
+        max_body_bytes=config.max_body_bytes,
+        workers=config.ingest_workers,
+        log_setup=(config.log_level, config.log_format),
     )
+    ingestor.preparer.start()
     if ingest_log is not None and writer is not None:
         writer.on_stored = ingestor.count_stored  # realtime counted per stored block
         writer.keep = ingestor.without_suppressed  # erased since acknowledged: never stored

@@ -6,75 +6,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 import grpc
-from google.protobuf import struct_pb2
 from grpc import aio
 
 from cartlytics.common.auth import current_principal
 from cartlytics.common.errors import ApiError, FieldViolation, invalid_argument
 from cartlytics.gen.analytics.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 
-from . import json_events
 from .idempotency import Ack
-from .ingestor import IN_FLIGHT, Ingestor, IngestResult
-from .validation import IncomingEvent
+from .ingestor import Ingestor
+from .outcome import IN_FLIGHT, IngestResult
+from .proto_events import incoming_of
 
-_SAFE_INTEGER = 2**53
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _incoming(message: ingest_pb2.Event) -> IncomingEvent:
-    problems: list[FieldViolation] = []
-    return IncomingEvent(
-        event=message.event,
-        id=message.id,
-        user_id=message.user_id,
-        anonymous_id=message.anonymous_id,
-        session_id=message.session_id,
-        timestamp=_time(message, "timestamp", "timestamp", problems),
-        sent_at=_time(message, "sent_at", "sentAt", problems),
-        properties=_struct(message.properties),
-        context=_struct(message.context),
-        decode_violations=problems,
-    )
-
-
-def _time(
-    message: ingest_pb2.Event, name: str, shown: str, problems: list[FieldViolation]
-) -> datetime | None:
-    """A Timestamp field as a datetime; one out of protobuf's range (a gRPC client can send
-    any seconds and nanos) is a violation, not a ValueError and a 500."""
-    if not message.HasField(name):
-        return None
-    try:
-        return getattr(message, name).ToDatetime(UTC)  # type: ignore[no-any-return]
-    except (ValueError, OverflowError):
-        problems.append(FieldViolation(shown, "must be a time from 0001-01-01 to 9999-12-31"))
-        return None
-
-
-def _struct(struct: struct_pb2.Struct) -> dict[str, Any]:
-    """A Struct as plain Python, read directly: json_format.MessageToDict raises on an inf or NaN
-    number (a gRPC client can send one: validation refuses it by path), and is slower."""
-    return {key: _value(value) for key, value in struct.fields.items()}
-
-
-def _value(value: struct_pb2.Value) -> Any:
-    kind = value.WhichOneof("kind")
-    if kind == "number_value":
-        # Numbers arrive as doubles; whole ones become ints so that amounts stay integers.
-        number = value.number_value
-        if number.is_integer() and -_SAFE_INTEGER < number < _SAFE_INTEGER:
-            return int(number)
-        return number
-    if kind == "string_value":
-        return value.string_value
-    if kind == "struct_value":
-        return _struct(value.struct_value)
-    if kind == "list_value":
-        return [_value(item) for item in value.list_value.values]
-    if kind == "bool_value":
-        return value.bool_value
-    return None  # null_value, or no kind set (protobuf's JSON printer also gives null)
 
 
 def _client_ip(context: aio.ServicerContext[Any, Any]) -> str:
@@ -132,27 +75,25 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self._max_events = max_batch_events
         self._max_bytes = max_batch_bytes
 
-    async def _ingest(
-        self, events: list[IncomingEvent], context: aio.ServicerContext[Any, Any]
-    ) -> IngestResult:
-        if not events:
-            return IngestResult()
-        project_id = current_principal.get().project_id
-        return await self._ingestor.ingest(project_id, events, _client_ip(context))
-
     async def TrackEvent(
         self, request: ingest_pb2.TrackEventRequest, context: aio.ServicerContext[Any, Any]
     ) -> ingest_pb2.TrackEventResponse:
+        project_id = current_principal.get().project_id
+        result = await self._ingestor.ingest(
+            project_id, [incoming_of(request.event)], _client_ip(context)
+        )
         response = ingest_pb2.TrackEventResponse()
-        _fill_single(response, await self._ingest([_incoming(request.event)], context))
+        _fill_single(response, result)
         return response
 
     async def TrackEventJson(
         self, request: ingest_pb2.TrackEventJsonRequest, context: aio.ServicerContext[Any, Any]
     ) -> ingest_pb2.TrackEventJsonResponse:
         body = request.body
-        batch = json_events.parse_single(body.data, body.content_type, self._max_bytes)
-        result = json_events.finish(await self._ingest(batch.events, context), batch)
+        project_id = current_principal.get().project_id
+        result = await self._ingestor.ingest_json(
+            project_id, body.data, body.content_type, True, _client_ip(context)
+        )
         response = ingest_pb2.TrackEventJsonResponse()
         _fill_single(response.result, result)
         return response
@@ -177,7 +118,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             raise invalid_argument(
                 [FieldViolation("events", f"must be at most {self._max_bytes} bytes in all")]
             )
-        result = await self._ingest([_incoming(e) for e in request.events], context)
+        project_id = current_principal.get().project_id
+        result = await self._ingestor.ingest_protos(project_id, request, _client_ip(context))
         response = ingest_pb2.BatchTrackEventsResponse()
         _fill_batch(response, result)
         return response
@@ -188,10 +130,10 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         context: aio.ServicerContext[Any, Any],
     ) -> ingest_pb2.BatchTrackEventsJsonResponse:
         body = request.body
-        batch = json_events.parse_batch(
-            body.data, body.content_type, self._max_events, self._max_bytes
+        project_id = current_principal.get().project_id
+        result = await self._ingestor.ingest_json(
+            project_id, body.data, body.content_type, False, _client_ip(context)
         )
-        result = json_events.finish(await self._ingest(batch.events, context), batch)
         response = ingest_pb2.BatchTrackEventsJsonResponse()
         _fill_batch(response.result, result)
         return response

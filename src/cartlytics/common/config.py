@@ -40,6 +40,29 @@ def _upstreams(raw: str) -> str:
     return raw
 
 
+def usable_cores() -> int:
+    """The cores this process may use: its CPU affinity, and its cgroup's CPU quota if it has
+    one (a Kubernetes CPU limit; ``os.cpu_count`` would count the node's cores)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores or 1, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 quota readable: the affinity alone
+    return cores or 1
+
+
+def _workers(raw: str) -> int:
+    """``auto``: one worker process per usable core beyond the first (none on one), at most 8."""
+    if raw.strip().lower() == "auto":
+        return max(0, min(8, usable_cores() - 1))
+    value = int(raw)
+    if not 0 <= value <= 64:
+        raise ValueError("must be auto or from 0 to 64")
+    return value
+
+
 def _yes_no(raw: str) -> bool:
     value = raw.strip().lower()
     if value in ("yes", "true", "1", "on"):
@@ -269,6 +292,15 @@ SETTINGS: dict[str, Setting] = {
         "100000",
         "Most events the ingest log writer puts in one INSERT.",
     ),
+    "ingest_workers": Setting(
+        "ANALYTICS_INGEST_WORKERS",
+        _workers,
+        "auto",
+        "Worker processes that parse, validate and enrich large ingest requests beside the event"
+        " loop (REST bodies of 16 KiB or more, gRPC batches of 32 events or more); auto: one per"
+        " usable core beyond the first (CPU affinity and cgroup quota), at most 8; 0: all on"
+        " the event loop (docs/decisions.md, 72).",
+    ),
     "ingest_log_read_wait_seconds": Setting(
         "ANALYTICS_INGEST_LOG_READ_WAIT_SECONDS",
         _float,
@@ -442,6 +474,7 @@ class Config:
     ingest_log_max_bytes: int
     ingest_log_linger_seconds: float
     ingest_log_block_rows: int
+    ingest_workers: int
     ingest_log_read_wait_seconds: float
     ip_mode: str
     ip_salt: str

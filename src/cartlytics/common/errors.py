@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -76,6 +77,15 @@ class ApiError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt from its fields: an ingest worker process raises it to the event loop's
+        # (Exception's own pickling would call __init__ with no arguments).
+        return (
+            ApiError,
+            (self.message, self.reason, self.code, self.violations, self.retry_after_seconds,
+             self.metadata, self.quota_violations),
+        )  # fmt: skip
 
     def to_status(self) -> status_pb2.Status:
         extra: list[Message] = []

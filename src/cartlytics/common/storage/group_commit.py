@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +19,7 @@ from . import Storage
 
 @dataclass
 class _Pending:
-    rows: dict[str, list[Sequence[Any]]]
+    rows: Mapping[str, Sequence[Sequence[Any]]]
     done: asyncio.Future[None]
 
 
@@ -38,7 +38,7 @@ class GroupCommitter:
     _wakeup: asyncio.Event | None = None
     _task: asyncio.Task[None] | None = None
 
-    async def write(self, rows: dict[str, list[Sequence[Any]]]) -> None:
+    async def write(self, rows: Mapping[str, Sequence[Sequence[Any]]]) -> None:
         """Return once ``rows`` (table name -> rows) are stored; raise what the INSERT raised."""
         if not any(rows.values()):
             return

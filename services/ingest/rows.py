@@ -1,0 +1,154 @@
+"""The rows an event is stored as, per table, and what the rest of ingest reads back from them.
+
+Plain functions of a valid event and its enrichment: they run wherever the event is prepared
+(on the event loop or in a worker process, ``preparation.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from cartlytics.common.realtime import RealtimeEvent
+from cartlytics.common.storage.group_commit import TableSpec
+
+from .enrichment import Enrichment
+from .validation import ValidEvent, compact_json
+
+EVENTS = TableSpec(
+    "events",
+    (
+        "project_id", "event_id", "event", "ts", "received_at", "user_id", "anonymous_id",
+        "session_id", "visitor_id", "order_id", "total", "currency", "product_id", "page",
+        "properties", "context", "device", "browser", "os", "ip_hash", "country", "region",
+        "utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content", "referrer_host",
+    ),
+)  # fmt: skip
+ORDER_ITEMS = TableSpec(
+    "order_items",
+    (
+        "project_id", "order_id", "event_id", "line", "ts", "visitor_id", "currency",
+        "product_id", "name", "category", "price", "quantity",
+    ),
+)  # fmt: skip
+# Each order event with its lines as arrays (products figures read these).
+ORDER_LINES = TableSpec(
+    "order_lines",
+    (
+        "project_id", "order_id", "event_id", "ts", "currency", "visitor_id", "product_ids",
+        "prices", "quantities", "declared_items",
+    ),
+)  # fmt: skip
+# Every non-empty product name an event carries (the latest one is the product's name).
+PRODUCT_NAMES = TableSpec(
+    "product_names", ("project_id", "product_id", "name", "ts", "event_id", "line")
+)
+# Line items first: a line without its order event is never counted (product figures join on the
+# order), while an order event without its lines would undercount products. order_lines and
+# product_names after the events: a row there always has its event stored (products read
+# order_lines without a join and check that no event row lacks its order_lines row).
+TABLES = (ORDER_ITEMS, EVENTS, ORDER_LINES, PRODUCT_NAMES)
+
+
+def event_row(project_id: str, e: ValidEvent, extra: Enrichment) -> tuple[Any, ...]:
+    return (
+        project_id, e.id, e.event, e.timestamp, e.received_at, e.user_id, e.anonymous_id,
+        e.session_id, e.visitor_id, e.order_id, e.total, e.currency, e.product_id, e.page,
+        e.properties_json or compact_json(e.properties), compact_json(extra.context),
+        extra.device, extra.browser, extra.os,
+        extra.ip_hash, extra.country, extra.region, extra.utm_source, extra.utm_medium,
+        extra.utm_campaign, extra.utm_term, extra.utm_content, extra.referrer_host,
+    )  # fmt: skip
+
+
+def item_rows(project_id: str, e: ValidEvent) -> list[tuple[Any, ...]]:
+    return [
+        (
+            project_id,
+            e.order_id,
+            e.id,
+            line,
+            e.timestamp,
+            e.visitor_id,
+            e.currency,
+            item.product_id,
+            item.name,
+            item.category,
+            item.price,
+            item.quantity,
+        )
+        for line, item in enumerate(e.line_items)
+    ]
+
+
+def order_lines_row(project_id: str, e: ValidEvent) -> tuple[Any, ...] | None:
+    """The order_lines row of an order event (the events that the ``orders`` table holds)."""
+    if e.event != "order_completed" or not e.order_id:
+        return None
+    items = e.line_items
+    return (
+        project_id,
+        e.order_id,
+        e.id,
+        e.timestamp,
+        e.currency,
+        e.visitor_id,
+        [item.product_id for item in items],
+        [item.price for item in items],
+        [item.quantity for item in items],
+        declared_items(e.properties),
+    )
+
+
+def declared_items(properties: Mapping[str, Any]) -> int:
+    """The order's own ``properties.items`` (validated: a whole number >= 0, maybe written as
+    3.0), else -1."""
+    value = properties.get("items")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return -1
+    return int(value)
+
+
+def name_rows(project_id: str, e: ValidEvent) -> list[tuple[Any, ...]]:
+    """A product_view's top-level ``properties.name`` and each named line item (non-empty)."""
+    rows = [
+        (project_id, item.product_id, item.name, e.timestamp, e.id, line)
+        for line, item in enumerate(e.line_items)
+        if item.name
+    ]
+    name = e.properties.get("name") if e.event == "product_view" else None
+    if isinstance(name, str) and name:
+        rows.append((project_id, e.product_id, name, e.timestamp, e.id, 0))
+    return rows
+
+
+EVENTS_AT = {name: index for index, name in enumerate(EVENTS.columns)}
+# Each table and where its rows hold the event id.
+EVENT_ID_AT = tuple((spec, spec.columns.index("event_id")) for spec in TABLES)
+
+
+def realtime_of_row(row: Sequence[Any]) -> RealtimeEvent:
+    """The realtime part of an ``events`` row (``_event_row``), as ``_realtime`` of its event."""
+    event = row[EVENTS_AT["event"]]
+    return RealtimeEvent(
+        event_id=row[EVENTS_AT["event_id"]],
+        event=event,
+        ts=row[EVENTS_AT["ts"]],
+        visitor_id=row[EVENTS_AT["visitor_id"]],
+        page=row[EVENTS_AT["page"]] if event == "page_view" else "",
+        order_id=row[EVENTS_AT["order_id"]],
+        total=row[EVENTS_AT["total"]],
+        currency=row[EVENTS_AT["currency"]],
+        user_id=row[EVENTS_AT["user_id"]],
+        anonymous_id=row[EVENTS_AT["anonymous_id"]],
+    )
+
+
+def rows_without(
+    rows: Mapping[str, Sequence[tuple[Any, ...]]], event_ids: set[str] | frozenset[str]
+) -> dict[str, list[tuple[Any, ...]]]:
+    """``rows`` (per table) without the rows of the events ``event_ids``."""
+    return {
+        spec.name: [row for row in rows.get(spec.name, ()) if row[at] not in event_ids]
+        for spec, at in EVENT_ID_AT
+    }
