@@ -19,7 +19,7 @@ import structlog
 from cartlytics.common.commerce.orders import NEWLY_DUPLICATED_IDS
 from cartlytics.common.erasure import SUPPRESSED_EVENTS, Suppression
 from cartlytics.common.errors import unavailable
-from cartlytics.common.realtime import RealtimeCounters, RealtimeEvent
+from cartlytics.common.realtime import RealtimeCounters, RealtimeTally
 from cartlytics.common.realtime_rebuild import RealtimeRecovery
 from cartlytics.common.redis_guard import Failure, RedisGuard
 from cartlytics.common.storage import Storage
@@ -77,7 +77,10 @@ class Ingestor:
         self._realtime = realtime
         self._guard = redis_guard
         self._recovery = recovery
-        settings = Settings(ip_salt, limits or IngestLimits(), max_batch_events, max_body_bytes)
+        settings = Settings(
+            ip_salt, limits or IngestLimits(), max_batch_events, max_body_bytes,
+            tally=realtime is not None,
+        )  # fmt: skip
         self.preparer = Preparer(settings, clock, new_id, workers, *log_setup)
 
     async def close(self, grace_seconds: float = 10.0) -> None:
@@ -180,9 +183,9 @@ class Ingestor:
         id_field = "messageId" if position in prepared.message_id_at else "id"
         return Rejected.being_stored(position, id_field)
 
-    async def _count(self, project_id: str, batch: Sequence[RealtimeEvent]) -> None:
+    async def _count(self, project_id: str, tally: RealtimeTally) -> None:
         """Add stored events to the realtime counters (one script per call; safe to repeat)."""
-        if self._realtime is None or not batch:
+        if self._realtime is None:
             return
         counters = self._realtime
 
@@ -191,22 +194,28 @@ class Ingestor:
             if self._recovery is not None:
                 self._recovery.record_failed(project_id, failure)
 
-        await self._guard.run(lambda _: counters.record(project_id, batch), None, behind)
+        await self._guard.run(lambda _: counters.record_tally(project_id, tally), None, behind)
 
     async def count_stored(self, records: Sequence[LogRecord]) -> None:
         """The log writer's hook: count a block it has just stored, per project, in one script
         each. Counting after the INSERT (not at the acknowledgement) means an event that is
         counted is in ClickHouse, and one a crash left in the log is counted when the replay
         stores it; counting is idempotent (RealtimeCounters.record), so a replayed or
-        retried block counts nothing twice."""
-        by_project: dict[str, list[RealtimeEvent]] = {}
+        retried block counts nothing twice. Each record's tally, made with its rows, is merged
+        (a record without one, or whose rows were filtered since, is tallied here)."""
+        if self._realtime is None:
+            return
+        by_project: dict[str, list[RealtimeTally]] = {}
         for record in records:
-            rows = record.rows.get(EVENTS.name, ())
-            if rows:
-                batch = by_project.setdefault(record.project_id, [])
-                batch.extend(realtime_of_row(row) for row in rows)
-        for project_id, batch in by_project.items():
-            await self._count(project_id, batch)
+            if record.rows.get(EVENTS.name):
+                by_project.setdefault(record.project_id, []).append(_tally_of(record))
+        for project_id, tallies in by_project.items():
+            total = tallies[0]
+            if len(tallies) > 1:
+                total = RealtimeTally()
+                for tally in tallies:
+                    total.add(tally)
+            await self._count(project_id, total)
 
     async def without_suppressed(self, records: list[LogRecord]) -> list[LogRecord]:
         """The log writer's filter: ``records`` without the events (and their rows in every
@@ -259,8 +268,8 @@ class Ingestor:
         await self._committer.write(record.rows)
         if record.order_ids:
             await self._mark_duplicate_orders(project_id, record.order_ids)
-        events = record.rows.get(EVENTS.name, ())
-        await self._count(project_id, [realtime_of_row(row) for row in events])
+        if record.rows.get(EVENTS.name):
+            await self._count(project_id, _tally_of(record))
 
     async def _mark_duplicate_orders(self, project_id: str, order_ids: tuple[str, ...]) -> None:
         """List orderIds that now have more than one stored event row in ``order_dups``.
@@ -276,3 +285,10 @@ class Ingestor:
             await self._storage.insert(
                 "order_dups", ("project_id", "order_id"), [(project_id, r[0]) for r in rows]
             )
+
+
+def _tally_of(record: LogRecord) -> RealtimeTally:
+    """The record's realtime tally: the one made with its rows, else made from them."""
+    if record.tally is not None:
+        return record.tally
+    return RealtimeTally.of(realtime_of_row(row) for row in record.rows.get(EVENTS.name, ()))

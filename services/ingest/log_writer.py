@@ -38,6 +38,7 @@ import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
 from cartlytics.common.commerce.orders import NEWLY_DUPLICATED_IDS
+from cartlytics.common.realtime import RealtimeTally
 from cartlytics.common.storage import Sql, Storage
 from cartlytics.common.storage.group_commit import TableSpec
 
@@ -79,16 +80,20 @@ class LogRecord:
     project_id: str
     rows: dict[str, list[tuple[Any, ...]]]
     order_ids: tuple[str, ...]
+    tally: RealtimeTally | None = None
+    """The realtime counters' sum of the rows' events, when it was made with them (None: the
+    writer makes it from the rows)."""
 
     def encode(self) -> bytes:
         # pickle: the log is written and read only by this code, on the ingest host (rows hold
         # datetimes and Decimals, which JSON would need converting).
-        return pickle.dumps((self.project_id, self.rows, self.order_ids), protocol=5)
+        return pickle.dumps((self.project_id, self.rows, self.order_ids, self.tally), protocol=5)
 
     @classmethod
     def decode(cls, payload: bytes) -> LogRecord:
-        project_id, rows, order_ids = pickle.loads(payload)  # our own log, never a client's bytes
-        return cls(project_id, rows, order_ids)
+        # Our own log, never a client's bytes; a record written before tallies has three parts.
+        project_id, rows, order_ids, *rest = pickle.loads(payload)
+        return cls(project_id, rows, order_ids, rest[0] if rest else None)
 
 
 class LogWriter:

@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from cartlytics.common.random_ids import RandomIds
+from cartlytics.common.realtime import RealtimeTally
 
 from . import json_events, proto_events
 from .enrichment import enrich
@@ -36,6 +37,7 @@ from .rows import (
     item_rows,
     name_rows,
     order_lines_row,
+    realtime_of,
 )
 from .validation import MAX_EVENT_BYTES, IncomingEvent, ValidEvent, validate
 
@@ -62,6 +64,9 @@ class Settings:
     limits: IngestLimits = IngestLimits()
     max_batch_events: int = 500
     max_body_bytes: int = 512 * 1024
+    tally: bool = False
+    """Sum up the events for the realtime counters (``RealtimeTally``) with their rows: the log
+    writer then merges a block's sums instead of going over its events."""
 
 
 class EventKey(NamedTuple):
@@ -85,7 +90,9 @@ class Prepared:
     refusals so far (``refused``, by request position, final), and the orderIds of its order
     events. ``message_id_at``: the positions whose id was Segment's ``messageId``."""
 
-    __slots__ = ("_payload", "_rows", "keys", "message_id_at", "order_ids", "project_id", "refused")
+    __slots__ = (
+        "_payload", "_rows", "keys", "message_id_at", "order_ids", "project_id", "refused", "tally"
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -95,8 +102,10 @@ class Prepared:
         rows: dict[str, list[tuple[Any, ...]]],
         order_ids: tuple[str, ...],
         message_id_at: frozenset[int] = frozenset(),
+        tally: RealtimeTally | None = None,
     ) -> None:
         self.project_id = project_id
+        self.tally = tally
         self.keys = keys
         self.refused = refused
         self.order_ids = order_ids
@@ -108,11 +117,12 @@ class Prepared:
     def rows(self) -> dict[str, list[tuple[Any, ...]]]:
         if self._rows is None:
             assert self._payload is not None
-            self._rows = LogRecord.decode(self._payload).rows
+            record = LogRecord.decode(self._payload)
+            self._rows, self.tally = record.rows, record.tally
         return self._rows
 
     def record(self) -> LogRecord:
-        return LogRecord(self.project_id, self.rows, self.order_ids)
+        return LogRecord(self.project_id, self.rows, self.order_ids, self.tally)
 
     def payload(self) -> bytes:
         """Every valid event's rows as the ingest log's record."""
@@ -122,6 +132,7 @@ class Prepared:
 
     def __getstate__(self) -> tuple[Any, ...]:
         # The rows travel once, as the log record's bytes (the loop appends them as they are).
+        # (The tally travels inside the payload, with the rows.)
         return (self.project_id, self.keys, self.refused, self.order_ids, self.message_id_at,
                 self.payload())  # fmt: skip
 
@@ -129,6 +140,7 @@ class Prepared:
         self.project_id, self.keys, self.refused, self.order_ids, self.message_id_at = state[:5]
         self._payload = state[5]
         self._rows = None
+        self.tally = None  # read with the rows when they are (``rows``); never needed apart
 
     def stored_part(self, keys: Sequence[EventKey]) -> LogRecord:
         """The record of ``keys`` only (a subset of ``self.keys``, in order): the rows of the
@@ -149,7 +161,7 @@ class Prepared:
                     at[table] += count
         order_at = EVENTS_AT["order_id"]
         orders = tuple(sorted({row[order_at] for row in kept[EVENTS.name] if row[order_at]}))
-        return LogRecord(self.project_id, kept, orders)
+        return LogRecord(self.project_id, kept, orders)  # its tally: made by the writer
 
 
 def prepare(
@@ -171,6 +183,7 @@ def prepare(
         rows[EVENTS.name], rows[ORDER_ITEMS.name], rows[ORDER_LINES.name], rows[PRODUCT_NAMES.name]
     )  # fmt: skip
     orders: set[str] = set()
+    valid: list[ValidEvent] = []
     for index, incoming in enumerate(events):
         position = index if positions is None else positions[index]
         outcome = validate(incoming, received_at, new_id, limits.max_event_bytes)
@@ -178,6 +191,7 @@ def prepare(
             refused.append(Rejected(position, outcome))
             continue
         e = outcome
+        valid.append(e)
         extra = enrich(
             e.properties,
             e.context,
@@ -207,7 +221,8 @@ def prepare(
                 (item_count, 1, line_count, name_count),
             )
         )  # fmt: skip
-    return Prepared(project_id, keys, refused, rows, tuple(sorted(orders)))
+    tally = RealtimeTally.of(realtime_of(e) for e in valid) if settings.tally else None
+    return Prepared(project_id, keys, refused, rows, tuple(sorted(orders)), tally=tally)
 
 
 def prepare_json(

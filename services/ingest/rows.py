@@ -127,8 +127,24 @@ EVENTS_AT = {name: index for index, name in enumerate(EVENTS.columns)}
 EVENT_ID_AT = tuple((spec, spec.columns.index("event_id")) for spec in TABLES)
 
 
+def realtime_of(e: ValidEvent) -> RealtimeEvent:
+    """The part of a valid event the realtime counters need."""
+    return RealtimeEvent(
+        event_id=e.id,
+        event=e.event,
+        ts=e.timestamp,
+        visitor_id=e.visitor_id,
+        page=e.page if e.event == "page_view" else "",
+        order_id=e.order_id,
+        total=e.total,
+        currency=e.currency,
+        user_id=e.user_id,
+        anonymous_id=e.anonymous_id,
+    )
+
+
 def realtime_of_row(row: Sequence[Any]) -> RealtimeEvent:
-    """The realtime part of an ``events`` row (``_event_row``), as ``_realtime`` of its event."""
+    """The realtime part of an ``events`` row (``event_row``), as ``realtime_of`` its event."""
     event = row[EVENTS_AT["event"]]
     return RealtimeEvent(
         event_id=row[EVENTS_AT["event_id"]],

@@ -97,10 +97,10 @@ by its own clock).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from zoneinfo import ZoneInfo
 
 import redis.asyncio as aioredis
@@ -610,39 +610,36 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class RealtimeCounters:
-    """Records accepted events into Redis and reads the realtime figures back.
+class RealtimeTally:
+    """A batch of events summed up as ``RealtimeCounters.record`` sends them to Redis, each
+    visitor's and page's latest event time not yet clamped to the clock (``record_tally`` does
+    that when it counts): the tallies of two batches merge (``add``) into the tally of both, so
+    an ingest worker tallies a request and the log writer merges a block's requests."""
 
-    Redis errors propagate: the caller decides whether a failed counter update fails the request
-    (it should not: ClickHouse has the event) and what to answer when Redis is down.
-    """
+    __slots__ = ("first_orders", "links", "own", "pages", "trails", "viewed")
 
-    def __init__(self, redis: aioredis.Redis, clock: Callable[[], datetime] = _utc_now) -> None:
-        self._redis = redis
-        self._clock = clock
-        self._record_script = redis.register_script(_RECORD_LUA)
-        self._erase_script = redis.register_script(_ERASE_LUA)
+    def __init__(self) -> None:
+        # Visits whose visitor is the person (userId or session) -> latest.
+        self.own: dict[bytes, float] = {}
+        self.pages: dict[str, dict[bytes, float]] = {}  # page -> own viewer -> latest view
+        self.viewed: dict[str, float] = {}  # every page viewed -> latest view
+        # anonymousId -> 'v' (any visit) or a page's digest -> latest.
+        self.trails: dict[bytes, dict[str, float]] = {}
+        # anonymousId -> (its first link's order key, the userId).
+        self.links: dict[bytes, tuple[tuple[int, bytes], bytes]] = {}
+        self.first_orders: dict[str, RealtimeEvent] = {}
 
-    async def record(self, project_id: str, events: Sequence[RealtimeEvent]) -> None:
-        """Add a batch of accepted events, in one round trip; safe to repeat."""
-        keys = _Keys(project_id)
-        now = self._clock()
-        now_s = _epoch(now)
-        horizon = now_s - RETENTION.total_seconds()
+    def __getstate__(self) -> tuple[Any, ...]:
+        return (self.own, self.pages, self.viewed, self.trails, self.links, self.first_orders)
 
-        def clamp(ts: float) -> float:
-            # An event time-stamped ahead of the clock (skew; ingestion allows an hour) counts as
-            # happening now: kept in the future it would either pin the visitor "active" for up
-            # to an hour or, as the latest time under ZADD GT, hide their real current activity.
-            return min(ts, now_s)
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        self.own, self.pages, self.viewed, self.trails, self.links, self.first_orders = state
 
-        own: dict[bytes, float] = {}  # visits whose visitor is the person: userId or session
-        pages: dict[str, dict[bytes, float]] = {}  # page -> own viewer -> latest view
-        viewed: dict[str, float] = {}  # every page viewed -> latest view
-        trails: dict[bytes, dict[str, float]] = {}  # anonymousId -> 'v' or page digest -> latest
-        links: dict[bytes, tuple[tuple[int, bytes], bytes]] = {}  # anonymousId -> (first, user)
-        first_orders: dict[str, RealtimeEvent] = {}
-
+    @classmethod
+    def of(cls, events: Iterable[RealtimeEvent]) -> RealtimeTally:
+        tally = cls()
+        own, pages, viewed, trails = tally.own, tally.pages, tally.viewed, tally.trails
+        links, first_orders = tally.links, tally.first_orders
         for event in events:
             ts = _epoch(event.ts)
             if event.event == "order_completed" and event.order_id and event.currency:
@@ -658,23 +655,100 @@ class RealtimeCounters:
                 held = links.get(anonymous)
                 if held is None or claim < held[0]:
                     links[anonymous] = (claim, _member(event.user_id))
-            score = clamp(ts)
             own_id = event.user_id or ("" if event.anonymous_id else event.visitor_id)
-            if score <= horizon or not (own_id or event.anonymous_id):
-                continue  # too old to ever be in the window again
+            if not (own_id or event.anonymous_id):
+                continue
             page = _page_text(event.page) if event.event == "page_view" and event.page else ""
             if page:
-                _keep_latest(viewed, page, score)
+                _keep_latest(viewed, page, ts)
             if own_id:
                 visitor = _member(own_id)
-                _keep_latest(own, visitor, score)
+                _keep_latest(own, visitor, ts)
                 if page:
-                    _keep_latest(pages.setdefault(page, {}), visitor, score)
+                    _keep_latest(pages.setdefault(page, {}), visitor, ts)
             else:
                 trail = trails.setdefault(_member(event.anonymous_id), {})
-                _keep_latest(trail, "v", score)
+                _keep_latest(trail, "v", ts)
                 if page:
-                    _keep_latest(trail, _digest(page), score)
+                    _keep_latest(trail, _digest(page), ts)
+        return tally
+
+    def add(self, other: RealtimeTally) -> None:
+        """Merge ``other`` in: afterwards this is the tally of both batches."""
+        _merge_latest(self.own, other.own)
+        _merge_latest(self.viewed, other.viewed)
+        for page, viewers in other.pages.items():
+            _merge_latest(self.pages.setdefault(page, {}), viewers)
+        for anonymous, trail in other.trails.items():
+            _merge_latest(self.trails.setdefault(anonymous, {}), trail)
+        for anonymous, link in other.links.items():
+            held = self.links.get(anonymous)
+            if held is None or link[0] < held[0]:
+                self.links[anonymous] = link
+        for order_id, event in other.first_orders.items():
+            seen = self.first_orders.get(order_id)
+            if seen is None or _order_key(event) < _order_key(seen):
+                self.first_orders[order_id] = event
+
+
+def _window(latest: dict[_K, float], now_s: float, horizon: float) -> dict[_K, float]:
+    """The latest times clamped to now, those still after the horizon.
+
+    An event time-stamped ahead of the clock (skew; ingestion allows an hour) counts as happening
+    now: kept in the future it would either pin the visitor "active" for up to an hour or, as the
+    latest time under ZADD GT, hide their real current activity. One older than the horizon can
+    never be in the window again. Clamping the latest time is clamping each (min and max
+    commute), so tallies merge before this."""
+    clamped = {key: min(ts, now_s) for key, ts in latest.items()}
+    return {key: score for key, score in clamped.items() if score > horizon}
+
+
+def _merge_latest(into: dict[_K, float], other: dict[_K, float]) -> None:
+    for key, score in other.items():
+        held = into.get(key)
+        if held is None or score > held:
+            into[key] = score
+
+
+class RealtimeCounters:
+    """Records accepted events into Redis and reads the realtime figures back.
+
+    Redis errors propagate: the caller decides whether a failed counter update fails the request
+    (it should not: ClickHouse has the event) and what to answer when Redis is down.
+    """
+
+    def __init__(self, redis: aioredis.Redis, clock: Callable[[], datetime] = _utc_now) -> None:
+        self._redis = redis
+        self._clock = clock
+        self._record_script = redis.register_script(_RECORD_LUA)
+        self._erase_script = redis.register_script(_ERASE_LUA)
+
+    async def record(self, project_id: str, events: Sequence[RealtimeEvent]) -> None:
+        """Add a batch of accepted events, in one round trip; safe to repeat."""
+        await self.record_tally(project_id, RealtimeTally.of(events))
+
+    async def record_tally(self, project_id: str, tally: RealtimeTally) -> None:
+        """Add the events ``tally`` sums up (``record``), in one round trip; safe to repeat."""
+        keys = _Keys(project_id)
+        now = self._clock()
+        now_s = _epoch(now)
+        horizon = now_s - RETENTION.total_seconds()
+
+        own = _window(tally.own, now_s, horizon)
+        viewed = _window(tally.viewed, now_s, horizon)
+        pages = {
+            page: kept
+            for page, viewers in tally.pages.items()
+            if (kept := _window(viewers, now_s, horizon))
+        }
+        # A trail's "v" is at least as late as its pages: the trail is kept if "v" is.
+        trails = {
+            anonymous: recent
+            for anonymous, trail in tally.trails.items()
+            if (recent := _window(trail, now_s, horizon))
+        }
+        links = tally.links
+        first_orders = tally.first_orders
 
         # Outside these bounds an order can never be "today" (see ORDER_MAX_AGE), so it is never
         # counted. An order more than ORDER_MAX_AHEAD ahead is not a real order time (ingestion
