@@ -69,7 +69,11 @@ SECTIONS = ("ingest", "sustained", "queries", "freshness", "export", "user_agent
 CLUSTER_SECTIONS = {"ingest", "queries", "freshness"}
 # Settings of the service under test that change what ingest measures; reported with the figures
 # (the system inherits this process's environment: ANALYTICS_INGEST_LOG=yes make bench).
-REPORTED_SETTINGS = ("ANALYTICS_INGEST_LOG", "ANALYTICS_INGEST_LOG_FSYNC")
+REPORTED_SETTINGS = (
+    "ANALYTICS_INGEST_LOG",
+    "ANALYTICS_INGEST_LOG_FSYNC",
+    "ANALYTICS_INGEST_WORKERS",
+)
 PYTHON = sys.executable
 COLUMNAR_BLOCK = 10_000  # events per block of the columnar INSERT reference (issue 16's)
 STARTED = time.perf_counter()
