@@ -15,6 +15,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from prometheus_client import REGISTRY
 from redis import asyncio as aioredis
 
 from cartlytics.common.erasure import (
@@ -30,6 +31,7 @@ from services.ingest.idempotency import IdempotencyWindow
 from services.ingest.ingest_log import HEADER, IngestLog, LogCorrupt, LogFull, unstored_records
 from services.ingest.ingestor import Ingestor
 from services.ingest.log_writer import LogRecord, LogWriter
+from services.ingest.preparation import Settings, prepare
 from services.ingest.rows import EVENTS, ORDER_ITEMS, ORDER_LINES, TABLES
 from services.ingest.validation import IncomingEvent
 from tests.servers import RedisServer
@@ -460,3 +462,72 @@ def test_a_refresh_that_read_before_an_erasure_keeps_what_the_erasure_added(
         return suppression.suppressed(project_id, "u_erased_meanwhile", "")
 
     assert asyncio.run(run())
+
+
+def test_a_record_clickhouse_refuses_alone_is_set_aside_and_the_rest_stored(
+    storage: Storage, project_id: str, tmp_path: Path
+) -> None:
+    """A record ClickHouse can never take (here a time that is not one: a bug, or a schema
+    changed under the log) must not hold back the records behind it for good: once its block has
+    failed a few times, the records are written one by one, and the one that keeps failing alone
+    while ClickHouse answers is set aside in the quarantine folder, bytes and error."""
+    at = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+
+    def record(name: str) -> LogRecord:
+        event = IncomingEvent("page_view", name, user_id="u", timestamp=at,
+                              properties={"page": "/" + name})  # fmt: skip
+        return prepare(project_id, [event], Settings(b"s"), at, lambda: "x").record()
+
+    poison = record("bad")
+    ts_at = EVENTS.columns.index("ts")
+    row = poison.rows[EVENTS.name][0]
+    poison.rows[EVENTS.name][0] = (*row[:ts_at], "not a time", *row[ts_at + 1 :])
+    payloads = [record("first").encode(), poison.encode(), record("after").encode()]
+
+    async def run() -> list[int]:
+        ingest_log = IngestLog(tmp_path)
+        writer = LogWriter(storage, ingest_log, TABLES, linger_seconds=0)
+        writer.start(ingest_log.open())
+        lsns = [await ingest_log.append(payload, 1) for payload in payloads]
+        await writer.caught_up(limit_seconds=60)
+        assert writer.stored_lsn == lsns[-1]
+        await writer.close(grace_seconds=5)
+        await ingest_log.close()
+        return lsns
+
+    before = REGISTRY.get_sample_value("cartlytics_ingest_log_quarantined_records_total") or 0
+    lsns = asyncio.run(run())
+    assert set(_rows_per_event(storage, EVENTS.name, project_id)) == {"first", "after"}
+    assert all(n == 1 for n in _rows_per_event(storage, EVENTS.name, project_id).values())
+    folder = tmp_path / "quarantine"
+    assert (folder / f"{lsns[1]:020d}.record").read_bytes() == payloads[1]
+    assert (folder / f"{lsns[1]:020d}.error").read_text().strip()
+    assert sorted(p.name for p in folder.iterdir()) == [
+        f"{lsns[1]:020d}.error", f"{lsns[1]:020d}.record"
+    ]  # fmt: skip
+    after = REGISTRY.get_sample_value("cartlytics_ingest_log_quarantined_records_total")
+    assert after == before + 1
+    # Nothing of it is replayed at the next start: the checkpoint is past it.
+    assert IngestLog(tmp_path).open() == []
+
+    # Once the cause is fixed (here: the record mended), moved to requeue/, it is stored at the
+    # next start, once, and the file is gone.
+    mended = LogRecord.decode(payloads[1])
+    bad_row = mended.rows[EVENTS.name][0]
+    mended.rows[EVENTS.name][0] = (*bad_row[:ts_at], at, *bad_row[ts_at + 1 :])
+    (tmp_path / "requeue").mkdir()
+    (tmp_path / "requeue" / f"{lsns[1]:020d}.record").write_bytes(mended.encode())
+
+    async def restart() -> int:
+        ingest_log = IngestLog(tmp_path)
+        writer = LogWriter(storage, ingest_log, TABLES, linger_seconds=0)
+        writer.start(ingest_log.open())
+        requeued = await writer.requeue()
+        await writer.caught_up(limit_seconds=60)
+        await writer.close(grace_seconds=5)
+        await ingest_log.close()
+        return requeued
+
+    assert asyncio.run(restart()) == 1
+    assert not list((tmp_path / "requeue").iterdir())
+    assert _rows_per_event(storage, EVENTS.name, project_id) == {"first": 1, "bad": 1, "after": 1}

@@ -14,7 +14,14 @@ INSERT (one part: the same partition), so an event is in a table wholly or not a
 other block is written plainly.
 
 While ClickHouse refuses, the writer retries the block (backoff up to ``MAX_BACKOFF_SECONDS``)
-and the log keeps acknowledging until it is full (``ingest_log.LogFull``: 503).
+and the log keeps acknowledging until it is full (``ingest_log.LogFull``: 503). A block that has
+failed ``ISOLATE_AFTER_FAILURES`` times running is written one record at a time: a record that
+still fails alone while ClickHouse answers (``SELECT 1``) is refused for what it holds, not for an
+outage, and after ``QUARANTINE_AFTER_FAILURES`` such failures it is set aside in the log's
+``quarantine`` folder (its bytes and the error; ``cartlytics_ingest_log_quarantined_records_total``)
+so that the records behind it are stored. Without this, one record ClickHouse can never take
+(a bug, a schema changed under the log) would hold back every later one: the log would fill and
+ingest answer 503 for good. During an outage nothing is set aside: the probe fails too.
 
 ``caught_up`` lets the process's readers see every event acknowledged before they started
 (``Storage.read_barrier``): a query waits until the writer has stored what was appended when it
@@ -47,6 +54,10 @@ from .ingest_log import IngestLog, Record
 log = structlog.get_logger(__name__)
 
 MAX_BACKOFF_SECONDS = 2.0
+ISOLATE_AFTER_FAILURES = 3
+QUARANTINE_AFTER_FAILURES = 3
+QUARANTINE = "quarantine"
+REQUEUE = "requeue"  # records put here (from QUARANTINE, once fixed) are stored at the next start
 CHECK_IDS_PER_QUERY = 2_000  # ~80 KB of SQL, well within ClickHouse's max_query_size (256 KiB)
 READ_WAIT_SECONDS = 10.0
 
@@ -57,6 +68,11 @@ BLOCK_ROWS = Histogram(
 )
 WRITE_FAILURES = Counter(
     "cartlytics_ingest_log_write_failures_total", "Blocks the ingest log writer had to retry."
+)
+QUARANTINED = Counter(
+    "cartlytics_ingest_log_quarantined_records",
+    "Log records ClickHouse refused on their own while it answered, set aside in the log's"
+    " quarantine folder (their events acknowledged, not stored: see docs/ingest-log.md).",
 )
 UNSTORED_BYTES = Gauge(
     "cartlytics_ingest_log_unstored_bytes",
@@ -96,6 +112,15 @@ class LogRecord:
         return cls(project_id, rows, order_ids, rest[0] if rest else None)
 
 
+class _BlockFailed(Exception):
+    """A block (or its ``rest``: the records not stored) failed with ``error``."""
+
+    def __init__(self, error: BaseException, rest: list[tuple[int, bytes, int]]) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.rest = rest
+
+
 class LogWriter:
     def __init__(
         self,
@@ -119,6 +144,7 @@ class LogWriter:
         self._oldest_at = 0.0  # when the oldest record waiting was appended (monotonic)
         self._checked_up_to = 0  # blocks with lsns up to this are written checked
         self._stored_lsn = 0
+        self._strikes: dict[int, int] = {}  # lsn -> times it failed alone while ClickHouse answered
         self._wakeup = asyncio.Event()
         self._stored = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
@@ -179,6 +205,7 @@ class LogWriter:
 
     async def _drain_forever(self) -> None:
         backoff = 0.05
+        failures = 0  # of the block at the head, running
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
@@ -190,21 +217,96 @@ class LogWriter:
                 await self._linger_for_more()
                 block = self._take_block()
                 try:
-                    await self._write(block)
+                    if failures >= ISOLATE_AFTER_FAILURES:
+                        await self._write_one_by_one(block)
+                    else:
+                        await self._write(block)
                 except asyncio.CancelledError:
                     raise
-                except Exception as exc:
+                except _BlockFailed as failed:
+                    failures += 1
                     WRITE_FAILURES.inc()
-                    log.warning("ingest log: block not stored, retrying", error=str(exc)[:300])
-                    # Put it back, to be written checked: some of its INSERTs may have landed.
-                    self._checked_up_to = max(self._checked_up_to, block[-1][0])
-                    self._pending.extendleft(reversed(block))
-                    self._pending_rows += sum(rows for _, _, rows in block)
+                    log.warning(
+                        "ingest log: block not stored, retrying",
+                        error=str(failed.error)[:300],
+                        failures=failures,
+                    )
+                    # Put back what is not stored, to be written checked: some of its INSERTs
+                    # may have landed.
+                    rest = failed.rest
+                    self._checked_up_to = max(self._checked_up_to, rest[-1][0])
+                    self._pending.extendleft(reversed(rest))
+                    self._pending_rows += sum(rows for _, _, rows in rest)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
                     continue
+                failures = 0
                 backoff = 0.05
                 UNSTORED_BYTES.set(self._log.unstored_bytes)
+
+    async def _write_one_by_one(self, block: list[tuple[int, bytes, int]]) -> None:
+        """Write ``block`` a record at a time (checked); set aside a record that fails alone
+        ``QUARANTINE_AFTER_FAILURES`` times while ClickHouse answers. Raises _BlockFailed with
+        the records not stored yet."""
+        for at, entry in enumerate(block):
+            try:
+                await self._write([entry], checked=True)
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                error: BaseException = exc
+            if not await self._storage_answers():
+                raise _BlockFailed(error, block[at:])
+            lsn = entry[0]
+            strikes = self._strikes.get(lsn, 0) + 1
+            self._strikes[lsn] = strikes
+            if strikes < QUARANTINE_AFTER_FAILURES:
+                raise _BlockFailed(error, block[at:])
+            await asyncio.to_thread(self._quarantine, entry, error)
+            self._strikes.pop(lsn, None)
+            await self._advance(lsn)
+
+    async def requeue(self) -> int:
+        """Append the records an operator put in the log's ``requeue`` folder (set-aside records
+        whose cause is fixed: ``mv quarantine/*.record requeue/``), in lsn order, and delete each
+        once appended; they are then stored like any record, checked (some of their rows may be
+        stored). Run at start, after ``start``. Returns how many."""
+        folder = self._log.directory / REQUEUE
+        files = sorted(folder.glob("*.record")) if folder.is_dir() else []
+        # Nothing else appends before the process serves: these get the next lsns.
+        self._checked_up_to = max(self._checked_up_to, self._log.last_lsn + len(files))
+        for path in files:
+            payload = await asyncio.to_thread(path.read_bytes)
+            record = LogRecord.decode(payload)  # refuse what is no record before appending it
+            lsn = await self._log.append(payload, len(record.rows.get("events", ())))
+            await asyncio.to_thread(path.unlink)
+            log.info("ingest log: requeued a set-aside record", file=path.name, lsn=lsn)
+        return len(files)
+
+    async def _storage_answers(self) -> bool:
+        try:
+            await self._storage.query(Sql("SELECT 1"), ingest=True)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            return False
+        return True
+
+    def _quarantine(self, entry: tuple[int, bytes, int], error: BaseException) -> None:
+        lsn, payload, rows = entry
+        folder = self._log.directory / QUARANTINE
+        folder.mkdir(mode=0o700, exist_ok=True)
+        (folder / f"{lsn:020d}.record").write_bytes(payload)
+        (folder / f"{lsn:020d}.error").write_text(f"{type(error).__name__}: {error}\n")
+        QUARANTINED.inc()
+        log.error(
+            "ingest log: a record ClickHouse refuses was set aside",
+            lsn=lsn,
+            events=rows,
+            folder=str(folder),
+            error=str(error)[:300],
+        )
 
     async def _linger_for_more(self) -> None:
         """Let a block grow until ``linger_seconds`` after its oldest record was appended
@@ -232,11 +334,19 @@ class LogWriter:
             self._oldest_at = 0.0
         return block
 
-    async def _write(self, block: list[tuple[int, bytes, int]]) -> None:
+    async def _write(self, block: list[tuple[int, bytes, int]], checked: bool = False) -> None:
+        try:
+            await self._write_block(block, checked)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise _BlockFailed(exc, block) from exc
+
+    async def _write_block(self, block: list[tuple[int, bytes, int]], checked: bool) -> None:
         records = await asyncio.to_thread(lambda: [LogRecord.decode(p) for _, p, _ in block])
         if self.keep is not None:
             records = await self.keep(records)
-        checked = block[0][0] <= self._checked_up_to
+        checked = checked or block[0][0] <= self._checked_up_to
         tables: dict[str, list[tuple[Any, ...]]] = {t.name: [] for t in self._tables}
         for record in records:
             for name, rows in record.rows.items():
@@ -250,7 +360,10 @@ class LogWriter:
         await self._list_duplicates(records)
         if self.on_stored is not None:
             await self.on_stored(records)
-        last = block[-1][0]
+        await self._advance(block[-1][0])
+
+    async def _advance(self, last: int) -> None:
+        """Every record up to ``last`` is stored (or set aside): checkpoint, let readers by."""
         await asyncio.to_thread(self._log.checkpoint, last)
         async with self._stored:
             self._stored_lsn = last

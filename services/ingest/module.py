@@ -71,6 +71,7 @@ async def init(runtime: Runtime) -> Stop:
         writer.on_stored = ingestor.count_stored  # realtime counted per stored block
         writer.keep = ingestor.without_suppressed  # erased since acknowledged: never stored
         writer.start(replay)
+        await writer.requeue()  # records an operator put back from quarantine (docs/ingest-log.md)
         if replay:
             # Served once the replay is stored, so that no read misses an acknowledged event.
             await writer.caught_up(limit_seconds=REPLAY_WAIT_SECONDS)
