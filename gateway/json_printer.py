@@ -215,6 +215,11 @@ class _Printers:
         if field.is_repeated:
             if single is _same:
                 return list
+            if field.cpp_type == _FD.CPPTYPE_MESSAGE:
+                # A batch's acknowledgements are hundreds of one message type: its printer is
+                # looked up once per list, not once per element through ``single``.
+                message_type = field.message_type
+                return lambda values: [*map(self.printer_for(message_type), values)]
             return lambda values: [single(value) for value in values]
         return single
 
