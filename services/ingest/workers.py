@@ -156,6 +156,9 @@ _settings: Settings | None = None
 def _start_worker(settings: Settings, log_setup: tuple[str, str]) -> None:
     global _settings
     _settings = settings
+    # Ctrl-C in a terminal reaches the whole process group: the parent stops its workers
+    # (Preparer.close), which would otherwise each print a KeyboardInterrupt.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform == "linux":  # die with the parent, even a parent killed with SIGKILL
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
