@@ -486,7 +486,9 @@ def test_a_record_clickhouse_refuses_alone_is_set_aside_and_the_rest_stored(
 
     async def run() -> list[int]:
         ingest_log = IngestLog(tmp_path)
-        writer = LogWriter(storage, ingest_log, TABLES, linger_seconds=0)
+        writer = LogWriter(
+            storage, ingest_log, TABLES, linger_seconds=0, quarantine_after_seconds=0
+        )
         writer.start(ingest_log.open())
         lsns = [await ingest_log.append(payload, 1) for payload in payloads]
         await writer.caught_up(limit_seconds=60)

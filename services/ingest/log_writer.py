@@ -14,14 +14,15 @@ INSERT (one part: the same partition), so an event is in a table wholly or not a
 other block is written plainly.
 
 While ClickHouse refuses, the writer retries the block (backoff up to ``MAX_BACKOFF_SECONDS``)
-and the log keeps acknowledging until it is full (``ingest_log.LogFull``: 503). A block that has
-failed ``ISOLATE_AFTER_FAILURES`` times running is written one record at a time: a record that
-still fails alone while ClickHouse answers (``SELECT 1``) is refused for what it holds, not for an
-outage, and after ``QUARANTINE_AFTER_FAILURES`` such failures it is set aside in the log's
-``quarantine`` folder (its bytes and the error; ``cartlytics_ingest_log_quarantined_records_total``)
-so that the records behind it are stored. Without this, one record ClickHouse can never take
-(a bug, a schema changed under the log) would hold back every later one: the log would fill and
-ingest answer 503 for good. During an outage nothing is set aside: the probe fails too.
+and the log keeps acknowledging until it is full (``ingest_log.LogFull``: 503). A block refused
+``ISOLATE_AFTER_FAILURES`` times running while ClickHouse answers (``SELECT 1``: an outage is
+no reason) is written one record at a time. A record refused on its own while one of the few
+after it is taken (so INSERTs work, and it is this record ClickHouse refuses) is retried, and
+once it has been so for ``quarantine_after_seconds`` and ``QUARANTINE_AFTER_FAILURES`` tries it
+is set aside in the log's ``quarantine`` folder (its bytes and the error;
+``cartlytics_ingest_log_quarantined_records_total``) so that the records behind it are stored.
+Without this, one record ClickHouse can never take (a bug, a schema changed under the log) would
+hold back every later one: the log would fill and ingest answer 503 for good.
 
 ``caught_up`` lets the process's readers see every event acknowledged before they started
 (``Storage.read_barrier``): a query waits until the writer has stored what was appended when it
@@ -56,6 +57,8 @@ log = structlog.get_logger(__name__)
 MAX_BACKOFF_SECONDS = 2.0
 ISOLATE_AFTER_FAILURES = 3
 QUARANTINE_AFTER_FAILURES = 3
+QUARANTINE_AFTER_SECONDS = 30.0
+VERDICT_RECORDS = 4  # records tried after a refused one, for one that ClickHouse takes
 QUARANTINE = "quarantine"
 REQUEUE = "requeue"  # records put here (from QUARANTINE, once fixed) are stored at the next start
 CHECK_IDS_PER_QUERY = 2_000  # ~80 KB of SQL, well within ClickHouse's max_query_size (256 KiB)
@@ -130,6 +133,7 @@ class LogWriter:
         max_rows: int = 100_000,
         linger_seconds: float = 0.1,
         read_wait_seconds: float = READ_WAIT_SECONDS,
+        quarantine_after_seconds: float = QUARANTINE_AFTER_SECONDS,
     ) -> None:
         self._storage = storage
         self._log = ingest_log
@@ -144,7 +148,9 @@ class LogWriter:
         self._oldest_at = 0.0  # when the oldest record waiting was appended (monotonic)
         self._checked_up_to = 0  # blocks with lsns up to this are written checked
         self._stored_lsn = 0
-        self._strikes: dict[int, int] = {}  # lsn -> times it failed alone while ClickHouse answered
+        self._quarantine_after = quarantine_after_seconds
+        # lsn -> (tries refused alone while the next record was taken, when the first was)
+        self._strikes: dict[int, tuple[int, float]] = {}
         self._wakeup = asyncio.Event()
         self._stored = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
@@ -224,7 +230,11 @@ class LogWriter:
                 except asyncio.CancelledError:
                     raise
                 except _BlockFailed as failed:
-                    failures += 1
+                    # Refused while ClickHouse answers: maybe a record it can never take (set
+                    # aside after a few tries, record by record). An outage is no such reason.
+                    # (During an outage, whole blocks again: a backlog stored record by record
+                    # once ClickHouse is back would take minutes.)
+                    failures = failures + 1 if await self._storage_answers() else 0
                     WRITE_FAILURES.inc()
                     log.warning(
                         "ingest log: block not stored, retrying",
@@ -245,27 +255,39 @@ class LogWriter:
                 UNSTORED_BYTES.set(self._log.unstored_bytes)
 
     async def _write_one_by_one(self, block: list[tuple[int, bytes, int]]) -> None:
-        """Write ``block`` a record at a time (checked); set aside a record that fails alone
-        ``QUARANTINE_AFTER_FAILURES`` times while ClickHouse answers. Raises _BlockFailed with
-        the records not stored yet."""
+        """Write ``block`` a record at a time (checked). A record refused while the one after it
+        is taken is ClickHouse refusing that record: after ``QUARANTINE_AFTER_FAILURES`` such
+        tries over ``quarantine_after_seconds`` it is set aside. Raises _BlockFailed with the
+        records not stored yet."""
         for at, entry in enumerate(block):
             try:
                 await self._write([entry], checked=True)
                 continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                error: BaseException = exc
-            if not await self._storage_answers():
+            except _BlockFailed as failed:
+                error = failed.error
+            if not await self._one_taken(block[at + 1 : at + 1 + VERDICT_RECORDS]):
+                # Nothing behind it, or every INSERT fails: no verdict on this record.
                 raise _BlockFailed(error, block[at:])
             lsn = entry[0]
-            strikes = self._strikes.get(lsn, 0) + 1
-            self._strikes[lsn] = strikes
-            if strikes < QUARANTINE_AFTER_FAILURES:
+            tries, since = self._strikes.get(lsn, (0, time.monotonic()))
+            self._strikes[lsn] = (tries + 1, since)
+            due = tries + 1 >= QUARANTINE_AFTER_FAILURES
+            if not due or time.monotonic() - since < self._quarantine_after:
                 raise _BlockFailed(error, block[at:])
             await asyncio.to_thread(self._quarantine, entry, error)
-            self._strikes.pop(lsn, None)
+            del self._strikes[lsn]
             await self._advance(lsn)
+
+    async def _one_taken(self, following: list[tuple[int, bytes, int]]) -> bool:
+        """Whether ClickHouse takes one of ``following`` (the records after one it refused),
+        each tried alone: stored, not checkpointed (rewritten checked, so skipped, later)."""
+        for entry in following:
+            try:
+                await self._write([entry], checked=True, advance=False)
+            except _BlockFailed:
+                continue
+            return True
+        return False
 
     async def requeue(self) -> int:
         """Append the records an operator put in the log's ``requeue`` folder (set-aside records
@@ -334,15 +356,19 @@ class LogWriter:
             self._oldest_at = 0.0
         return block
 
-    async def _write(self, block: list[tuple[int, bytes, int]], checked: bool = False) -> None:
+    async def _write(
+        self, block: list[tuple[int, bytes, int]], checked: bool = False, advance: bool = True
+    ) -> None:
         try:
-            await self._write_block(block, checked)
+            await self._write_block(block, checked, advance)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             raise _BlockFailed(exc, block) from exc
 
-    async def _write_block(self, block: list[tuple[int, bytes, int]], checked: bool) -> None:
+    async def _write_block(
+        self, block: list[tuple[int, bytes, int]], checked: bool, advance: bool
+    ) -> None:
         records = await asyncio.to_thread(lambda: [LogRecord.decode(p) for _, p, _ in block])
         if self.keep is not None:
             records = await self.keep(records)
@@ -360,7 +386,8 @@ class LogWriter:
         await self._list_duplicates(records)
         if self.on_stored is not None:
             await self.on_stored(records)
-        await self._advance(block[-1][0])
+        if advance:
+            await self._advance(block[-1][0])
 
     async def _advance(self, last: int) -> None:
         """Every record up to ``last`` is stored (or set aside): checkpoint, let readers by."""
