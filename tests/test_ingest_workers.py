@@ -11,6 +11,9 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -226,3 +229,46 @@ def test_only_the_events_kept_are_stored_by_position_when_an_id_repeats() -> Non
         "o-u2"
     ]
     assert kept.order_ids == ("o-u2",)
+
+
+_KILLED_AT_START = """
+import asyncio, os, signal, sys
+from datetime import UTC, datetime
+from services.ingest.preparation import Settings
+from services.ingest.workers import Preparer
+
+async def main() -> None:
+    preparer = Preparer(Settings(b"s"), lambda: datetime.now(UTC), workers=2)
+    preparer.start()
+    children = open(f"/proc/self/task/{os.getpid()}/children").read().split()
+    print(" ".join(children), flush=True)
+    await asyncio.sleep(float(sys.argv[1]))
+    os.kill(os.getpid(), signal.SIGKILL)
+
+asyncio.run(main())
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in state  # a zombie has died: only its exit status is left
+
+
+@pytest.mark.parametrize("after", [0.0, 0.5, 3.0])
+def test_workers_die_with_their_parent_even_killed_while_they_start(after: float) -> None:
+    """A worker is tied to its parent (PR_SET_PDEATHSIG), and one whose parent died while it was
+    still starting (before it could tie itself) exits too: none is left waiting forever."""
+    run = subprocess.run(
+        [sys.executable, "-c", _KILLED_AT_START, str(after)],
+        capture_output=True, text=True, timeout=60, cwd=Path(__file__).parent.parent,
+    )  # fmt: skip
+    assert run.returncode == -signal.SIGKILL, run.stderr
+    workers = [int(pid) for pid in run.stdout.split()]
+    assert workers  # the pool and multiprocessing's resource tracker
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in workers):
+        assert time.monotonic() < deadline, [p for p in workers if _alive(p)]
+        time.sleep(0.1)

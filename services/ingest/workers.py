@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import multiprocessing
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -144,7 +145,7 @@ class Preparer:
                 self._workers,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_start_worker,
-                initargs=(self._settings, self._log_setup),
+                initargs=(self._settings, self._log_setup, os.getpid()),
             )
         return self._pool
 
@@ -153,7 +154,7 @@ class Preparer:
 _settings: Settings | None = None
 
 
-def _start_worker(settings: Settings, log_setup: tuple[str, str]) -> None:
+def _start_worker(settings: Settings, log_setup: tuple[str, str], parent: int) -> None:
     global _settings
     _settings = settings
     # Ctrl-C in a terminal reaches the whole process group: the parent stops its workers
@@ -162,6 +163,8 @@ def _start_worker(settings: Settings, log_setup: tuple[str, str]) -> None:
     if sys.platform == "linux":  # die with the parent, even a parent killed with SIGKILL
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died while this one started (before the line above)
+        os._exit(0)
     from cartlytics.common.logging import configure_logging
 
     configure_logging(*log_setup)
