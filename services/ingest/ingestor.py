@@ -99,7 +99,7 @@ class Ingestor:
         self, project_id: str, events: Sequence[IncomingEvent], client_ip: str = ""
     ) -> IngestResult:
         """Decoded events, prepared on the loop and committed."""
-        return await self.commit(self.preparer.events(project_id, list(events), client_ip))
+        return await self.commit(self.preparer.events(project_id, events, client_ip))
 
     async def ingest_json(
         self, project_id: str, body: bytes, content_type: str, single: bool, client_ip: str = ""

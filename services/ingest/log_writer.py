@@ -227,8 +227,6 @@ class LogWriter:
                         await self._write_one_by_one(block)
                     else:
                         await self._write(block)
-                except asyncio.CancelledError:
-                    raise
                 except _BlockFailed as failed:
                     # Refused while ClickHouse answers: maybe a record it can never take (set
                     # aside after a few tries, record by record). An outage is no such reason.
@@ -309,8 +307,6 @@ class LogWriter:
     async def _storage_answers(self) -> bool:
         try:
             await self._storage.query(Sql("SELECT 1"), ingest=True)
-        except asyncio.CancelledError:
-            raise
         except Exception:
             return False
         return True
@@ -361,8 +357,6 @@ class LogWriter:
     ) -> None:
         try:
             await self._write_block(block, checked, advance)
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:
             raise _BlockFailed(exc, block) from exc
 

@@ -21,7 +21,7 @@ import multiprocessing
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from datetime import datetime
@@ -35,6 +35,7 @@ from cartlytics.gen.analytics.ingest.v1 import ingest_pb2
 
 from .preparation import Prepared, Settings, new_event_id, prepare, prepare_json, prepare_protos
 from .proto_events import incoming_of
+from .validation import IncomingEvent
 
 log = structlog.get_logger(__name__)
 
@@ -48,6 +49,7 @@ PREPARED_EVENTS = Counter(
     "Events parsed, validated and enriched, by where: the event loop or a worker process.",
     ["where"],
 )
+_ON_LOOP, _IN_WORKERS = PREPARED_EVENTS.labels("loop"), PREPARED_EVENTS.labels("worker")
 WORKERS_LOST = Counter(
     "cartlytics_ingest_workers_lost", "Ingest worker processes that died and were replaced."
 )
@@ -72,10 +74,6 @@ class Preparer:
         self._log_setup = (log_level, log_format)
         self._pool: ProcessPoolExecutor | None = None
 
-    @property
-    def workers(self) -> int:
-        return self._workers
-
     def start(self) -> None:
         """Start the workers now (else with the first large request) and have each import what
         it runs, so that no request waits for that."""
@@ -89,9 +87,11 @@ class Preparer:
         if pool is not None:
             await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
 
-    def events(self, project_id: str, events: list[Any], client_ip: str = "") -> Prepared:
+    def events(
+        self, project_id: str, events: Sequence[IncomingEvent], client_ip: str = ""
+    ) -> Prepared:
         """IncomingEvents already decoded, prepared on the loop."""
-        PREPARED_EVENTS.labels("loop").inc(len(events))
+        _ON_LOOP.inc(len(events))
         return prepare(project_id, events, self._settings, self._clock(), self._new_id, client_ip)
 
     async def json(
@@ -104,7 +104,7 @@ class Preparer:
                 project_id, body, content_type, single, self._settings, received_at,
                 self._new_id, client_ip,
             )  # fmt: skip
-            PREPARED_EVENTS.labels("loop").inc(len(prepared.keys) + len(prepared.refused))
+            _ON_LOOP.inc(len(prepared.keys) + len(prepared.refused))
             return prepared
         return await self._in_worker(
             _json_in_worker, project_id, body, content_type, received_at, client_ip
@@ -136,7 +136,7 @@ class Preparer:
                 "an ingest worker process stopped while preparing the request; retry",
                 reason="INGEST_WORKER_LOST",
             ) from None
-        PREPARED_EVENTS.labels("worker").inc(len(prepared.keys) + len(prepared.refused))
+        _IN_WORKERS.inc(len(prepared.keys) + len(prepared.refused))
         return prepared
 
     def _ensure_pool(self) -> ProcessPoolExecutor:
