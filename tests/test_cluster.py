@@ -186,7 +186,9 @@ def test_rows_spread_over_both_shards_and_reach_both_replicas(
     clickhouse_cluster: ClickHouseCluster, cluster_storage: Storage, database: str
 ) -> None:
     project = "p_" + uuid.uuid4().hex[:8]
-    rows = [_event(project, n, f"visitor_{n % 40}") for n in range(400)]
+    # 400 visitors, one row each: with 40 the split of a random project's visitors was
+    # uneven enough to fail the bound below about once in 500 runs (9 of 40 on one shard).
+    rows = [_event(project, n, f"visitor_{n}") for n in range(400)]
     cluster_storage.insert_sync("events", EVENT_COLUMNS, rows)
     # Acknowledged: all of it readable at once, through any node.
     total = cluster_storage.query_sync(
@@ -201,7 +203,7 @@ def test_rows_spread_over_both_shards_and_reach_both_replicas(
         )
     shares = [_count(clickhouse_cluster.shard(shard)[0], table, project) for shard in (1, 2)]
     assert sum(shares) == 400
-    assert min(shares) > 100, shares  # 40 visitors: both shards get a fair share
+    assert min(shares) > 100, shares  # both shards get a fair share
 
 
 def test_the_copies_of_an_order_share_a_shard_whoever_sent_them(
