@@ -55,6 +55,8 @@ ORDER_PLACEHOLDER = "ord_" + "#" * 32
 POOL_RATE = 150_000  # events/s a batch mode's pool covers (1.5x issue 16's 100k target)
 POOL_RATE_SINGLE = 20_000  # single events/s a pool covers
 SINGLE_TEMPLATES = 1000
+MODES = ("single", "rest", "grpc")  # REST single events, REST batches, gRPC batches
+# (and "ping": the no-op REST Ping, only when asked for)
 BATCH_TEMPLATES = 16
 ACCEPTED = re.compile(rb'"acceptedCount"\s*:\s*"?(\d+)')
 
@@ -227,6 +229,7 @@ async def bench(
     batch, seconds, connections = args.batch, args.seconds, args.connections
     pool_rate = getattr(args, "pool_rate", POOL_RATE)
     pool_rate_single = getattr(args, "pool_rate_single", POOL_RATE_SINGLE)
+    modes = set(getattr(args, "modes", MODES))
 
     def built(what: str, make: Callable[[], list[bytes]]) -> list[bytes]:
         started = time.perf_counter()
@@ -271,16 +274,32 @@ async def bench(
                     c.events += int(accepted.group(1))
             return True
 
-        pool = built("REST single events", lambda: single_bodies(
-            pool_size(seconds, pool_rate_single, 1)))  # fmt: skip
-        print("REST single events", file=sys.stderr)
-        results.append(await run_for(seconds, connections, rest_single, "REST single", pool, meter))
-        pool = built(f"REST batches of {batch}", lambda: rest_batch_bodies(
-            pool_size(seconds, pool_rate, batch), batch))  # fmt: skip
-        print("REST batches", file=sys.stderr)
-        label = f"REST batch of {batch}"
-        results.append(await run_for(seconds, connections, rest_batch, label, pool, meter))
-        del pool
+        async def rest_ping(c: Counter) -> bool:
+            async with session.get(f"{http_url}/analytics/ping") as reply:
+                await reply.read()
+                c.requests += 1
+                c.events += reply.status == 200
+                c.errors += reply.status != 200
+            return True
+
+        if "ping" in modes:  # the reference of single events (bench/run.py measures it itself)
+            print("REST Ping", file=sys.stderr)
+            results.append(await run_for(seconds, connections, rest_ping, "REST Ping", None, meter))
+        if "single" in modes:
+            pool = built("REST single events", lambda: single_bodies(
+                pool_size(seconds, pool_rate_single, 1)))  # fmt: skip
+            print("REST single events", file=sys.stderr)
+            label = "REST single"
+            results.append(await run_for(seconds, connections, rest_single, label, pool, meter))
+        if "rest" in modes:
+            pool = built(f"REST batches of {batch}", lambda: rest_batch_bodies(
+                pool_size(seconds, pool_rate, batch), batch))  # fmt: skip
+            print("REST batches", file=sys.stderr)
+            label = f"REST batch of {batch}"
+            results.append(await run_for(seconds, connections, rest_batch, label, pool, meter))
+            del pool
+    if "grpc" not in modes:
+        return results
 
     async with grpc.aio.insecure_channel(grpc_target) as channel:
         # Identity request serializer: the bytes built above go out as they are.
@@ -323,8 +342,12 @@ def main() -> None:
     parser.add_argument(
         "--pool-rate-single", type=float, default=POOL_RATE_SINGLE, help="the same, single events"
     )
+    parser.add_argument(
+        "--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)} and ping"
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    args.modes = args.modes.split(",")
     key = "cak_bench_" + uuid.uuid4().hex
     with tempfile.TemporaryDirectory(prefix="cartlytics-bench-") as tmp:
         print("starting cartlytics (embedded chdb + valkey)...", file=sys.stderr)

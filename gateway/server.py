@@ -255,6 +255,13 @@ class _Gateway:
             raise too_large
         body = bytearray()
         try:
+            content = request.content
+            if content.is_eof():
+                # All of it came with the headers (most bodies): read at once, no timer set.
+                body += content.read_nowait()
+                if len(body) > limit:
+                    raise too_large
+                return bytes(body)
             async with asyncio.timeout(self._limits.body_timeout):
                 async for chunk in request.content.iter_any():
                     body += chunk

@@ -12,6 +12,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from redis.asyncio import Redis
 
@@ -35,8 +36,9 @@ return out
 """
 
 
-@dataclass(frozen=True)
-class Ack:
+class Ack(NamedTuple):
+    """An event's acknowledgement. (A tuple: one is made for every event ingested.)"""
+
     id: str
     event: str
     timestamp: datetime

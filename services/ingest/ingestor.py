@@ -135,6 +135,16 @@ class Ingestor:
             SUPPRESSED_EVENTS.inc(len(keys) - len(kept))
             keys = kept
 
+        if not any(key.client_id for key in keys):
+            # The usual request: every id the server's (each new, so none in the dedup window).
+            await self._store(prepared, keys)
+            suppressed_first = bool(result.accepted)
+            result.accepted.extend((k.position, Ack(k.id, k.event, k.timestamp)) for k in keys)
+            if suppressed_first:
+                result.accepted.sort(key=lambda a: a[0])
+            result.rejected.sort(key=lambda r: r.index)
+            return result
+
         # Within one request the first occurrence of an id is the one stored.
         first_of: dict[str, int] = {}
         for key in keys:

@@ -81,9 +81,15 @@ def _long_int(text: str) -> int | float:
     return -math.inf if text.startswith("-") else math.inf
 
 
+# Made once: json.loads with any keyword builds a decoder per call (half of a small body's
+# decoding).
+_DECODER = json.JSONDecoder(parse_constant=_constant)
+_LONG_INT_DECODER = json.JSONDecoder(parse_constant=_constant, parse_int=_long_int)
+
+
 def _load(text: str, parse_int: Any = None) -> Any:
     try:
-        return json.loads(text, parse_constant=_constant, parse_int=parse_int)
+        return (_DECODER if parse_int is None else _LONG_INT_DECODER).decode(text)
     except _NotJson as exc:
         raise _body(f"must be valid JSON ({exc} is not a JSON number)") from None
     except json.JSONDecodeError as exc:
