@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+import cartlytics.common.config as config_module
 from cartlytics.common.config import Config, ConfigError, settings_table
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -41,3 +42,14 @@ def test_readme_configuration_table_is_current() -> None:
     start = text.index("<!-- config-table:start -->") + len("<!-- config-table:start -->")
     end = text.index("<!-- config-table:end -->")
     assert text[start:end].strip() == settings_table(), "run `make docs`"
+
+
+@pytest.mark.parametrize(("cores", "workers"), [(1, 0), (2, 2), (3, 3), (8, 8), (64, 8)])
+def test_auto_ingest_workers_are_one_per_usable_core_but_none_on_one(
+    monkeypatch: pytest.MonkeyPatch, cores: int, workers: int
+) -> None:
+    # On one core a worker would only add its round trip; beyond 8 the loop's own share bounds.
+    monkeypatch.setattr(config_module, "usable_cores", lambda: cores)
+    assert config_module._workers("auto") == workers
+    assert config_module._workers(" AUTO ") == workers
+    assert config_module._workers("3") == 3
