@@ -85,3 +85,32 @@ def test_every_module_initialises_before_any_starts_and_stops_run_in_reverse() -
         "init a", "init b", "start a", "start b",
         "stop start b", "stop start a", "stop init b", "stop init a",
     ]  # fmt: skip
+
+
+def test_a_stop_that_hangs_is_named_while_it_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shutdown held by one part (then killed from outside) says which part held it."""
+    import structlog
+
+    from cartlytics.common import runtime as runtime_module
+
+    monkeypatch.setattr(runtime_module, "STOP_REPORT_SECONDS", 0.05)
+    stopped: list[str] = []
+
+    async def quick_stop() -> None:
+        stopped.append("quick")
+
+    async def slow_stop() -> None:
+        await asyncio.sleep(0.3)
+        stopped.append("slow")
+
+    async def lifecycle() -> None:
+        runtime = Runtime(Config.from_env({}))
+        runtime.on_stop(quick_stop)
+        runtime.on_stop(slow_stop)
+        await runtime.stop()
+
+    with structlog.testing.capture_logs() as logs:
+        asyncio.run(lifecycle())
+    assert stopped == ["slow", "quick"]  # the last registered stops first, each waited for
+    held = [entry for entry in logs if entry["event"] == "still stopping"]
+    assert held and {entry["part"] for entry in held} == {slow_stop.__qualname__}

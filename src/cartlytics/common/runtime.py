@@ -256,9 +256,30 @@ class Runtime:
         while self.stoppers:
             stopper = self.stoppers.pop()
             try:
-                await stopper()
+                await _watched(stopper)
             except Exception:
                 log.exception("error while stopping")
+
+
+STOP_REPORT_SECONDS = 5.0
+
+
+async def _watched(stopper: Stop) -> None:
+    """Run ``stopper``, saying which part it stops each ``STOP_REPORT_SECONDS`` it takes: a
+    shutdown that hangs (and is then killed) names the part that held it."""
+    started = time.monotonic()
+    task = asyncio.ensure_future(stopper())
+    while not task.done():
+        try:
+            await asyncio.wait({task}, timeout=STOP_REPORT_SECONDS)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if not task.done():
+            part = getattr(stopper, "__qualname__", repr(stopper))
+            seconds = round(time.monotonic() - started, 1)
+            log.warning("still stopping", part=part, seconds=seconds)
+    task.result()
 
 
 def cancelling(task: asyncio.Task[None]) -> Stop:
