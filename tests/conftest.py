@@ -23,6 +23,11 @@ from tests.servers import ClickHouseServer, EnvoyGateway, RedisServer, System, s
 
 BACKENDS = ("chdb", "clickhouse")
 REQUIRE_SERVER = os.environ.get("CARTLYTICS_REQUIRE_CLICKHOUSE_SERVER") == "1"
+# Each `cartlytics run` the tests start prepares large requests in one worker process, not in
+# `auto`'s one per core (decision 74): a worker costs ~0.6 s of CPU as the service starts, and
+# the suite starts hundreds (~2 minutes more on CI with two). test_ingest_workers sets its own
+# counts; bench/ keeps the default.
+os.environ.setdefault("ANALYTICS_INGEST_WORKERS", "1")
 
 
 def _need_server() -> None:
