@@ -11,7 +11,7 @@ import json
 import os
 import platform
 import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -515,7 +515,7 @@ def _targets(result: Mapping[str, Any]) -> list[str]:
             [
                 _label(str(t.get("backend"))),
                 str(t.get("target")),
-                text(t.get("measured"), str(t.get("unit"))),
+                _measured_text(t.get("measured"), t.get("goal"), str(t.get("unit")), text),
                 ("≥ " if t.get("at_least") else "≤ ") + text(t.get("goal"), str(t.get("unit"))),
                 verdict,
                 str(t.get("detail") or ""),
@@ -533,6 +533,21 @@ def _targets(result: Mapping[str, Any]) -> list[str]:
         "",
         *table(["backend", "target", "measured", "goal", "verdict", "how"], rows),
     ]
+
+
+def _measured_text(measured: Any, goal: Any, unit: str, text: Callable[[Any, str], str]) -> str:
+    """``measured`` as ``text`` prints it, with more digits when it would print as its goal
+    without being it (0.246x is not 0.25x: the verdict would read as wrong)."""
+    shown = text(measured, unit)
+    if (
+        unit == "x"
+        and isinstance(measured, int | float)
+        and isinstance(goal, int | float)
+        and measured != goal
+        and shown == text(goal, unit)
+    ):
+        return f"{measured:.4g}x"
+    return shown
 
 
 def _user_agents(result: Mapping[str, Any]) -> list[str]:

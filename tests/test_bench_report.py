@@ -491,3 +491,22 @@ def test_the_meter_sums_a_cluster_s_storage_processes() -> None:
     assert abs(used["storage_cpu_s"] - burned) < 0.1, (used, burned)
     # One of them gone: the sum is not comparable any more, so not measured.
     assert Meter(storage_pid=(burners[0].pid, burners[1].pid)).read().storage is None
+
+
+def test_a_ratio_just_short_of_its_goal_is_not_printed_as_the_goal() -> None:
+    """0.246x against >= 0.25x: printed 0.25x, the FAIL beside it would read as a mistake."""
+    result = synthetic()
+    for row in result["backends"]["chdb"]["ingest"]["rows"]:
+        if str(row["mode"]).startswith("gRPC batch"):
+            row["events_per_second"] = 49_220  # / 200,000 = 0.2461
+            row["columnar_ratio"] = row["events_per_second"] / 200_000
+    found = tables(render_markdown(result))
+    targets = next(t for t in found if t[0][:2] == ["backend", "target"])
+    verdicts = {row[1]: (row[2], row[3], row[4]) for row in targets[2:]}
+    assert verdicts["gRPC batches of 500 / columnar INSERT of the same rows (views attached)"] == (
+        "0.2461x",
+        "≥ 0.25x",
+        "**FAIL**",
+    )
+    # One that is not printed as its goal keeps two decimals.
+    assert verdicts["REST single events / REST Ping, 8 connections"][0] == "0.04x"
