@@ -243,6 +243,17 @@ async def bench(
         )
         return pool
 
+    async def measure(
+        what: str,
+        label: str,
+        one: Callable[[Counter], Awaitable[bool]],
+        make: Callable[[], list[bytes]],
+    ) -> None:
+        """Build a mode's pool of requests, then run it (the pool freed after)."""
+        pool = built(what, make)
+        print(what, file=sys.stderr)
+        results.append(await run_for(seconds, connections, one, label, pool, meter))
+
     connector = aiohttp.TCPConnector(limit=connections)
     async with aiohttp.ClientSession(headers=headers, connector=connector) as session:
         single_url, batch_url = f"{http_url}/analytics/event", f"{http_url}/analytics/event/batch"
@@ -286,18 +297,19 @@ async def bench(
             print("REST Ping", file=sys.stderr)
             results.append(await run_for(seconds, connections, rest_ping, "REST Ping", None, meter))
         if "single" in modes:
-            pool = built("REST single events", lambda: single_bodies(
-                pool_size(seconds, pool_rate_single, 1)))  # fmt: skip
-            print("REST single events", file=sys.stderr)
-            label = "REST single"
-            results.append(await run_for(seconds, connections, rest_single, label, pool, meter))
+            await measure(
+                "REST single events",
+                "REST single",
+                rest_single,
+                lambda: single_bodies(pool_size(seconds, pool_rate_single, 1)),
+            )
         if "rest" in modes:
-            pool = built(f"REST batches of {batch}", lambda: rest_batch_bodies(
-                pool_size(seconds, pool_rate, batch), batch))  # fmt: skip
-            print("REST batches", file=sys.stderr)
-            label = f"REST batch of {batch}"
-            results.append(await run_for(seconds, connections, rest_batch, label, pool, meter))
-            del pool
+            await measure(
+                f"REST batches of {batch}",
+                f"REST batch of {batch}",
+                rest_batch,
+                lambda: rest_batch_bodies(pool_size(seconds, pool_rate, batch), batch),
+            )
     if "grpc" not in modes:
         return results
 
@@ -321,11 +333,12 @@ async def bench(
             c.events += reply.accepted_count
             return True
 
-        pool = built(f"gRPC batches of {batch}", lambda: grpc_batch_messages(
-            pool_size(seconds, pool_rate, batch), batch))  # fmt: skip
-        print("gRPC batches", file=sys.stderr)
-        label = f"gRPC batch of {batch}"
-        results.append(await run_for(seconds, connections, grpc_batch, label, pool, meter))
+        await measure(
+            f"gRPC batches of {batch}",
+            f"gRPC batch of {batch}",
+            grpc_batch,
+            lambda: grpc_batch_messages(pool_size(seconds, pool_rate, batch), batch),
+        )
     return results
 
 

@@ -258,10 +258,10 @@ class _Gateway:
             content = request.content
             if content.is_eof():
                 # All of it came with the headers (most bodies): read at once, no timer set.
-                body += content.read_nowait()
-                if len(body) > limit:
+                data = content.read_nowait()
+                if len(data) > limit:
                     raise too_large
-                return bytes(body)
+                return data
             async with asyncio.timeout(self._limits.body_timeout):
                 async for chunk in request.content.iter_any():
                     body += chunk
