@@ -33,7 +33,7 @@ from .outcome import IngestResult, Rejected
 from .preparation import EventKey, IngestLimits, Prepared, Settings, new_event_id
 from .rows import EVENTS, EVENTS_AT, TABLES, realtime_of_row, rows_without
 from .validation import IncomingEvent
-from .workers import Preparer
+from .workers import DEFAULT_SETUP, Preparer, WorkerSetup
 
 log = structlog.get_logger(__name__)
 
@@ -64,7 +64,7 @@ class Ingestor:
         max_batch_events: int = 500,
         max_body_bytes: int = 512 * 1024,
         workers: int = 0,
-        log_setup: tuple[str, str] = ("warning", "console"),
+        worker_setup: WorkerSetup = DEFAULT_SETUP,
     ) -> None:
         if (ingest_log is None) != (log_writer is None):
             raise ValueError("the ingest log and its writer come together")
@@ -81,7 +81,7 @@ class Ingestor:
             ip_salt, limits or IngestLimits(), max_batch_events, max_body_bytes,
             tally=realtime is not None,
         )  # fmt: skip
-        self.preparer = Preparer(settings, clock, new_id, workers, *log_setup)
+        self.preparer = Preparer(settings, clock, new_id, workers, worker_setup)
 
     async def close(self, grace_seconds: float = 10.0) -> None:
         """Stop; with the ingest log, first store what it holds (for ``grace_seconds`` at most:

@@ -25,6 +25,7 @@ async def init(runtime: Runtime) -> Stop:
     from .preparation import IngestLimits
     from .rows import TABLES
     from .servicer import IngestServicer
+    from .workers import WorkerSetup
 
     config = runtime.config
     storage = runtime.require_storage()
@@ -64,7 +65,7 @@ async def init(runtime: Runtime) -> Stop:
         max_batch_events=config.max_batch_events,
         max_body_bytes=config.max_body_bytes,
         workers=config.ingest_workers,
-        log_setup=(config.log_level, config.log_format),
+        worker_setup=WorkerSetup(config.log_level, config.log_format, config.gc_gen0_threshold),
     )
     ingestor.preparer.start()
     if ingest_log is not None and writer is not None:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 from prometheus_client import Counter
@@ -55,6 +55,18 @@ WORKERS_LOST = Counter(
 )
 
 
+class WorkerSetup(NamedTuple):
+    """How a worker process is set up when it starts, as its parent is."""
+
+    log_level: str = "warning"
+    log_format: str = "console"
+    gc_gen0_threshold: int = 0
+    """``gc_tuning.tune_gc``'s: 0 leaves Python's default."""
+
+
+DEFAULT_SETUP = WorkerSetup()
+
+
 class Preparer:
     """Prepares requests on the event loop, or in ``workers`` processes for large ones."""
 
@@ -64,14 +76,13 @@ class Preparer:
         clock: Callable[[], datetime],
         new_id: Callable[[], str] = new_event_id,
         workers: int = 0,
-        log_level: str = "warning",
-        log_format: str = "console",
+        setup: WorkerSetup = DEFAULT_SETUP,
     ) -> None:
         self._settings = settings
         self._clock = clock
         self._new_id = new_id
         self._workers = workers
-        self._log_setup = (log_level, log_format)
+        self._setup = setup
         self._pool: ProcessPoolExecutor | None = None
 
     def start(self) -> None:
@@ -145,7 +156,7 @@ class Preparer:
                 self._workers,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_start_worker,
-                initargs=(self._settings, self._log_setup, os.getpid()),
+                initargs=(self._settings, self._setup, os.getpid()),
             )
         return self._pool
 
@@ -154,7 +165,7 @@ class Preparer:
 _settings: Settings | None = None
 
 
-def _start_worker(settings: Settings, log_setup: tuple[str, str], parent: int) -> None:
+def _start_worker(settings: Settings, setup: WorkerSetup, parent: int) -> None:
     global _settings
     _settings = settings
     # Ctrl-C in a terminal reaches the whole process group: the parent stops its workers
@@ -165,9 +176,11 @@ def _start_worker(settings: Settings, log_setup: tuple[str, str], parent: int) -
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if os.getppid() != parent:  # it died while this one started (before the line above)
         os._exit(0)
+    from cartlytics.common.gc_tuning import tune_gc
     from cartlytics.common.logging import configure_logging
 
-    configure_logging(*log_setup)
+    configure_logging(setup.log_level, setup.log_format)
+    tune_gc(setup.gc_gen0_threshold)  # what it imported lives as long as it does
 
 
 def _ready() -> None:

@@ -43,6 +43,7 @@ from cartlytics.common import catalog
 from cartlytics.common.auth import ALL_SCOPES, load_bootstrap_key
 from cartlytics.common.config import Config, grpc_message_options
 from cartlytics.common.datadir import secure_data_dir
+from cartlytics.common.gc_tuning import tune_gc
 from cartlytics.common.interceptors import ServiceInterceptor
 from cartlytics.common.redis_server import EmbeddedRedis, RedisSupervisor, connect
 from cartlytics.common.reflection import enable_reflection
@@ -230,6 +231,8 @@ async def run_until_signalled(
         if config.prometheus_port:
             start_http_server(config.prometheus_port)
         await runtime.start(MODULES.resolve(targets))
+        # What is alive once started lives as long as the process: out of every collection.
+        tune_gc(config.gc_gen0_threshold)
         on_ready(runtime)
         await stop.wait()
         log.info("shutting down", grace_seconds=config.shutdown_grace)

@@ -368,6 +368,14 @@ SETTINGS: dict[str, Setting] = {
         "10",
         "Seconds in-flight calls may take to finish after SIGTERM.",
     ),
+    "gc_gen0_threshold": Setting(
+        "ANALYTICS_GC_GEN0_THRESHOLD",
+        _positive_int,
+        "20000",
+        "Allocations between two collections of Python's youngest garbage-collector generation in"
+        " the server and its ingest workers, whose start-up objects are also frozen out of every"
+        " collection (0: Python's default, 700, and nothing frozen; docs/decisions.md, 75).",
+    ),
     "prometheus_port": Setting(
         "ANALYTICS_PROMETHEUS_PORT",
         _positive_int,
@@ -487,6 +495,7 @@ class Config:
     people_snapshot_seconds: float
     people_snapshot_changes: int
     shutdown_grace: float
+    gc_gen0_threshold: int
     prometheus_port: int
     rate_limit_ingest: float
     rate_limit_ingest_burst: int

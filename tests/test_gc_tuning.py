@@ -1,0 +1,48 @@
+"""The server's garbage-collector settings (decision 75): what start built is frozen, the young
+generation collected less often; 0 leaves Python as it is."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+
+import pytest
+
+from cartlytics.common.config import Config
+from cartlytics.common.gc_tuning import tune_gc
+
+
+@pytest.fixture
+def restored_gc() -> Iterator[None]:
+    threshold = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*threshold)
+
+
+@pytest.mark.usefixtures("restored_gc")
+def test_tuning_freezes_what_lives_and_collects_the_young_generation_less_often() -> None:
+    _, gen1, gen2 = gc.get_threshold()
+    long_lived = [object() for _ in range(1000)]  # built "at start", kept
+    tune_gc(20_000)
+    assert gc.get_threshold() == (20_000, gen1, gen2)
+    assert gc.get_freeze_count() >= len(long_lived)
+    # Garbage made after the start is still collected: a cycle goes at the next full collection.
+    cycle: list[object] = []
+    cycle.append(cycle)
+    del cycle
+    assert gc.collect() >= 1
+
+
+@pytest.mark.usefixtures("restored_gc")
+def test_zero_leaves_pythons_collector_as_it_is() -> None:
+    before = gc.get_threshold()
+    frozen = gc.get_freeze_count()
+    tune_gc(0)
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == frozen
+
+
+def test_the_default_is_the_measured_threshold_and_it_can_be_turned_off() -> None:
+    assert Config.from_env({}).gc_gen0_threshold == 20_000
+    assert Config.from_env({"ANALYTICS_GC_GEN0_THRESHOLD": "0"}).gc_gen0_threshold == 0
