@@ -3,9 +3,10 @@
 One task takes the records appended since its last INSERT (up to ``max_rows`` rows), writes
 their rows table by table in one INSERT each (``ingestor.TABLES`` order), lists the orderIds that
 are now duplicated (``order_dups``), hands the block to ``on_stored`` (the realtime counters, one
-script per project and block), then checkpoints the log. It starts again at once while
-records wait, so an idle system writes a lone event straight away, and under load the blocks grow
-by themselves (as group commit did; no linger timer, which would only delay freshness).
+script per project and block), then checkpoints the log. A block is written once its oldest
+record has waited ``linger_seconds`` (``ANALYTICS_INGEST_LOG_LINGER_SECONDS``, 0.3 s), unless it
+is full or a read in this process waits for it: each INSERT costs ClickHouse about the same up to
+thousands of rows (the six views), so fewer, larger blocks leave the cores to ingest itself.
 
 Exactly once: a block whose INSERTs may have been partly done (replayed at start after an unclean
 stop, or after an INSERT that failed) is written *checked*: per table, the event ids of the block
@@ -131,7 +132,7 @@ class LogWriter:
         ingest_log: IngestLog,
         tables: Sequence[TableSpec],
         max_rows: int = 100_000,
-        linger_seconds: float = 0.1,
+        linger_seconds: float = 0.3,
         read_wait_seconds: float = READ_WAIT_SECONDS,
         quarantine_after_seconds: float = QUARANTINE_AFTER_SECONDS,
     ) -> None:

@@ -284,7 +284,7 @@ SETTINGS: dict[str, Setting] = {
     "ingest_log_linger_seconds": Setting(
         "ANALYTICS_INGEST_LOG_LINGER_SECONDS",
         _float,
-        "0.1",
+        "0.3",
         "How long the ingest log writer lets a block's oldest event wait for more before it"
         " writes the block (0: at once); a read in the same process that waits for it cuts it"
         " short.",
