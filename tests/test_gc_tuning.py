@@ -3,13 +3,17 @@ generation collected less often; 0 leaves Python as it is."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 
 from cartlytics.common.config import Config
 from cartlytics.common.gc_tuning import tune_gc
+from services.ingest.preparation import Settings
+from services.ingest.workers import Preparer, WorkerSetup
 
 
 @pytest.fixture
@@ -46,3 +50,23 @@ def test_zero_leaves_pythons_collector_as_it_is() -> None:
 def test_the_default_is_the_measured_threshold_and_it_can_be_turned_off() -> None:
     assert Config.from_env({}).gc_gen0_threshold == 20_000
     assert Config.from_env({"ANALYTICS_GC_GEN0_THRESHOLD": "0"}).gc_gen0_threshold == 0
+
+
+def test_ingest_workers_are_tuned_as_their_parent_says() -> None:
+    """A worker process applies the threshold it is started with (its allocations are most of a
+    batch's), not Python's default."""
+    setup = WorkerSetup(gc_gen0_threshold=12_345)
+
+    async def run() -> tuple[tuple[int, int, int], int]:
+        preparer = Preparer(Settings(b"s"), lambda: datetime.now(UTC), workers=1, setup=setup)
+        try:
+            pool = preparer._ensure_pool()
+            threshold = await asyncio.wrap_future(pool.submit(gc.get_threshold))
+            frozen = await asyncio.wrap_future(pool.submit(gc.get_freeze_count))
+        finally:
+            await preparer.close()
+        return threshold, frozen
+
+    threshold, frozen = asyncio.run(run())
+    assert threshold[0] == 12_345
+    assert frozen > 0  # what the worker imported at start is out of every collection
