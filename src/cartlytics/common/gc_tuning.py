@@ -4,9 +4,10 @@ CPython collects its youngest generation every 700 net allocations of tracked ob
 dicts, tuples, protobuf wrappers...). A batch of 500 events allocates tens of thousands, so the
 collector ran dozens of times a request, each time walking the young objects and, every tenth
 and hundredth time, the older generations too: every object the process built at start (its
-modules, the schema, the parsers' tables) is in the oldest one. Measured on the gRPC batch bench
-(2 cores, alternated runs): ~7-10 % more events/s with the young threshold at 20,000 and the
-start's objects frozen (out of every collection), as Instagram's ``gc.freeze`` article describes.
+modules, the schema, the parsers' tables) is in the oldest one. Measured on the batch benches
+(2 cores, alternated runs; docs/decisions.md, 75): 13-15 % more events/s with the young threshold
+at 20,000 and the start's objects frozen (out of every collection), as Instagram's ``gc.freeze``
+article describes.
 Nothing here turns the collector off: cycles are still found, a little later.
 """
 
