@@ -97,6 +97,45 @@ def test_a_damaged_record_before_the_tail_refuses_to_open(tmp_path: Path) -> Non
         IngestLog(tmp_path, segment_bytes=64).open()
 
 
+def test_a_group_whose_sync_fails_is_refused_and_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk that refuses an fsync (EIO: cannot be caused here, so os.fsync is made to fail
+    once): the appends of that group fail, its bytes are cut off the segment, and its lsns go
+    to the next appends; after a restart only acknowledged records are replayed, each lsn
+    once (a failed group left in the file was replayed, its events stored though refused)."""
+    import os
+
+    real_fsync = os.fsync
+    failures = iter([OSError(5, "Input/output error")])
+
+    def flaky_fsync(fd: int) -> None:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        real_fsync(fd)
+
+    ingest_log = IngestLog(tmp_path)
+    ingest_log.open()
+
+    async def run() -> list[int]:
+        lsns = [await ingest_log.append(b"acknowledged before")]
+        monkeypatch.setattr(os, "fsync", flaky_fsync)
+        with pytest.raises(OSError, match="Input/output error"):
+            await ingest_log.append(b"refused")
+        assert ingest_log.unstored_bytes == HEADER.size + len(b"acknowledged before")
+        lsns.append(await ingest_log.append(b"acknowledged after"))
+        await ingest_log.close()
+        return lsns
+
+    assert asyncio.run(run()) == [1, 2]
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    replay = IngestLog(tmp_path).open()
+    assert [(r.lsn, r.payload) for r in replay] == [
+        (1, b"acknowledged before"), (2, b"acknowledged after"),
+    ]  # fmt: skip
+
+
 def test_a_full_log_refuses_until_the_writer_checkpoints(tmp_path: Path) -> None:
     record = b"x" * 100
     size = HEADER.size + len(record)

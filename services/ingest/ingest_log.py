@@ -130,8 +130,6 @@ class IngestLog:
         self._queued_bytes = 0
         self._queue: list[_Append] = []
         self._writing: list[_Append] = []  # the group being written
-        self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._syncer: asyncio.Task[None] | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-log")
         self.on_written: OnWritten | None = None
@@ -204,75 +202,89 @@ class IngestLog:
         pending = _Append(payload, weight, loop.create_future())
         self._queue.append(pending)
         self._queued_bytes += size
-        if self._task is None or self._task.done():
-            self._task = loop.create_task(self._flush_forever())
         if self.fsync == "interval" and (self._syncer is None or self._syncer.done()):
             self._syncer = loop.create_task(self._sync_forever())
-        self._wakeup.set()
+        self._start_group(loop)
         return await pending.done
 
-    async def _flush_forever(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            while self._queue:
-                self._writing, self._queue = self._queue, []
-                await self._flush(self._writing)
-                self._writing = []
+    def _start_group(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Hand the queued appends to the log's thread as one group, unless a group is being
+        written (the appends queued meanwhile go as the next group, once it is).
 
-    async def _flush(self, batch: list[_Append]) -> None:
+        No task and no awaited executor future in between: the thread itself schedules
+        ``_group_written``, which answers the group's appends and starts the next group in
+        the same turn of the loop (each hop through the loop costs a turn of it: with single
+        events at 8 connections on 2 busy cores an append waited 3.1 ms on average with a
+        flushing task, 2.7 ms without; docs/ingest-log.md)."""
+        if self._writing or not self._queue:
+            return
+        batch, self._queue = self._queue, []
+        self._writing = batch
         chunks = []
-        entries = []
         for pending in batch:
-            lsn = self._next_lsn
-            self._next_lsn += 1
             payload = pending.payload
-            chunks.append(HEADER.pack(len(payload), zlib.crc32(payload), lsn))
+            chunks.append(HEADER.pack(len(payload), zlib.crc32(payload), self._next_lsn))
             chunks.append(payload)
-            entries.append((lsn, HEADER.size + len(payload)))
-        data = b"".join(chunks)
+            self._next_lsn += 1
+        self._thread.submit(self._write_group, loop, batch, b"".join(chunks))
+
+    def _write_group(
+        self, loop: asyncio.AbstractEventLoop, batch: list[_Append], data: bytes
+    ) -> None:
+        """On the log's thread: write (and sync) a group, then have the loop answer it."""
+        error: BaseException | None = None
         try:
-            await asyncio.get_running_loop().run_in_executor(self._thread, self._write, data)
-        except BaseException as exc:
-            # Nothing of this group is acknowledged. Bytes of it may be in the segment (a short
-            # write, a full disk): cut them back, or the next group would follow a torn record
-            # that reads as corruption at the next open. Its lsns are handed out again.
-            self._cut_back()
+            self._write(data)
+        except BaseException as exc:  # answered on the loop: the appends fail, nothing is lost
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+            loop.call_soon_threadsafe(self._group_written, loop, batch, error)
+
+    def _group_written(
+        self, loop: asyncio.AbstractEventLoop, batch: list[_Append], error: BaseException | None
+    ) -> None:
+        first_lsn = self._next_lsn - len(batch)
+        if error is not None:
+            # Nothing of this group is acknowledged (``_write`` cut its bytes back off the
+            # segment); its lsns are handed out again.
             for pending in batch:
                 self._queued_bytes -= HEADER.size + len(pending.payload)
                 if not pending.done.done():
-                    pending.done.set_exception(exc)
-            self._next_lsn -= len(batch)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        for pending, (lsn, size) in zip(batch, entries, strict=True):
-            self._queued_bytes -= size
-            self._unstored.append((lsn, size))
-            self._unstored_bytes += size
-            if self.on_written is not None:
-                self.on_written(lsn, pending.payload, pending.weight)
-            if not pending.done.done():
-                pending.done.set_result(lsn)
+                    pending.done.set_exception(error)
+            self._next_lsn = first_lsn
+        else:
+            for lsn, pending in enumerate(batch, start=first_lsn):
+                size = HEADER.size + len(pending.payload)
+                self._queued_bytes -= size
+                self._unstored.append((lsn, size))
+                self._unstored_bytes += size
+                if self.on_written is not None:
+                    self.on_written(lsn, pending.payload, pending.weight)
+                if not pending.done.done():
+                    pending.done.set_result(lsn)
+        if self._writing is batch:
+            self._writing = []
+            self._start_group(loop)
 
     def _write(self, data: bytes) -> None:
+        """Append ``data`` to the segment (a new one when it is full) and sync it as the policy
+        says; on any failure, cut the segment back to where ``data`` started, so that the next
+        group does not follow a torn record (which reads as corruption at the next open)."""
         if self._segment_size >= self.segment_bytes:
             self._start_segment()
         assert self._file is not None
-        self._file.write(data)
-        self._file.flush()
-        self._segment_size += len(data)
-        if self.fsync == "always":
-            os.fsync(self._file.fileno())
-
-    def _cut_back(self) -> None:
-        """After a failed write: truncate the segment to where the group started."""
-        if self._file is None:
-            return
-        with contextlib.suppress(OSError):
-            start = self._segment_size
-            self._file.truncate(start)
-            self._file.seek(start)
+        start = self._segment_size
+        try:
+            self._file.write(data)
+            self._file.flush()
+            if self.fsync == "always":
+                os.fsync(self._file.fileno())
+        except BaseException:
+            with contextlib.suppress(OSError):
+                self._file.truncate(start)
+                self._file.seek(start)
+            raise
+        self._segment_size = start + len(data)
 
     async def _sync_forever(self) -> None:
         loop = asyncio.get_running_loop()
@@ -311,17 +323,16 @@ class IngestLog:
         """Finish the appends under way (for ``grace_seconds`` at most), stop, and close the
         segment. Appends still waiting then are refused (their requests were not answered)."""
         waiting = [p.done for p in (*self._writing, *self._queue)]
-        if waiting and self._task is not None and not self._task.done():
+        if waiting:
             await asyncio.wait(waiting, timeout=grace_seconds)
         for pending in (*self._writing, *self._queue):
             if not pending.done.done():
                 pending.done.set_exception(LogFull("the ingest log is closing"))
         self._writing, self._queue = [], []
-        for task in (self._task, self._syncer):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        if self._syncer is not None:
+            self._syncer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._syncer
         if self._file is not None:
             file, self._file = self._file, None
             await asyncio.get_running_loop().run_in_executor(self._thread, _close_synced, file)
