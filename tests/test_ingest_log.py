@@ -8,6 +8,7 @@ tests/test_durability.py and tests/test_faults.py."""
 from __future__ import annotations
 
 import asyncio
+import pickle
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -368,6 +369,57 @@ def test_realtime_counts_a_block_once_it_is_stored_and_a_replay_once(
         return seen
 
     assert asyncio.run(run()) == [(0, 0, 0), expected, expected]
+
+
+def test_a_block_of_tallied_and_untallied_records_counts_each_event_once(
+    storage: Storage, project_id: str, redis_server: RedisServer
+) -> None:
+    """A block mixes records whose realtime tally a worker made with their rows and records
+    prepared on the loop (no tally: the writer makes one from the rows), of two projects: each
+    project's counters come out as if its events were counted one by one, and no record's own
+    tally is changed by the merge (a retried block merges them again)."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    other = project_id + "_other"
+    events = _orders(now - timedelta(minutes=2))
+    received = now
+    worker, loop = Settings(b"s", tally=True), Settings(b"s", tally=False)
+    records = [
+        prepare(project_id, events[:15], worker, received, lambda: "unused").record(),
+        prepare(project_id, events[15:30], loop, received, lambda: "unused").record(),
+        prepare(other, events[30:], worker, received, lambda: "unused").record(),
+        prepare(project_id, events[30:], worker, received, lambda: "unused").record(),
+    ]
+    assert [r.tally is not None for r in records] == [True, False, True, True]
+    tallies_before = [pickle.dumps(r.tally) for r in records]
+
+    def oracle(sent: list[IncomingEvent]) -> tuple[int, int, int]:
+        first: dict[str, IncomingEvent] = {}
+        for event in sorted(sent, key=lambda e: (e.timestamp or now, e.id)):
+            first.setdefault(str(event.properties["orderId"]), event)
+        today = [e for e in first.values() if e.timestamp and e.timestamp.date() == now.date()]
+        return (
+            len({e.user_id for e in sent}),
+            len(today),
+            sum(int(e.properties["total"]) for e in today),
+        )
+
+    async def run() -> list[tuple[int, int, int]]:
+        client = aioredis.Redis.from_url(redis_server.url)
+        guard = RedisGuard(client)
+        counters = RealtimeCounters(client)
+        ingestor = Ingestor(storage, IdempotencyWindow(guard), counters, guard, ip_salt=b"s")
+        await ingestor.count_stored(records)
+        await ingestor.count_stored(records)  # retried: nothing counted twice
+        seen = []
+        for project in (project_id, other):
+            snapshot = await counters.snapshot(project, ZoneInfo("UTC"), "CHF")
+            seen.append((snapshot.active_visitors, snapshot.orders_today, snapshot.revenue_today))
+        await ingestor.close()
+        await client.aclose()
+        return seen
+
+    assert asyncio.run(run()) == [oracle(events), oracle(events[30:])]
+    assert [pickle.dumps(r.tally) for r in records] == tallies_before
 
 
 def test_under_steady_load_a_block_waits_until_its_oldest_record_has_lingered(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 
@@ -211,20 +212,30 @@ class Ingestor:
         each. Counting after the INSERT (not at the acknowledgement) means an event that is
         counted is in ClickHouse, and one a crash left in the log is counted when the replay
         stores it; counting is idempotent (RealtimeCounters.record), so a replayed or
-        retried block counts nothing twice. Each record's tally, made with its rows, is merged
-        (a record without one, or whose rows were filtered since, is tallied here)."""
+        retried block counts nothing twice. The tallies made with the records' rows (by the
+        workers) are merged; the rows of the records without one (prepared on the loop, or
+        filtered since) are tallied here, all of a project's at once."""
         if self._realtime is None:
             return
-        by_project: dict[str, list[RealtimeTally]] = {}
+        by_project: dict[str, tuple[list[RealtimeTally], list[tuple[Any, ...]]]] = {}
         for record in records:
-            if record.rows.get(EVENTS.name):
-                by_project.setdefault(record.project_id, []).append(_tally_of(record))
-        for project_id, tallies in by_project.items():
-            total = tallies[0]
-            if len(tallies) > 1:
-                total = RealtimeTally()
-                for tally in tallies:
-                    total.add(tally)
+            rows = record.rows.get(EVENTS.name)
+            if not rows:
+                continue
+            tallies, untallied = by_project.setdefault(record.project_id, ([], []))
+            if record.tally is not None:
+                tallies.append(record.tally)
+            else:
+                untallied.extend(rows)
+        for project_id, (tallies, untallied) in by_project.items():
+            if untallied:
+                total = RealtimeTally.of(realtime_of_row(row) for row in untallied)
+            elif len(tallies) == 1:
+                total = tallies.pop()
+            else:
+                total = RealtimeTally()  # not a record's own: merged into
+            for tally in tallies:
+                total.add(tally)
             await self._count(project_id, total)
 
     async def without_suppressed(self, records: list[LogRecord]) -> list[LogRecord]:

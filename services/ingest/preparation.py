@@ -66,7 +66,8 @@ class Settings:
     max_body_bytes: int = 512 * 1024
     tally: bool = False
     """Sum up the events for the realtime counters (``RealtimeTally``) with their rows: the log
-    writer then merges a block's sums instead of going over its events."""
+    writer then merges a block's sums instead of going over its events. The workers do; on the
+    loop ``workers.Preparer`` leaves it off (the writer tallies those records' rows together)."""
 
 
 class EventKey(NamedTuple):
