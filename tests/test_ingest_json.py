@@ -39,7 +39,7 @@ from services.ingest.json_events import (
     read_body,
 )
 from services.ingest.outcome import Rejected
-from services.ingest.proto_events import plain_struct
+from services.ingest.proto_events import incoming_of, plain_struct
 from services.ingest.validation import IncomingEvent, validate
 from tests.rest import Reply, call
 from tests.servers import System
@@ -426,6 +426,33 @@ def test_grpc_structs_are_read_directly_and_pass_inf_and_nan() -> None:
     nan = struct_pb2.Struct()
     nan.update({"n": math.nan})
     assert math.isnan(plain_struct(nan)["n"])
+
+
+@pytest.mark.parametrize(
+    ("properties", "context", "refused"),
+    [
+        ({"page": "/", "a": {"b": [1.0, 2.0**60]}}, {"x": 0.5}, ["properties.a.b[1]"]),
+        ({"page": "/"}, {"deep": {"x": -math.inf}}, ["context.deep.x"]),
+        ({"page": "/", "n": math.nan, "m": 2.0**53}, {}, ["properties.m", "properties.n"]),
+        ({"page": "/", "edge": 2.0**53 - 1, "neg": -(2.0**53 - 1), "f": 1.5}, {"z": []}, []),
+    ],
+    ids=["nested-list", "context-infinity", "nan-and-2^53", "safe-edges"],
+)
+def test_grpc_numbers_checked_while_read_refuse_by_path(
+    properties: dict[str, Any], context: dict[str, Any], refused: list[str]
+) -> None:
+    """A gRPC event's numbers are checked as its Structs are read (validation then skips its own
+    walk), and an unsafe one is still refused under its path, as when validation walks them."""
+    message = ingest_pb2.Event(event="page_view", user_id="u1")
+    message.properties.update(properties)
+    message.context.update(context)
+    incoming = incoming_of(message)
+    assert incoming.numbers_checked is (not refused)
+    outcome = validate(incoming, datetime.now(UTC), lambda: "evt_x")
+    walked = validate(replace(incoming, numbers_checked=False), datetime.now(UTC), lambda: "evt_x")
+    found = sorted(v.field for v in outcome) if isinstance(outcome, list) else []
+    assert found == refused
+    assert found == (sorted(v.field for v in walked) if isinstance(walked, list) else [])
 
 
 # ============================================================================ over REST
