@@ -41,7 +41,7 @@ FUTURE_RULE = "must not be more than 1 hour in the future"
 AGE_RULE = "must not be more than 366 days old"
 
 
-@dataclass
+@dataclass(slots=True)
 class IncomingEvent:
     """An event as the client sent it (wire types already decoded)."""
 
@@ -448,23 +448,24 @@ def validate(
         page = context_page if isinstance(context_page, str) else ""
     total = props.get("total")
     product_id = props.get("productId")
+    # Positional: built by keyword, a NamedTuple binds its 18 arguments by name (one per event).
     return ValidEvent(
-        id=incoming.id or new_id(),
-        event=name,
-        timestamp=timestamp.astimezone(UTC),
-        received_at=received_at,
-        user_id=incoming.user_id,
-        anonymous_id=incoming.anonymous_id,
-        session_id=incoming.session_id,
-        visitor_id=incoming.user_id or incoming.anonymous_id or incoming.session_id,
-        order_id=str(props.get("orderId") or "") if name == "order_completed" else "",
-        total=int(total) if isinstance(total, int | float) and not isinstance(total, bool) else 0,
-        currency=str(props.get("currency") or ""),
-        product_id=product_id if isinstance(product_id, str) else "",
-        page=page,
-        properties=props,
-        context=incoming.context,
-        line_items=line_items,
-        client_id=bool(incoming.id),
-        properties_json=properties_json,
+        incoming.id or new_id(),  # id
+        name,  # event
+        timestamp.astimezone(UTC),  # timestamp
+        received_at,
+        incoming.user_id,
+        incoming.anonymous_id,
+        incoming.session_id,
+        incoming.user_id or incoming.anonymous_id or incoming.session_id,  # visitor_id
+        str(props.get("orderId") or "") if name == "order_completed" else "",  # order_id
+        int(total) if isinstance(total, int | float) and not isinstance(total, bool) else 0,
+        str(props.get("currency") or ""),  # currency
+        product_id if isinstance(product_id, str) else "",  # product_id
+        page,
+        props,  # properties
+        incoming.context,
+        line_items,
+        bool(incoming.id),  # client_id
+        properties_json,
     )
