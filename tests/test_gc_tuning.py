@@ -57,16 +57,26 @@ def test_ingest_workers_are_tuned_as_their_parent_says() -> None:
     batch's), not Python's default."""
     setup = WorkerSetup(gc_gen0_threshold=12_345)
 
-    async def run() -> tuple[tuple[int, int, int], int]:
+    async def run() -> tuple[tuple[int, int, int], int, bool]:
         preparer = Preparer(Settings(b"s"), lambda: datetime.now(UTC), workers=1, setup=setup)
         try:
             pool = preparer._ensure_pool()
             threshold = await asyncio.wrap_future(pool.submit(gc.get_threshold))
             frozen = await asyncio.wrap_future(pool.submit(gc.get_freeze_count))
+            parser_frozen = await asyncio.wrap_future(pool.submit(_user_agent_parser_frozen))
         finally:
             await preparer.close()
-        return threshold, frozen
+        return threshold, frozen, parser_frozen
 
-    threshold, frozen = asyncio.run(run())
+    threshold, frozen, parser_frozen = asyncio.run(run())
     assert threshold[0] == 12_345
     assert frozen > 0  # what the worker imported at start is out of every collection
+    assert parser_frozen  # and the user-agent parser it built then (its regex tables)
+
+
+def _user_agent_parser_frozen() -> bool:
+    """In a worker: the user-agent parser is built and out of every collected generation."""
+    from services.ingest import enrichment
+
+    parser = enrichment._parser
+    return parser is not None and not any(item is parser for item in gc.get_objects())

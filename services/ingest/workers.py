@@ -186,15 +186,16 @@ def _start_worker(settings: Settings, setup: WorkerSetup, parent: int) -> None:
     from cartlytics.common.gc_tuning import tune_gc
     from cartlytics.common.logging import configure_logging
 
+    from .enrichment import describe_user_agent
+
     configure_logging(setup.log_level, setup.log_format)
-    tune_gc(setup.gc_gen0_threshold)  # what it imported lives as long as it does
+    describe_user_agent("Mozilla/5.0")  # builds the user-agent parser (~0.25 s), before freezing
+    tune_gc(setup.gc_gen0_threshold)  # what it imported and built lives as long as it does
 
 
 def _ready() -> None:
-    """Nothing: submitted once per worker at start so that each has started and imported."""
-    from .enrichment import describe_user_agent
-
-    describe_user_agent("Mozilla/5.0")  # builds the user-agent parser
+    """Nothing: submitted once per worker at start, so that the pool starts each now (it
+    starts them as jobs come) and no request waits for one to import and build its parser."""
 
 
 def _worker_settings() -> Settings:
