@@ -4,15 +4,24 @@ The server is a process tree (``cartlytics run`` and its children: the embedded 
 plus, on the server backend, the clickhouse-server process (on a cluster started for the run,
 its servers and ZooKeeper, summed): each read from /proc/<pid>/stat before and after a measure.
 The client is this process (every thread: grpc's, aiohttp's).
+
+The service's tree is also split by where its CPU goes (``PARTS``): its threads that run Python
+(they share one GIL), its native threads (the embedded ClickHouse's pools and merges, gRPC's
+C-core), its ingest worker processes and valkey. CPython does not name the threads it starts, so
+they keep the main thread's name, while ClickHouse and gRPC name theirs; a thread that exited
+during the measure is counted as native.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench.idle import cpu_seconds, settle
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def children(pid: int) -> list[int]:
@@ -35,6 +44,55 @@ def children(pid: int) -> list[int]:
     return found
 
 
+PARTS = ("service_python", "service_native", "workers", "valkey")
+
+
+def _comm(path: Path) -> str | None:
+    try:
+        text = (path / "stat").read_text()
+    except OSError:
+        return None
+    return text[text.index("(") + 1 : text.rindex(")")]
+
+
+def python_threads_seconds(pid: int) -> float | None:
+    """CPU seconds of the threads of ``pid`` named as its main thread (Python's, unnamed)."""
+    main = _comm(Path(f"/proc/{pid}"))
+    if main is None:
+        return None
+    total = 0.0
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        if _comm(task) == main:
+            total += cpu_seconds_of(task) or 0.0
+    return total
+
+
+def cpu_seconds_of(path: Path) -> float | None:
+    """CPU time (user + system) of a /proc process or task folder."""
+    try:
+        fields = (path / "stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def parts_seconds(pid: int, seconds: dict[int, float]) -> dict[tuple[int, str], float]:
+    """The service tree's CPU seconds so far (``seconds``, by pid) by (pid, part of ``PARTS``):
+    by pid as well, so that a process gone by the next reading is left out of both (as in the
+    tree's total)."""
+    parts: dict[tuple[int, str], float] = {}
+    for each, used in seconds.items():
+        if each == pid:
+            python = python_threads_seconds(pid) or 0.0
+            parts[(pid, "service_python")] = python
+            parts[(pid, "service_native")] = used - python
+        elif "valkey" in (_comm(Path(f"/proc/{each}")) or ""):
+            parts[(each, "valkey")] = used
+        else:
+            parts[(each, "workers")] = used
+    return parts
+
+
 def tree_seconds(pid: int) -> dict[int, float]:
     """CPU seconds used so far by ``pid`` and each live descendant."""
     out = {}
@@ -51,6 +109,7 @@ class Reading:
     storage: float | None
     client: float
     wall: float
+    parts: dict[tuple[int, str], float] | None = None
 
 
 @dataclass
@@ -73,7 +132,8 @@ class Meter:
             seconds = [cpu_seconds(pid) for pid in pids]
             # One gone meanwhile: the sum is no longer comparable, so not measured.
             storage = None if None in seconds else sum(s for s in seconds if s is not None)
-        return Reading(service, storage, time.process_time(), time.perf_counter())
+        parts = parts_seconds(self.service_pid, service) if self.service_pid else None
+        return Reading(service, storage, time.process_time(), time.perf_counter(), parts)
 
     def settle(self, limit: float = 30.0) -> float:
         """Wait until the server (and the storage server) is idle: the merges of what the last
@@ -92,11 +152,19 @@ class Meter:
         storage = None
         if after.storage is not None and before.storage is not None:
             storage = after.storage - before.storage
-        return {
+        used: dict[str, float | None] = {
             "service_cpu_s": round(service, 3) if self.service_pid else None,
             "storage_cpu_s": round(storage, 3) if storage is not None else None,
             "client_cpu_s": round(after.client - before.client, 3),
         }
+        if after.parts is not None and before.parts is not None:
+            # A worker started meanwhile counts from zero, as in the total.
+            split = dict.fromkeys(PARTS, 0.0)
+            for key, seconds in after.parts.items():
+                split[key[1]] += seconds - before.parts.get(key, 0.0)
+            for part, seconds in split.items():
+                used[f"{part}_cpu_s"] = round(seconds, 3)
+        return used
 
 
 def per_unit_us(cpu: dict[str, float | None], units: int) -> dict[str, float | None]:

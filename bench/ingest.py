@@ -43,7 +43,7 @@ from google.protobuf import json_format
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.cpu import Meter, per_unit_us  # noqa: E402
+from bench.cpu import PARTS, Meter, per_unit_us  # noqa: E402
 from cartlytics.gen.analytics.ingest.v1 import ingest_pb2  # noqa: E402
 from tests.servers import start_system  # noqa: E402
 
@@ -380,12 +380,16 @@ def main() -> None:
         "results": results,
     }
     print()
-    columns = "events/s | requests/s | server CPU µs/event | client CPU µs/event | errors"
+    columns = (
+        "events/s | requests/s | server CPU µs/event | of it: Python · native · workers · valkey"
+        " | client CPU µs/event | errors"
+    )
     print(f"| mode | connections | {columns} |")
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for r in results:
         rates = f"{r['events_per_second']:,} | {r['requests_per_second']:,}"
-        cpu = f"{r['service_cpu_us']} | {r['client_cpu_us']}"
+        split = " · ".join(str(r.get(f"{part}_cpu_us")) for part in PARTS)
+        cpu = f"{r['service_cpu_us']} | {split} | {r['client_cpu_us']}"
         print(f"| {r['mode']} | {r['connections']} | {rates} | {cpu} | {r['errors']} |")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

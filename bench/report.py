@@ -354,10 +354,26 @@ def _machine(result: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+_PART_NAMES = (
+    ("service_python", "Python"),
+    ("service_native", "native"),
+    ("workers", "workers"),
+    ("valkey", "valkey"),
+)
+
+
 def _cpu(row: Mapping[str, Any]) -> str:
-    """Server CPU µs per unit: the service's tree, plus a ClickHouse server's when measured."""
+    """Server CPU µs per unit: the service's tree, plus a ClickHouse server's when measured;
+    the tree's split (bench/cpu.py) when the run measured it."""
     service, storage = row.get("service_cpu_us"), row.get("storage_cpu_us")
     text = _num(service, 1)
+    split = [
+        f"{name} {_num(row[key + '_cpu_us'], 1)}"
+        for key, name in _PART_NAMES
+        if row.get(key + "_cpu_us") is not None
+    ]
+    if split:
+        text += f" ({', '.join(split)})"
     if storage is not None:
         text += f" + {_num(storage, 1)} ClickHouse"
     return text

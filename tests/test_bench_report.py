@@ -360,6 +360,62 @@ def test_the_meter_counts_the_cpu_of_the_server_s_children() -> None:
     # /proc counts in clock ticks (10 ms); the child's own reading is the oracle.
     assert abs(used["service_cpu_s"] - burned) < 0.05, (used, burned)
     assert used["storage_cpu_s"] is None
+    # Split by part: the child is neither valkey nor the service's own threads.
+    assert used["workers_cpu_s"] is not None and abs(used["workers_cpu_s"] - burned) < 0.05
+    assert used["valkey_cpu_s"] == 0.0
+
+
+SPLIT_BURNER = """
+import ctypes, sys, threading, time
+done = threading.Event()
+def burn(name, seconds, out, burned):
+    if name:  # named as ClickHouse and gRPC name their native threads
+        ctypes.CDLL(None).prctl(15, name.encode(), 0, 0, 0)  # PR_SET_NAME
+    start = time.thread_time()
+    while time.thread_time() - start < seconds:
+        pass
+    out.append(time.thread_time() - start)
+    burned.set()
+    done.wait()  # alive until measured: an exited thread's time counts as native
+print("ready", flush=True)
+sys.stdin.readline()
+python, native, burned = [], [], [threading.Event(), threading.Event()]
+threads = [threading.Thread(target=burn, args=("", 0.3, python, burned[0])),
+           threading.Thread(target=burn, args=("MergeMutate", 0.2, native, burned[1]))]
+for t in threads: t.start()
+for b in burned: b.wait()
+print(python[0], native[0], flush=True)
+sys.stdin.readline()
+done.set()
+for t in threads: t.join()
+"""
+
+
+def test_the_meter_splits_the_service_s_python_threads_from_its_native_ones() -> None:
+    # CPython leaves its threads named as the main thread; ClickHouse and gRPC name theirs.
+    service = subprocess.Popen(
+        [sys.executable, "-c", SPLIT_BURNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    assert service.stdin is not None and service.stdout is not None
+    try:
+        meter = Meter(service_pid=service.pid)
+        assert service.stdout.readline() == "ready\n"  # started: its start-up is not measured
+        before = meter.read()
+        service.stdin.write("go\n")
+        service.stdin.flush()
+        python, native = map(float, service.stdout.readline().split())
+        used = meter.since(before)
+        service.stdin.write("done\n")
+        service.stdin.flush()
+    finally:
+        service.stdin.close()
+        service.wait(timeout=10)
+    # The burners' own thread clocks are the oracle; the rest of the process is near idle.
+    assert used["service_python_cpu_s"] is not None and used["service_native_cpu_s"] is not None
+    assert abs(used["service_python_cpu_s"] - python) < 0.06, (used, python)
+    assert abs(used["service_native_cpu_s"] - native) < 0.06, (used, native)
+    assert used["workers_cpu_s"] == 0.0
 
 
 def with_a_cluster() -> dict[str, Any]:
