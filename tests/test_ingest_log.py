@@ -624,3 +624,62 @@ def test_a_record_clickhouse_refuses_alone_is_set_aside_and_the_rest_stored(
     assert asyncio.run(restart()) == 1
     assert not list((tmp_path / "requeue").iterdir())
     assert _rows_per_event(storage, EVENTS.name, project_id) == {"first": 1, "bad": 1, "after": 1}
+
+
+def test_a_record_reads_back_as_written_and_records_written_before_still_read() -> None:
+    """Records pickle UTC times as their fields (log_writer._RecordPickler): they read back
+    equal, as the one UTC object; other times as pickle writes them; records written by plain
+    pickle (before) read as they were."""
+    utc = datetime(2026, 12, 7, 23, 59, 59, 999_999, tzinfo=UTC)
+    zurich = datetime(2026, 7, 1, 12, 0, tzinfo=ZoneInfo("Europe/Zurich"))
+    naive = datetime(2026, 1, 2, 3, 4, 5, 6)
+    rows: dict[str, list[tuple[Any, ...]]] = {
+        EVENTS.name: [("p", "evt_1", utc, utc.replace(microsecond=0), zurich, naive)],
+    }
+    record = LogRecord("p", rows, ("o1",))
+    decoded = LogRecord.decode(record.encode())
+    assert decoded == record
+    moments = decoded.rows[EVENTS.name][0][2:]
+    assert moments[0].tzinfo is UTC and moments[1].tzinfo is UTC
+    assert moments[2].tzinfo == ZoneInfo("Europe/Zurich") and moments[3].tzinfo is None
+    before = pickle.dumps((record.project_id, record.rows, record.order_ids, None), protocol=5)
+    assert LogRecord.decode(before) == record
+
+
+def test_records_at_hand_and_beyond_the_bound_are_each_stored_once(
+    storage: Storage, project_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests prepared in this process hand the writer their records as well as the bytes
+    (it need not decode them), at most MAX_DECODED_ROWS rows' worth while a backlog waits;
+    the rest it decodes. Either way every event is stored once, and nothing is left held."""
+    import services.ingest.log_writer as log_writer
+
+    monkeypatch.setattr(log_writer, "MAX_DECODED_ROWS", 4)
+    at = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+    page = {"page": "/"}
+    sent = [
+        IncomingEvent("page_view", f"evt_hand_{n}", anonymous_id="a", timestamp=at, properties=page)
+        for n in range(10)
+    ]
+
+    async def run() -> tuple[int, int]:
+        guard = RedisGuard(None)
+        ingest_log = IngestLog(tmp_path)
+        writer = LogWriter(storage, ingest_log, TABLES, linger_seconds=30)  # a backlog
+        ingestor = Ingestor(
+            storage, IdempotencyWindow(guard), None, guard, ip_salt=b"s",
+            ingest_log=ingest_log, log_writer=writer,
+        )  # fmt: skip
+        writer.start(ingest_log.open())
+        for first, last in ((0, 1), (1, 3), (3, 6), (6, 10)):  # requests of 1, 2, 3, 4 events
+            await ingestor.ingest(project_id, sent[first:last])
+        held = writer._decoded_rows
+        await writer.caught_up(limit_seconds=60)
+        await writer.close(grace_seconds=5)
+        await ingest_log.close()
+        await ingestor.close()
+        return held, writer._decoded_rows
+
+    held, left = asyncio.run(run())
+    assert 0 < held <= 4 and left == 0
+    assert _rows_per_event(storage, EVENTS.name, project_id) == Counter({e.id: 1 for e in sent})

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import structlog
 
@@ -70,11 +70,12 @@ class _Append:
     payload: bytes
     weight: int
     done: asyncio.Future[int]
+    decoded: Any = None
 
 
-OnWritten = Callable[[int, bytes, int], None]
-"""Called with (lsn, payload, weight) for each record once it is written, in lsn order, before
-its append returns (the log writer queues it there)."""
+OnWritten = Callable[[int, bytes, int, Any], None]
+"""Called with (lsn, payload, weight, decoded) for each record once it is written, in lsn order,
+before its append returns (the log writer queues it there)."""
 
 
 def _segment_name(first_lsn: int) -> str:
@@ -188,10 +189,11 @@ class IngestLog:
         """The highest lsn handed out so far (0: none)."""
         return self._next_lsn - 1
 
-    async def append(self, payload: bytes, weight: int = 1) -> int:
+    async def append(self, payload: bytes, weight: int = 1, decoded: Any = None) -> int:
         """Append one record; return its lsn once it is written as the fsync policy says.
         Raise ``LogFull`` at once when the unstored records would pass ``max_bytes``.
-        ``weight`` (its rows) is handed to ``on_written`` with it."""
+        ``weight`` (its rows) and ``decoded`` (what the payload encodes, when the caller has it
+        at hand; None otherwise) are handed to ``on_written`` with it."""
         size = HEADER.size + len(payload)
         if self.unstored_bytes + size > self.max_bytes and self.unstored_bytes > 0:
             raise LogFull(
@@ -199,7 +201,7 @@ class IngestLog:
                 f" (ANALYTICS_INGEST_LOG_MAX_BYTES={self.max_bytes})"
             )
         loop = asyncio.get_running_loop()
-        pending = _Append(payload, weight, loop.create_future())
+        pending = _Append(payload, weight, loop.create_future(), decoded)
         self._queue.append(pending)
         self._queued_bytes += size
         if self.fsync == "interval" and (self._syncer is None or self._syncer.done()):
@@ -259,7 +261,7 @@ class IngestLog:
                 self._unstored.append((lsn, size))
                 self._unstored_bytes += size
                 if self.on_written is not None:
-                    self.on_written(lsn, pending.payload, pending.weight)
+                    self.on_written(lsn, pending.payload, pending.weight, pending.decoded)
                 if not pending.done.done():
                     pending.done.set_result(lsn)
         if self._writing is batch:

@@ -277,11 +277,15 @@ class Ingestor:
             return
         project_id = prepared.project_id
         if self._log is not None:
-            whole = len(keys) == len(prepared.keys)
-            # The usual case: every valid event stored, its record as prepared (a worker's bytes).
-            payload = prepared.payload() if whole else prepared.stored_part(keys).encode()
+            # The usual case: every valid event stored, its record as prepared (a worker's
+            # bytes, or rows prepared here, which the log writer then takes as they are).
+            if len(keys) == len(prepared.keys):
+                payload, record = prepared.payload(), prepared.record_at_hand()
+            else:
+                record = prepared.stored_part(keys)
+                payload = record.encode()
             try:
-                await self._log.append(payload, len(keys))
+                await self._log.append(payload, len(keys), record)
             except LogFull as exc:
                 raise unavailable(str(exc), reason="INGEST_LOG_FULL") from exc
             return  # the log writer stores the rows, lists duplicated orderIds, counts them

@@ -125,6 +125,11 @@ class Prepared:
     def record(self) -> LogRecord:
         return LogRecord(self.project_id, self.rows, self.order_ids, self.tally)
 
+    def record_at_hand(self) -> LogRecord | None:
+        """The record, when its rows are in this process (prepared here); None for a worker's,
+        which only its bytes crossed (not decoded for this)."""
+        return None if self._rows is None else self.record()
+
     def payload(self) -> bytes:
         """Every valid event's rows as the ingest log's record."""
         if self._payload is None:
