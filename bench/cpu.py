@@ -163,7 +163,8 @@ class Meter:
             for key, seconds in after.parts.items():
                 split[key[1]] += seconds - before.parts.get(key, 0.0)
             for part, seconds in split.items():
-                used[f"{part}_cpu_s"] = round(seconds, 3)
+                # Clock ticks: a part read a tick apart from the total can come out at -0.01.
+                used[f"{part}_cpu_s"] = max(0.0, round(seconds, 3))
         return used
 
 

@@ -228,10 +228,11 @@ class IngestLog:
             chunks.append(HEADER.pack(len(payload), zlib.crc32(payload), self._next_lsn))
             chunks.append(payload)
             self._next_lsn += 1
-        self._thread.submit(self._write_group, loop, batch, b"".join(chunks))
+        first_lsn = self._next_lsn - len(batch)
+        self._thread.submit(self._write_group, loop, batch, first_lsn, b"".join(chunks))
 
     def _write_group(
-        self, loop: asyncio.AbstractEventLoop, batch: list[_Append], data: bytes
+        self, loop: asyncio.AbstractEventLoop, batch: list[_Append], first_lsn: int, data: bytes
     ) -> None:
         """On the log's thread: write (and sync) a group, then have the loop answer it."""
         error: BaseException | None = None
@@ -240,21 +241,25 @@ class IngestLog:
         except BaseException as exc:  # answered on the loop: the appends fail, nothing is lost
             error = exc
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
-            loop.call_soon_threadsafe(self._group_written, loop, batch, error)
+            loop.call_soon_threadsafe(self._group_written, loop, batch, first_lsn, error)
 
     def _group_written(
-        self, loop: asyncio.AbstractEventLoop, batch: list[_Append], error: BaseException | None
+        self,
+        loop: asyncio.AbstractEventLoop,
+        batch: list[_Append],
+        first_lsn: int,
+        error: BaseException | None,
     ) -> None:
-        first_lsn = self._next_lsn - len(batch)
-        if error is not None:
-            # Nothing of this group is acknowledged (``_write`` cut its bytes back off the
-            # segment); its lsns are handed out again.
-            for pending in batch:
-                self._queued_bytes -= HEADER.size + len(pending.payload)
-                if not pending.done.done():
-                    pending.done.set_exception(error)
-            self._next_lsn = first_lsn
-        else:
+        try:
+            if error is not None:
+                # Nothing of this group is acknowledged (``_write`` cut its bytes back off the
+                # segment); its lsns are handed out again.
+                for pending in batch:
+                    self._queued_bytes -= HEADER.size + len(pending.payload)
+                    if not pending.done.done():
+                        pending.done.set_exception(error)
+                self._next_lsn = first_lsn
+                return
             for lsn, pending in enumerate(batch, start=first_lsn):
                 size = HEADER.size + len(pending.payload)
                 self._queued_bytes -= size
@@ -264,9 +269,12 @@ class IngestLog:
                     self.on_written(lsn, pending.payload, pending.weight, pending.decoded)
                 if not pending.done.done():
                     pending.done.set_result(lsn)
-        if self._writing is batch:
-            self._writing = []
-            self._start_group(loop)
+        finally:
+            # Whatever happened above, the appends queued meanwhile go next (a group left
+            # "being written" would hold every later append).
+            if self._writing is batch:
+                self._writing = []
+                self._start_group(loop)
 
     def _write(self, data: bytes) -> None:
         """Append ``data`` to the segment (a new one when it is full) and sync it as the policy
