@@ -127,7 +127,8 @@ class LogRecord:
 def utc_datetime(
     year: int, month: int, day: int, hour: int, minute: int, second: int, microsecond: int
 ) -> datetime:
-    """A UTC time as a log record holds it (``_RecordPickler``)."""
+    """A UTC time as a log record holds it (``_RecordPickler``). Records name this function
+    by its module and name: both are part of the log's format (records on disk name them)."""
     return datetime(year, month, day, hour, minute, second, microsecond, UTC)
 
 
