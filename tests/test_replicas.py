@@ -356,10 +356,13 @@ def test_a_duplicated_order_id_counts_once_across_replicas(replicas: Replicas) -
     key = _new_key(replicas, "orders_" + uuid.uuid4().hex[:8], ["ingest", "read"])
     now = datetime.now(UTC).replace(microsecond=0)
     # Each orderId sent as several events (own ids, own totals), at once, landing on both
-    # ingest replicas; the figures count each orderId once, by its earliest event.
+    # ingest replicas; the figures count each orderId once, by its earliest event. All of them
+    # today (the figures read are today's): over the last 30 minutes, or since midnight in a
+    # day's first half hour (at 00:25 UTC, 30 minutes back made every first event yesterday's).
+    span = min(timedelta(minutes=30), now - now.replace(hour=0, minute=0, second=0))
     events = [
         _order(f"o{n % 3}", "DKK", total=1000 + 10 * n, id=f"evt_dup{n}",
-               timestamp=(now - timedelta(minutes=30 - n)).strftime("%Y-%m-%dT%H:%M:%SZ"))
+               timestamp=(now - span + span * n / 9).strftime("%Y-%m-%dT%H:%M:%SZ"))
         for n in range(9)
     ]  # fmt: skip
     replies = _concurrently(
