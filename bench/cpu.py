@@ -14,14 +14,11 @@ during the measure is counted as native.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.idle import cpu_seconds, settle
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+from bench.idle import cpu_seconds, settle, stat_of
 
 
 def children(pid: int) -> list[int]:
@@ -44,36 +41,26 @@ def children(pid: int) -> list[int]:
     return found
 
 
-PARTS = ("service_python", "service_native", "workers", "valkey")
-
-
-def _comm(path: Path) -> str | None:
-    try:
-        text = (path / "stat").read_text()
-    except OSError:
-        return None
-    return text[text.index("(") + 1 : text.rindex(")")]
+PARTS = {
+    "service_python": "Python",
+    "service_native": "native",
+    "workers": "workers",
+    "valkey": "valkey",
+}
+"""The parts the service tree's CPU is split into, and their names in reports."""
 
 
 def python_threads_seconds(pid: int) -> float | None:
     """CPU seconds of the threads of ``pid`` named as its main thread (Python's, unnamed)."""
-    main = _comm(Path(f"/proc/{pid}"))
+    main = stat_of(Path(f"/proc/{pid}"))
     if main is None:
         return None
     total = 0.0
     for task in Path(f"/proc/{pid}/task").glob("*"):
-        if _comm(task) == main:
-            total += cpu_seconds_of(task) or 0.0
+        stat = stat_of(task)
+        if stat is not None and stat[0] == main[0]:
+            total += stat[1]
     return total
-
-
-def cpu_seconds_of(path: Path) -> float | None:
-    """CPU time (user + system) of a /proc process or task folder."""
-    try:
-        fields = (path / "stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def parts_seconds(pid: int, seconds: dict[int, float]) -> dict[tuple[int, str], float]:
@@ -86,7 +73,7 @@ def parts_seconds(pid: int, seconds: dict[int, float]) -> dict[tuple[int, str], 
             python = python_threads_seconds(pid) or 0.0
             parts[(pid, "service_python")] = python
             parts[(pid, "service_native")] = used - python
-        elif "valkey" in (_comm(Path(f"/proc/{each}")) or ""):
+        elif "valkey" in (stat_of(Path(f"/proc/{each}")) or ("",))[0]:
             parts[(each, "valkey")] = used
         else:
             parts[(each, "workers")] = used

@@ -7,13 +7,25 @@ import time
 from pathlib import Path
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """CPU time (user + system) the process has used so far."""
+def stat_of(path: Path) -> tuple[str, float] | None:
+    """The name and CPU time (user + system) so far of a /proc process or task folder (None:
+    gone)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        text = (path / "stat").read_text()
     except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    head, _, rest = text.rpartition(")")
+    fields = rest.split()
+    return head[head.index("(") + 1 :], (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system) the process has used so far."""
+    stat = stat_of(Path(f"/proc/{pid}"))
+    return None if stat is None else stat[1]
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def settle(pid: int, busy: float = 0.1, limit: float = 180.0, quiet: int = 3) -> float:

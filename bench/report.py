@@ -16,6 +16,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from bench.cpu import PARTS
+
 ROOT = Path(__file__).resolve().parent.parent
 BACKEND_LABELS = {
     "chdb": "embedded chdb",
@@ -354,14 +356,6 @@ def _machine(result: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-_PART_NAMES = (
-    ("service_python", "Python"),
-    ("service_native", "native"),
-    ("workers", "workers"),
-    ("valkey", "valkey"),
-)
-
-
 def _cpu(row: Mapping[str, Any]) -> str:
     """Server CPU µs per unit: the service's tree, plus a ClickHouse server's when measured;
     the tree's split (bench/cpu.py) when the run measured it."""
@@ -369,7 +363,7 @@ def _cpu(row: Mapping[str, Any]) -> str:
     text = _num(service, 1)
     split = [
         f"{name} {_num(row[key + '_cpu_us'], 1)}"
-        for key, name in _PART_NAMES
+        for key, name in PARTS.items()
         if row.get(key + "_cpu_us") is not None
     ]
     if split:
