@@ -556,6 +556,29 @@ def test_raw_json_bodies_are_http_bodies_envoy_passes_through() -> None:
     assert sorted(raw_json) == ["BatchTrackEventsJson", "TrackEventJson"]
 
 
+def test_every_response_body_is_an_http_body_as_envoy_requires() -> None:
+    """Envoy's transcoder refuses a `response_body:` that names anything but a singular
+    google.api.HttpBody field ("Setting response_body is not supported yet for non-HttpBody
+    fields", envoyproxy/envoy#11136, closed unbuilt): the whole filter config would fail to load.
+    A method answering raw JSON names the message its answer is the JSON form of."""
+    messages = {f".{f.package}.{m.name}": m for f in API.files for m in f.message_type if f.package}
+    with_response_body: list[str] = []
+    for file in API.files:
+        for service in file.service:
+            for method in service.method:
+                rule = method.options.Extensions[annotations_pb2.http]
+                if not rule.response_body:
+                    continue
+                with_response_body.append(method.name)
+                response = messages[method.output_type]
+                (body,) = [f for f in response.field if f.name == rule.response_body]
+                assert body.type_name == ".google.api.HttpBody", method.name
+                assert body.label != body.LABEL_REPEATED, method.name
+                schema: str = method.options.Extensions[options_pb2.json_response_schema]  # type: ignore[index]
+                assert f".{schema}" in messages, f"{method.name}: {schema!r} is not in the set"
+    assert sorted(with_response_body) == ["BatchTrackEventsJson", "TrackEventJson"]
+
+
 def test_error_detail_types_are_in_the_descriptor_set() -> None:
     # Envoy adds google.rpc.Status and google.protobuf.Any itself; any type packed in
     # Status.details must be in the descriptor set, or the JSON conversion fails as a whole.

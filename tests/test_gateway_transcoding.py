@@ -123,24 +123,25 @@ class MetricsEcho(metrics_pb2_grpc.MetricsServiceServicer):  # type: ignore[misc
 
 
 class IngestEcho(ingest_pb2_grpc.IngestServiceServicer):  # type: ignore[misc]
-    """The REST ingest methods take the raw body (google.api.HttpBody): echo its content type
-    and bytes (hex) back, so a test sees exactly what the gateway passed on."""
+    """The REST ingest methods take the raw body and answer a raw JSON body (google.api.HttpBody
+    both ways): echo the request's content type and bytes (hex) back, so a test sees exactly
+    what the gateway passed on each way."""
 
     async def TrackEventJson(self, request: Any, context: Any) -> Any:
         if b"forbidden" in request.body.data:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "key lacks scope ingest")
         await context.send_initial_metadata((("x-http-code", "201"),))
-        echo = ingest_pb2.TrackEventResponse(
-            id=request.body.content_type, event=request.body.data.hex()
-        )
-        return ingest_pb2.TrackEventJsonResponse(result=echo)
+        echo = {"id": request.body.content_type, "event": request.body.data.hex()}
+        return ingest_pb2.TrackEventJsonResponse(body=_json_answer(echo))
 
     async def BatchTrackEventsJson(self, request: Any, context: Any) -> Any:
-        echo = ingest_pb2.AcceptedEvent(
-            index=0, id=request.body.content_type, event=request.body.data.hex()
-        )
-        result = ingest_pb2.BatchTrackEventsResponse(accepted_count=1, accepted=[echo])
-        return ingest_pb2.BatchTrackEventsJsonResponse(result=result)
+        echo = {"index": 0, "id": request.body.content_type, "event": request.body.data.hex()}
+        answer = {"acceptedCount": 1, "accepted": [echo]}
+        return ingest_pb2.BatchTrackEventsJsonResponse(body=_json_answer(answer))
+
+
+def _json_answer(value: Any) -> Any:
+    return httpbody_pb2.HttpBody(content_type="application/json", data=json.dumps(value).encode())
 
 
 class ExportEcho(export_pb2_grpc.ExportServiceServicer):  # type: ignore[misc]
@@ -281,10 +282,10 @@ def test_routes_come_from_the_annotations() -> None:
     }  # the admin service (keys) has no HTTP bindings: never on the public gateway
     track = labels["POST /analytics/event"]
     assert track.grpc_path == "/analytics.ingest.v1.IngestService/TrackEventJson"
-    assert (track.body, track.response_body, track.success_code) == ("body", "result", 201)
+    assert (track.body, track.response_body, track.success_code) == ("body", "body", 201)
     batch = labels["POST /analytics/event/batch"]
     assert batch.grpc_path == "/analytics.ingest.v1.IngestService/BatchTrackEventsJson"
-    assert (batch.body, batch.response_body, batch.success_code) == ("body", "result", 0)
+    assert (batch.body, batch.response_body, batch.success_code) == ("body", "body", 0)
     assert labels["POST /analytics/query"].body == "*"
     export = labels["GET /analytics/export"]
     assert export.server_streaming and export.returns_http_body
@@ -390,8 +391,9 @@ def test_http_body_binding_passes_the_raw_body_and_201_from_x_http_code(stack: S
     raw = b'{"event": "x", "messageId": "m1", "properties": "oops", "n": 1e400}'
     reply = stack.post("/analytics/event", raw)
     assert reply.status == 201, reply.body
-    # response_body "result": the wrapped TrackEventResponse is the whole JSON answer.
+    # response_body "body": the service's HttpBody is the whole answer, its Content-Type too.
     assert reply.json() == {"id": "application/json", "event": raw.hex()}
+    assert reply.headers["Content-Type"].startswith("application/json")
     assert "x-http-code" not in reply.headers
 
 

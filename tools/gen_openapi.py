@@ -307,6 +307,14 @@ class Builder:
 
     def success_response(self, route: Route) -> dict[str, Any]:
         output: Descriptor = route.method.output_type
+        shape = json_response_schema(route)
+        if route.returns_http_body and shape:
+            # A JSON answer the service renders itself, as the JSON form of the message named.
+            output = self.routes.pool.FindMessageTypeByName(shape)
+            return {
+                "description": self.comments.get(output.full_name) or output.name,
+                "content": {"application/json": {"schema": self.ref(output)}},
+            }
         if route.returns_http_body:
             return {
                 "description": "The raw bytes of each google.api.HttpBody chunk, streamed; the "
@@ -410,6 +418,12 @@ def _extensions(route: Route) -> Any:
 def json_body_schema(route: Route) -> str:
     """`(analytics.options.v1.json_body_schema)`: the message a raw JSON body has the form of."""
     return str(_extensions(route)[options_pb2.json_body_schema])
+
+
+def json_response_schema(route: Route) -> str:
+    """`(analytics.options.v1.json_response_schema)`: the message a raw JSON answer has the form
+    of."""
+    return str(_extensions(route)[options_pb2.json_response_schema])
 
 
 def required_scope(route: Route) -> str:

@@ -1,4 +1,6 @@
-"""IngestService over gRPC: translate the wire to the Ingestor and back. Nothing else."""
+"""IngestService over gRPC: translate the wire to the Ingestor and back. Nothing else.
+
+The REST twins (``...Json``) answer the JSON that acknowledgement.py renders, as an HttpBody."""
 
 from __future__ import annotations
 
@@ -6,12 +8,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import grpc
+from google.api import httpbody_pb2
 from grpc import aio
 
 from cartlytics.common.auth import current_principal
 from cartlytics.common.errors import ApiError, FieldViolation, invalid_argument
 from cartlytics.gen.analytics.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 
+from .acknowledgement import CONTENT_TYPE, batch_json, single_json
 from .idempotency import Ack
 from .ingestor import Ingestor
 from .outcome import IN_FLIGHT, IngestResult
@@ -47,14 +51,17 @@ def _fill(target: Any, ack: Ack) -> None:
     target.timestamp.nanos = since.microseconds * 1_000
 
 
-def _fill_single(target: ingest_pb2.TrackEventResponse, result: IngestResult) -> None:
-    """The acknowledgement of a one-event request, or the error its refusal is."""
+def _refuse(result: IngestResult) -> None:
+    """Raise the error a one-event request's refusal is (nothing when it was accepted)."""
     if result.rejected:
         rejected = result.rejected[0]
         if rejected.in_flight:
             raise ApiError(IN_FLIGHT, "EVENT_IN_FLIGHT", grpc.StatusCode.ABORTED)
         raise invalid_argument(rejected.violations)
-    _fill(target, result.accepted[0][1])
+
+
+def _json_body(data: bytes) -> httpbody_pb2.HttpBody:
+    return httpbody_pb2.HttpBody(content_type=CONTENT_TYPE, data=data)
 
 
 def _fill_batch(target: ingest_pb2.BatchTrackEventsResponse, result: IngestResult) -> None:
@@ -82,8 +89,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         result = await self._ingestor.ingest(
             project_id, [incoming_of(request.event)], _client_ip(context)
         )
+        _refuse(result)
         response = ingest_pb2.TrackEventResponse()
-        _fill_single(response, result)
+        _fill(response, result.accepted[0][1])
         return response
 
     async def TrackEventJson(
@@ -94,9 +102,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         result = await self._ingestor.ingest_json(
             project_id, body.data, body.content_type, True, _client_ip(context)
         )
-        response = ingest_pb2.TrackEventJsonResponse()
-        _fill_single(response.result, result)
-        return response
+        _refuse(result)
+        return ingest_pb2.TrackEventJsonResponse(body=_json_body(single_json(result)))
 
     async def Ping(
         self, request: ingest_pb2.PingRequest, context: aio.ServicerContext[Any, Any]
@@ -134,6 +141,4 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         result = await self._ingestor.ingest_json(
             project_id, body.data, body.content_type, False, _client_ip(context)
         )
-        response = ingest_pb2.BatchTrackEventsJsonResponse()
-        _fill_batch(response.result, result)
-        return response
+        return ingest_pb2.BatchTrackEventsJsonResponse(body=_json_body(batch_json(result)))

@@ -632,11 +632,14 @@ func (x *TrackEventJsonRequest) GetBody() *httpbody.HttpBody {
 	return nil
 }
 
-// TrackEventJsonResponse wraps what TrackEvent answers (REST clients see `result` only).
+// TrackEventJsonResponse carries what TrackEvent answers, as the REST answer's JSON body (a
+// TrackEventResponse in protobuf's JSON mapping). The service renders it: Envoy's transcoder takes
+// a `response_body` only when it is a google.api.HttpBody, and a batch's acknowledgement rendered
+// directly costs a fraction of building the message and printing it.
 type TrackEventJsonResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The stored event.
-	Result        *TrackEventResponse `protobuf:"bytes,1,opt,name=result,proto3" json:"result,omitempty"`
+	// The stored event: Content-Type application/json.
+	Body          *httpbody.HttpBody `protobuf:"bytes,2,opt,name=body,proto3" json:"body,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -671,9 +674,9 @@ func (*TrackEventJsonResponse) Descriptor() ([]byte, []int) {
 	return file_analytics_ingest_v1_ingest_proto_rawDescGZIP(), []int{10}
 }
 
-func (x *TrackEventJsonResponse) GetResult() *TrackEventResponse {
+func (x *TrackEventJsonResponse) GetBody() *httpbody.HttpBody {
 	if x != nil {
-		return x.Result
+		return x.Body
 	}
 	return nil
 }
@@ -725,12 +728,13 @@ func (x *BatchTrackEventsJsonRequest) GetBody() *httpbody.HttpBody {
 	return nil
 }
 
-// BatchTrackEventsJsonResponse wraps what BatchTrackEvents answers (REST clients see `result`
-// only).
+// BatchTrackEventsJsonResponse carries what BatchTrackEvents answers, as the REST answer's JSON
+// body (a BatchTrackEventsResponse in protobuf's JSON mapping), rendered by the service as for
+// TrackEventJsonResponse.
 type BatchTrackEventsJsonResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// What was stored and what was refused.
-	Result        *BatchTrackEventsResponse `protobuf:"bytes,1,opt,name=result,proto3" json:"result,omitempty"`
+	// What was stored and what was refused: Content-Type application/json.
+	Body          *httpbody.HttpBody `protobuf:"bytes,2,opt,name=body,proto3" json:"body,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -765,9 +769,9 @@ func (*BatchTrackEventsJsonResponse) Descriptor() ([]byte, []int) {
 	return file_analytics_ingest_v1_ingest_proto_rawDescGZIP(), []int{12}
 }
 
-func (x *BatchTrackEventsJsonResponse) GetResult() *BatchTrackEventsResponse {
+func (x *BatchTrackEventsJsonResponse) GetBody() *httpbody.HttpBody {
 	if x != nil {
-		return x.Result
+		return x.Body
 	}
 	return nil
 }
@@ -815,19 +819,19 @@ const file_analytics_ingest_v1_ingest_proto_rawDesc = "" +
 	"\baccepted\x18\x03 \x03(\v2\".analytics.ingest.v1.AcceptedEventR\baccepted\x12>\n" +
 	"\brejected\x18\x04 \x03(\v2\".analytics.ingest.v1.RejectedEventR\brejected\"A\n" +
 	"\x15TrackEventJsonRequest\x12(\n" +
-	"\x04body\x18\x01 \x01(\v2\x14.google.api.HttpBodyR\x04body\"Y\n" +
-	"\x16TrackEventJsonResponse\x12?\n" +
-	"\x06result\x18\x01 \x01(\v2'.analytics.ingest.v1.TrackEventResponseR\x06result\"G\n" +
+	"\x04body\x18\x01 \x01(\v2\x14.google.api.HttpBodyR\x04body\"P\n" +
+	"\x16TrackEventJsonResponse\x12(\n" +
+	"\x04body\x18\x02 \x01(\v2\x14.google.api.HttpBodyR\x04bodyJ\x04\b\x01\x10\x02R\x06result\"G\n" +
 	"\x1bBatchTrackEventsJsonRequest\x12(\n" +
-	"\x04body\x18\x01 \x01(\v2\x14.google.api.HttpBodyR\x04body\"e\n" +
-	"\x1cBatchTrackEventsJsonResponse\x12E\n" +
-	"\x06result\x18\x01 \x01(\v2-.analytics.ingest.v1.BatchTrackEventsResponseR\x06result2\xee\x05\n" +
+	"\x04body\x18\x01 \x01(\v2\x14.google.api.HttpBodyR\x04body\"V\n" +
+	"\x1cBatchTrackEventsJsonResponse\x12(\n" +
+	"\x04body\x18\x02 \x01(\v2\x14.google.api.HttpBodyR\x04bodyJ\x04\b\x01\x10\x02R\x06result2\xc5\x06\n" +
 	"\rIngestService\x12c\n" +
 	"\n" +
 	"TrackEvent\x12&.analytics.ingest.v1.TrackEventRequest\x1a'.analytics.ingest.v1.TrackEventResponse\"\x04\xc8\xf3\x18\x01\x12u\n" +
-	"\x10BatchTrackEvents\x12,.analytics.ingest.v1.BatchTrackEventsRequest\x1a-.analytics.ingest.v1.BatchTrackEventsResponse\"\x04\xc8\xf3\x18\x01\x12\xb7\x01\n" +
-	"\x0eTrackEventJson\x12*.analytics.ingest.v1.TrackEventJsonRequest\x1a+.analytics.ingest.v1.TrackEventJsonResponse\"L\xc8\xf3\x18\x01\xd0\xf3\x18\xc9\x01\xda\xf3\x18\x19analytics.ingest.v1.Event\x82\xd3\xe4\x93\x02 :\x04bodyb\x06result\"\x10/analytics/event\x12\xdc\x01\n" +
-	"\x14BatchTrackEventsJson\x120.analytics.ingest.v1.BatchTrackEventsJsonRequest\x1a1.analytics.ingest.v1.BatchTrackEventsJsonResponse\"_\xc8\xf3\x18\x01\xda\xf3\x18+analytics.ingest.v1.BatchTrackEventsRequest\x82\xd3\xe4\x93\x02&:\x04bodyb\x06result\"\x16/analytics/event/batch\x12h\n" +
+	"\x10BatchTrackEvents\x12,.analytics.ingest.v1.BatchTrackEventsRequest\x1a-.analytics.ingest.v1.BatchTrackEventsResponse\"\x04\xc8\xf3\x18\x01\x12\xdf\x01\n" +
+	"\x0eTrackEventJson\x12*.analytics.ingest.v1.TrackEventJsonRequest\x1a+.analytics.ingest.v1.TrackEventJsonResponse\"t\xc8\xf3\x18\x01\xd0\xf3\x18\xc9\x01\xda\xf3\x18\x19analytics.ingest.v1.Event\xe2\xf3\x18&analytics.ingest.v1.TrackEventResponse\x82\xd3\xe4\x93\x02\x1e:\x04bodyb\x04body\"\x10/analytics/event\x12\x8b\x02\n" +
+	"\x14BatchTrackEventsJson\x120.analytics.ingest.v1.BatchTrackEventsJsonRequest\x1a1.analytics.ingest.v1.BatchTrackEventsJsonResponse\"\x8d\x01\xc8\xf3\x18\x01\xda\xf3\x18+analytics.ingest.v1.BatchTrackEventsRequest\xe2\xf3\x18,analytics.ingest.v1.BatchTrackEventsResponse\x82\xd3\xe4\x93\x02$:\x04bodyb\x04body\"\x16/analytics/event/batch\x12h\n" +
 	"\x04Ping\x12 .analytics.ingest.v1.PingRequest\x1a!.analytics.ingest.v1.PingResponse\"\x1b\xc8\xf3\x18\x01\x82\xd3\xe4\x93\x02\x11\x12\x0f/analytics/pingBNZLgithub.com/cartlytics/cartlytics/clients/go/gen/analytics/ingest/v1;ingestv1b\x06proto3"
 
 var (
@@ -873,9 +877,9 @@ var file_analytics_ingest_v1_ingest_proto_depIdxs = []int32{
 	6,  // 8: analytics.ingest.v1.BatchTrackEventsResponse.accepted:type_name -> analytics.ingest.v1.AcceptedEvent
 	7,  // 9: analytics.ingest.v1.BatchTrackEventsResponse.rejected:type_name -> analytics.ingest.v1.RejectedEvent
 	15, // 10: analytics.ingest.v1.TrackEventJsonRequest.body:type_name -> google.api.HttpBody
-	4,  // 11: analytics.ingest.v1.TrackEventJsonResponse.result:type_name -> analytics.ingest.v1.TrackEventResponse
+	15, // 11: analytics.ingest.v1.TrackEventJsonResponse.body:type_name -> google.api.HttpBody
 	15, // 12: analytics.ingest.v1.BatchTrackEventsJsonRequest.body:type_name -> google.api.HttpBody
-	8,  // 13: analytics.ingest.v1.BatchTrackEventsJsonResponse.result:type_name -> analytics.ingest.v1.BatchTrackEventsResponse
+	15, // 13: analytics.ingest.v1.BatchTrackEventsJsonResponse.body:type_name -> google.api.HttpBody
 	3,  // 14: analytics.ingest.v1.IngestService.TrackEvent:input_type -> analytics.ingest.v1.TrackEventRequest
 	5,  // 15: analytics.ingest.v1.IngestService.BatchTrackEvents:input_type -> analytics.ingest.v1.BatchTrackEventsRequest
 	9,  // 16: analytics.ingest.v1.IngestService.TrackEventJson:input_type -> analytics.ingest.v1.TrackEventJsonRequest

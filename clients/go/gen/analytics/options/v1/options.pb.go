@@ -104,6 +104,14 @@ var file_analytics_options_v1_options_proto_extTypes = []protoimpl.ExtensionInfo
 		Tag:           "bytes,51003,opt,name=json_body_schema",
 		Filename:      "analytics/options/v1/options.proto",
 	},
+	{
+		ExtendedType:  (*descriptorpb.MethodOptions)(nil),
+		ExtensionType: (*string)(nil),
+		Field:         51004,
+		Name:          "analytics.options.v1.json_response_schema",
+		Tag:           "bytes,51004,opt,name=json_response_schema",
+		Filename:      "analytics/options/v1/options.proto",
+	},
 }
 
 // Extension fields to descriptorpb.MethodOptions.
@@ -124,6 +132,13 @@ var (
 	//
 	// optional string json_body_schema = 51003;
 	E_JsonBodySchema = &file_analytics_options_v1_options_proto_extTypes[2]
+	// For a method whose REST answer is a google.api.HttpBody that the service renders as JSON
+	// itself: the full name of the message whose JSON form (protobuf's JSON mapping) the answer
+	// has, e.g. "analytics.ingest.v1.BatchTrackEventsResponse". tools/gen_openapi.py documents the
+	// answer with that message's schema.
+	//
+	// optional string json_response_schema = 51004;
+	E_JsonResponseSchema = &file_analytics_options_v1_options_proto_extTypes[3]
 )
 
 var File_analytics_options_v1_options_proto protoreflect.FileDescriptor
@@ -139,7 +154,8 @@ const file_analytics_options_v1_options_proto_rawDesc = "" +
 	"\vSCOPE_ADMIN\x10\x03:d\n" +
 	"\x0erequired_scope\x12\x1e.google.protobuf.MethodOptions\x18\xb9\x8e\x03 \x01(\x0e2\x1b.analytics.options.v1.ScopeR\rrequiredScope:L\n" +
 	"\x11http_success_code\x12\x1e.google.protobuf.MethodOptions\x18\xba\x8e\x03 \x01(\x05R\x0fhttpSuccessCode:J\n" +
-	"\x10json_body_schema\x12\x1e.google.protobuf.MethodOptions\x18\xbb\x8e\x03 \x01(\tR\x0ejsonBodySchemaBPZNgithub.com/cartlytics/cartlytics/clients/go/gen/analytics/options/v1;optionsv1b\x06proto3"
+	"\x10json_body_schema\x12\x1e.google.protobuf.MethodOptions\x18\xbb\x8e\x03 \x01(\tR\x0ejsonBodySchema:R\n" +
+	"\x14json_response_schema\x12\x1e.google.protobuf.MethodOptions\x18\xbc\x8e\x03 \x01(\tR\x12jsonResponseSchemaBPZNgithub.com/cartlytics/cartlytics/clients/go/gen/analytics/options/v1;optionsv1b\x06proto3"
 
 var (
 	file_analytics_options_v1_options_proto_rawDescOnce sync.Once
@@ -162,11 +178,12 @@ var file_analytics_options_v1_options_proto_depIdxs = []int32{
 	1, // 0: analytics.options.v1.required_scope:extendee -> google.protobuf.MethodOptions
 	1, // 1: analytics.options.v1.http_success_code:extendee -> google.protobuf.MethodOptions
 	1, // 2: analytics.options.v1.json_body_schema:extendee -> google.protobuf.MethodOptions
-	0, // 3: analytics.options.v1.required_scope:type_name -> analytics.options.v1.Scope
-	4, // [4:4] is the sub-list for method output_type
-	4, // [4:4] is the sub-list for method input_type
-	3, // [3:4] is the sub-list for extension type_name
-	0, // [0:3] is the sub-list for extension extendee
+	1, // 3: analytics.options.v1.json_response_schema:extendee -> google.protobuf.MethodOptions
+	0, // 4: analytics.options.v1.required_scope:type_name -> analytics.options.v1.Scope
+	5, // [5:5] is the sub-list for method output_type
+	5, // [5:5] is the sub-list for method input_type
+	4, // [4:5] is the sub-list for extension type_name
+	0, // [0:4] is the sub-list for extension extendee
 	0, // [0:0] is the sub-list for field type_name
 }
 
@@ -182,7 +199,7 @@ func file_analytics_options_v1_options_proto_init() {
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_analytics_options_v1_options_proto_rawDesc), len(file_analytics_options_v1_options_proto_rawDesc)),
 			NumEnums:      1,
 			NumMessages:   0,
-			NumExtensions: 3,
+			NumExtensions: 4,
 			NumServices:   0,
 		},
 		GoTypes:           file_analytics_options_v1_options_proto_goTypes,

@@ -106,10 +106,10 @@ class TrackEventJsonRequest(_message.Message):
     def __init__(self, body: _Optional[_Union[_httpbody_pb2.HttpBody, _Mapping]] = ...) -> None: ...
 
 class TrackEventJsonResponse(_message.Message):
-    __slots__ = ("result",)
-    RESULT_FIELD_NUMBER: _ClassVar[int]
-    result: TrackEventResponse
-    def __init__(self, result: _Optional[_Union[TrackEventResponse, _Mapping]] = ...) -> None: ...
+    __slots__ = ("body",)
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    body: _httpbody_pb2.HttpBody
+    def __init__(self, body: _Optional[_Union[_httpbody_pb2.HttpBody, _Mapping]] = ...) -> None: ...
 
 class BatchTrackEventsJsonRequest(_message.Message):
     __slots__ = ("body",)
@@ -118,7 +118,7 @@ class BatchTrackEventsJsonRequest(_message.Message):
     def __init__(self, body: _Optional[_Union[_httpbody_pb2.HttpBody, _Mapping]] = ...) -> None: ...
 
 class BatchTrackEventsJsonResponse(_message.Message):
-    __slots__ = ("result",)
-    RESULT_FIELD_NUMBER: _ClassVar[int]
-    result: BatchTrackEventsResponse
-    def __init__(self, result: _Optional[_Union[BatchTrackEventsResponse, _Mapping]] = ...) -> None: ...
+    __slots__ = ("body",)
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    body: _httpbody_pb2.HttpBody
+    def __init__(self, body: _Optional[_Union[_httpbody_pb2.HttpBody, _Mapping]] = ...) -> None: ...

@@ -21,3 +21,5 @@ HTTP_SUCCESS_CODE_FIELD_NUMBER: _ClassVar[int]
 http_success_code: _descriptor.FieldDescriptor
 JSON_BODY_SCHEMA_FIELD_NUMBER: _ClassVar[int]
 json_body_schema: _descriptor.FieldDescriptor
+JSON_RESPONSE_SCHEMA_FIELD_NUMBER: _ClassVar[int]
+json_response_schema: _descriptor.FieldDescriptor

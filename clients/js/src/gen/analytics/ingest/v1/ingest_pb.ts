@@ -16,7 +16,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file analytics/ingest/v1/ingest.proto.
  */
 export const file_analytics_ingest_v1_ingest: GenFile = /*@__PURE__*/
-  fileDesc("CiBhbmFseXRpY3MvaW5nZXN0L3YxL2luZ2VzdC5wcm90bxITYW5hbHl0aWNzLmluZ2VzdC52MSINCgtQaW5nUmVxdWVzdCIOCgxQaW5nUmVzcG9uc2UikAIKBUV2ZW50EgoKAmlkGAEgASgJEg0KBWV2ZW50GAIgASgJEg8KB3VzZXJfaWQYAyABKAkSFAoMYW5vbnltb3VzX2lkGAQgASgJEhIKCnNlc3Npb25faWQYBSABKAkSLQoJdGltZXN0YW1wGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIrCgdzZW50X2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIrCgpwcm9wZXJ0aWVzGAggASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIoCgdjb250ZXh0GAkgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdCI+ChFUcmFja0V2ZW50UmVxdWVzdBIpCgVldmVudBgBIAEoCzIaLmFuYWx5dGljcy5pbmdlc3QudjEuRXZlbnQiXgoSVHJhY2tFdmVudFJlc3BvbnNlEgoKAmlkGAEgASgJEg0KBWV2ZW50GAIgASgJEi0KCXRpbWVzdGFtcBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiRQoXQmF0Y2hUcmFja0V2ZW50c1JlcXVlc3QSKgoGZXZlbnRzGAEgAygLMhouYW5hbHl0aWNzLmluZ2VzdC52MS5FdmVudCJoCg1BY2NlcHRlZEV2ZW50Eg0KBWluZGV4GAEgASgFEgoKAmlkGAIgASgJEg0KBWV2ZW50GAMgASgJEi0KCXRpbWVzdGFtcBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiQgoNUmVqZWN0ZWRFdmVudBINCgVpbmRleBgBIAEoBRINCgVmaWVsZBgCIAEoCRITCgtkZXNjcmlwdGlvbhgDIAEoCSK2AQoYQmF0Y2hUcmFja0V2ZW50c1Jlc3BvbnNlEhYKDmFjY2VwdGVkX2NvdW50GAEgASgFEhYKDnJlamVjdGVkX2NvdW50GAIgASgFEjQKCGFjY2VwdGVkGAMgAygLMiIuYW5hbHl0aWNzLmluZ2VzdC52MS5BY2NlcHRlZEV2ZW50EjQKCHJlamVjdGVkGAQgAygLMiIuYW5hbHl0aWNzLmluZ2VzdC52MS5SZWplY3RlZEV2ZW50IjsKFVRyYWNrRXZlbnRKc29uUmVxdWVzdBIiCgRib2R5GAEgASgLMhQuZ29vZ2xlLmFwaS5IdHRwQm9keSJRChZUcmFja0V2ZW50SnNvblJlc3BvbnNlEjcKBnJlc3VsdBgBIAEoCzInLmFuYWx5dGljcy5pbmdlc3QudjEuVHJhY2tFdmVudFJlc3BvbnNlIkEKG0JhdGNoVHJhY2tFdmVudHNKc29uUmVxdWVzdBIiCgRib2R5GAEgASgLMhQuZ29vZ2xlLmFwaS5IdHRwQm9keSJdChxCYXRjaFRyYWNrRXZlbnRzSnNvblJlc3BvbnNlEj0KBnJlc3VsdBgBIAEoCzItLmFuYWx5dGljcy5pbmdlc3QudjEuQmF0Y2hUcmFja0V2ZW50c1Jlc3BvbnNlMu4FCg1Jbmdlc3RTZXJ2aWNlEmMKClRyYWNrRXZlbnQSJi5hbmFseXRpY3MuaW5nZXN0LnYxLlRyYWNrRXZlbnRSZXF1ZXN0GicuYW5hbHl0aWNzLmluZ2VzdC52MS5UcmFja0V2ZW50UmVzcG9uc2UiBMjzGAESdQoQQmF0Y2hUcmFja0V2ZW50cxIsLmFuYWx5dGljcy5pbmdlc3QudjEuQmF0Y2hUcmFja0V2ZW50c1JlcXVlc3QaLS5hbmFseXRpY3MuaW5nZXN0LnYxLkJhdGNoVHJhY2tFdmVudHNSZXNwb25zZSIEyPMYARK3AQoOVHJhY2tFdmVudEpzb24SKi5hbmFseXRpY3MuaW5nZXN0LnYxLlRyYWNrRXZlbnRKc29uUmVxdWVzdBorLmFuYWx5dGljcy5pbmdlc3QudjEuVHJhY2tFdmVudEpzb25SZXNwb25zZSJMyPMYAdDzGMkB2vMYGWFuYWx5dGljcy5pbmdlc3QudjEuRXZlbnSC0+STAiA6BGJvZHliBnJlc3VsdCIQL2FuYWx5dGljcy9ldmVudBLcAQoUQmF0Y2hUcmFja0V2ZW50c0pzb24SMC5hbmFseXRpY3MuaW5nZXN0LnYxLkJhdGNoVHJhY2tFdmVudHNKc29uUmVxdWVzdBoxLmFuYWx5dGljcy5pbmdlc3QudjEuQmF0Y2hUcmFja0V2ZW50c0pzb25SZXNwb25zZSJfyPMYAdrzGCthbmFseXRpY3MuaW5nZXN0LnYxLkJhdGNoVHJhY2tFdmVudHNSZXF1ZXN0gtPkkwImOgRib2R5YgZyZXN1bHQiFi9hbmFseXRpY3MvZXZlbnQvYmF0Y2gSaAoEUGluZxIgLmFuYWx5dGljcy5pbmdlc3QudjEuUGluZ1JlcXVlc3QaIS5hbmFseXRpY3MuaW5nZXN0LnYxLlBpbmdSZXNwb25zZSIbyPMYAYLT5JMCERIPL2FuYWx5dGljcy9waW5nQk5aTGdpdGh1Yi5jb20vY2FydGx5dGljcy9jYXJ0bHl0aWNzL2NsaWVudHMvZ28vZ2VuL2FuYWx5dGljcy9pbmdlc3QvdjE7aW5nZXN0djFiBnByb3RvMw", [file_analytics_options_v1_options, file_google_api_annotations, file_google_api_httpbody, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("CiBhbmFseXRpY3MvaW5nZXN0L3YxL2luZ2VzdC5wcm90bxITYW5hbHl0aWNzLmluZ2VzdC52MSINCgtQaW5nUmVxdWVzdCIOCgxQaW5nUmVzcG9uc2UikAIKBUV2ZW50EgoKAmlkGAEgASgJEg0KBWV2ZW50GAIgASgJEg8KB3VzZXJfaWQYAyABKAkSFAoMYW5vbnltb3VzX2lkGAQgASgJEhIKCnNlc3Npb25faWQYBSABKAkSLQoJdGltZXN0YW1wGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIrCgdzZW50X2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIrCgpwcm9wZXJ0aWVzGAggASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIoCgdjb250ZXh0GAkgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdCI+ChFUcmFja0V2ZW50UmVxdWVzdBIpCgVldmVudBgBIAEoCzIaLmFuYWx5dGljcy5pbmdlc3QudjEuRXZlbnQiXgoSVHJhY2tFdmVudFJlc3BvbnNlEgoKAmlkGAEgASgJEg0KBWV2ZW50GAIgASgJEi0KCXRpbWVzdGFtcBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiRQoXQmF0Y2hUcmFja0V2ZW50c1JlcXVlc3QSKgoGZXZlbnRzGAEgAygLMhouYW5hbHl0aWNzLmluZ2VzdC52MS5FdmVudCJoCg1BY2NlcHRlZEV2ZW50Eg0KBWluZGV4GAEgASgFEgoKAmlkGAIgASgJEg0KBWV2ZW50GAMgASgJEi0KCXRpbWVzdGFtcBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiQgoNUmVqZWN0ZWRFdmVudBINCgVpbmRleBgBIAEoBRINCgVmaWVsZBgCIAEoCRITCgtkZXNjcmlwdGlvbhgDIAEoCSK2AQoYQmF0Y2hUcmFja0V2ZW50c1Jlc3BvbnNlEhYKDmFjY2VwdGVkX2NvdW50GAEgASgFEhYKDnJlamVjdGVkX2NvdW50GAIgASgFEjQKCGFjY2VwdGVkGAMgAygLMiIuYW5hbHl0aWNzLmluZ2VzdC52MS5BY2NlcHRlZEV2ZW50EjQKCHJlamVjdGVkGAQgAygLMiIuYW5hbHl0aWNzLmluZ2VzdC52MS5SZWplY3RlZEV2ZW50IjsKFVRyYWNrRXZlbnRKc29uUmVxdWVzdBIiCgRib2R5GAEgASgLMhQuZ29vZ2xlLmFwaS5IdHRwQm9keSJKChZUcmFja0V2ZW50SnNvblJlc3BvbnNlEiIKBGJvZHkYAiABKAsyFC5nb29nbGUuYXBpLkh0dHBCb2R5SgQIARACUgZyZXN1bHQiQQobQmF0Y2hUcmFja0V2ZW50c0pzb25SZXF1ZXN0EiIKBGJvZHkYASABKAsyFC5nb29nbGUuYXBpLkh0dHBCb2R5IlAKHEJhdGNoVHJhY2tFdmVudHNKc29uUmVzcG9uc2USIgoEYm9keRgCIAEoCzIULmdvb2dsZS5hcGkuSHR0cEJvZHlKBAgBEAJSBnJlc3VsdDLFBgoNSW5nZXN0U2VydmljZRJjCgpUcmFja0V2ZW50EiYuYW5hbHl0aWNzLmluZ2VzdC52MS5UcmFja0V2ZW50UmVxdWVzdBonLmFuYWx5dGljcy5pbmdlc3QudjEuVHJhY2tFdmVudFJlc3BvbnNlIgTI8xgBEnUKEEJhdGNoVHJhY2tFdmVudHMSLC5hbmFseXRpY3MuaW5nZXN0LnYxLkJhdGNoVHJhY2tFdmVudHNSZXF1ZXN0Gi0uYW5hbHl0aWNzLmluZ2VzdC52MS5CYXRjaFRyYWNrRXZlbnRzUmVzcG9uc2UiBMjzGAES3wEKDlRyYWNrRXZlbnRKc29uEiouYW5hbHl0aWNzLmluZ2VzdC52MS5UcmFja0V2ZW50SnNvblJlcXVlc3QaKy5hbmFseXRpY3MuaW5nZXN0LnYxLlRyYWNrRXZlbnRKc29uUmVzcG9uc2UidMjzGAHQ8xjJAdrzGBlhbmFseXRpY3MuaW5nZXN0LnYxLkV2ZW504vMYJmFuYWx5dGljcy5pbmdlc3QudjEuVHJhY2tFdmVudFJlc3BvbnNlgtPkkwIeOgRib2R5YgRib2R5IhAvYW5hbHl0aWNzL2V2ZW50EosCChRCYXRjaFRyYWNrRXZlbnRzSnNvbhIwLmFuYWx5dGljcy5pbmdlc3QudjEuQmF0Y2hUcmFja0V2ZW50c0pzb25SZXF1ZXN0GjEuYW5hbHl0aWNzLmluZ2VzdC52MS5CYXRjaFRyYWNrRXZlbnRzSnNvblJlc3BvbnNlIo0ByPMYAdrzGCthbmFseXRpY3MuaW5nZXN0LnYxLkJhdGNoVHJhY2tFdmVudHNSZXF1ZXN04vMYLGFuYWx5dGljcy5pbmdlc3QudjEuQmF0Y2hUcmFja0V2ZW50c1Jlc3BvbnNlgtPkkwIkOgRib2R5YgRib2R5IhYvYW5hbHl0aWNzL2V2ZW50L2JhdGNoEmgKBFBpbmcSIC5hbmFseXRpY3MuaW5nZXN0LnYxLlBpbmdSZXF1ZXN0GiEuYW5hbHl0aWNzLmluZ2VzdC52MS5QaW5nUmVzcG9uc2UiG8jzGAGC0+STAhESDy9hbmFseXRpY3MvcGluZ0JOWkxnaXRodWIuY29tL2NhcnRseXRpY3MvY2FydGx5dGljcy9jbGllbnRzL2dvL2dlbi9hbmFseXRpY3MvaW5nZXN0L3YxO2luZ2VzdHYxYgZwcm90bzM", [file_analytics_options_v1_options, file_google_api_annotations, file_google_api_httpbody, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * PingRequest carries nothing.
@@ -601,31 +601,37 @@ export const TrackEventJsonRequestSchema: GenMessage<TrackEventJsonRequest, {jso
   messageDesc(file_analytics_ingest_v1_ingest, 9);
 
 /**
- * TrackEventJsonResponse wraps what TrackEvent answers (REST clients see `result` only).
+ * TrackEventJsonResponse carries what TrackEvent answers, as the REST answer's JSON body (a
+ * TrackEventResponse in protobuf's JSON mapping). The service renders it: Envoy's transcoder takes
+ * a `response_body` only when it is a google.api.HttpBody, and a batch's acknowledgement rendered
+ * directly costs a fraction of building the message and printing it.
  *
  * @generated from message analytics.ingest.v1.TrackEventJsonResponse
  */
 export type TrackEventJsonResponse = Message<"analytics.ingest.v1.TrackEventJsonResponse"> & {
   /**
-   * The stored event.
+   * The stored event: Content-Type application/json.
    *
-   * @generated from field: analytics.ingest.v1.TrackEventResponse result = 1;
+   * @generated from field: google.api.HttpBody body = 2;
    */
-  result?: TrackEventResponse | undefined;
+  body?: HttpBody | undefined;
 };
 
 /**
- * TrackEventJsonResponse wraps what TrackEvent answers (REST clients see `result` only).
+ * TrackEventJsonResponse carries what TrackEvent answers, as the REST answer's JSON body (a
+ * TrackEventResponse in protobuf's JSON mapping). The service renders it: Envoy's transcoder takes
+ * a `response_body` only when it is a google.api.HttpBody, and a batch's acknowledgement rendered
+ * directly costs a fraction of building the message and printing it.
  *
  * @generated from message analytics.ingest.v1.TrackEventJsonResponse
  */
 export type TrackEventJsonResponseJson = {
   /**
-   * The stored event.
+   * The stored event: Content-Type application/json.
    *
-   * @generated from field: analytics.ingest.v1.TrackEventResponse result = 1;
+   * @generated from field: google.api.HttpBody body = 2;
    */
-  result?: TrackEventResponseJson;
+  body?: HttpBodyJson;
 };
 
 /**
@@ -673,33 +679,35 @@ export const BatchTrackEventsJsonRequestSchema: GenMessage<BatchTrackEventsJsonR
   messageDesc(file_analytics_ingest_v1_ingest, 11);
 
 /**
- * BatchTrackEventsJsonResponse wraps what BatchTrackEvents answers (REST clients see `result`
- * only).
+ * BatchTrackEventsJsonResponse carries what BatchTrackEvents answers, as the REST answer's JSON
+ * body (a BatchTrackEventsResponse in protobuf's JSON mapping), rendered by the service as for
+ * TrackEventJsonResponse.
  *
  * @generated from message analytics.ingest.v1.BatchTrackEventsJsonResponse
  */
 export type BatchTrackEventsJsonResponse = Message<"analytics.ingest.v1.BatchTrackEventsJsonResponse"> & {
   /**
-   * What was stored and what was refused.
+   * What was stored and what was refused: Content-Type application/json.
    *
-   * @generated from field: analytics.ingest.v1.BatchTrackEventsResponse result = 1;
+   * @generated from field: google.api.HttpBody body = 2;
    */
-  result?: BatchTrackEventsResponse | undefined;
+  body?: HttpBody | undefined;
 };
 
 /**
- * BatchTrackEventsJsonResponse wraps what BatchTrackEvents answers (REST clients see `result`
- * only).
+ * BatchTrackEventsJsonResponse carries what BatchTrackEvents answers, as the REST answer's JSON
+ * body (a BatchTrackEventsResponse in protobuf's JSON mapping), rendered by the service as for
+ * TrackEventJsonResponse.
  *
  * @generated from message analytics.ingest.v1.BatchTrackEventsJsonResponse
  */
 export type BatchTrackEventsJsonResponseJson = {
   /**
-   * What was stored and what was refused.
+   * What was stored and what was refused: Content-Type application/json.
    *
-   * @generated from field: analytics.ingest.v1.BatchTrackEventsResponse result = 1;
+   * @generated from field: google.api.HttpBody body = 2;
    */
-  result?: BatchTrackEventsResponseJson;
+  body?: HttpBodyJson;
 };
 
 /**

@@ -11,7 +11,7 @@ import { file_google_protobuf_descriptor } from "@bufbuild/protobuf/wkt";
  * Describes the file analytics/options/v1/options.proto.
  */
 export const file_analytics_options_v1_options: GenFile = /*@__PURE__*/
-  fileDesc("CiJhbmFseXRpY3Mvb3B0aW9ucy92MS9vcHRpb25zLnByb3RvEhRhbmFseXRpY3Mub3B0aW9ucy52MSpRCgVTY29wZRIVChFTQ09QRV9VTlNQRUNJRklFRBAAEhAKDFNDT1BFX0lOR0VTVBABEg4KClNDT1BFX1JFQUQQAhIPCgtTQ09QRV9BRE1JThADOmQKDnJlcXVpcmVkX3Njb3BlEh4uZ29vZ2xlLnByb3RvYnVmLk1ldGhvZE9wdGlvbnMYuY4DIAEoDjIbLmFuYWx5dGljcy5vcHRpb25zLnYxLlNjb3BlUg1yZXF1aXJlZFNjb3BlOkwKEWh0dHBfc3VjY2Vzc19jb2RlEh4uZ29vZ2xlLnByb3RvYnVmLk1ldGhvZE9wdGlvbnMYuo4DIAEoBVIPaHR0cFN1Y2Nlc3NDb2RlOkoKEGpzb25fYm9keV9zY2hlbWESHi5nb29nbGUucHJvdG9idWYuTWV0aG9kT3B0aW9ucxi7jgMgASgJUg5qc29uQm9keVNjaGVtYUJQWk5naXRodWIuY29tL2NhcnRseXRpY3MvY2FydGx5dGljcy9jbGllbnRzL2dvL2dlbi9hbmFseXRpY3Mvb3B0aW9ucy92MTtvcHRpb25zdjFiBnByb3RvMw", [file_google_protobuf_descriptor]);
+  fileDesc("CiJhbmFseXRpY3Mvb3B0aW9ucy92MS9vcHRpb25zLnByb3RvEhRhbmFseXRpY3Mub3B0aW9ucy52MSpRCgVTY29wZRIVChFTQ09QRV9VTlNQRUNJRklFRBAAEhAKDFNDT1BFX0lOR0VTVBABEg4KClNDT1BFX1JFQUQQAhIPCgtTQ09QRV9BRE1JThADOmQKDnJlcXVpcmVkX3Njb3BlEh4uZ29vZ2xlLnByb3RvYnVmLk1ldGhvZE9wdGlvbnMYuY4DIAEoDjIbLmFuYWx5dGljcy5vcHRpb25zLnYxLlNjb3BlUg1yZXF1aXJlZFNjb3BlOkwKEWh0dHBfc3VjY2Vzc19jb2RlEh4uZ29vZ2xlLnByb3RvYnVmLk1ldGhvZE9wdGlvbnMYuo4DIAEoBVIPaHR0cFN1Y2Nlc3NDb2RlOkoKEGpzb25fYm9keV9zY2hlbWESHi5nb29nbGUucHJvdG9idWYuTWV0aG9kT3B0aW9ucxi7jgMgASgJUg5qc29uQm9keVNjaGVtYTpSChRqc29uX3Jlc3BvbnNlX3NjaGVtYRIeLmdvb2dsZS5wcm90b2J1Zi5NZXRob2RPcHRpb25zGLyOAyABKAlSEmpzb25SZXNwb25zZVNjaGVtYUJQWk5naXRodWIuY29tL2NhcnRseXRpY3MvY2FydGx5dGljcy9jbGllbnRzL2dvL2dlbi9hbmFseXRpY3Mvb3B0aW9ucy92MTtvcHRpb25zdjFiBnByb3RvMw", [file_google_protobuf_descriptor]);
 
 /**
  * Scope is what an API key must be allowed to do to call a method.
@@ -88,4 +88,15 @@ export const http_success_code: GenExtension<MethodOptions, number> = /*@__PURE_
  */
 export const json_body_schema: GenExtension<MethodOptions, string> = /*@__PURE__*/
   extDesc(file_analytics_options_v1_options, 2);
+
+/**
+ * For a method whose REST answer is a google.api.HttpBody that the service renders as JSON
+ * itself: the full name of the message whose JSON form (protobuf's JSON mapping) the answer
+ * has, e.g. "analytics.ingest.v1.BatchTrackEventsResponse". tools/gen_openapi.py documents the
+ * answer with that message's schema.
+ *
+ * @generated from extension: string json_response_schema = 51004;
+ */
+export const json_response_schema: GenExtension<MethodOptions, string> = /*@__PURE__*/
+  extDesc(file_analytics_options_v1_options, 3);
 
