@@ -20,7 +20,8 @@ from cartlytics.common.errors import FieldViolation
 from cartlytics.gen.analytics.ingest.v1 import ingest_pb2
 from services.ingest.acknowledgement import batch_json, single_json, timestamp_text
 from services.ingest.idempotency import Ack
-from services.ingest.outcome import IngestResult, Rejected
+from services.ingest.outcome import Acknowledged, IngestResult, Rejected
+from services.ingest.preparation import EventKey
 
 
 def _timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
@@ -65,7 +66,18 @@ moments = st.datetimes(
         [UTC, timezone(timedelta(hours=5, minutes=30)), timezone(-timedelta(hours=8))]
     ),
 )
-acks = st.builds(Ack, texts, texts, moments)
+# An event stored now is acknowledged by its own EventKey; one the dedup window answers, by its Ack.
+acks = st.builds(Ack, texts, texts, moments) | st.builds(
+    EventKey,
+    st.integers(0, 999),
+    texts,
+    texts,
+    moments,
+    st.booleans(),
+    texts,
+    texts,
+    st.just((0, 1, 0, 0)),
+)
 rejections = st.builds(
     Rejected,
     st.integers(0, 999),
@@ -76,7 +88,7 @@ rejections = st.builds(
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 999), acks), max_size=8), st.lists(rejections, max_size=4))
 def test_a_batch_answer_is_protobufs_json_of_the_same_outcome(
-    accepted: list[tuple[int, Ack]], rejected: list[Rejected]
+    accepted: list[tuple[int, Acknowledged]], rejected: list[Rejected]
 ) -> None:
     result = IngestResult(accepted=accepted, rejected=rejected)
     rendered = batch_json(result)
@@ -86,7 +98,7 @@ def test_a_batch_answer_is_protobufs_json_of_the_same_outcome(
 
 @settings(max_examples=300, deadline=None)
 @given(acks)
-def test_a_single_answer_is_protobufs_json_of_the_same_ack(ack: Ack) -> None:
+def test_a_single_answer_is_protobufs_json_of_the_same_ack(ack: Acknowledged) -> None:
     rendered = single_json(IngestResult(accepted=[(0, ack)]))
     oracle = ingest_pb2.TrackEventResponse(
         id=ack.id, event=ack.event, timestamp=_timestamp(ack.timestamp)

@@ -130,7 +130,7 @@ class Ingestor:
             kept: list[EventKey] = []
             for key in keys:
                 if suppressed(project_id, key.user_id, key.anonymous_id):
-                    result.accepted.append((key.position, Ack(key.id, key.event, key.timestamp)))
+                    result.accepted.append((key.position, key))
                 else:
                     kept.append(key)
             SUPPRESSED_EVENTS.inc(len(keys) - len(kept))
@@ -140,7 +140,8 @@ class Ingestor:
             # The usual request: every id the server's (each new, so none in the dedup window).
             await self._store(prepared, keys)
             suppressed_first = bool(result.accepted)
-            result.accepted.extend((k.position, Ack(k.id, k.event, k.timestamp)) for k in keys)
+            # Each key is its own acknowledgement (an Ack apiece cost ~1.5 µs an event in situ).
+            result.accepted.extend([(k.position, k) for k in keys])
             if suppressed_first:
                 result.accepted.sort(key=lambda a: a[0])
             result.rejected.sort(key=lambda r: r.index)

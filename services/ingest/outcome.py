@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
 
 from cartlytics.common.errors import FieldViolation
 
-from .idempotency import Ack
-
 IN_FLIGHT = "an event with this id is being stored by another request; retry"
+
+
+class Acknowledged(Protocol):
+    """What an accepted event's acknowledgement says: an ``idempotency.Ack`` (answered from the
+    dedup window) or the event's own ``preparation.EventKey`` (stored now: no Ack is made for
+    each event of a batch)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def event(self) -> str: ...
+
+    @property
+    def timestamp(self) -> datetime: ...
 
 
 @dataclass(frozen=True)
@@ -32,5 +47,5 @@ class IngestResult:
     """Per position in the request: ``accepted`` (with the acknowledgement) or ``rejected``,
     each sorted by position."""
 
-    accepted: list[tuple[int, Ack]] = field(default_factory=list)
+    accepted: list[tuple[int, Acknowledged]] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)

@@ -16,9 +16,8 @@ from cartlytics.common.errors import ApiError, FieldViolation, invalid_argument
 from cartlytics.gen.analytics.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 
 from .acknowledgement import CONTENT_TYPE, batch_json, single_json
-from .idempotency import Ack
 from .ingestor import Ingestor
-from .outcome import IN_FLIGHT, IngestResult
+from .outcome import IN_FLIGHT, Acknowledged, IngestResult
 from .proto_events import incoming_of
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -38,7 +37,7 @@ def _client_ip(context: aio.ServicerContext[Any, Any]) -> str:
     return ""
 
 
-def _fill(target: Any, ack: Ack) -> None:
+def _fill(target: Any, ack: Acknowledged) -> None:
     target.id = ack.id
     target.event = ack.event
     moment = ack.timestamp
