@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -21,15 +22,15 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from cartlytics.common.errors import ApiError
+from cartlytics.common.errors import ApiError, FieldViolation
 from cartlytics.common.redis_guard import RedisGuard
 from cartlytics.common.storage import Storage
 from services.ingest.idempotency import IdempotencyWindow
 from services.ingest.ingest_log import IngestLog
 from services.ingest.ingestor import Ingestor
 from services.ingest.log_writer import LogRecord, LogWriter
-from services.ingest.outcome import IngestResult
-from services.ingest.preparation import Settings, prepare
+from services.ingest.outcome import IngestResult, Rejected
+from services.ingest.preparation import EventKey, Prepared, Settings, prepare
 from services.ingest.rows import EVENTS, EVENTS_AT, ORDER_ITEMS, TABLES
 from services.ingest.validation import IncomingEvent
 from services.ingest.workers import MIN_WORKER_BYTES
@@ -272,3 +273,22 @@ def test_workers_die_with_their_parent_even_killed_while_they_start(after: float
     while any(_alive(pid) for pid in workers):
         assert time.monotonic() < deadline, [p for p in workers if _alive(p)]
         time.sleep(0.1)
+
+
+@pytest.mark.parametrize("count", [0, 1, 3])
+def test_a_prepared_request_crosses_to_the_loop_whole(count: int) -> None:
+    """What a worker hands back (pickled: its keys as columns) is what it prepared."""
+    now = datetime.now(UTC)
+    moments = [now + timedelta(seconds=n) for n in range(count)]
+    keys = [
+        EventKey(2 * n, f"e{n}", "page_view", at, n % 2 == 0, f"u{n}", "", (n, 1, 0, n))
+        for n, at in enumerate(moments)
+    ]
+    refused = [Rejected(1, [FieldViolation("event", "is required")])]
+    rows: dict[str, list[tuple[Any, ...]]] = {spec.name: [] for spec in TABLES}
+    prepared = Prepared("p", keys, refused, rows, ("o1",), frozenset({2}))
+    back = pickle.loads(pickle.dumps(prepared))
+    assert back.keys == keys and all(type(k) is EventKey for k in back.keys)
+    assert [k.position for k in back.keys] == [k.position for k in keys]
+    assert (back.refused, back.order_ids, back.message_id_at) == (refused, ("o1",), {2})
+    assert back.payload() == prepared.payload()
