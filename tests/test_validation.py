@@ -213,3 +213,39 @@ def test_compact_json_refuses_what_json_dumps_refuses() -> None:
             json.dumps(value)
         with pytest.raises(TypeError):
             compact_json(value)
+
+
+def test_the_realtime_part_of_an_event_and_of_its_row_agree_field_by_field() -> None:
+    """The counters read an event's realtime part from the ValidEvent (prepared here) or from
+    its stored row (records from elsewhere): both name each field as the event does."""
+    from services.ingest.enrichment import enrich
+    from services.ingest.rows import event_row, realtime_of, realtime_of_row
+
+    now = datetime.now(UTC)
+    incoming = [
+        IncomingEvent(event="page_view", user_id="u1", anonymous_id="a1",
+                      properties={"page": "/p"}),
+        IncomingEvent(event="order_completed", anonymous_id="a2", session_id="s2",
+                      properties={"orderId": "o1", "total": 1250, "currency": "EUR"}),
+        IncomingEvent(event="product_view", user_id="u3", session_id="s3",
+                      properties={"productId": "x"}),
+    ]  # fmt: skip
+    for event in incoming:
+        valid = validate(event, now, lambda: "evt_1")
+        assert isinstance(valid, ValidEvent)
+        row = event_row("p", valid, enrich(valid.properties, valid.context, ip_salt=b"s" * 32))
+        part = realtime_of(valid)
+        assert realtime_of_row(row) == part
+        expected = {
+            "event_id": "evt_1",
+            "event": event.event,
+            "ts": valid.timestamp,
+            "visitor_id": event.user_id or event.anonymous_id or event.session_id,
+            "page": "/p" if event.event == "page_view" else "",
+            "order_id": "o1" if event.event == "order_completed" else "",
+            "total": 1250 if event.event == "order_completed" else 0,
+            "currency": "EUR" if event.event == "order_completed" else "",
+            "user_id": event.user_id,
+            "anonymous_id": event.anonymous_id,
+        }
+        assert part._asdict() == expected
