@@ -385,6 +385,8 @@ _COMPACT = _compact_encoder()
 def compact_json(value: Any) -> str:
     """The JSON text stored for ``properties`` and ``context``: ``json.dumps(value,
     ensure_ascii=False, separators=(",", ":"))``, the same text, faster."""
+    if not value and type(value) is dict:  # most contexts, some properties: no encoder call
+        return "{}"
     if _COMPACT is None:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
     return "".join(_COMPACT(value, 0))
