@@ -109,6 +109,11 @@ class _Checker:
 
     def string(self, key: str, required: bool = False, base: str = "properties") -> str:
         value = self.props.get(key)
+        if type(value) is str and value and len(value) <= MAX_ID_LENGTH * 8:
+            # The usual case, checked first: no name made for a rule not broken.
+            if required and not value.strip():
+                self.fail(f"{base}.{key}", "must not be empty")
+            return value
         name = f"{base}.{key}"
         if value is None:
             if required:
@@ -133,6 +138,8 @@ class _Checker:
         base: str = "properties",
     ) -> int | None:
         value = self.props.get(key)
+        if type(value) is int and minimum <= value <= maximum:  # the usual case, checked first
+            return value
         name = f"{base}.{key}"
         if value is None:
             if required:
