@@ -249,3 +249,43 @@ def test_the_realtime_part_of_an_event_and_of_its_row_agree_field_by_field() -> 
             "anonymous_id": event.anonymous_id,
         }
         assert part._asdict() == expected
+
+
+@pytest.mark.parametrize(
+    ("props", "expected"),
+    [
+        ({"productId": "   "}, [("properties.productId", "must not be empty")]),
+        ({"productId": ""}, [("properties.productId", "must not be empty")]),
+        ({"productId": "p" * 2048}, []),  # at the limit
+        (
+            {"productId": "p" * 2049},
+            [("properties.productId", "must be at most 2048 characters")],
+        ),
+        (
+            {"productId": " " * 2049},
+            [
+                ("properties.productId", "must not be empty"),
+                ("properties.productId", "must be at most 2048 characters"),
+            ],
+        ),
+        ({"productId": 7}, [("properties.productId", "must be a string")]),
+        ({"productId": "p", "quantity": 1}, []),
+        ({"productId": "p", "quantity": 10**6}, []),
+        ({"productId": "p", "quantity": 0}, [("properties.quantity", "must be at least 1")]),
+        (
+            {"productId": "p", "quantity": 10**6 + 1},
+            [("properties.quantity", "must be at most 1000000")],
+        ),
+        ({"productId": "p", "quantity": 2.0}, []),
+        ({"productId": "p", "quantity": True}, [("properties.quantity", "must be a number")]),
+    ],
+)
+def test_a_propertys_rules_at_their_edges(props: dict[str, Any], expected: list[Any]) -> None:
+    """Each rule of a string and a count property, at and past its edge (the usual values are
+    checked first; the rules must read the same either way)."""
+    outcome = _check("add_to_cart", props)
+    if not expected:
+        assert isinstance(outcome, ValidEvent)
+        return
+    assert isinstance(outcome, list)
+    assert [(v.field, v.description) for v in outcome] == expected
