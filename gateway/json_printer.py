@@ -20,10 +20,8 @@ API defines. ``Any`` and the wrapper types are printed by json_format itself.
 from __future__ import annotations
 
 import base64
-import functools
 import math
 from collections.abc import Callable
-from datetime import datetime, timedelta
 from keyword import iskeyword
 from typing import Any
 
@@ -31,12 +29,13 @@ from google.protobuf import descriptor, json_format
 from google.protobuf.internal import type_checkers
 from google.protobuf.message import Message
 
+from cartlytics.common.timestamps import timestamp_json
+
 Printer = Callable[[Any], Any]
 # Descriptors, typed loosely: protobuf's stubs tell the upb and the pure-Python classes apart.
 MessageType = Any
 Field = Any
 
-EPOCH = datetime(1970, 1, 1)
 _SECONDS_MIN, _SECONDS_MAX = -62_135_596_800, 253_402_300_799  # 0001-01-01 to 9999-12-31
 MAX_SAFE_INTEGER = 2**53
 
@@ -87,25 +86,13 @@ def _whole_as_int(value: float) -> int | float:
     return value
 
 
-@functools.lru_cache(maxsize=4096)
-def _whole_second(seconds: int) -> str:
-    return (EPOCH + timedelta(seconds=seconds)).isoformat()
-
-
 def _timestamp(message: Any) -> Any:
     """``Timestamp.ToJsonString``, the date and time of each second made once: a batch's
     acknowledgements share a few seconds (ToJsonString built a datetime for each)."""
     seconds, nanos = message.seconds, message.nanos
     if not (_SECONDS_MIN <= seconds <= _SECONDS_MAX and 0 <= nanos < 1_000_000_000):
         return message.ToJsonString()  # raises ValueError, as json_format does
-    text = _whole_second(seconds)
-    if nanos == 0:
-        return text + "Z"
-    if nanos % 1_000_000 == 0:
-        return f"{text}.{nanos // 1_000_000:03d}Z"
-    if nanos % 1_000 == 0:
-        return f"{text}.{nanos // 1_000:06d}Z"
-    return f"{text}.{nanos:09d}Z"
+    return timestamp_json(seconds, nanos)
 
 
 def _text(message: Any) -> Any:

@@ -11,16 +11,14 @@ tests/test_acknowledgement.py compares both renderings with protobuf's own JSON 
 
 from __future__ import annotations
 
-import functools
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from json.encoder import encode_basestring_ascii as _quoted  # C: escapes, quotes, ASCII only
+
+from cartlytics.common.timestamps import epoch_parts, timestamp_json
 
 from .outcome import IngestResult
 
 CONTENT_TYPE = "application/json"
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_NAIVE_EPOCH = datetime(1970, 1, 1)
 
 
 def single_json(result: IngestResult) -> bytes:
@@ -62,18 +60,7 @@ def batch_json(result: IngestResult) -> bytes:
 
 
 def timestamp_text(moment: datetime) -> str:
-    """``google.protobuf.Timestamp``'s JSON form: UTC, ``Z``, and 0, 3 or 6 fraction digits as
-    the microseconds need (as ``Timestamp.ToJsonString``). A naive time is read as UTC."""
-    since = moment - (_NAIVE_EPOCH if moment.tzinfo is None else _EPOCH)
-    text = _whole_second(since.days * 86_400 + since.seconds)
-    micros = since.microseconds
-    if micros == 0:
-        return text + "Z"
-    if micros % 1_000 == 0:
-        return f"{text}.{micros // 1_000:03d}Z"
-    return f"{text}.{micros:06d}Z"
-
-
-@functools.lru_cache(maxsize=4096)
-def _whole_second(seconds: int) -> str:
-    return (_NAIVE_EPOCH + timedelta(seconds=seconds)).isoformat()
+    """``google.protobuf.Timestamp``'s JSON form of a time (as ``Timestamp.ToJsonString``); a
+    naive time is read as UTC."""
+    seconds, micros = epoch_parts(moment)
+    return timestamp_json(seconds, micros * 1_000)

@@ -4,7 +4,6 @@ The REST twins (``...Json``) answer the JSON that acknowledgement.py renders, as
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -13,14 +12,13 @@ from grpc import aio
 
 from cartlytics.common.auth import current_principal
 from cartlytics.common.errors import ApiError, FieldViolation, invalid_argument
+from cartlytics.common.timestamps import epoch_parts
 from cartlytics.gen.analytics.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 
 from .acknowledgement import CONTENT_TYPE, batch_json, single_json
 from .ingestor import Ingestor
 from .outcome import IN_FLIGHT, Acknowledged, IngestResult
 from .proto_events import incoming_of
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _client_ip(context: aio.ServicerContext[Any, Any]) -> str:
@@ -40,14 +38,10 @@ def _client_ip(context: aio.ServicerContext[Any, Any]) -> str:
 def _fill(target: Any, ack: Acknowledged) -> None:
     target.id = ack.id
     target.event = ack.event
-    moment = ack.timestamp
-    if moment.tzinfo is None:
-        target.timestamp.FromDatetime(moment)  # naive: read as UTC
-        return
     # FromDatetime's own arithmetic, without its conversions (a tenth of a batch's response).
-    since = moment - _EPOCH
-    target.timestamp.seconds = since.days * 86_400 + since.seconds
-    target.timestamp.nanos = since.microseconds * 1_000
+    seconds, micros = epoch_parts(ack.timestamp)
+    target.timestamp.seconds = seconds
+    target.timestamp.nanos = micros * 1_000
 
 
 def _refuse(result: IngestResult) -> None:
